@@ -1,0 +1,1 @@
+"""Composition root: settings wiring, pipeline, state store, reconcile, write-back, scheduler, CLI."""

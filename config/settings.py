@@ -1,0 +1,222 @@
+"""The settings model: environment variables (ARCHITECTURE §5) over an optional TOML file.
+
+Settings are read once, at the CLI edge, and passed down as plain constructor arguments; no
+library code reads the environment.  Secrets are ``SecretStr`` so that they never print.
+
+Precedence, highest first: environment variables, then the TOML file given with ``--config``,
+then the defaults below.  The TOML file may use the environment names (``PERKVILLE_API_URL``)
+or their lower-case form at top level, plus the nested tables ``[writeback]``, ``[sync]``,
+``[perkville]``, ``[schedule]`` and ``[serve]``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The configuration is missing, unreadable or invalid; the message names the key."""
+
+
+class WritebackSettings(BaseModel):
+    """Perkamo → Perkville write-back during a dual run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    event_perks: dict[str, int] = Field(default_factory=dict)
+    """Perkamo event key → Perkville perk id used to award it."""
+    external_members: bool = False
+    batch_size: int = Field(default=100, ge=1, le=1000)
+
+
+class SyncSettings(BaseModel):
+    """How Perkville records become Perkamo customers and events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["history", "balance"] = "history"
+    id_strategy: Literal["perkville_user", "external_member", "email"] = "perkville_user"
+    lookback_days: int = Field(default=45, ge=0)
+    cursor_overlap_seconds: int = Field(default=300, ge=0)
+    trait_allow: list[str] | None = None
+    trait_deny: list[str] = Field(default_factory=list)
+    remote_batch_size: int = Field(default=100, ge=1, le=100)
+
+
+class PerkvilleTuning(BaseModel):
+    """Connector tuning: paging, pacing and the retry budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    page_size: int = Field(default=100, ge=1, le=1000)
+    requests_per_second: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    backoff_base_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=30.0, ge=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    scope: str | None = None
+
+
+class ScheduleSettings(BaseModel):
+    """Job timing for ``perkbridge schedule``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sync_interval_minutes: float = Field(default=15, gt=0)
+    writeback_interval_seconds: float = Field(default=60, gt=0)
+    reconcile_cron: str = "0 3 * * *"
+    misfire_grace_seconds: int = Field(default=300, ge=1)
+    lease_seconds: int = Field(default=120, ge=5)
+    businesses: list[str] = Field(default_factory=list)
+
+
+class ServeSettings(BaseModel):
+    """The local Perkamo v1 API (``perkbridge serve``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    require_signatures: bool = False
+
+
+_SECTIONS = ("writeback", "sync", "perkville", "schedule", "serve")
+
+
+class Settings(BaseSettings):
+    """Every setting of perkbridge; names follow the external contract (ARCHITECTURE §5)."""
+
+    model_config = SettingsConfigDict(
+        extra="ignore", case_sensitive=False, populate_by_name=True, env_nested_delimiter="__"
+    )
+
+    database_url: str = Field(
+        default="sqlite:///perkbridge.db",
+        validation_alias=AliasChoices("PERKBRIDGE_DATABASE_URL", "database_url"),
+    )
+    perkville_api_url: str = Field(
+        default="https://api.perkville.com/v2/",
+        validation_alias=AliasChoices("PERKVILLE_API_URL", "perkville_api_url"),
+    )
+    perkville_token_url: str = Field(
+        default="https://www.perkville.com/api/token/",
+        validation_alias=AliasChoices("PERKVILLE_TOKEN_URL", "perkville_token_url"),
+    )
+    perkville_client_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("PERKVILLE_CLIENT_ID", "perkville_client_id")
+    )
+    perkville_client_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PERKVILLE_CLIENT_SECRET", "perkville_client_secret"),
+    )
+    perkville_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("PERKVILLE_USERNAME", "perkville_username")
+    )
+    perkville_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("PERKVILLE_PASSWORD", "perkville_password")
+    )
+    perkville_access_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PERKVILLE_ACCESS_TOKEN", "perkville_access_token"),
+    )
+    perkville_business_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PERKVILLE_BUSINESS_ID", "perkville_business_id"),
+    )
+    perkville_timezone: str = Field(
+        default="UTC", validation_alias=AliasChoices("PERKVILLE_TIMEZONE", "perkville_timezone")
+    )
+    perkamo_target: Literal["embedded", "remote"] = Field(
+        default="embedded", validation_alias=AliasChoices("PERKAMO_TARGET", "perkamo_target")
+    )
+    perkamo_space: str = Field(
+        default="default", validation_alias=AliasChoices("PERKAMO_SPACE", "perkamo_space")
+    )
+    perkamo_base_url: str = Field(
+        default="https://api.perkamo.com",
+        validation_alias=AliasChoices("PERKAMO_BASE_URL", "perkamo_base_url"),
+    )
+    perkamo_secret_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PERKAMO_SECRET_KEY", "perkamo_secret_key"),
+    )
+    log_format: Literal["auto", "plain", "json"] = Field(
+        default="auto", validation_alias=AliasChoices("PERKBRIDGE_LOG_FORMAT", "log_format")
+    )
+
+    writeback: WritebackSettings = Field(default_factory=WritebackSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    perkville: PerkvilleTuning = Field(default_factory=PerkvilleTuning)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    def timezone_info(self) -> Any:
+        """The ``ZoneInfo`` of ``PERKVILLE_TIMEZONE``."""
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.perkville_timezone)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested env settings that pydantic-settings would not map by itself."""
+    overrides: dict[str, Any] = {}
+    flag = environ.get("PERKBRIDGE_WRITEBACK_ENABLED")
+    if flag is not None:
+        overrides.setdefault("writeback", {})["enabled"] = flag.strip().lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+        }
+    return overrides
+
+
+def load_settings(
+    config_file: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the settings once: defaults, then the TOML file, then the environment.
+
+    Raises ``ConfigError`` naming the offending key; the message never contains a value of a
+    secret setting.
+    """
+    env = dict(os.environ if environ is None else environ)
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        raw = _read_toml(Path(config_file))
+        for key, value in raw.items():
+            lowered = key.lower()
+            file_values[lowered if lowered in _SECTIONS else key.upper()] = value
+    env_values = {key.upper(): value for key, value in env.items()}
+    merged: dict[str, Any] = dict(file_values)
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            env_name = str(alias.choices[0])
+            if env_name in env_values:
+                merged[env_name] = env_values[env_name]
+    for section, values in _env_overrides(env_values).items():
+        merged[section] = {**dict(merged.get(section) or {}), **values}
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,1 @@
+"""HTTP clients for the two vendors: Perkville (source) and Perkamo (remote target)."""

@@ -1,0 +1,1 @@
+"""Remote Perkamo v1 client that behaves like the official SDKs."""

@@ -1,0 +1,1 @@
+"""Pure translation between Perkville records and Perkamo calls (stdlib + pydantic only)."""

@@ -1,0 +1,1 @@
+"""Embedded Perkamo-compatible core: program modules, rules engine, storage, service, v1 API."""
