@@ -1,0 +1,288 @@
+"""Tables of the embedded core (SQLAlchemy 2 Core) and the ``perkamo_core`` schema migrations.
+
+Layout (every row belongs to one Space):
+
+- ``core_spaces``, ``core_api_keys`` (sha256 of the key, never the key), ``core_program_modules``
+  (every upload a version, one active per module).
+- ``core_customers``: traits and the engine's compact state document (level, counters,
+  achievements, streaks) plus ``core_balances`` (balance + lifetime per wallet) and
+  ``core_perks`` (unlocked perks), all loadable by customer id for one event or a whole page.
+- ``core_events``: the append-only event log, ``UNIQUE(space_id, transaction_id)``, with the
+  stored wire result so a duplicate answers with the first outcome; indexed on
+  ``(space_id, customer_id, id)`` so the latest events of a customer are an index range scan.
+- ``core_ledger``: every wallet movement (events and redemptions); a balance is its ledger's sum.
+- ``core_redemptions`` (``UNIQUE(space_id, transaction_id)``), ``core_usage`` (meters per billing
+  period), ``core_outbox`` (applied events and identify calls in commit order for write-back).
+
+Decimals are stored as text (exact on both backends); datetimes as timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+from perkamo_core.migrations import Migration, migrate
+
+COMPONENT = "perkamo_core"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON with Decimals as numbers (ints when integral) and datetimes as ISO-8601."""
+    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON stored as text on both backends (no JSON operators needed, exact and fast)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else dump_json(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class DecimalText(TypeDecorator[Decimal]):
+    """A Decimal stored as its exact text (SQLite has no exact numeric type)."""
+
+    impl = String(64)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return str(value if isinstance(value, Decimal) else Decimal(str(value)))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on both backends (SQLite keeps naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+spaces = Table(
+    "core_spaces",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("slug", String(128), nullable=False, unique=True),
+    Column("environment", String(8), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("require_signatures", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+api_keys = Table(
+    "core_api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key_id", String(40), nullable=False, unique=True),
+    Column("space_id", Integer, ForeignKey("core_spaces.id"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_hint", String(24), nullable=False),  # prefix + last 4, for listings
+    Column("scopes", String(200), nullable=False),  # space-separated
+    Column("environment", String(8), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+program_modules = Table(
+    "core_program_modules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("space_id", Integer, ForeignKey("core_spaces.id"), nullable=False),
+    Column("module", String(32), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("body", JSONText, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("space_id", "module", "version", name="uq_core_program_version"),
+    Index("ix_core_program_active", "space_id", "module", "active"),
+)
+
+customers = Table(
+    "core_customers",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("space_id", Integer, ForeignKey("core_spaces.id"), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("traits", JSONText, nullable=False),
+    Column("state", JSONText, nullable=False),  # the engine's state minus balances and perks
+    Column("event_count", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("space_id", "user_id", name="uq_core_customer"),
+)
+
+balances = Table(
+    "core_balances",
+    metadata,
+    Column("customer_id", BigInteger().with_variant(Integer, "sqlite"),
+           ForeignKey("core_customers.id"), primary_key=True),
+    Column("wallet", String(64), primary_key=True),
+    Column("space_id", Integer, nullable=False),
+    Column("balance", DecimalText, nullable=False),
+    Column("lifetime", DecimalText, nullable=False),  # sum of positive movements
+    Index("ix_core_balances_space_wallet", "space_id", "wallet"),
+)
+
+perks = Table(
+    "core_perks",
+    metadata,
+    Column("customer_id", BigInteger().with_variant(Integer, "sqlite"),
+           ForeignKey("core_customers.id"), primary_key=True),
+    Column("perk_key", String(128), primary_key=True),
+    Column("unlocked_at", UTCDateTime, nullable=False),
+    Column("trigger", JSONText, nullable=False),
+)
+
+events = Table(
+    "core_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("space_id", Integer, ForeignKey("core_spaces.id"), nullable=False),
+    Column("customer_id", BigInteger().with_variant(Integer, "sqlite"),
+           ForeignKey("core_customers.id"), nullable=False),
+    Column("transaction_id", String(256), nullable=False),
+    Column("event", String(128), nullable=False),
+    Column("context", JSONText, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("delta", JSONText, nullable=False),  # [{wallet, amount}] for the read model
+    Column("result", JSONText, nullable=False),  # the wire result of the first application
+    UniqueConstraint("space_id", "transaction_id", name="uq_core_event_txid"),
+    Index("ix_core_events_customer_seq", "space_id", "customer_id", "id"),
+)
+
+ledger = Table(
+    "core_ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("space_id", Integer, nullable=False),
+    Column("customer_id", BigInteger().with_variant(Integer, "sqlite"),
+           ForeignKey("core_customers.id"), nullable=False),
+    Column("wallet", String(64), nullable=False),
+    Column("amount", DecimalText, nullable=False),
+    Column("event_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("redemption_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_core_ledger_customer", "customer_id", "wallet"),
+)
+
+redemptions = Table(
+    "core_redemptions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("space_id", Integer, ForeignKey("core_spaces.id"), nullable=False),
+    Column("customer_id", BigInteger().with_variant(Integer, "sqlite"),
+           ForeignKey("core_customers.id"), nullable=False),
+    Column("transaction_id", String(256), nullable=False),
+    Column("reward_key", String(128), nullable=False),
+    Column("wallet", String(64), nullable=False),
+    Column("cost", DecimalText, nullable=False),
+    Column("result", JSONText, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("space_id", "transaction_id", name="uq_core_redemption_txid"),
+    Index("ix_core_redemptions_customer", "customer_id", "reward_key"),
+)
+
+usage = Table(
+    "core_usage",
+    metadata,
+    Column("space_id", Integer, ForeignKey("core_spaces.id"), primary_key=True),
+    Column("period", String(7), primary_key=True),  # YYYY-MM (UTC calendar month)
+    Column("meter", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
+outbox = Table(
+    "core_outbox",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("space_id", Integer, ForeignKey("core_spaces.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # "event" | "identify"
+    Column("customer_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("event_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("traits", JSONText, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_core_outbox_space_seq", "space_id", "seq"),
+)
+
+_V1_TABLES = [spaces, api_keys, program_modules, customers, balances, perks, events, ledger,
+              redemptions]
+_V2_TABLES = [usage, outbox]
+
+
+def _create(tables: list[Table]) -> Any:
+    def upgrade(conn: Connection) -> None:
+        metadata.create_all(conn, tables=tables, checkfirst=False)
+
+    return upgrade
+
+
+# Append-only: a shipped migration is never edited; schema changes add a new entry with explicit
+# DDL (and the table definitions above move with it).
+MIGRATIONS: list[Migration] = [
+    Migration(1, "core tables: spaces, keys, program, customers, state, event log, ledger",
+              _create(_V1_TABLES)),
+    Migration(2, "usage meters and write-back outbox", _create(_V2_TABLES)),
+]
+
+
+def migrate_core(engine: Engine) -> list[int]:
+    """Apply the missing ``perkamo_core`` migrations; return the versions applied now."""
+    return migrate(engine, COMPONENT, MIGRATIONS)
