@@ -1,0 +1,64 @@
+"""The bridge's state store: cursors, run log, id map, dead letters and leases, in the core's database."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from bridge.state.leases import Lease, LeaseKeeper, LeaseStore, lease_name, new_owner_id
+from bridge.state.schema import MIGRATIONS, as_utc, utcnow
+from bridge.state.stores import (
+    Clock,
+    Cursor,
+    CursorStore,
+    DeadLetter,
+    DeadLetterStore,
+    IdMap,
+    IdMapEntry,
+    RunCounts,
+    RunLog,
+    RunRecord,
+    StagedUsers,
+    redact,
+)
+from perkamo_core.migrations import migrate
+
+__all__ = [
+    "MIGRATIONS",
+    "Cursor",
+    "CursorStore",
+    "DeadLetter",
+    "DeadLetterStore",
+    "IdMap",
+    "IdMapEntry",
+    "Lease",
+    "LeaseKeeper",
+    "LeaseStore",
+    "RunCounts",
+    "RunLog",
+    "RunRecord",
+    "StagedUsers",
+    "StateStore",
+    "as_utc",
+    "lease_name",
+    "new_owner_id",
+    "redact",
+    "utcnow",
+]
+
+
+class StateStore:
+    """Every bridge-owned table behind one object; ``migrate()`` creates or upgrades them."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.cursors = CursorStore(engine, clock=clock)
+        self.runs = RunLog(engine, clock=clock)
+        self.dead_letters = DeadLetterStore(engine, clock=clock)
+        self.id_map = IdMap(engine, clock=clock)
+        self.users = StagedUsers(engine, clock=clock)
+        self.leases = LeaseStore(engine, clock=clock)
+
+    def migrate(self) -> list[int]:
+        """Apply the bridge's missing migrations; returns the versions applied now."""
+        return migrate(self.engine, "bridge", MIGRATIONS)

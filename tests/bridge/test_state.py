@@ -1,0 +1,249 @@
+"""Unit tests of the bridge state store on both databases: cursors, run log, dead letters, id map, leases."""
+
+from __future__ import annotations
+
+import io
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Engine
+
+from bridge.errors import LeaseHeldError, LeaseLostError
+from bridge.state import IdMapEntry, RunCounts, StateStore, lease_name, redact
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(db_engine: Engine, clock: FakeClock) -> StateStore:
+    state = StateStore(db_engine, clock=clock)
+    state.migrate()
+    return state
+
+
+def test_migrate_is_idempotent(store: StateStore) -> None:
+    assert store.migrate() == []
+
+
+def test_cursor_set_get_overwrite_delete(store: StateStore) -> None:
+    assert store.cursors.get("25", "transactions") is None
+    with store.engine.begin() as conn:
+        store.cursors.set(conn, "25", "transactions", "2024-01-01T00:00:00+00:00|7", 1)
+    with store.engine.begin() as conn:
+        store.cursors.set(conn, "25", "transactions", "2024-02-01T00:00:00+00:00|9", 2)
+        store.cursors.set(conn, "26", "transactions", "x", 3)
+    assert store.cursors.get("25", "transactions") == "2024-02-01T00:00:00+00:00|9"
+    assert [c.business for c in store.cursors.all()] == ["25", "26"]
+    assert store.cursors.all("25")[0].run_id == 2
+    with store.engine.begin() as conn:
+        store.cursors.delete(conn, "25", "transactions")
+    assert store.cursors.get("25", "transactions") is None
+
+
+def test_cursor_write_rolls_back_with_its_transaction(store: StateStore) -> None:
+    with pytest.raises(RuntimeError), store.engine.begin() as conn:
+        store.cursors.set(conn, "25", "transactions", "v", 1)
+        raise RuntimeError("crash mid-page")
+    assert store.cursors.get("25", "transactions") is None
+
+
+def test_run_log_counts_status_and_duration(store: StateStore, clock: FakeClock) -> None:
+    run_id = store.runs.start("25", direction="import", kind="backfill", mode="history")
+    page = RunCounts()
+    page.count("applied", 3)
+    page.count("duplicate")
+    page.count("dead_lettered")
+    with store.engine.begin() as conn:
+        store.runs.add(conn, run_id, page, details={"transactions": page.as_dict()})
+        store.runs.add(conn, run_id, page)
+    clock.advance(2.5)
+    store.runs.finish(run_id, "succeeded")
+    run = store.runs.get(run_id)
+    assert run is not None
+    assert run.status == "succeeded"
+    assert run.duration_ms == 2500
+    assert run.counts.as_dict() == {
+        "read": 10,
+        "applied": 6,
+        "duplicate": 2,
+        "skipped": 0,
+        "dead_lettered": 2,
+    }
+    assert run.counts.balanced
+    assert run.details == {"transactions": page.as_dict()}
+    assert store.runs.recent("25")[0].id == run_id
+    assert store.runs.last_success("25", "backfill") == run
+
+
+def test_stale_runs_become_interrupted(store: StateStore) -> None:
+    first = store.runs.start("25", direction="import", kind="backfill")
+    second = store.runs.start("25", direction="import", kind="backfill")
+    other = store.runs.start("26", direction="import", kind="backfill")
+    assert store.runs.interrupt_stale("25", "import", keep=second) == 1
+    statuses = {r.id: r.status for r in store.runs.recent()}
+    assert statuses == {first: "interrupted", second: "running", other: "running"}
+
+
+def test_run_error_is_stored_without_secrets(store: StateStore) -> None:
+    run_id = store.runs.start("25", direction="import", kind="sync")
+    store.runs.finish(
+        run_id,
+        "failed",
+        error="auth failed for password=hunter2 at https://x.test/token/?client_secret=abc "
+        "with Bearer abc.def and sk_live_0123456789 and s3cr3t-value",
+        secrets=["s3cr3t-value"],
+    )
+    run = store.runs.get(run_id)
+    assert run is not None and run.error is not None
+    for leaked in ("hunter2", "client_secret=abc", "abc.def", "0123456789", "s3cr3t-value"):
+        assert leaked not in run.error
+
+
+@pytest.mark.parametrize(
+    ("message", "secret", "absent"),
+    [
+        ("token=abcd1234", None, "abcd1234"),
+        ('{"access_token": "tok-9"}', None, "tok-9"),
+        ("GET https://api.test/v2/users/?access=me&key=1 failed", None, "key=1"),
+        ("failed with pw Secret#Pass", "Secret#Pass", "Secret#Pass"),
+    ],
+    ids=["token-kv", "json-token", "url-query", "known-secret"],
+)
+def test_redact(message: str, secret: str | None, absent: str) -> None:
+    assert absent not in redact(message, [secret])
+
+
+@given(st.lists(st.sampled_from(["applied", "duplicate", "skipped", "dead_lettered"]), max_size=50))
+def test_run_counts_always_balance(outcomes: list[str]) -> None:
+    total = RunCounts()
+    for outcome in outcomes:
+        page = RunCounts()
+        page.count(outcome)
+        total.add(page)
+    assert total.balanced
+    assert total.read == len(outcomes)
+
+
+def test_dead_letters_repeat_resolve_discard(store: StateStore) -> None:
+    with store.engine.begin() as conn:
+        for reason in ("unknown_classification", "unknown_classification"):
+            store.dead_letters.put(
+                conn,
+                business="25",
+                kind="transaction",
+                record_id="77",
+                raw={"transaction_id": 77, "classification": "??"},
+                reason=reason,
+                detail="classification '??' is not EARN or REDEEM",
+                run_id=1,
+            )
+        store.dead_letters.put(
+            conn,
+            business="25",
+            kind="transaction",
+            record_id="78",
+            raw={"transaction_id": 78},
+            reason="bad_points",
+            detail=None,
+            run_id=1,
+        )
+    letters = store.dead_letters.list("25")
+    assert [(d.record_id, d.attempts) for d in letters] == [("77", 2), ("78", 1)]
+    assert letters[0].raw == {"transaction_id": 77, "classification": "??"}
+    assert store.dead_letters.counts("25") == {
+        "open": {"unknown_classification": 1, "bad_points": 1}
+    }
+    assert store.dead_letters.discard("25", reason="bad_points") == 1
+    with store.engine.begin() as conn:
+        assert store.dead_letters.resolve(conn, "25", "transaction", ["77", "999"]) == 1
+    assert store.dead_letters.open_count("25") == 0
+    assert store.dead_letters.counts("25") == {
+        "resolved": {"unknown_classification": 1},
+        "discarded": {"bad_points": 1},
+    }
+
+
+def test_id_map_roundtrip_csv_and_adjustment_numbers(store: StateStore) -> None:
+    entries = [
+        IdMapEntry("25", "100", "perkville:100", "perkville_user", "c1", "ACTIVE", Decimal(40)),
+        IdMapEntry("25", "101", "perkville:101", "perkville_user", "c2", "INACTIVE", Decimal(0)),
+    ]
+    with store.engine.begin() as conn:
+        store.id_map.put(conn, entries)
+        assert store.id_map.next_adjustment(conn, "25", "100") == 1
+        assert store.id_map.next_adjustment(conn, "25", "100") == 2
+    got = store.id_map.get_many("25", ["100", "101", "102"])
+    assert set(got) == {"100", "101"}
+    assert got["100"].perkville_balance == Decimal(40)
+    assert got["100"].adjustments == 2
+    out = io.StringIO()
+    assert store.id_map.export_csv("25", out) == 2
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("business,perkville_user_id,customer_id")
+    assert lines[1].startswith("25,100,perkville:100,perkville_user,c1,ACTIVE,40")
+
+
+def test_lease_is_exclusive_until_expiry(store: StateStore, clock: FakeClock) -> None:
+    name = lease_name("25", "import")
+    ttl = timedelta(seconds=60)
+    first = store.leases.try_acquire(name, "a", ttl)
+    assert first is not None and first.owner == "a"
+    assert store.leases.try_acquire(name, "b", ttl) is None
+    with pytest.raises(LeaseHeldError, match="already running"):
+        store.leases.acquire(name, "b", ttl)
+    assert store.leases.try_acquire(name, "a", ttl) is not None  # re-entrant for its owner
+    clock.advance(61)
+    taken = store.leases.try_acquire(name, "b", ttl)
+    assert taken is not None and taken.owner == "b"
+    with pytest.raises(LeaseLostError), store.engine.begin() as conn:
+        store.leases.fence(conn, name, "a", ttl)
+    assert not store.leases.renew(name, "a", ttl)
+    store.leases.release(name, "a")  # not ours: no effect
+    assert store.leases.holder(name).owner == "b"  # type: ignore[union-attr]
+    store.leases.release(name, "b")
+    assert store.leases.holder(name) is None
+
+
+def test_lease_wait_times_out_with_clear_message(store: StateStore) -> None:
+    ttl = timedelta(seconds=60)
+    store.leases.acquire("import:25", "a", ttl)
+    with pytest.raises(LeaseHeldError, match="held by a"):
+        store.leases.acquire("import:25", "b", ttl, wait=True, timeout=0.3, poll_seconds=0.1)
+
+
+def test_concurrent_acquirers_get_one_winner(db_engine: Engine) -> None:
+    store = StateStore(db_engine)
+    store.migrate()
+    winners: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def contend(owner: str) -> None:
+        barrier.wait()
+        if store.leases.try_acquire("import:25", owner, timedelta(seconds=30)) is not None:
+            winners.append(owner)
+
+    threads = [threading.Thread(target=contend, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert store.leases.holder("import:25").owner == winners[0]  # type: ignore[union-attr]
