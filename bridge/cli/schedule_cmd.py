@@ -1,9 +1,100 @@
-"""CLI commands (placeholder until its issue lands: registers nothing yet)."""
+"""``perkbridge schedule``: run the sync, write-back and reconcile jobs in the foreground."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
+
+from bridge.cli import common
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``schedule`` to ``app``."""
+
+    @app.command("schedule")
+    def schedule(
+        status: bool = typer.Option(
+            False, "--status", help="Print each job's last success, last failure and next run, then exit."
+        ),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Run the scheduler in the foreground (SIGTERM: finish the current page, commit, exit 0).
+
+        Jobs per business (schedule.businesses, else PERKVILLE_BUSINESS_ID): incremental sync
+        every schedule.sync_interval_minutes, write-back every schedule.writeback_interval_seconds
+        when write-back is enabled, reconcile on schedule.reconcile_cron.  Several workers on one
+        PostgreSQL database share the businesses through leases.
+        """
+        from config import ConfigError
+        from perkamo_core.db import create_db_engine
+
+        settings = common.settings()
+        engine = create_db_engine(settings.database_url)
+        try:
+            if status:
+                _print_status(engine, json_output)
+                return
+            _configure_logging(json_output)
+            from bridge.workers import NoFreeSlotError, run_worker
+
+            config_file = common.STATE.config_file
+            if config_file is not None:
+                config_file = str(Path(config_file).resolve())
+            try:
+                code = run_worker(settings, engine, config_file=config_file)
+            except ConfigError as exc:
+                common.fail(str(exc), common.EXIT_CONFIG)
+            except NoFreeSlotError as exc:
+                common.fail(str(exc), common.EXIT_FAILURE)
+            if code != common.EXIT_OK:
+                common.fail("this worker's slot lease was taken over; it stopped", code)
+        finally:
+            engine.dispose()
+
+
+def _configure_logging(json_output: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=(
+            '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+            if json_output
+            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        ),
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _print_status(engine: Engine, json_output: bool) -> None:
+    from bridge.scheduler import job_statuses
+
+    rows = job_statuses(engine)
+    if json_output:
+        common.print_json({"jobs": rows})
+        return
+    if not rows:
+        typer.echo("no scheduled jobs have run against this database yet")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("job", "worker", "last success", "last failure", "last error", "next run")
+
+    def fmt(value: object) -> str:
+        return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else str(value or "")
+
+    for row in rows:
+        table.add_row(
+            row["job_id"],
+            str(row.get("worker") or ""),
+            fmt(row.get("last_success_at")),
+            fmt(row.get("last_failure_at")),
+            str(row.get("last_error") or ""),
+            fmt(row.get("next_run_at")),
+        )
+    Console().print(table)
