@@ -1,29 +1,46 @@
 """The pure rules engine: (program, customer state, event) -> outcome, plus redemption and read-model pieces.
 
-No database session, clock or I/O lives here. The service loads a `CustomerState` (only the parts
-`plan_state_query` names for the event), calls `evaluate`, persists the explicit changes the
+No database session, clock or I/O lives here. The service loads a `CustomerState` (at least the
+parts `plan_state_query` names for the event), calls `evaluate`, persists the explicit changes the
 `Outcome` lists, and may fold them into the in-memory state with `apply_outcome` to evaluate the
 next event of the same customer (the bulk path). A state key the service did not load reads as
 zero / absent.
 
 Counter keys (rule limits) are ``"{rule_id}|d|YYYY-MM-DD"`` (local day), ``"{rule_id}|w|YYYY-Www"``
-(ISO week of the local day) and ``"{rule_id}|life"``; ``last_applied`` is keyed by rule id.
+(ISO week of the local day) and ``"{rule_id}|life"``; ``last_applied`` is keyed by rule id. Counters
+are kept only for limits a rule actually has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
-from decimal import Decimal
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
-from perkamo_core.program import Program
+from perkamo_core.formula import EvaluationError, Expression, compile_expression
+from perkamo_core.program import (
+    ROUNDING_MODES,
+    AchievementDef,
+    AchievementTrigger,
+    CompiledAchievement,
+    CompiledBoost,
+    CompiledRule,
+    EventCountTrigger,
+    LevelTrigger,
+    Perk,
+    PointsThresholdTrigger,
+    Program,
+    StreakDef,
+    StreakTrigger,
+)
 
 __all__ = [
     "AchievementIncrement",
-    "EngineEvent",
     "CustomerState",
+    "EngineEvent",
     "LevelState",
     "Outcome",
     "PerkUnlock",
@@ -44,11 +61,21 @@ __all__ = [
     "format_datetime",
     "next_perks_view",
     "perks_view",
+    "period_label",
     "plan_read_query",
     "plan_redemption",
     "plan_state_query",
+    "prune_state",
     "streaks_view",
+    "wallet_state",
 ]
+
+_CTX = Context(prec=60, traps=[InvalidOperation])
+"""Balances and totals: 60 significant digits, so sums of bounded amounts never round silently."""
+
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
+_PROGRESS_QUANTUM = Decimal("0.0001")
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -75,7 +102,7 @@ class StreakState:
 
 @dataclass(frozen=True, slots=True)
 class PerkUnlock:
-    """An unlocked perk: when, and the trigger (as JSON) that fired."""
+    """An unlocked perk: when, and the trigger (JSON-ready; numbers int or Decimal) that fired."""
 
     key: str
     unlocked_at: datetime
@@ -109,31 +136,132 @@ class CustomerState:
 
     def copy(self) -> CustomerState:
         """A copy safe to mutate independently of this one."""
-        raise NotImplementedError
+        return CustomerState(
+            balances=dict(self.balances),
+            lifetime=dict(self.lifetime),
+            perks=dict(self.perks),
+            achievements=dict(self.achievements),
+            event_counts=dict(self.event_counts),
+            counters=dict(self.counters),
+            last_applied=dict(self.last_applied),
+            achievement_totals=dict(self.achievement_totals),
+            achievement_days={k: dict(v) for k, v in self.achievement_days.items()},
+            streaks=dict(self.streaks),
+            reward_counts=dict(self.reward_counts),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (Decimals as strings, dates/datetimes ISO) for storage as one blob."""
-        raise NotImplementedError
+        """A JSON-ready dict (Decimals as strings, dates/datetimes ISO-8601) for storage as one blob."""
+        return {
+            "balances": {k: str(v) for k, v in self.balances.items()},
+            "lifetime": {k: str(v) for k, v in self.lifetime.items()},
+            "perks": {
+                k: {"unlocked_at": p.unlocked_at.isoformat(), "trigger": _trigger_to_json(p.trigger)}
+                for k, p in self.perks.items()
+            },
+            "achievements": {k: v.isoformat() for k, v in self.achievements.items()},
+            "event_counts": dict(self.event_counts),
+            "counters": dict(self.counters),
+            "last_applied": {k: v.isoformat() for k, v in self.last_applied.items()},
+            "achievement_totals": {k: str(v) for k, v in self.achievement_totals.items()},
+            "achievement_days": {
+                k: {d.isoformat(): str(v) for d, v in days.items()} for k, days in self.achievement_days.items()
+            },
+            "streaks": {
+                k: {
+                    "current": s.current,
+                    "longest": s.longest,
+                    "last_period": s.last_period.isoformat() if s.last_period else None,
+                }
+                for k, s in self.streaks.items()
+            },
+            "reward_counts": dict(self.reward_counts),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CustomerState:
-        """Inverse of `to_json`."""
-        raise NotImplementedError
+        """Inverse of `to_json`; missing sections are empty."""
+
+        def dec(m: Mapping[str, Any] | None) -> dict[str, Decimal]:
+            return {k: Decimal(v) for k, v in (m or {}).items()}
+
+        def dts(m: Mapping[str, Any] | None) -> dict[str, datetime]:
+            return {k: datetime.fromisoformat(v) for k, v in (m or {}).items()}
+
+        return cls(
+            balances=dec(data.get("balances")),
+            lifetime=dec(data.get("lifetime")),
+            perks={
+                k: PerkUnlock(k, datetime.fromisoformat(p["unlocked_at"]), _trigger_from_json(p.get("trigger") or {}))
+                for k, p in (data.get("perks") or {}).items()
+            },
+            achievements=dts(data.get("achievements")),
+            event_counts={k: int(v) for k, v in (data.get("event_counts") or {}).items()},
+            counters={k: int(v) for k, v in (data.get("counters") or {}).items()},
+            last_applied=dts(data.get("last_applied")),
+            achievement_totals=dec(data.get("achievement_totals")),
+            achievement_days={
+                k: {date.fromisoformat(d): Decimal(v) for d, v in days.items()}
+                for k, days in (data.get("achievement_days") or {}).items()
+            },
+            streaks={
+                k: StreakState(
+                    int(s.get("current", 0)),
+                    int(s.get("longest", 0)),
+                    date.fromisoformat(s["last_period"]) if s.get("last_period") else None,
+                )
+                for k, s in (data.get("streaks") or {}).items()
+            },
+            reward_counts={k: int(v) for k, v in (data.get("reward_counts") or {}).items()},
+        )
+
+
+def _trigger_to_json(trigger: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in trigger.items()}
+
+
+def _trigger_from_json(trigger: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in trigger.items():
+        if k in ("amount",) and isinstance(v, str):
+            out[k] = _json_number(Decimal(v))
+        else:
+            out[k] = v
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class StateQuery:
-    """What the service must load for one event (or the union for several, via `merge`)."""
+    """What the service must load for one event (or for several, via `merge`).
+
+    `achievement_days` maps an achievement key to the inclusive range of local days whose buckets
+    are needed. Balances, lifetime totals, unlocked perks and completed achievements are always needed.
+    """
 
     counter_keys: frozenset[str] = frozenset()
     last_applied_rules: frozenset[str] = frozenset()
     event_types: frozenset[str] = frozenset()
     achievement_totals: frozenset[str] = frozenset()
-    achievement_days: Mapping[str, tuple[date, date]] = field(default_factory=dict)  # key -> (first, last) inclusive
+    achievement_days: Mapping[str, tuple[date, date]] = field(default_factory=dict)
     streaks: frozenset[str] = frozenset()
 
     def merge(self, other: StateQuery) -> StateQuery:
-        raise NotImplementedError
+        """The union of two queries (day ranges are widened to cover both)."""
+        days = dict(self.achievement_days)
+        for key, (first, last) in other.achievement_days.items():
+            if key in days:
+                a, b = days[key]
+                days[key] = (min(a, first), max(b, last))
+            else:
+                days[key] = (first, last)
+        return StateQuery(
+            counter_keys=self.counter_keys | other.counter_keys,
+            last_applied_rules=self.last_applied_rules | other.last_applied_rules,
+            event_types=self.event_types | other.event_types,
+            achievement_totals=self.achievement_totals | other.achievement_totals,
+            achievement_days=days,
+            streaks=self.streaks | other.streaks,
+        )
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -150,7 +278,7 @@ class WalletDelta:
 
 @dataclass(frozen=True, slots=True)
 class LevelState:
-    """The wire level object; `to_json` gives `{wallet, level, current, currentLevelAt, nextLevelAt, progress}`."""
+    """The wire level object; `to_json` gives `{wallet, level, current, nextLevelAt, currentLevelAt, progress}`."""
 
     wallet: str
     level: int
@@ -161,7 +289,15 @@ class LevelState:
     name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The seed's key order; numbers stay Decimal (a Decimal-aware JSON encoder prints numbers)."""
+        return {
+            "wallet": self.wallet,
+            "level": self.level,
+            "current": self.current,
+            "nextLevelAt": self.next_level_at,
+            "currentLevelAt": self.current_level_at,
+            "progress": self.progress,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,16 +308,25 @@ class Unlock:
     key: str
     name: str
 
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "key": self.key, "name": self.name}
+
 
 @dataclass(frozen=True, slots=True)
 class RuleTrace:
-    """Why a rule, boost or achievement did or did not apply to this event."""
+    """Why a rule, boost, achievement or streak did or did not apply to this event."""
 
     kind: Literal["rule", "boost", "achievement", "streak", "perk"]
     key: str
     applied: bool
     reason: str
     amount: Decimal | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "key": self.key, "applied": self.applied, "reason": self.reason}
+        if self.amount is not None:
+            out["amount"] = self.amount
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +346,7 @@ class Outcome:
     occurred_at: datetime
     deltas: tuple[WalletDelta, ...]
     balances: Mapping[str, Decimal]  # wallet_state after the event (every known wallet)
-    lifetime: Mapping[str, Decimal]  # lifetime totals after the event (wallets that moved up)
+    lifetime: Mapping[str, Decimal]  # lifetime totals after the event (every wallet with one)
     level: LevelState | None
     previous_level: int | None
     leveled_up: bool
@@ -217,14 +362,24 @@ class Outcome:
 
     @property
     def changed_wallets(self) -> frozenset[str]:
-        raise NotImplementedError
+        """Wallets whose balance this event moved."""
+        return frozenset(d.wallet for d in self.deltas)
 
     def to_result(self) -> dict[str, Any]:
-        """`{applied: true, duplicate: false, delta, leveled_up, unlocked, wallet_state, level}`; numbers are Decimal."""
-        raise NotImplementedError
+        """`{applied, duplicate, delta, leveled_up, unlocked, wallet_state, level}`; numbers are Decimal."""
+        return {
+            "applied": True,
+            "duplicate": False,
+            "delta": [{"wallet": d.wallet, "amount": d.amount} for d in self.deltas],
+            "leveled_up": self.leveled_up,
+            "unlocked": [u.to_json() for u in self.unlocked],
+            "wallet_state": dict(self.balances),
+            "level": self.level.to_json() if self.level is not None else None,
+        }
 
     def trace_json(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The trace as JSON-ready dicts (for the stored outcome / debugging)."""
+        return [t.to_json() for t in self.trace]
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,93 +390,820 @@ class RedemptionPlan:
     reward_key: str
     message: str
     wallet: str | None = None
-    cost: Decimal = Decimal(0)
-    balance_before: Decimal = Decimal(0)
-    balance_after: Decimal = Decimal(0)
+    cost: Decimal = _ZERO
+    balance_before: Decimal = _ZERO
+    balance_after: Decimal = _ZERO
     effect: Mapping[str, Any] = field(default_factory=dict)
     level: LevelState | None = None
+    reward_name: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def delta(self) -> WalletDelta | None:
+        """The movement to record (negative cost), or None when the plan is not ok."""
+        return WalletDelta(self.wallet, -self.cost) if self.ok and self.wallet is not None else None
 
-# --- functions --------------------------------------------------------------------------------
+
+# --- per-event-type plans, derived once per program -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _RulePlan:
+    rule: CompiledRule
+    rule_id: str
+    wallet: str
+    quantum: Decimal
+    rounding: str
+    allow_negative: bool
+    amount: Decimal | None
+    formula: Expression | None
+    when: Expression | None
+    active_from: datetime | None
+    active_until: datetime | None
+    per_day: int | None
+    per_week: int | None
+    lifetime: int | None
+    cooldown: timedelta | None
+    boosts: tuple[CompiledBoost, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _AchievementPlan:
+    compiled: CompiledAchievement
+    key: str
+    field_expr: Expression | None
+
+
+@dataclass(frozen=True, slots=True)
+class _EventPlan:
+    rules: tuple[_RulePlan, ...]
+    achievements: tuple[_AchievementPlan, ...]
+    streaks: tuple[StreakDef, ...]
+    needs_local_day: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _ProgramPlan:
+    wallet_keys: tuple[str, ...]
+    quanta: Mapping[str, tuple[Decimal, str]]
+    thresholds: tuple[Decimal, ...]
+    level_names: tuple[str, ...] | None
+    perks: tuple[Perk, ...]
+    trigger_json: Mapping[str, dict[str, Any]]
+
+
+def _program_plan(program: Program) -> _ProgramPlan:
+    cached = program.engine_cache.get("__program__")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    quanta = {k: (w.quantum, ROUNDING_MODES[w.rounding]) for k, w in program.wallet_defs.items()}
+    lv = program.leveling
+    plan = _ProgramPlan(
+        wallet_keys=tuple(program.wallet_defs),
+        quanta=quanta,
+        thresholds=tuple(lv.thresholds) if lv else (),
+        level_names=tuple(lv.names) if lv and lv.names else None,
+        perks=tuple(program.perks.perks),
+        trigger_json={p.key: _trigger_json(p) for p in program.perks.perks},
+    )
+    program.engine_cache["__program__"] = plan
+    return plan
+
+
+def _trigger_json(perk: Perk) -> dict[str, Any]:
+    raw = perk.trigger.model_dump(mode="python")
+    return {k: (_json_number(v) if isinstance(v, Decimal) else v) for k, v in raw.items()}
+
+
+def _json_number(value: Decimal) -> int | Decimal:
+    """An int when integral (prints as `30`), else the Decimal."""
+    if value == value.to_integral_value():
+        return int(value)
+    return value
+
+
+def _event_plan(program: Program, event_type: str) -> _EventPlan:
+    key = "event:" + event_type
+    cached = program.engine_cache.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    rules: list[_RulePlan] = []
+    for cr in program.rules_by_event.get(event_type, ()):
+        r = cr.rule
+        wallet = program.wallet(r.wallet)
+        boosts = tuple(
+            b
+            for b in program.compiled_boosts
+            if (b.boost.events is None or event_type in b.boost.events)
+            and (b.boost.wallets is None or r.wallet in b.boost.wallets)
+        )
+        lim = r.limits
+        rules.append(
+            _RulePlan(
+                rule=cr,
+                rule_id=cr.rule_id,
+                wallet=r.wallet,
+                quantum=wallet.quantum,
+                rounding=ROUNDING_MODES[wallet.rounding],
+                allow_negative=wallet.allow_negative,
+                amount=r.amount,
+                formula=cr.formula,
+                when=cr.when,
+                active_from=r.active_from,
+                active_until=r.active_until,
+                per_day=lim.per_day,
+                per_week=lim.per_week,
+                lifetime=lim.lifetime,
+                cooldown=timedelta(seconds=lim.cooldown_seconds) if lim.cooldown_seconds else None,
+                boosts=boosts,
+            )
+        )
+    achievements = tuple(
+        _AchievementPlan(
+            compiled=ca,
+            key=ca.achievement.key,
+            field_expr=compile_expression("{{" + ca.achievement.field + "}}") if ca.achievement.field else None,
+        )
+        for ca in program.achievements_by_event.get(event_type, ())
+    )
+    streaks = program.streaks_by_event.get(event_type, ())
+    needs_local_day = (
+        bool(streaks)
+        or any(a.compiled.achievement.window_days for a in achievements)
+        or any(r.per_day or r.per_week for r in rules)
+    )
+    plan = _EventPlan(tuple(rules), achievements, tuple(streaks), needs_local_day)
+    program.engine_cache[key] = plan
+    return plan
+
+
+# --- periods ----------------------------------------------------------------------------------
+
+
+def _local_day(moment: datetime, tz: tzinfo) -> date:
+    return moment.astimezone(tz).date()
+
+
+def _week_label(day: date) -> str:
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _period_start(day: date, period: str) -> date:
+    return day - timedelta(days=day.weekday()) if period == "week" else day
+
+
+def period_label(start: date, period: str) -> str:
+    """`2026-06-01` for a day, `2026-W22` for the week starting on that Monday."""
+    return _week_label(start) if period == "week" else start.isoformat()
+
+
+def _day_key(rule_id: str, day: date) -> str:
+    return f"{rule_id}|d|{day.isoformat()}"
+
+
+def _week_key(rule_id: str, day: date) -> str:
+    return f"{rule_id}|w|{_week_label(day)}"
+
+
+def _life_key(rule_id: str) -> str:
+    return f"{rule_id}|life"
+
+
+def _window_days(day: date, window: int) -> Iterable[date]:
+    for i in range(window):
+        yield day - timedelta(days=i)
+
+
+# --- the engine ---------------------------------------------------------------------------------
 
 
 def plan_state_query(program: Program, event: EngineEvent, tz: tzinfo) -> StateQuery:
-    """The counter keys, event counts, achievement ranges and streaks `evaluate` reads for `event`."""
-    raise NotImplementedError
+    """The counter keys, event counts, achievement day ranges and streaks `evaluate` reads for `event`."""
+    plan = _event_plan(program, event.event)
+    day = _local_day(event.occurred_at, tz) if plan.needs_local_day else None
+    counters: set[str] = set()
+    cooldowns: set[str] = set()
+    for rp in plan.rules:
+        if rp.per_day and day is not None:
+            counters.add(_day_key(rp.rule_id, day))
+        if rp.per_week and day is not None:
+            counters.add(_week_key(rp.rule_id, day))
+        if rp.lifetime:
+            counters.add(_life_key(rp.rule_id))
+        if rp.cooldown:
+            cooldowns.add(rp.rule_id)
+    totals: set[str] = set()
+    days: dict[str, tuple[date, date]] = {}
+    for ap in plan.achievements:
+        window = ap.compiled.achievement.window_days
+        if window and day is not None:
+            days[ap.key] = (day - timedelta(days=window - 1), day)
+        else:
+            totals.add(ap.key)
+    return StateQuery(
+        counter_keys=frozenset(counters),
+        last_applied_rules=frozenset(cooldowns),
+        event_types=frozenset({event.event}) if event.event in program.counted_events else frozenset(),
+        achievement_totals=frozenset(totals),
+        achievement_days=days,
+        streaks=frozenset(s.key for s in plan.streaks),
+    )
+
+
+def _quantize(amount: Decimal, quantum: Decimal, rounding: str) -> Decimal:
+    return amount.quantize(quantum, rounding=rounding, context=_CTX)
+
+
+def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace]) -> Decimal | None:
+    """The rule's boosted, rounded amount, or None (with a trace entry) when it does not apply."""
+    ctx = event.context
+    if rp.when is not None:
+        try:
+            ok = rp.when.evaluate_condition(ctx)
+        except EvaluationError as exc:
+            trace.append(RuleTrace("rule", rp.rule_id, False, f"condition failed: {exc}"))
+            return None
+        if not ok:
+            trace.append(RuleTrace("rule", rp.rule_id, False, "condition is false"))
+            return None
+    if rp.amount is not None:
+        amount = rp.amount
+    else:
+        assert rp.formula is not None
+        try:
+            amount = rp.formula.evaluate_number(ctx)
+        except EvaluationError as exc:
+            trace.append(RuleTrace("rule", rp.rule_id, False, f"formula failed: {exc}"))
+            return None
+    if amount > 0 and rp.boosts:
+        at = event.occurred_at
+        for cb in rp.boosts:
+            b = cb.boost
+            if (b.starts_at is not None and at < b.starts_at) or (b.ends_at is not None and at >= b.ends_at):
+                continue
+            if cb.when is not None:
+                try:
+                    if not cb.when.evaluate_condition(ctx):
+                        continue
+                except EvaluationError as exc:
+                    trace.append(RuleTrace("boost", b.key, False, f"condition failed: {exc}"))
+                    continue
+            amount = _CTX.multiply(amount, b.multiplier)
+            trace.append(RuleTrace("boost", b.key, True, f"x{b.multiplier} on {rp.rule_id}"))
+    try:
+        return _quantize(amount, rp.quantum, rp.rounding)
+    except InvalidOperation:
+        trace.append(RuleTrace("rule", rp.rule_id, False, "amount out of range"))
+        return None
 
 
 def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzinfo) -> Outcome:
-    """Apply `program` to one event of a customer in `state`; pure, never raises for bad context data."""
-    raise NotImplementedError
+    """Apply `program` to one event of a customer in `state`; pure, and bad context data never raises."""
+    plan = _event_plan(program, event.event)
+    pplan = _program_plan(program)
+    at = event.occurred_at
+    day = _local_day(at, tz) if plan.needs_local_day else None
+    trace: list[RuleTrace] = []
+    deltas: list[WalletDelta] = []
+    counter_inc: dict[str, int] = {}
+    last_applied: dict[str, datetime] = {}
+    balances = state.balances
+    lifetime = state.lifetime
+    new_bal: dict[str, Decimal] | None = None
+    new_life: dict[str, Decimal] | None = None
+    counters = state.counters
+
+    for rp in plan.rules:
+        rid = rp.rule_id
+        if rp.active_from is not None and at < rp.active_from:
+            trace.append(RuleTrace("rule", rid, False, "not active yet"))
+            continue
+        if rp.active_until is not None and at >= rp.active_until:
+            trace.append(RuleTrace("rule", rid, False, "no longer active"))
+            continue
+        keys: list[str] = []
+        if rp.per_day is not None:
+            assert day is not None
+            k = _day_key(rid, day)
+            if counters.get(k, 0) >= rp.per_day:
+                trace.append(RuleTrace("rule", rid, False, f"per_day limit {rp.per_day} reached"))
+                continue
+            keys.append(k)
+        if rp.per_week is not None:
+            assert day is not None
+            k = _week_key(rid, day)
+            if counters.get(k, 0) >= rp.per_week:
+                trace.append(RuleTrace("rule", rid, False, f"per_week limit {rp.per_week} reached"))
+                continue
+            keys.append(k)
+        if rp.lifetime is not None:
+            k = _life_key(rid)
+            if counters.get(k, 0) >= rp.lifetime:
+                trace.append(RuleTrace("rule", rid, False, f"lifetime limit {rp.lifetime} reached"))
+                continue
+            keys.append(k)
+        if rp.cooldown is not None:
+            last = state.last_applied.get(rid)
+            if last is not None and at - last < rp.cooldown:
+                trace.append(RuleTrace("rule", rid, False, "cooldown not elapsed"))
+                continue
+        amount = _rule_amount(rp, event, trace)
+        if amount is None:
+            continue
+        if not amount:
+            trace.append(RuleTrace("rule", rid, False, "amount is zero", amount))
+            continue
+        wallet = rp.wallet
+        if new_bal is None:
+            new_bal = dict(balances)
+        current = new_bal.get(wallet, _ZERO)
+        if amount < 0 and not rp.allow_negative and current + amount < 0:
+            amount = -current if current > 0 else _ZERO
+            if not amount:
+                trace.append(RuleTrace("rule", rid, False, "balance is zero; nothing to take"))
+                continue
+            trace.append(RuleTrace("rule", rid, True, "applied, clamped to the balance", amount))
+        else:
+            trace.append(RuleTrace("rule", rid, True, "applied", amount))
+        new_bal[wallet] = _CTX.add(current, amount)
+        if amount > 0:
+            if new_life is None:
+                new_life = dict(lifetime)
+            new_life[wallet] = _CTX.add(new_life.get(wallet, _ZERO), amount)
+        deltas.append(WalletDelta(wallet, amount, rid))
+        for k in keys:
+            counter_inc[k] = counter_inc.get(k, 0) + 1
+        if rp.cooldown is not None:
+            last_applied[rid] = at
+
+    bal_after = new_bal if new_bal is not None else balances
+    life_after = new_life if new_life is not None else lifetime
+
+    # achievements
+    new_achievements: dict[str, datetime] = {}
+    ach_inc: list[AchievementIncrement] = []
+    unlocked_ach: list[Unlock] = []
+    for ap in plan.achievements:
+        ach = ap.compiled.achievement
+        if ach.key in state.achievements:
+            continue
+        progress = _achievement_step(ap, event, trace)
+        if progress is None:
+            continue
+        if ach.window_days:
+            assert day is not None
+            buckets = state.achievement_days.get(ach.key)
+            total = progress
+            if buckets:
+                for d in _window_days(day, ach.window_days):
+                    v = buckets.get(d)
+                    if v is not None:
+                        total = _CTX.add(total, v)
+            ach_inc.append(AchievementIncrement(ach.key, day, progress))
+        else:
+            total = _CTX.add(state.achievement_totals.get(ach.key, _ZERO), progress)
+            ach_inc.append(AchievementIncrement(ach.key, None, progress))
+        if total >= ach.target:
+            new_achievements[ach.key] = at
+            unlocked_ach.append(Unlock("achievement", ach.key, ach.name))
+            trace.append(RuleTrace("achievement", ach.key, True, "completed", total))
+
+    # streaks
+    streak_updates: dict[str, StreakState] = {}
+    for sd in plan.streaks:
+        assert day is not None
+        before = state.streaks.get(sd.key)
+        after = _advance_streak(before, _period_start(day, sd.period), sd)
+        if after is not before:
+            streak_updates[sd.key] = after
+
+    # event counts
+    count_after = state.event_counts.get(event.event, 0) + 1
+
+    # level
+    prev = compute_level(program, balances, lifetime)
+    level = compute_level(program, bal_after, life_after) if (new_bal is not None or new_life is not None) else prev
+    prev_level = prev.level if prev is not None else None
+    leveled_up = level is not None and prev_level is not None and level.level > prev_level
+    unlocked: list[Unlock] = []
+    if leveled_up:
+        assert level is not None and prev_level is not None
+        for n in range(prev_level + 1, level.level + 1):
+            unlocked.append(Unlock("level", f"level_{n}", _level_name(pplan, n)))
+    unlocked.extend(unlocked_ach)
+
+    # perks
+    new_perks: list[PerkUnlock] = []
+    for perk in pplan.perks:
+        if perk.key in state.perks:
+            continue
+        if _trigger_holds(perk, state, event.event, count_after, life_after, level, new_achievements, streak_updates):
+            new_perks.append(PerkUnlock(perk.key, at, pplan.trigger_json[perk.key]))
+            unlocked.append(Unlock("perk", perk.key, perk.name))
+
+    wallet_state = _wallet_state(pplan, bal_after)
+    return Outcome(
+        event=event.event,
+        occurred_at=at,
+        deltas=tuple(deltas),
+        balances=wallet_state,
+        lifetime=dict(life_after),
+        level=level,
+        previous_level=prev_level,
+        leveled_up=leveled_up,
+        unlocked=tuple(unlocked),
+        new_perks=tuple(new_perks),
+        new_achievements=new_achievements,
+        counter_increments=counter_inc,
+        last_applied=last_applied,
+        event_count_increments={event.event: 1},
+        achievement_increments=tuple(ach_inc),
+        streak_updates=streak_updates,
+        trace=tuple(trace),
+    )
 
 
-def apply_outcome(state: CustomerState, outcome: Outcome) -> CustomerState:
-    """A new state with `outcome`'s changes folded in (the input state is not modified)."""
-    raise NotImplementedError
+def _achievement_step(ap: _AchievementPlan, event: EngineEvent, trace: list[RuleTrace]) -> Decimal | None:
+    ca = ap.compiled
+    if ca.when is not None:
+        try:
+            if not ca.when.evaluate_condition(event.context):
+                return None
+        except EvaluationError as exc:
+            trace.append(RuleTrace("achievement", ap.key, False, f"condition failed: {exc}"))
+            return None
+    if ap.field_expr is None:
+        return _ONE
+    try:
+        return ap.field_expr.evaluate_number(event.context)
+    except EvaluationError as exc:
+        trace.append(RuleTrace("achievement", ap.key, False, f"field failed: {exc}"))
+        return None
+
+
+def _advance_streak(before: StreakState | None, period: date, sd: StreakDef) -> StreakState:
+    if before is None or before.last_period is None:
+        return StreakState(1, max(1, before.longest if before else 0), period)
+    last = before.last_period
+    if period <= last:
+        return before  # same period already counted, or a late event for an earlier one
+    step = 7 if sd.period == "week" else 1
+    gap = (period - last).days // step
+    current = before.current + 1 if gap <= 1 + sd.grace_periods else 1
+    return StreakState(current, max(before.longest, current), period)
+
+
+def _trigger_holds(
+    perk: Perk,
+    state: CustomerState,
+    event_type: str,
+    count_after: int,
+    lifetime: Mapping[str, Decimal],
+    level: LevelState | None,
+    new_achievements: Mapping[str, datetime],
+    streak_updates: Mapping[str, StreakState],
+) -> bool:
+    t = perk.trigger
+    if isinstance(t, PointsThresholdTrigger):
+        return lifetime.get(t.wallet, _ZERO) >= t.amount
+    if isinstance(t, LevelTrigger):
+        return level is not None and level.level >= t.level
+    if isinstance(t, EventCountTrigger):
+        count = count_after if t.event == event_type else state.event_counts.get(t.event, 0)
+        return count >= t.count
+    if isinstance(t, StreakTrigger):
+        st = streak_updates.get(t.streak) or state.streaks.get(t.streak)
+        return st is not None and st.current >= t.count
+    if isinstance(t, AchievementTrigger):
+        return t.achievement in new_achievements or t.achievement in state.achievements
+    return False  # pragma: no cover - the trigger union is closed
+
+
+def _level_name(pplan: _ProgramPlan, n: int) -> str:
+    if pplan.level_names is not None and 0 < n <= len(pplan.level_names):
+        return pplan.level_names[n - 1]
+    return f"Level {n}"
+
+
+def _wallet_state(pplan: _ProgramPlan, balances: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    for key in pplan.wallet_keys:
+        value = balances.get(key, _ZERO)
+        q = pplan.quanta[key]
+        out[key] = value if value.as_tuple().exponent == q[0].as_tuple().exponent else _quantize(value, *q)
+    for key, value in balances.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def wallet_state(program: Program, balances: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    """Every known wallet's balance at its precision (program wallets first, then any other held)."""
+    return _wallet_state(_program_plan(program), balances)
 
 
 def compute_level(
     program: Program, balances: Mapping[str, Decimal], lifetime: Mapping[str, Decimal]
 ) -> LevelState | None:
     """The level object for these totals, or None without a leveling module."""
-    raise NotImplementedError
+    lv = program.leveling
+    if lv is None:
+        return None
+    pplan = _program_plan(program)
+    thresholds = pplan.thresholds
+    raw = (lifetime if lv.basis == "lifetime" else balances).get(lv.wallet, _ZERO)
+    q = pplan.quanta.get(lv.wallet)
+    current = _quantize(raw, *q) if q is not None else raw
+    n = max(1, bisect_right(thresholds, current))
+    at = thresholds[n - 1]
+    if n < len(thresholds):
+        nxt: Decimal | None = thresholds[n]
+        assert nxt is not None
+        ratio = _CTX.divide(_CTX.subtract(current, at), _CTX.subtract(nxt, at))
+        ratio = min(max(ratio, _ZERO), _ONE)
+        progress = ratio.quantize(_PROGRESS_QUANTUM, rounding=ROUND_DOWN, context=_CTX).normalize(_CTX)
+    else:
+        nxt = None
+        progress = _ONE
+    return LevelState(lv.wallet, n, current, at, nxt, progress, _level_name(pplan, n))
+
+
+def apply_outcome(state: CustomerState, outcome: Outcome) -> CustomerState:
+    """A new state with `outcome`'s changes folded in (the input state is not modified)."""
+    new = replace(state)
+    if outcome.deltas:
+        new.balances = dict(outcome.balances)
+        new.lifetime = dict(outcome.lifetime)
+    if outcome.new_perks:
+        new.perks = {**state.perks, **{p.key: p for p in outcome.new_perks}}
+    if outcome.new_achievements:
+        new.achievements = {**state.achievements, **outcome.new_achievements}
+    if outcome.event_count_increments:
+        counts = dict(state.event_counts)
+        for k, v in outcome.event_count_increments.items():
+            counts[k] = counts.get(k, 0) + v
+        new.event_counts = counts
+    if outcome.counter_increments:
+        counters = dict(state.counters)
+        for k, v in outcome.counter_increments.items():
+            counters[k] = counters.get(k, 0) + v
+        new.counters = counters
+    if outcome.last_applied:
+        new.last_applied = {**state.last_applied, **outcome.last_applied}
+    if outcome.achievement_increments:
+        totals = dict(state.achievement_totals)
+        days = dict(state.achievement_days)
+        for inc in outcome.achievement_increments:
+            if inc.day is None:
+                totals[inc.key] = _CTX.add(totals.get(inc.key, _ZERO), inc.amount)
+            else:
+                buckets = dict(days.get(inc.key, {}))
+                buckets[inc.day] = _CTX.add(buckets.get(inc.day, _ZERO), inc.amount)
+                days[inc.key] = buckets
+        new.achievement_totals = totals
+        new.achievement_days = days
+    if outcome.streak_updates:
+        new.streaks = {**state.streaks, **outcome.streak_updates}
+    return new
+
+
+def prune_state(program: Program, state: CustomerState, today: date) -> CustomerState:
+    """A copy without data no future event on or after local day `today` can read.
+
+    Drops day/week limit counters of earlier periods, achievement day buckets older than the
+    longest window, and progress of achievements already completed. Late events for earlier days
+    would then see fresh counters; call it with a `today` that leaves the late-arrival margin you need.
+    """
+    week = _week_label(today)
+    counters = {}
+    for k, v in state.counters.items():
+        parts = k.rsplit("|", 2)
+        if len(parts) == 3 and parts[1] == "d" and parts[2] < today.isoformat():
+            continue
+        if len(parts) == 3 and parts[1] == "w" and parts[2] < week:
+            continue
+        counters[k] = v
+    days: dict[str, dict[date, Decimal]] = {}
+    for key, buckets in state.achievement_days.items():
+        ach = program.achievement_defs.get(key)
+        if ach is None or ach.window_days is None or key in state.achievements:
+            continue
+        first = today - timedelta(days=ach.window_days - 1)
+        kept = {d: v for d, v in buckets.items() if d >= first}
+        if kept:
+            days[key] = kept
+    totals = {k: v for k, v in state.achievement_totals.items() if k not in state.achievements}
+    new = state.copy()
+    new.counters = counters
+    new.achievement_days = days
+    new.achievement_totals = totals
+    return new
+
+
+# --- redemption -----------------------------------------------------------------------------------
 
 
 def plan_redemption(program: Program, state: CustomerState, reward_key: str) -> RedemptionPlan:
     """Check a reward's cost against the balance (and its per-customer limit); changes nothing."""
-    raise NotImplementedError
+    reward = program.reward_defs.get(reward_key)
+    if reward is None:
+        return RedemptionPlan("unknown_reward", reward_key, f"reward {reward_key!r} is not configured")
+    wallet = program.wallet(reward.wallet)
+    cost = _quantize(reward.cost, wallet.quantum, ROUNDING_MODES[wallet.rounding])
+    balance = state.balances.get(reward.wallet, _ZERO)
+    base = {
+        "reward_key": reward_key,
+        "wallet": reward.wallet,
+        "cost": cost,
+        "balance_before": balance,
+        "balance_after": balance,
+        "effect": dict(reward.effect),
+        "reward_name": reward.name,
+    }
+    limit = reward.limits.per_customer
+    if limit is not None and state.reward_counts.get(reward_key, 0) >= limit:
+        return RedemptionPlan(
+            "limit_reached", message=f"reward {reward_key!r} may be redeemed {limit} time(s) per customer", **base
+        )
+    if cost > balance and not wallet.allow_negative:
+        return RedemptionPlan(
+            "insufficient_balance",
+            message=f"reward {reward_key!r} costs {cost} {reward.wallet}; the balance is {balance}",
+            **base,
+        )
+    after = _CTX.subtract(balance, cost)
+    base["balance_after"] = after
+    level = compute_level(program, {**state.balances, reward.wallet: after}, state.lifetime)
+    return RedemptionPlan("ok", message="redeemed", level=level, **base)
 
 
 def apply_redemption(state: CustomerState, plan: RedemptionPlan) -> CustomerState:
-    """A new state after a successful redemption plan."""
-    raise NotImplementedError
+    """A new state after a successful redemption plan (the input state is not modified)."""
+    if not plan.ok or plan.wallet is None:
+        raise ValueError(f"cannot apply a redemption plan with status {plan.status!r}")
+    new = replace(state)
+    new.balances = {**state.balances, plan.wallet: plan.balance_after}
+    new.reward_counts = {**state.reward_counts, plan.reward_key: state.reward_counts.get(plan.reward_key, 0) + 1}
+    return new
+
+
+# --- read model -------------------------------------------------------------------------------------
 
 
 def plan_read_query(program: Program, now: datetime, tz: tzinfo) -> StateQuery:
-    """What the customer read model needs (windowed achievement days ending at `now`, all streaks)."""
-    raise NotImplementedError
+    """What the customer read model needs (windowed achievement days ending at `now`, totals, streaks)."""
+    today = _local_day(now, tz)
+    totals: set[str] = set()
+    days: dict[str, tuple[date, date]] = {}
+    for ach in program.achievements.achievements:
+        if ach.window_days:
+            days[ach.key] = (today - timedelta(days=ach.window_days - 1), today)
+        else:
+            totals.add(ach.key)
+    return StateQuery(
+        achievement_totals=frozenset(totals),
+        achievement_days=days,
+        streaks=frozenset(program.streak_defs),
+    )
 
 
 def format_datetime(value: datetime) -> str:
     """UTC ISO-8601 with milliseconds and `Z`, as the seed prints (`2026-06-01T10:00:00.000Z`)."""
-    raise NotImplementedError
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def perks_view(program: Program, state: CustomerState) -> list[dict[str, Any]]:
-    """`perks`: `[{key, unlocked_at, metadata: {trigger}}]` in unlock order."""
-    raise NotImplementedError
+    """`perks`: `[{key, unlocked_at, metadata: {trigger}}]` in unlock order (perks stay unlocked)."""
+    ordered = sorted(state.perks.values(), key=lambda p: (p.unlocked_at, p.key))
+    return [
+        {"key": p.key, "unlocked_at": format_datetime(p.unlocked_at), "metadata": {"trigger": dict(p.trigger)}}
+        for p in ordered
+    ]
 
 
 def next_perks_view(program: Program, state: CustomerState) -> list[dict[str, Any]]:
     """`next_perks`: locked perks `[{key, name, description}]` in configured order."""
-    raise NotImplementedError
+    return [
+        {"key": p.key, "name": p.name, "description": p.description}
+        for p in program.perks.perks
+        if p.key not in state.perks
+    ]
 
 
 def flags_view(program: Program, state: CustomerState) -> dict[str, dict[str, bool]]:
     """`flags`: `{levels: {level_N: true}, has_level_at_least: {level_1..N: true}, perks: {key: true}}`."""
-    raise NotImplementedError
+    level = compute_level(program, state.balances, state.lifetime)
+    levels: dict[str, bool] = {}
+    at_least: dict[str, bool] = {}
+    if level is not None:
+        levels[f"level_{level.level}"] = True
+        for n in range(1, level.level + 1):
+            at_least[f"level_{n}"] = True
+    perks = {p["key"]: True for p in perks_view(program, state)}
+    return {"levels": levels, "has_level_at_least": at_least, "perks": perks}
+
+
+def _achievement_progress(ach: AchievementDef, state: CustomerState, today: date) -> Decimal:
+    if ach.window_days:
+        buckets = state.achievement_days.get(ach.key) or {}
+        total = _ZERO
+        for d in _window_days(today, ach.window_days):
+            v = buckets.get(d)
+            if v is not None:
+                total = _CTX.add(total, v)
+        return total
+    return state.achievement_totals.get(ach.key, _ZERO)
 
 
 def achievements_view(program: Program, state: CustomerState, now: datetime, tz: tzinfo) -> dict[str, Any]:
-    """`achievements`: `{completed: [{key, name, completed_at}], in_progress: [{key, progress, target}], unlocked: [key]}`."""
-    raise NotImplementedError
+    """`achievements`: `{completed: [key], in_progress: [{key, progress, target}], unlocked: [{key, name, unlocked_at}]}`.
+
+    `completed` and `unlocked` list the same achievements in completion order (keys, and the
+    detailed form); `in_progress` lists configured, not completed achievements with progress > 0.
+    """
+    today = _local_day(now, tz)
+    done = sorted(state.achievements.items(), key=lambda kv: (kv[1], kv[0]))
+    in_progress: list[dict[str, Any]] = []
+    for ach in program.achievements.achievements:
+        if ach.key in state.achievements:
+            continue
+        progress = _achievement_progress(ach, state, today)
+        if progress > 0:
+            in_progress.append({"key": ach.key, "progress": progress, "target": _json_number(ach.target)})
+    return {
+        "completed": [k for k, _ in done],
+        "in_progress": in_progress,
+        "unlocked": [
+            {
+                "key": k,
+                "name": program.achievement_defs[k].name if k in program.achievement_defs else k,
+                "unlocked_at": format_datetime(when),
+            }
+            for k, when in done
+        ],
+    }
 
 
 def streaks_view(program: Program, state: CustomerState, now: datetime, tz: tzinfo) -> list[dict[str, Any]]:
-    """`streaks`: `[{key, current, longest, last_period}]` (current 0 once the streak is broken at `now`)."""
-    raise NotImplementedError
+    """`streaks`: `[{key, current, longest, last_period}]`; current reads 0 once the streak is broken at `now`."""
+    today = _local_day(now, tz)
+    out: list[dict[str, Any]] = []
+    for sd in program.achievements.streaks:
+        st = state.streaks.get(sd.key) or StreakState()
+        current = st.current
+        if st.last_period is not None:
+            step = 7 if sd.period == "week" else 1
+            gap = (_period_start(today, sd.period) - st.last_period).days // step
+            if gap > 1 + sd.grace_periods:
+                current = 0
+        out.append(
+            {
+                "key": sd.key,
+                "current": current,
+                "longest": st.longest,
+                "last_period": period_label(st.last_period, sd.period) if st.last_period else None,
+            }
+        )
+    return out
 
 
 def active_boosts(program: Program, now: datetime) -> list[dict[str, Any]]:
     """`active_boosts` at `now`: `[{key, name, multiplier, events, wallets, starts_at, ends_at}]`."""
-    raise NotImplementedError
+    out: list[dict[str, Any]] = []
+    for b in program.boosts.boosts:
+        if (b.starts_at is not None and now < b.starts_at) or (b.ends_at is not None and now >= b.ends_at):
+            continue
+        out.append(
+            {
+                "key": b.key,
+                "name": b.name,
+                "multiplier": _json_number(b.multiplier),
+                "events": list(b.events) if b.events is not None else None,
+                "wallets": list(b.wallets) if b.wallets is not None else None,
+                "starts_at": format_datetime(b.starts_at) if b.starts_at else None,
+                "ends_at": format_datetime(b.ends_at) if b.ends_at else None,
+            }
+        )
+    return out
 
 
 def customer_view(program: Program, state: CustomerState, now: datetime, tz: tzinfo) -> dict[str, Any]:
-    """The pure part of the customer read model: wallets, level, perks, next_perks, achievements, flags,
-    streaks, active_boosts (the service adds tenant, user_id, traits and events)."""
-    raise NotImplementedError
+    """The pure part of the customer read model, keys in the seed's order: wallets, level, perks,
+    next_perks, achievements, flags, streaks, active_boosts (the service adds tenant, user_id,
+    traits and events, and places `events` before `streaks`)."""
+    level = compute_level(program, state.balances, state.lifetime)
+    return {
+        "wallets": wallet_state(program, state.balances),
+        "level": level.to_json() if level is not None else None,
+        "perks": perks_view(program, state),
+        "next_perks": next_perks_view(program, state),
+        "achievements": achievements_view(program, state, now, tz),
+        "flags": flags_view(program, state),
+        "streaks": streaks_view(program, state, now, tz),
+        "active_boosts": active_boosts(program, now),
+    }

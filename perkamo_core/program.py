@@ -443,6 +443,8 @@ class Program:
     achievement_defs: Mapping[str, AchievementDef] = field(default_factory=dict)
     streak_defs: Mapping[str, StreakDef] = field(default_factory=dict)
     counted_events: frozenset[str] = frozenset()
+    engine_cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Per-event-type plans the engine derives lazily from the fields above (never part of equality)."""
 
     @classmethod
     def empty(cls) -> Program:
