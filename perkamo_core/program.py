@@ -513,11 +513,7 @@ class Program:
                 when=_compile(f"events.rules[{i}].when", rule.when),
             )
             rules_by_event.setdefault(rule.event, []).append(compiled)
-        rule_ids = [r.rule_id for rs in rules_by_event.values() for r in rs]
-        if len(set(rule_ids)) != len(rule_ids):
-            dup = next(r for r in rule_ids if rule_ids.count(r) > 1)
-            idx = next(i for i, r in enumerate(events.rules) if (r.key or f"{r.event}#{i}") == dup)
-            raise _error(f"events.rules[{idx}].key", f"duplicate rule id {dup!r}")
+        # ids are unique: keys are checked unique, and generated ids contain '#', which keys may not
 
         if leveling is not None:
             need_wallet(leveling.wallet, "leveling.wallet")
