@@ -1,1 +1,41 @@
 """Perkville v2 connector: OAuth2 password grant, paging, limits, writes, and a local sandbox."""
+
+from __future__ import annotations
+
+from connectors.perkville.client import ID_FIELDS, AwardResult, PerkvilleClient
+from connectors.perkville.datetimes import format_filter_datetime, parse_perkville_datetime
+from connectors.perkville.errors import (
+    AuthError,
+    ConfigurationError,
+    InvalidPageError,
+    NotFound,
+    PaginationError,
+    PerkvilleError,
+    PerkvilleHTTPError,
+    RequestRejected,
+    RetriableError,
+    RetryBudgetExhausted,
+)
+from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
+
+__all__ = [
+    "ID_FIELDS",
+    "AuthError",
+    "AwardResult",
+    "ConfigurationError",
+    "InvalidPageError",
+    "NotFound",
+    "OffsetPaginator",
+    "Page",
+    "PageRequest",
+    "PaginationError",
+    "PerkvilleClient",
+    "PerkvilleError",
+    "PerkvilleHTTPError",
+    "RequestRejected",
+    "RetriableError",
+    "RetryBudgetExhausted",
+    "format_filter_datetime",
+    "parse_perkville_datetime",
+    "sanitize_path",
+]

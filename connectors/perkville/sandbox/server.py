@@ -1,0 +1,710 @@
+"""The sandbox's HTTP side: a Perkville-v2-compatible API, the token endpoint, faults and control routes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import random
+import secrets
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from connectors.perkville.datetimes import parse_perkville_datetime
+from connectors.perkville.sandbox.state import ALL_SCOPES, Ledger, SandboxError, Txn, _int
+
+API_PREFIX = "/v2/"
+TOKEN_PATH = "/api/token/"
+CONTROL_PREFIX = "/_sandbox/"
+DEFAULT_LIMIT = 20  # Tastypie's default page size
+MAX_LIMIT = 1000  # Tastypie's default max_limit
+
+
+@dataclass
+class Faults:
+    """Seeded fault probabilities (0..1) applied to ``/v2/`` requests."""
+
+    rate_429: float = 0.0
+    rate_5xx: float = 0.0
+    rate_slow: float = 0.0
+    rate_drop: float = 0.0
+    rate_truncate: float = 0.0
+    slow_seconds: float = 0.05
+    retry_after: str = "seconds"  # "seconds" | "http-date" | "mixed" | "none"
+    retry_after_seconds: int = 0
+
+    @classmethod
+    def all_on(cls, rate: float = 0.05, **overrides: Any) -> Faults:
+        values: dict[str, Any] = {
+            "rate_429": rate, "rate_5xx": rate, "rate_slow": rate, "rate_drop": rate,
+            "rate_truncate": rate, "retry_after": "mixed",
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class Behaviour:
+    """Switchable server behaviours that real (or buggy) Perkville servers may show."""
+
+    ignore_filters: bool = False
+    ignore_order: bool = False
+    cap_limit: int | None = None
+    next_links: str = "relative"  # "relative" | "absolute" | "none"
+    repeat_next: bool = False  # a broken server whose next link never advances
+    datetime_style: str = "space"  # "space" | "t" | "offset"
+    external_members: bool = True  # False: the endpoint answers 404
+    faults_on_token: bool = False
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+
+
+class SandboxServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` holding the sandbox state; handler threads are daemons."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], ledger: Ledger, credentials: dict[str, str], seed: int) -> None:
+        super().__init__(address, _Handler)
+        self.ledger = ledger
+        self.credentials = credentials
+        self.faults = Faults()
+        self.behaviour = Behaviour()
+        self.stats = Stats()
+        self.tokens: dict[str, frozenset[str]] = {}
+        self.allowed_scopes = frozenset(ALL_SCOPES)
+        self.fault_rng = random.Random(seed ^ 0x5EED)
+        self.fault_lock = threading.Lock()
+        self._cache: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Dropped connections are part of the job (fault injection, impatient clients).
+        return
+
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def issue_token(self, scopes: frozenset[str] | None = None) -> str:
+        token = "sbx_" + secrets.token_urlsafe(24)
+        with self.ledger.lock:
+            self.tokens[token] = scopes if scopes is not None else self.allowed_scopes
+        return token
+
+    def pick_fault(self) -> tuple[str | None, bool]:
+        with self.fault_lock:
+            f = self.faults
+            slow = f.rate_slow > 0 and self.fault_rng.random() < f.rate_slow
+            roll = self.fault_rng.random()
+            kind = None
+            for name, rate in (("429", f.rate_429), ("5xx", f.rate_5xx), ("drop", f.rate_drop),
+                               ("truncate", f.rate_truncate)):
+                if roll < rate:
+                    kind = name
+                    break
+                roll -= rate
+            for name in (kind, "slow" if slow else None):
+                if name:
+                    self.stats.faults[name] = self.stats.faults.get(name, 0) + 1
+            return kind, slow
+
+    def cached_query(self, key: tuple[Any, ...], compute: Callable[[], list[Any]]) -> list[Any]:
+        full_key = (self.ledger.version, *key)
+        with self.ledger.lock:
+            rows = self._cache.get(full_key)
+            if rows is not None:
+                self._cache.move_to_end(full_key)
+                return rows
+            rows = compute()
+            self._cache[full_key] = rows
+            while len(self._cache) > 16:
+                self._cache.popitem(last=False)
+            return rows
+
+
+# ---------------------------------------------------------------------- rendering
+def _fmt_dt(value: datetime | None, server: SandboxServer) -> str | None:
+    if value is None:
+        return None
+    local = value.astimezone(server.ledger.tz)
+    style = server.behaviour.datetime_style
+    if style == "offset":
+        return local.isoformat(timespec="seconds")
+    text = local.strftime("%Y-%m-%d %H:%M:%S")
+    return text.replace(" ", "T") if style == "t" else text
+
+
+def _uri(resource: str, value: int | None) -> str | None:
+    return None if value is None else f"{API_PREFIX}{resource}/{value}/"
+
+
+def render_txn(txn: Txn, server: SandboxServer) -> dict[str, Any]:
+    shown = txn.points
+    if txn.classification == "REDEEM" and server.ledger.redeem_sign == "negative":
+        shown = -shown
+    if txn.status == "VOID_REF":
+        shown = -shown
+    return {
+        "transaction_id": txn.id,
+        "business": _uri("businesses", txn.business_id),
+        "user": _uri("users", txn.user_id),
+        "connection": _uri("connections", txn.connection_id),
+        "perk": _uri("perks", txn.perk_id),
+        "location": _uri("locations", txn.location_id),
+        "title": txn.title,
+        "classification": txn.classification,
+        "points": shown,
+        "quantity": txn.quantity,
+        "transaction_dt": _fmt_dt(txn.dt, server),
+        "transaction_status": txn.status,
+        "voucher": _uri("vouchers", txn.voucher_id),
+        "voided_transaction": _uri("transactions", txn.void_of),
+        "trans_source_id": txn.trans_source_id,
+        "last_mod_dt": _fmt_dt(txn.last_mod, server),
+        "resource_uri": _uri("transactions", txn.id),
+    }
+
+
+def render(resource: str, record: Any, server: SandboxServer) -> dict[str, Any]:
+    if resource == "transactions":
+        return render_txn(record, server)
+    ledger = server.ledger
+    out = dict(record)
+    if resource == "businesses":
+        out["resource_uri"] = _uri("businesses", record["business_id"])
+        return out
+    if "business" in out:
+        out["business"] = _uri("businesses", out["business"])
+    if "last_mod_dt" in out:
+        out["last_mod_dt"] = _fmt_dt(out["last_mod_dt"], server)
+    if resource == "connections":
+        aggregate = ledger.aggregates[record["connection_id"]]
+        out["user"] = _uri("users", record["user"])
+        out["home_location"] = _uri("locations", record["home_location"])
+        out["point_balance"] = aggregate.balance
+        out["lifetime_earned_points"] = aggregate.lifetime
+        out["last_transaction_dt"] = _fmt_dt(aggregate.last_txn, server)
+        out["last_visited_location"] = _uri("locations", aggregate.last_location)
+        out["vouchers"] = []
+        out["resource_uri"] = _uri("connections", record["connection_id"])
+    elif resource == "users":
+        out["emails"] = [dict(item) for item in record["emails"]]
+        out["connections"] = [_uri("connections", c) for c in record["connections"]]
+        out["resource_uri"] = _uri("users", record["user_id"])
+    elif resource == "locations":
+        out["resource_uri"] = _uri("locations", record["location_id"])
+    elif resource == "perks":
+        out["resource_uri"] = _uri("perks", record["perk_id"])
+    elif resource == "external-members":
+        out["resource_uri"] = _uri("external-members", record["external_member_id"])
+    return out
+
+
+# ---------------------------------------------------------------------- querying
+_TXN_FIELDS: dict[str, Callable[[Txn], Any]] = {
+    "transaction_id": lambda t: t.id, "id": lambda t: t.id, "business": lambda t: t.business_id,
+    "user": lambda t: t.user_id, "user_id": lambda t: t.user_id, "connection": lambda t: t.connection_id,
+    "perk": lambda t: t.perk_id, "location": lambda t: t.location_id,
+    "classification": lambda t: t.classification, "transaction_status": lambda t: t.status,
+    "trans_source_id": lambda t: t.trans_source_id, "transaction_dt": lambda t: t.dt,
+    "last_mod_dt": lambda t: t.last_mod, "points": lambda t: t.points, "quantity": lambda t: t.quantity,
+}
+_ID_FIELD = {
+    "businesses": "business_id", "locations": "location_id", "perks": "perk_id", "users": "user_id",
+    "connections": "connection_id", "transactions": "transaction_id", "external-members": "external_member_id",
+}
+_IGNORED_PARAMS = {"limit", "offset", "order_by", "format"}
+_RELATION_INT = {"business", "user", "user_id", "connection", "perk", "location", "home_location"}
+
+
+def _records(resource: str, server: SandboxServer) -> list[Any]:
+    ledger = server.ledger
+    if resource == "transactions":
+        return list(ledger.txns.values())
+    if resource == "businesses":
+        return [b.record for b in ledger.businesses.values()]
+    if resource == "external-members":
+        return list(ledger.external_members.values())
+    table = {"locations": ledger.locations, "perks": ledger.perks, "users": ledger.users,
+             "connections": ledger.connections}[resource]
+    return list(table.values())
+
+
+def _getter(resource: str, name: str, server: SandboxServer) -> Callable[[Any], Any] | None:
+    if resource == "transactions":
+        if name == "user__emails__email":
+            return lambda t: [e["email"].lower() for e in server.ledger.users[t.user_id]["emails"]]
+        return _TXN_FIELDS.get(name)
+    if name == "id":
+        name = _ID_FIELD[resource]
+    if resource == "users" and name in ("emails__email", "user__emails__email"):
+        return lambda r: [e["email"].lower() for e in r["emails"]]
+    if resource == "connections" and name == "user__emails__email":
+        return lambda r: [e["email"].lower() for e in server.ledger.users[r["user"]]["emails"]]
+    if resource == "connections" and name in ("user_id",):
+        return lambda r: r["user"]
+    if resource == "connections" and name == "point_balance":
+        return lambda r: server.ledger.aggregates[r["connection_id"]].balance
+    if resource == "users" and name == "business":
+        return lambda r: [server.ledger.connections[c]["business"] for c in r["connections"]]
+    return lambda r: r.get(name)
+
+
+def _coerce(name: str, raw: str, server: SandboxServer) -> Any:
+    if name.endswith("_dt"):
+        value = parse_perkville_datetime(raw, server.ledger.tz)
+        if value is None:
+            raise ValueError("empty datetime")
+        return value
+    if name in _RELATION_INT or name.endswith("_id") and name not in ("trans_source_id", "member_id", "system_id"):
+        if raw == "me" and name in ("user", "user_id"):
+            return server.ledger.staff_user_id
+        number = _int(raw)
+        if number is None:
+            raise ValueError(f"not an id: {raw!r}")
+        return number
+    if name.endswith("email"):
+        return raw.lower()
+    return raw
+
+
+def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -> list[Any]:
+    """Filter and order ``resource`` as Tastypie would (raises ``SandboxError`` for a bad filter)."""
+    behaviour = server.behaviour
+    filters: list[tuple[str, str, Any]] = []
+    order: list[str] = []
+    for key, raw in params:
+        if key == "order_by":
+            order.append(raw)
+            continue
+        if key in _IGNORED_PARAMS:
+            continue
+        name, op = key, "exact"
+        for suffix in ("__gte", "__gt", "__lte", "__lt", "__in"):
+            if key.endswith(suffix):
+                name, op = key[: -len(suffix)], suffix[2:]
+        if _getter(resource, name, server) is None:
+            raise SandboxError(400, key, "pv_invalid_filter", f"The '{name}' field does not allow filtering.")
+        try:
+            value = [_coerce(name, part, server) for part in raw.split(",")] if op == "in" else _coerce(name, raw, server)
+        except ValueError:
+            raise SandboxError(400, key, "pv_invalid_filter_value", f"Invalid value for '{key}'.") from None
+        filters.append((name, op, value))
+    if behaviour.ignore_filters:
+        filters = []
+    if behaviour.ignore_order:
+        order = []
+    for item in order:
+        if _getter(resource, item.lstrip("-"), server) is None:
+            raise SandboxError(400, "order_by", "pv_invalid_order", f"No matching '{item}' field for ordering.")
+    key = (resource, tuple(sorted((n, o, repr(v)) for n, o, v in filters)), tuple(order))
+
+    def compute() -> list[Any]:
+        rows = _records(resource, server)
+        for name, op, value in filters:
+            getter = _getter(resource, name, server)
+            assert getter is not None
+            rows = [row for row in rows if _match(getter(row), op, value)]
+        id_getter = _getter(resource, "id", server)
+        assert id_getter is not None
+        rows.sort(key=id_getter)
+        for item in reversed(order):
+            getter = _getter(resource, item.lstrip("-"), server)
+            assert getter is not None
+            rows.sort(key=lambda row, g=getter: _sort_key(g(row)), reverse=item.startswith("-"))
+        return rows
+
+    return server.cached_query(key, compute)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, 0) if value is None else (1, value)
+
+
+def _match(actual: Any, op: str, wanted: Any) -> bool:
+    values = actual if isinstance(actual, list) else [actual]
+    for value in values:
+        if op == "exact" and value == wanted:
+            return True
+        if op == "in" and value in wanted:
+            return True
+        if value is None or op in ("exact", "in"):
+            continue
+        try:
+            if (op == "gte" and value >= wanted) or (op == "gt" and value > wanted) or \
+                    (op == "lte" and value <= wanted) or (op == "lt" and value < wanted):
+                return True
+        except TypeError:
+            continue
+    return False
+
+
+# ---------------------------------------------------------------------- the handler
+class _Handler(BaseHTTPRequestHandler):
+    server: SandboxServer
+    protocol_version = "HTTP/1.1"
+    server_version = "PerkvilleSandbox/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        return
+
+    # -- plumbing
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return {}
+        content_type = self.headers.get("Content-Type", "")
+        if "application/x-www-form-urlencoded" in content_type:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise SandboxError(400, "__all__", "pv_invalid_json", "The request body is not valid JSON.") from None
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, *, truncate: bool = False) -> None:
+        data = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        variant_short = False
+        if truncate and data:
+            with self.server.fault_lock:
+                variant_short = self.server.fault_rng.random() < 0.5
+            cut = data[: max(1, len(data) // 2)]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if truncate and data:
+            # Either a complete HTTP message with half a JSON body, or a body cut mid-stream.
+            self.send_header("Content-Length", str(len(data) if variant_short else len(cut)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(cut)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if data:
+            self.wfile.write(data)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path
+        params = parse_qsl(parts.query, keep_blank_values=True)
+        self.server.stats.requests += 1
+        try:
+            if path == TOKEN_PATH:
+                if self.server.behaviour.faults_on_token and self._inject():
+                    return
+                self._token(method)
+            elif path.startswith(CONTROL_PREFIX):
+                self._control(method, path[len(CONTROL_PREFIX):].strip("/"), params)
+            elif path.startswith(API_PREFIX):
+                self._api(method, path[len(API_PREFIX):].strip("/"), params)
+            else:
+                self._send(404, {"error": "not_found"})
+        except SandboxError as exc:
+            self._send(exc.status, exc.body())
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _inject(self) -> bool:
+        """Apply a seeded fault; True when the request was answered (or dropped) by the fault."""
+        kind, slow = self.server.pick_fault()
+        if slow:
+            time.sleep(self.server.faults.slow_seconds)
+        if kind == "429":
+            self._body()
+            headers = {}
+            style = self.server.faults.retry_after
+            seconds = self.server.faults.retry_after_seconds
+            if style == "mixed":
+                with self.server.fault_lock:
+                    style = "seconds" if self.server.fault_rng.random() < 0.5 else "http-date"
+            if style == "seconds":
+                headers["Retry-After"] = str(seconds)
+            elif style == "http-date":
+                when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+                headers["Retry-After"] = format_datetime(when, usegmt=True)
+            self._send(429, {"error_type": "throttled", "errors": {"__all__": [
+                {"code": "pv_throttled", "message": "Too many requests."}]}}, headers)
+            return True
+        if kind == "5xx":
+            self._body()
+            with self.server.fault_lock:
+                status = self.server.fault_rng.choice((500, 502, 503, 504))
+            self._send(status, {"error": "server_error"})
+            return True
+        if kind == "drop":
+            self._drop()
+            return True
+        self._truncate_next = kind == "truncate"
+        return False
+
+    # -- OAuth2 token endpoint (resource-owner password grant, HTTP Basic client auth)
+    def _token(self, method: str) -> None:
+        creds = self.server.credentials
+        body = self._body()
+        if method != "POST":
+            self._send(405, {"error": "invalid_request", "error_description": "POST only"})
+            return
+        client_id, client_secret = None, None
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                decoded = base64.b64decode(header[6:], validate=True).decode("utf-8")
+                client_id, _, client_secret = decoded.partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                client_id = None
+        if client_id is None or not (
+            hmac.compare_digest(client_id, creds["client_id"])
+            and hmac.compare_digest(client_secret or "", creds["client_secret"])
+        ):
+            self._send(401, {"error": "invalid_client", "error_description": "Client authentication failed."},
+                       {"WWW-Authenticate": 'Basic realm="perkville"'})
+            return
+        if not isinstance(body, dict) or body.get("grant_type") != "password":
+            self._send(400, {"error": "unsupported_grant_type"})
+            return
+        if not (hmac.compare_digest(str(body.get("username", "")), creds["username"])
+                and hmac.compare_digest(str(body.get("password", "")), creds["password"])):
+            self._send(400, {"error": "invalid_grant", "error_description": "Invalid credentials given."})
+            return
+        requested = frozenset(str(body.get("scope") or "").split())
+        if requested - self.server.allowed_scopes:
+            self._send(400, {"error": "invalid_scope"})
+            return
+        granted = requested or self.server.allowed_scopes
+        token = self.server.issue_token(granted)
+        # Perkville's password-grant tokens do not expire: no expires_in, no refresh_token.
+        self._send(200, {"access_token": token, "token_type": "Bearer", "scope": " ".join(sorted(granted))},
+                   {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _authorize(self) -> frozenset[str] | None:
+        header = self.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else None
+        with self.server.ledger.lock:
+            scopes = self.server.tokens.get(token) if token else None
+        if scopes is None:
+            self._body()
+            self._send(401, {"error_type": "oauth_error", "errors": {"__all__": [
+                {"code": "invalid_token", "message": "The access token is invalid or revoked."}]}},
+                {"WWW-Authenticate": 'Bearer realm="perkville"'})
+        return scopes
+
+    # -- the v2 API
+    def _api(self, method: str, path: str, params: list[tuple[str, str]]) -> None:
+        self._truncate_next = False
+        if self._inject():
+            return
+        scopes = self._authorize()
+        if scopes is None:
+            return
+        segments = path.split("/") if path else []
+        resource = segments[0] if segments else ""
+        detail = segments[1] if len(segments) > 1 else None
+        ledger = self.server.ledger
+        if resource == "external-members" and not self.server.behaviour.external_members:
+            self._body()
+            self._send(404, {"error": "not_found"})
+            return
+        if resource not in _ID_FIELD:
+            self._body()
+            self._send(404, {"error": "not_found"})
+            return
+        if method == "GET" and detail is None:
+            self._list(resource, params)
+            return
+        if method == "GET":
+            record = self._detail(resource, detail)
+            self._send(200, render(resource, record, self.server), truncate=self._truncate_next)
+            return
+        body = self._body()
+        if not isinstance(body, dict):
+            raise SandboxError(400, "__all__", "pv_invalid_body", "Expected a JSON object.")
+        if resource == "transactions" and method == "POST" and detail is None:
+            if "ADMIN_CUSTOMER_GRANT_POINTS" not in scopes:
+                self._send(403, {"error_type": "permission_denied", "errors": {"__all__": [
+                    {"code": "pv_missing_scope", "message": "ADMIN_CUSTOMER_GRANT_POINTS is required."}]}})
+                return
+            txn = ledger.add_transaction(
+                business=_int(body.get("business")) or self._business_of_perk(body.get("perk")),
+                perk=_int(body.get("perk")) or 0,
+                user=_int(body.get("user")),
+                connection=_int(body.get("connection")),
+                email=body.get("user__emails__email") or body.get("email"),
+                location=_int(body.get("location")),
+                quantity=int(body.get("quantity") or 1),
+                points=body.get("points"),
+                transaction_dt=body.get("transaction_dt"),
+                trans_source_id=body.get("trans_source_id"),
+                limit_to_once_per_calendar_day=bool(body.get("limit_to_once_per_calendar_day")),
+            )
+            with ledger.lock:
+                out = render_txn(txn, self.server)
+            self._send(201, out, {"Location": out["resource_uri"]}, truncate=self._truncate_next)
+            return
+        if resource == "connections" and method == "PATCH" and detail is not None:
+            record = ledger.set_connection_status(_int(detail) or 0, str(body.get("status", "")))
+            with ledger.lock:
+                out = render("connections", record, self.server)
+            self._send(202, out, truncate=self._truncate_next)
+            return
+        if resource == "external-members" and (method == "POST" and detail is None or method == "PATCH" and detail):
+            record, created = ledger.upsert_external_member(body, _int(detail) if detail else None)
+            with ledger.lock:
+                out = render("external-members", record, self.server)
+            self._send(201 if created else 200, out, truncate=self._truncate_next)
+            return
+        self._send(405, {"error_type": "method_not_allowed", "errors": {"__all__": [
+            {"code": "pv_method_not_allowed", "message": f"{method} is not allowed here."}]}})
+
+    def _business_of_perk(self, perk: Any) -> int:
+        record = self.server.ledger.perks.get(_int(perk) or 0)
+        return int(record["business"]) if record else 0
+
+    def _detail(self, resource: str, detail: str) -> Any:
+        ledger = self.server.ledger
+        if resource == "users" and detail == "me":
+            return ledger.users[ledger.staff_user_id]
+        key = _int(detail)
+        table: dict[int, Any] = {
+            "transactions": ledger.txns, "locations": ledger.locations, "perks": ledger.perks,
+            "users": ledger.users, "connections": ledger.connections,
+            "external-members": ledger.external_members,
+            "businesses": {b.id: b.record for b in ledger.businesses.values()},
+        }[resource]
+        record = table.get(key) if key is not None else None
+        if record is None:
+            raise SandboxError(404, "__all__", "pv_not_found", "Not found.")
+        return record
+
+    def _list(self, resource: str, params: list[tuple[str, str]]) -> None:
+        behaviour = self.server.behaviour
+        values = dict(params)
+        try:
+            limit = int(values.get("limit", DEFAULT_LIMIT))
+            offset = int(values.get("offset", 0))
+        except ValueError:
+            raise SandboxError(400, "limit", "pv_invalid_paging", "limit and offset must be integers.") from None
+        if limit < 0 or offset < 0:
+            raise SandboxError(400, "limit", "pv_invalid_paging", "limit and offset must not be negative.")
+        cap = MAX_LIMIT if behaviour.cap_limit is None else min(MAX_LIMIT, behaviour.cap_limit)
+        limit = cap if limit == 0 else min(limit, cap)
+        rows = query(resource, params, self.server)
+        total = len(rows)
+        with self.server.ledger.lock:
+            objects = [render(resource, row, self.server) for row in rows[offset: offset + limit]]
+        meta: dict[str, Any] = {"limit": limit, "offset": offset, "total_count": total}
+        if behaviour.next_links != "none":
+            meta["previous"] = self._link(params, max(0, offset - limit), limit) if offset > 0 else None
+            if behaviour.repeat_next:
+                meta["next"] = self._link(params, limit, limit)
+            else:
+                meta["next"] = self._link(params, offset + limit, limit) if offset + limit < total else None
+        self._send(200, {"meta": meta, "objects": objects}, truncate=self._truncate_next)
+
+    def _link(self, params: list[tuple[str, str]], offset: int, limit: int) -> str:
+        kept = [(k, v) for k, v in params if k not in ("limit", "offset")]
+        kept += [("limit", str(limit)), ("offset", str(offset))]
+        path = urlsplit(self.path).path
+        link = f"{path}?{urlencode(kept)}"
+        if self.server.behaviour.next_links == "absolute":
+            return self.server.base_url() + link
+        return link
+
+    # -- control routes for subprocess tests
+    def _control(self, method: str, path: str, params: list[tuple[str, str]]) -> None:
+        server = self.server
+        ledger = server.ledger
+        body = self._body() if method in ("POST", "PATCH", "PUT") else {}
+        values = dict(params)
+        if path == "faults" and method == "POST":
+            server.faults = _update(Faults() if body.pop("reset", False) else server.faults, body)
+            self._send(200, asdict(server.faults))
+        elif path == "faults" and method == "GET":
+            self._send(200, asdict(server.faults))
+        elif path == "behaviour" and method == "POST":
+            server.behaviour = _update(server.behaviour, body)
+            self._send(200, asdict(server.behaviour))
+        elif path == "transactions" and method == "POST":
+            txn = ledger.add_transaction(
+                business=int(body.get("business") or next(iter(ledger.businesses))),
+                perk=int(body["perk"]),
+                user=body.get("user"),
+                connection=body.get("connection"),
+                email=body.get("email"),
+                location=body.get("location"),
+                quantity=int(body.get("quantity", 1)),
+                points=body.get("points"),
+                transaction_dt=body.get("transaction_dt"),
+                trans_source_id=body.get("trans_source_id"),
+                limit_to_once_per_calendar_day=bool(body.get("limit_to_once_per_calendar_day")),
+            )
+            with ledger.lock:
+                self._send(201, render_txn(txn, server))
+        elif path.startswith("transactions/") and path.endswith("/void") and method == "POST":
+            reversal = ledger.void_transaction(int(path.split("/")[1]), body.get("at"))
+            with ledger.lock:
+                self._send(200, render_txn(reversal, server))
+        elif path == "balances" and method == "GET":
+            business = int(values.get("business") or next(iter(ledger.businesses)))
+            self._send(200, {str(k): v for k, v in ledger.true_balances(business).items()})
+        elif path == "revoke" and method == "POST":
+            with ledger.lock:
+                server.tokens.clear()
+            self._send(200, {"revoked": True})
+        elif path == "stats" and method == "GET":
+            self._send(200, {"requests": server.stats.requests, "faults": dict(server.stats.faults)})
+        else:
+            self._send(404, {"error": "not_found"})
+
+
+def _update(current: Any, changes: Any) -> Any:
+    if not isinstance(changes, dict):
+        raise SandboxError(400, "__all__", "pv_invalid_body", "Expected a JSON object.")
+    known = {f.name for f in fields(current)}
+    unknown = set(changes) - known
+    if unknown:
+        raise SandboxError(400, sorted(unknown)[0], "unknown_setting", f"Unknown settings: {sorted(unknown)}")
+    values = asdict(current)
+    values.update(changes)
+    return type(current)(**values)
