@@ -472,10 +472,10 @@ def _build(tree: tuple[Any, ...], fields: list[str]) -> _Fn:
         return _lookup(tree[1], dotted)
     if kind == "bin":
         op, left, right = tree[1], _build(tree[2], fields), _build(tree[3], fields)
-        fn = _ARITH[op]
+        fn, what = _ARITH[op], f"'{op}'"
 
         def arith(ctx: Mapping[str, Any]) -> Value:
-            return fn(_num(left(ctx), op), _num(right(ctx), op))
+            return fn(_num(left(ctx), what), _num(right(ctx), what))
 
         return arith
     if kind == "cmp":
