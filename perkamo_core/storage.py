@@ -63,17 +63,27 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
 
 
+def load_json(text: str) -> Any:
+    """Parse stored JSON; non-integral numbers come back as Decimal (never float)."""
+    return json.loads(text, parse_float=Decimal)
+
+
 class JSONText(TypeDecorator[Any]):
-    """JSON stored as text on both backends (no JSON operators needed, exact and fast)."""
+    """JSON stored as text on both backends (no JSON operators needed, exact and fast).
+
+    A ``str`` bound value is taken as already-serialized JSON (the bulk path serializes once).
+    """
 
     impl = Text
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        return None if value is None else dump_json(value)
+        if value is None or isinstance(value, str):
+            return value
+        return dump_json(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        return None if value is None else json.loads(value)
+        return None if value is None else load_json(value)
 
 
 class DecimalText(TypeDecorator[Decimal]):
@@ -202,7 +212,6 @@ events = Table(
     Column("context", JSONText, nullable=False),
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("recorded_at", UTCDateTime, nullable=False),
-    Column("delta", JSONText, nullable=False),  # [{wallet, amount}] for the read model
     Column("result", JSONText, nullable=False),  # the wire result of the first application
     UniqueConstraint("space_id", "transaction_id", name="uq_core_event_txid"),
     Index("ix_core_events_customer_seq", "space_id", "customer_id", "id"),

@@ -1,0 +1,1177 @@
+"""The embedded Perkamo core's service: the only API the rest of the project uses for Spaces, keys,
+programs, identify, event ingest (one or a page), redemptions, the customer read model and usage.
+
+Every write runs in one database transaction: a failure leaves nothing half-written. Writers of
+one customer are serialized (``SELECT … FOR UPDATE`` in customer-id order on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite) and serialization/deadlock failures are retried a bounded number
+of times. The pure engine (``perkamo_core.engine``) computes outcomes; this module loads state,
+persists the outcome, the ledger and the outbox, and shapes the wire results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection, Engine, and_, func, select, text, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from perkamo_core import engine as core_engine
+from perkamo_core import storage as st
+from perkamo_core.engine import CustomerState, EngineEvent
+from perkamo_core.errors import (
+    AuthenticationError,
+    ConflictError,
+    CoreError,
+    InsufficientBalanceError,
+    NotFoundError,
+    ProgramValidationError,
+    ValidationError,
+)
+from perkamo_core.models import (
+    ENVIRONMENTS,
+    MAX_EVENT,
+    MAX_SPACE_SLUG,
+    MAX_TRANSACTION_ID,
+    MAX_USER_ID,
+    RESERVED_CONTEXT_KEYS,
+    SERVER_SCOPES,
+    ApiKeyInfo,
+    CreatedKey,
+    EventInput,
+    IngestOutcome,
+    OutboxItem,
+    SpaceInfo,
+)
+from perkamo_core.program import MODULE_NAMES, Program
+
+T = TypeVar("T")
+
+MAX_WRITE_ATTEMPTS = 6
+"""A write transaction that hits a serialization failure, deadlock or lock timeout is retried."""
+
+STATE_PRUNE_MARGIN_DAYS = 60
+"""Day/week limit counters older than a customer's latest event minus this margin are dropped.
+
+The bridge re-reads a 45-day look-back window, so a late event inside that window still sees its
+day's counters; the state document of a customer stays bounded however long the history.
+"""
+
+READ_MODEL_EVENTS = 20
+IN_CHUNK = 500  # bound on bind parameters of one IN (...) list
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,127}$")
+_PG_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+
+USAGE_METERS: tuple[str, ...] = (
+    "events", "duplicates", "identify_calls", "redemptions", "requests",
+)
+
+
+# --- small value helpers ------------------------------------------------------------------------
+
+
+def wire_number(value: Decimal | int) -> int | Decimal:
+    """A JSON number for the wire: an int when integral, else the (exact) Decimal."""
+    if isinstance(value, int):
+        return value
+    if value == value.to_integral_value():
+        return int(value)
+    return value.normalize()
+
+
+def _wire(value: Any) -> Any:
+    """``value`` with every Decimal turned into :func:`wire_number` (dicts and lists recursively)."""
+    if isinstance(value, Decimal):
+        return wire_number(value)
+    if isinstance(value, dict):
+        return {k: _wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    return value
+
+
+def parse_occurred_at(value: datetime | str | None, now: datetime) -> datetime:
+    """An aware UTC datetime from an ISO-8601 string/datetime (naive = UTC); ``now`` when absent."""
+    if value is None:
+        return now
+    if isinstance(value, str):
+        raw = value.strip()
+        if not raw:
+            raise ValidationError("occurred_at must be an ISO-8601 date-time", field="occurred_at")
+        try:
+            parsed = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1:] in "zZ" else raw)
+        except ValueError:
+            raise ValidationError(
+                f"occurred_at {value[:64]!r} is not an ISO-8601 date-time", field="occurred_at"
+            ) from None
+    elif isinstance(value, datetime):
+        parsed = value
+    else:
+        raise ValidationError("occurred_at must be an ISO-8601 date-time", field="occurred_at")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _check_text(value: Any, field: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{field} is required and must be a non-empty string", field=field)
+    if len(value) > limit:
+        raise ValidationError(f"{field} is longer than {limit} characters", field=field)
+    return value
+
+
+def _check_json_value(value: Any, field: str, depth: int = 0) -> None:
+    if depth > 32:
+        raise ValidationError(f"{field} is nested too deeply", field=field)
+    if value is None or isinstance(value, (str, bool, int, Decimal)):
+        if isinstance(value, Decimal) and not value.is_finite():
+            raise ValidationError(f"{field} must be a finite number", field=field)
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValidationError(f"{field} must be a finite number", field=field)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json_value(item, f"{field}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key:
+                raise ValidationError(f"{field} keys must be non-empty strings", field=field)
+            _check_json_value(item, f"{field}.{key}", depth + 1)
+        return
+    raise ValidationError(f"{field} holds a {type(value).__name__}, not a JSON value", field=field)
+
+
+def validate_context(context: Any) -> dict[str, Any]:
+    """The event context as a plain dict; reserved top-level keys rejected case-insensitively."""
+    if context is None:
+        return {}
+    if not isinstance(context, Mapping):
+        raise ValidationError("context must be a JSON object", field="context")
+    for key in context:
+        if not isinstance(key, str) or not key:
+            raise ValidationError("context keys must be non-empty strings", field="context")
+        if key.lower() in RESERVED_CONTEXT_KEYS:
+            raise ValidationError(
+                f"context key {key!r} is reserved for customer state; rename it",
+                code="reserved_context_key",
+                field=f"context.{key}",
+            )
+    _check_json_value(context, "context")
+    return dict(context)
+
+
+def validate_traits(traits: Any) -> dict[str, Any]:
+    if traits is None:
+        return {}
+    if not isinstance(traits, Mapping):
+        raise ValidationError("traits must be a JSON object", field="traits")
+    _check_json_value(traits, "traits")
+    return dict(traits)
+
+
+def _hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def _period(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m")
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"unknown timezone {name!r}", field="timezone") from None
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in _PG_RETRY_SQLSTATES:
+        return True
+    if isinstance(exc, IntegrityError):
+        # Two writers created the same customer/event row at once: the retry sees the winner's row.
+        return True
+    if isinstance(exc, OperationalError) and "locked" in str(orig).lower():
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class _Space:
+    id: int
+    slug: str
+    environment: str
+    timezone: str
+    require_signatures: bool
+    created_at: datetime
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def info(self) -> SpaceInfo:
+        return SpaceInfo(self.slug, self.environment, self.timezone, self.require_signatures,
+                         self.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A validated event of a page, with its position in the caller's list."""
+
+    index: int
+    user_id: str
+    event: str
+    transaction_id: str
+    context: dict[str, Any]
+    occurred_at: datetime
+
+
+@dataclass(slots=True)
+class _Customer:
+    id: int
+    user_id: str
+    traits: dict[str, Any]
+    state: CustomerState
+    dirty: bool = False
+    max_day: date | None = None
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+class CoreService:
+    """Spaces, keys, programs, ingest, redeem and read models over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._engine = engine
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._postgres = engine.dialect.name == "postgresql"
+        self._programs: dict[tuple[int, tuple[tuple[str, int], ...]], Program] = {}
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def migrate(self) -> None:
+        """Apply the missing ``perkamo_core`` migrations."""
+        st.migrate_core(self._engine)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the clock must return timezone-aware datetimes")
+        return now.astimezone(UTC)
+
+    def _insert(self, table: Any) -> Any:
+        return pg_dialect.insert(table) if self._postgres else sqlite_dialect.insert(table)
+
+    def _write(self, fn: Callable[[Connection], T], conn: Connection | None = None) -> T:
+        """Run ``fn`` in a write transaction (or the caller's), retrying transient conflicts."""
+        if conn is not None:
+            return fn(conn)
+        delay = 0.01
+        for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
+            try:
+                with self._engine.begin() as own:
+                    return fn(own)
+            except DBAPIError as exc:
+                if not _is_retryable(exc):
+                    raise
+                if attempt == MAX_WRITE_ATTEMPTS:
+                    raise ConflictError(
+                        f"the write kept conflicting with concurrent writers after {attempt} "
+                        "attempts; retry with the same transaction_id"
+                    ) from exc
+                time.sleep(delay + secrets.randbelow(10) / 1000)
+                delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            if not self._postgres:
+                conn = conn.execution_options(sqlite_begin="DEFERRED")
+            with conn.begin():
+                yield conn
+
+    def _space_row(self, conn: Connection, slug: str) -> _Space:
+        row = conn.execute(select(st.spaces).where(st.spaces.c.slug == slug)).first()
+        if row is None:
+            raise NotFoundError(f"Space {slug!r} does not exist", field="space")
+        return _Space(row.id, row.slug, row.environment, row.timezone, row.require_signatures,
+                      row.created_at)
+
+    def _program_for(self, conn: Connection, space_id: int) -> Program:
+        rows = conn.execute(
+            select(st.program_modules.c.module, st.program_modules.c.id)
+            .where(st.program_modules.c.space_id == space_id, st.program_modules.c.active.is_(True))
+            .order_by(st.program_modules.c.module)
+        ).all()
+        cache_key = (space_id, tuple((r.module, r.id) for r in rows))
+        cached = self._programs.get(cache_key)
+        if cached is not None:
+            return cached
+        bodies = {
+            r.module: r.body
+            for r in conn.execute(
+                select(st.program_modules.c.module, st.program_modules.c.body).where(
+                    st.program_modules.c.id.in_([r.id for r in rows])
+                )
+            )
+        }
+        program = Program.from_modules(bodies)
+        if len(self._programs) > 32:
+            self._programs.clear()
+        self._programs[cache_key] = program
+        return program
+
+    def _bump_usage(self, conn: Connection, space_id: int, counts: Mapping[str, int]) -> None:
+        rows = [
+            {"space_id": space_id, "period": _period(self._now()), "meter": meter, "count": n}
+            for meter, n in sorted(counts.items())
+            if n
+        ]
+        if not rows:
+            return
+        stmt = self._insert(st.usage)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["space_id", "period", "meter"],
+            set_={"count": st.usage.c.count + stmt.excluded.count},
+        )
+        conn.execute(stmt, rows)
+
+    def _lock_outbox(self, conn: Connection, space_id: int) -> None:
+        # Outbox sequence numbers must become visible in order: on PostgreSQL, writers of one
+        # Space take this lock (after their customer locks) so seq order == commit order.
+        if self._postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(7415202, :s)"), {"s": space_id})
+
+    # --- Spaces and keys ----------------------------------------------------------------------
+
+    def ensure_space(self, slug: str, *, environment: str = "test", timezone: str = "UTC") -> SpaceInfo:
+        """The Space ``slug``, created with ``environment``/``timezone`` if it does not exist."""
+        if not isinstance(slug, str) or not _SLUG.match(slug) or len(slug) > MAX_SPACE_SLUG:
+            raise ValidationError(
+                f"Space slug {str(slug)[:40]!r} must be 1-128 lowercase letters, digits, '-' or '_'",
+                field="space",
+            )
+        if environment not in ENVIRONMENTS:
+            raise ValidationError("environment must be 'test' or 'live'", field="environment")
+        _zone(timezone)
+
+        def run(conn: Connection) -> SpaceInfo:
+            stmt = self._insert(st.spaces).values(
+                slug=slug, environment=environment, timezone=timezone,
+                require_signatures=False, created_at=self._now(),
+            ).on_conflict_do_nothing(index_elements=["slug"])
+            conn.execute(stmt)
+            return self._space_row(conn, slug).info()
+
+        return self._write(run)
+
+    def get_space(self, slug: str) -> SpaceInfo:
+        with self._read() as conn:
+            return self._space_row(conn, slug).info()
+
+    def update_space(
+        self, slug: str, *, timezone: str | None = None, require_signatures: bool | None = None
+    ) -> SpaceInfo:
+        values: dict[str, Any] = {}
+        if timezone is not None:
+            _zone(timezone)
+            values["timezone"] = timezone
+        if require_signatures is not None:
+            values["require_signatures"] = bool(require_signatures)
+
+        def run(conn: Connection) -> SpaceInfo:
+            space = self._space_row(conn, slug)
+            if values:
+                conn.execute(update(st.spaces).where(st.spaces.c.id == space.id).values(**values))
+            return self._space_row(conn, slug).info()
+
+        return self._write(run)
+
+    def create_api_key(self, space: str, scopes: Sequence[str] | None = None) -> CreatedKey:
+        """A new server key for ``space`` (all four server scopes by default), stored hashed."""
+        chosen = tuple(SERVER_SCOPES if not scopes else dict.fromkeys(scopes))
+        for scope in chosen:
+            if scope not in SERVER_SCOPES:
+                raise ValidationError(
+                    f"unknown scope {scope!r}; expected one of {', '.join(SERVER_SCOPES)}",
+                    field="scopes",
+                )
+
+        def run(conn: Connection) -> CreatedKey:
+            row = self._space_row(conn, space)
+            plaintext = f"sk_{row.environment}_{secrets.token_hex(24)}"
+            key_id = f"key_{secrets.token_hex(8)}"
+            conn.execute(st.api_keys.insert().values(
+                key_id=key_id, space_id=row.id, key_hash=_hash_key(plaintext),
+                key_hint=f"{plaintext[:8]}…{plaintext[-4:]}", scopes=" ".join(chosen),
+                environment=row.environment, created_at=self._now(), revoked_at=None,
+            ))
+            return CreatedKey(plaintext, key_id, row.slug, chosen, row.environment)
+
+        return self._write(run)
+
+    def revoke_api_key(self, key_id: str) -> None:
+        def run(conn: Connection) -> None:
+            result = conn.execute(
+                update(st.api_keys)
+                .where(st.api_keys.c.key_id == key_id, st.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=self._now())
+            )
+            if result.rowcount == 0:
+                exists = conn.execute(
+                    select(st.api_keys.c.id).where(st.api_keys.c.key_id == key_id)
+                ).first()
+                if exists is None:
+                    raise NotFoundError(f"API key {key_id!r} does not exist", field="key_id")
+
+        self._write(run)
+
+    def authenticate(self, api_key: str) -> ApiKeyInfo:
+        """The key's Space and scopes; ``AuthenticationError`` for a missing/unknown/revoked key."""
+        if not isinstance(api_key, str) or not api_key.startswith(("sk_test_", "sk_live_")):
+            raise AuthenticationError("missing or malformed server API key (sk_test_… / sk_live_…)")
+        digest = _hash_key(api_key)
+        with self._read() as conn:
+            row = conn.execute(
+                select(st.api_keys, st.spaces.c.slug)
+                .join(st.spaces, st.spaces.c.id == st.api_keys.c.space_id)
+                .where(st.api_keys.c.key_hash == digest)
+            ).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            raise AuthenticationError("unknown server API key; check the key configured for this Space")
+        if row.revoked_at is not None:
+            raise AuthenticationError(f"API key {row.key_id} was revoked; create a new one")
+        if not api_key.startswith(f"sk_{row.environment}_"):
+            raise AuthenticationError("API key prefix does not match its Space environment")
+        return ApiKeyInfo(row.key_id, row.slug, frozenset(row.scopes.split()), row.environment)
+
+    # --- program ----------------------------------------------------------------------------------
+
+    def load_program_module(
+        self,
+        space: str,
+        module: str,
+        body: Mapping[str, Any],
+        *,
+        version: str | None = None,
+        active: bool = True,
+    ) -> dict[str, Any]:
+        """Store ``body`` as a new version of ``module`` (the active one unless ``active=False``)."""
+        if module not in MODULE_NAMES:
+            raise ProgramValidationError(
+                f"unknown module {module!r}; expected one of {', '.join(MODULE_NAMES)}", path=module
+            )
+
+        def run(conn: Connection) -> dict[str, Any]:
+            row = self._space_row(conn, space)
+            current = self._program_for(conn, row.id)
+            if active:
+                current.with_module(module, body)  # validates the body and its cross-references
+            else:
+                Program.from_modules({module: body})
+            return self._store_module(conn, row.id, module, body, version, active)
+
+        return self._write(run)
+
+    def load_program(
+        self, space: str, modules: Mapping[str, Mapping[str, Any]], *, version: str | None = None
+    ) -> None:
+        """Store and activate several modules at once: all of them, or none when one is invalid."""
+        if not isinstance(modules, Mapping) or not modules:
+            raise ProgramValidationError("a program needs at least one module", path="")
+        for name in modules:
+            if name not in MODULE_NAMES:
+                raise ProgramValidationError(
+                    f"unknown module {name!r}; expected one of {', '.join(MODULE_NAMES)}", path=name
+                )
+
+        def run(conn: Connection) -> None:
+            row = self._space_row(conn, space)
+            merged = self._program_for(conn, row.id).to_modules()
+            merged.update({k: dict(v) for k, v in modules.items()})
+            Program.from_modules(merged)
+            for name in MODULE_NAMES:
+                if name in modules:
+                    self._store_module(conn, row.id, name, modules[name], version, True)
+
+        self._write(run)
+
+    def _store_module(
+        self, conn: Connection, space_id: int, module: str, body: Mapping[str, Any],
+        version: str | None, active: bool,
+    ) -> dict[str, Any]:
+        pm = st.program_modules
+        count = conn.execute(
+            select(func.count()).select_from(pm).where(pm.c.space_id == space_id, pm.c.module == module)
+        ).scalar_one()
+        label = version if version else f"v{count + 1}"
+        if len(label) > 128:
+            raise ValidationError("version is longer than 128 characters", field="version")
+        clash = conn.execute(
+            select(pm.c.id).where(pm.c.space_id == space_id, pm.c.module == module, pm.c.version == label)
+        ).first()
+        if clash is not None:
+            raise ValidationError(
+                f"module {module!r} already has a version {label!r}; choose another", field="version"
+            )
+        now = self._now()
+        if active:
+            conn.execute(
+                update(pm).where(pm.c.space_id == space_id, pm.c.module == module, pm.c.active.is_(True))
+                .values(active=False)
+            )
+        conn.execute(pm.insert().values(
+            space_id=space_id, module=module, version=label, body=dict(body), active=active,
+            created_at=now,
+        ))
+        return {"module": module, "version": label, "active": active,
+                "created_at": core_engine.format_datetime(now)}
+
+    def program_versions(self, space: str) -> list[dict[str, Any]]:
+        """Every stored module version, oldest first: ``{module, version, active, created_at}``."""
+        pm = st.program_modules
+        with self._read() as conn:
+            row = self._space_row(conn, space)
+            rows = conn.execute(
+                select(pm.c.module, pm.c.version, pm.c.active, pm.c.created_at)
+                .where(pm.c.space_id == row.id).order_by(pm.c.id)
+            ).all()
+        return [
+            {"module": r.module, "version": r.version, "active": r.active,
+             "created_at": core_engine.format_datetime(r.created_at)}
+            for r in rows
+        ]
+
+    def program(self, space: str) -> dict[str, Any]:
+        """The Space blueprint (``GET /v1/program``): active modules merged into one view."""
+        pm = st.program_modules
+        with self._read() as conn:
+            row = self._space_row(conn, space)
+            program = self._program_for(conn, row.id)
+            versions = conn.execute(
+                select(pm.c.module, pm.c.version, pm.c.created_at)
+                .where(pm.c.space_id == row.id, pm.c.active.is_(True))
+            ).all()
+            customers = conn.execute(
+                select(func.count(), func.coalesce(func.sum(st.customers.c.event_count), 0))
+                .where(st.customers.c.space_id == row.id)
+            ).one()
+            usage = self._usage(conn, row)
+        modules = program.to_modules()
+        earning = []
+        for rule in program.events.rules:
+            item = rule.model_dump(mode="python", exclude_none=True)
+            earning.append(item)
+        blueprint = {
+            "wallets": [w.model_dump(mode="python", exclude_none=True)
+                        for w in program.wallet_defs.values()],
+            "earningRules": earning,
+            "leveling": modules.get("leveling"),
+            "perks": modules.get("perks", {}).get("perks", []),
+            "rewards": modules.get("perks", {}).get("rewards", []),
+            "achievements": modules.get("achievements", {}).get("achievements", []),
+            "streaks": modules.get("achievements", {}).get("streaks", []),
+            "boosts": modules.get("boosts", {}).get("boosts", []),
+        }
+        return _wire(_jsonable({
+            "tenant": row.slug,
+            "environment": row.environment,
+            "timezone": row.timezone,
+            "blueprint": blueprint,
+            "modules": {
+                v.module: {"version": v.version, "created_at": core_engine.format_datetime(v.created_at)}
+                for v in versions
+            },
+            "integration": {"embedded": True, "require_signatures": row.require_signatures},
+            "metrics": {"customers": int(customers[0]), "events": int(customers[1])},
+            "usage": usage,
+        }))
+
+    # --- usage -----------------------------------------------------------------------------------
+
+    def usage(self, space: str) -> dict[str, Any]:
+        """Current billing-period meters (``GET /v1/usage``)."""
+        with self._read() as conn:
+            return self._usage(conn, self._space_row(conn, space))
+
+    def _usage(self, conn: Connection, space: _Space) -> dict[str, Any]:
+        now = self._now()
+        period = _period(now)
+        start = datetime(now.year, now.month, 1, tzinfo=UTC)
+        end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
+        meters = dict.fromkeys(USAGE_METERS, 0)
+        for r in conn.execute(
+            select(st.usage.c.meter, st.usage.c.count)
+            .where(st.usage.c.space_id == space.id, st.usage.c.period == period)
+        ):
+            meters[r.meter] = int(r.count)
+        return {
+            "tenant": space.slug,
+            "period": period,
+            "period_start": core_engine.format_datetime(start),
+            "period_end": core_engine.format_datetime(end),
+            "meters": meters,
+        }
+
+    def record_usage(self, space: str, meter: str = "requests", count: int = 1) -> None:
+        """Add ``count`` to a usage meter of the current period (the API counts ``requests``)."""
+        if meter not in USAGE_METERS:
+            raise ValidationError(f"unknown usage meter {meter!r}", field="meter")
+
+        def run(conn: Connection) -> None:
+            self._bump_usage(conn, self._space_row(conn, space).id, {meter: count})
+
+        self._write(run)
+
+    # --- customers: get-or-create and lock ---------------------------------------------------------
+
+    def _load_customers(
+        self, conn: Connection, space_id: int, user_ids: Sequence[str], *, create: bool
+    ) -> dict[str, _Customer]:
+        """Customers by user id, locked for this transaction; missing ones created when ``create``."""
+        wanted = sorted(set(user_ids))
+        found = self._select_customers(conn, space_id, wanted)
+        missing = [u for u in wanted if u not in found]
+        if missing and create:
+            now = self._now()
+            empty_state = st.dump_json(CustomerState().to_json())
+            stmt = self._insert(st.customers).on_conflict_do_nothing(
+                index_elements=["space_id", "user_id"]
+            )
+            conn.execute(stmt, [
+                {"space_id": space_id, "user_id": u, "traits": "{}", "state": empty_state,
+                 "event_count": 0, "created_at": now, "updated_at": now}
+                for u in missing
+            ])
+            found.update(self._select_customers(conn, space_id, missing))
+        return found
+
+    def _select_customers(
+        self, conn: Connection, space_id: int, user_ids: Sequence[str]
+    ) -> dict[str, _Customer]:
+        c = st.customers
+        out: dict[str, _Customer] = {}
+        for start in range(0, len(user_ids), IN_CHUNK):
+            chunk = user_ids[start:start + IN_CHUNK]
+            stmt = (
+                select(c.c.id, c.c.user_id, c.c.traits, c.c.state)
+                .where(c.c.space_id == space_id, c.c.user_id.in_(chunk))
+                .order_by(c.c.id)
+            )
+            if self._postgres:
+                stmt = stmt.with_for_update()
+            for row in conn.execute(stmt):
+                out[row.user_id] = _Customer(
+                    row.id, row.user_id, row.traits, CustomerState.from_json(row.state)
+                )
+        return out
+
+    # --- identify ------------------------------------------------------------------------------------
+
+    def identify(self, space: str, user_id: str, traits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Create the customer or shallow-merge ``traits`` into its traits; returns ``{user_id, traits}``."""
+        _check_text(user_id, "user_id", MAX_USER_ID)
+        clean = validate_traits(traits)
+
+        def run(conn: Connection) -> dict[str, Any]:
+            row = self._space_row(conn, space)
+            merged = self._identify_page(conn, row, [(user_id, clean)])
+            return {"tenant": row.slug, "user_id": user_id, "traits": _wire(merged[user_id])}
+
+        return self._write(run)
+
+    def identify_bulk(
+        self,
+        space: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        conn: Connection | None = None,
+    ) -> None:
+        """``identify`` for a page of ``(user_id, traits)``; in the caller's transaction with ``conn``."""
+        clean: list[tuple[str, dict[str, Any]]] = []
+        for i, (user_id, traits) in enumerate(items):
+            try:
+                _check_text(user_id, "user_id", MAX_USER_ID)
+                clean.append((user_id, validate_traits(traits)))
+            except ValidationError as exc:
+                raise ValidationError(f"item {i}: {exc.message}", field=exc.field) from None
+        if not clean:
+            return
+
+        def run(c: Connection) -> None:
+            self._identify_page(c, self._space_row(c, space), clean)
+
+        self._write(run, conn)
+
+    def _identify_page(
+        self, conn: Connection, space: _Space, items: Sequence[tuple[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        customers = self._load_customers(conn, space.id, [u for u, _ in items], create=True)
+        for user_id, traits in items:
+            customers[user_id].traits = {**customers[user_id].traits, **traits}
+        now = self._now()
+        touched = {u for u, _ in items}
+        conn.execute(
+            update(st.customers)
+            .where(st.customers.c.id == _bind("b_id"))
+            .values(traits=_bind("b_traits"), updated_at=_bind("b_now")),
+            [{"b_id": customers[u].id, "b_traits": st.dump_json(customers[u].traits), "b_now": now}
+             for u in sorted(touched)],
+        )
+        self._lock_outbox(conn, space.id)
+        conn.execute(st.outbox.insert(), [
+            {"space_id": space.id, "kind": "identify", "customer_id": customers[u].id,
+             "event_id": None, "traits": st.dump_json(customers[u].traits), "created_at": now}
+            for u, _ in items
+        ])
+        self._bump_usage(conn, space.id, {"identify_calls": len(items)})
+        return {u: customers[u].traits for u in touched}
+
+    # --- ingest ----------------------------------------------------------------------------------------
+
+    def ingest(self, space: str, event: EventInput) -> dict[str, Any]:
+        """Ingest one event; the wire result ``{applied, duplicate, delta, …}`` or a typed error."""
+        outcome = self.ingest_bulk(space, [event])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.result is not None
+        return outcome.result
+
+    def ingest_bulk(
+        self,
+        space: str,
+        events: Sequence[EventInput],
+        *,
+        conn: Connection | None = None,
+    ) -> list[IngestOutcome]:
+        """Ingest a page of events (any size) with work per page, not per row; results in input order.
+
+        A duplicate ``transaction_id`` (stored, or earlier in the same page) answers with the first
+        application's result, ``applied: false, duplicate: true``. An invalid item gets an
+        ``IngestOutcome`` with the ``ValidationError`` and changes nothing. With ``conn`` the page
+        runs inside the caller's transaction and is not committed here.
+        """
+        now = self._now()
+        outcomes: list[IngestOutcome | None] = [None] * len(events)
+        valid: list[_Event] = []
+        for index, item in enumerate(events):
+            try:
+                valid.append(self._validate_event(index, item, now))
+            except ValidationError as exc:
+                outcomes[index] = IngestOutcome(None, exc)
+        if valid:
+            results = self._write(lambda c: self._ingest_page(c, space, valid, now), conn)
+            for ev, result in zip(valid, results):
+                outcomes[ev.index] = IngestOutcome(result)
+        elif conn is None:
+            self.get_space(space)  # an unknown Space is an error even for an all-invalid page
+        return [o for o in outcomes if o is not None]
+
+    def _validate_event(self, index: int, item: Any, now: datetime) -> _Event:
+        if isinstance(item, Mapping):
+            item = EventInput.model_validate(item)
+        if not isinstance(item, EventInput):
+            raise ValidationError("event must be an EventInput object", field="event")
+        user_id = _check_text(item.user_id, "user_id", MAX_USER_ID)
+        name = _check_text(item.event, "event", MAX_EVENT)
+        txid = item.transaction_id
+        if txid is None:
+            txid = f"tx_{uuid.uuid4()}"
+        else:
+            _check_text(txid, "transaction_id", MAX_TRANSACTION_ID)
+        context = validate_context(item.context)
+        occurred_at = parse_occurred_at(item.occurred_at, now)
+        return _Event(index, user_id, name, txid, context, occurred_at)
+
+    def _existing_events(self, conn: Connection, space_id: int, txids: Sequence[str]) -> dict[str, Any]:
+        e = st.events
+        found: dict[str, Any] = {}
+        for start in range(0, len(txids), IN_CHUNK):
+            chunk = txids[start:start + IN_CHUNK]
+            for row in conn.execute(
+                select(e.c.transaction_id, e.c.result)
+                .where(e.c.space_id == space_id, e.c.transaction_id.in_(chunk))
+            ):
+                found[row.transaction_id] = row.result
+        return found
+
+    def _allocate_ids(self, conn: Connection, table: Any, column: str, n: int) -> list[int]:
+        """``n`` fresh ids for ``table.column`` (the write lock/sequence makes them ours)."""
+        if n == 0:
+            return []
+        if self._postgres:
+            seq = conn.execute(
+                text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table.name, "c": column}
+            ).scalar_one()
+            rows = conn.execute(
+                text("SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"),
+                {"s": seq, "n": n},
+            ).scalars().all()
+            return sorted(int(r) for r in rows)
+        # SQLite: BEGIN IMMEDIATE holds the database write lock, so MAX(id) cannot move under us.
+        top = conn.execute(select(func.coalesce(func.max(table.c[column]), 0))).scalar_one()
+        return list(range(int(top) + 1, int(top) + 1 + n))
+
+    def _ingest_page(
+        self, conn: Connection, space_slug: str, page: Sequence[_Event], now: datetime
+    ) -> list[dict[str, Any]]:
+        space = self._space_row(conn, space_slug)
+        zone = space.zone
+        program = self._program_for(conn, space.id)
+        customers = self._load_customers(conn, space.id, [ev.user_id for ev in page], create=True)
+        stored = self._existing_events(conn, space.id, sorted({ev.transaction_id for ev in page}))
+
+        results: list[dict[str, Any] | None] = [None] * len(page)
+        fresh: list[tuple[int, _Event, dict[str, Any]]] = []  # (position, event, wire result)
+        first_in_page: dict[str, int] = {}
+        duplicates = 0
+        ledger_moves: list[tuple[int, int, str, Decimal]] = []  # (position, customer id, wallet, amount)
+        new_perks: list[dict[str, Any]] = []
+        for pos, ev in enumerate(page):
+            txid = ev.transaction_id
+            if txid in stored:
+                results[pos] = _as_duplicate(stored[txid])
+                duplicates += 1
+                continue
+            if txid in first_in_page:
+                results[pos] = None  # filled from the first occurrence below
+                duplicates += 1
+                continue
+            first_in_page[txid] = pos
+            cust = customers[ev.user_id]
+            engine_event = EngineEvent(ev.event, ev.occurred_at, ev.context, txid)
+            outcome = core_engine.evaluate(program, cust.state, engine_event, zone)
+            cust.state = core_engine.apply_outcome(cust.state, outcome)
+            cust.dirty = True
+            day = ev.occurred_at.astimezone(zone).date()
+            if cust.max_day is None or day > cust.max_day:
+                cust.max_day = day
+            result = _wire(outcome.to_result())
+            results[pos] = result
+            fresh.append((pos, ev, result))
+            for d in outcome.deltas:
+                if d.amount:
+                    ledger_moves.append((pos, cust.id, d.wallet, d.amount))
+            for perk in outcome.new_perks:
+                new_perks.append({
+                    "customer_id": cust.id, "perk_key": perk.key, "unlocked_at": perk.unlocked_at,
+                    "trigger": st.dump_json(dict(perk.trigger)),
+                })
+        for pos, ev in enumerate(page):
+            if results[pos] is None:
+                results[pos] = _as_duplicate(results[first_in_page[ev.transaction_id]])
+
+        if fresh:
+            self._persist_page(conn, space, program, customers, fresh, ledger_moves, new_perks, now)
+        self._bump_usage(conn, space.id, {"events": len(fresh), "duplicates": duplicates})
+        return [r for r in results if r is not None]
+
+    def _persist_page(
+        self,
+        conn: Connection,
+        space: _Space,
+        program: Program,
+        customers: Mapping[str, _Customer],
+        fresh: Sequence[tuple[int, _Event, dict[str, Any]]],
+        ledger_moves: Sequence[tuple[int, int, str, Decimal]],
+        new_perks: Sequence[dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        event_ids = self._allocate_ids(conn, st.events, "id", len(fresh))
+        id_at: dict[int, int] = {}
+        event_rows = []
+        counts: dict[int, int] = {}
+        for event_id, (pos, ev, result) in zip(event_ids, fresh):
+            cust_id = customers[ev.user_id].id
+            id_at[pos] = event_id
+            counts[cust_id] = counts.get(cust_id, 0) + 1
+            event_rows.append({
+                "id": event_id, "space_id": space.id, "customer_id": cust_id,
+                "transaction_id": ev.transaction_id, "event": ev.event,
+                "context": st.dump_json(ev.context), "occurred_at": ev.occurred_at,
+                "recorded_at": now, "result": st.dump_json(result),
+            })
+        conn.execute(st.events.insert(), event_rows)
+        if ledger_moves:
+            conn.execute(st.ledger.insert(), [
+                {"space_id": space.id, "customer_id": cust_id, "wallet": wallet,
+                 "amount": str(amount), "event_id": id_at[pos], "redemption_id": None,
+                 "created_at": now}
+                for pos, cust_id, wallet, amount in ledger_moves
+            ])
+        if new_perks:
+            stmt = self._insert(st.perks).on_conflict_do_nothing(
+                index_elements=["customer_id", "perk_key"]
+            )
+            conn.execute(stmt, list(new_perks))
+        self._save_customers(conn, space, program, customers.values(), counts, now)
+        self._lock_outbox(conn, space.id)
+        conn.execute(st.outbox.insert(), [
+            {"space_id": space.id, "kind": "event", "customer_id": row["customer_id"],
+             "event_id": row["id"], "traits": None, "created_at": now}
+            for row in event_rows
+        ])
+
+    def _save_customers(
+        self,
+        conn: Connection,
+        space: _Space,
+        program: Program,
+        customers: Any,
+        event_counts: Mapping[int, int],
+        now: datetime,
+    ) -> None:
+        """Write back the state document and the materialized balances of every changed customer."""
+        states = []
+        balance_rows = []
+        for cust in customers:
+            if not cust.dirty:
+                continue
+            if cust.max_day is not None and (cust.state.counters or cust.state.achievement_days):
+                cust.state = core_engine.prune_state(
+                    program, cust.state, cust.max_day - timedelta(days=STATE_PRUNE_MARGIN_DAYS)
+                )
+            states.append({
+                "b_id": cust.id, "b_state": st.dump_json(cust.state.to_json()),
+                "b_n": event_counts.get(cust.id, 0), "b_now": now,
+            })
+            for wallet, balance in cust.state.balances.items():
+                balance_rows.append({
+                    "customer_id": cust.id, "wallet": wallet, "space_id": space.id,
+                    "balance": str(balance),
+                    "lifetime": str(cust.state.lifetime.get(wallet, Decimal(0))),
+                })
+            cust.dirty = False
+        if states:
+            c = st.customers
+            conn.execute(
+                update(c).where(c.c.id == _bind("b_id")).values(
+                    state=_bind("b_state"), event_count=c.c.event_count + _bind("b_n"),
+                    updated_at=_bind("b_now"),
+                ),
+                states,
+            )
+        if balance_rows:
+            stmt = self._insert(st.balances)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["customer_id", "wallet"],
+                set_={"balance": stmt.excluded.balance, "lifetime": stmt.excluded.lifetime},
+            )
+            conn.execute(stmt, balance_rows)
+
+    # --- redeem -----------------------------------------------------------------------------------------
+
+    def redeem(self, space: str, user_id: str, reward_key: str, transaction_id: str) -> dict[str, Any]:
+        """Redeem a reward: subtract its cost and return its effect; idempotent on ``transaction_id``.
+
+        ``InsufficientBalanceError`` (nothing changed) when the wallet holds less than the cost.
+        """
+        _check_text(user_id, "user_id", MAX_USER_ID)
+        _check_text(reward_key, "reward_key", 128)
+        _check_text(transaction_id, "transaction_id", MAX_TRANSACTION_ID)
+
+        def run(conn: Connection) -> dict[str, Any]:
+            row = self._space_row(conn, space)
+            program = self._program_for(conn, row.id)
+            customers = self._load_customers(conn, row.id, [user_id], create=False)
+            r = st.redemptions
+            previous = conn.execute(
+                select(r.c.result).where(r.c.space_id == row.id, r.c.transaction_id == transaction_id)
+            ).first()
+            if previous is not None:
+                return _as_duplicate(previous.result)
+            cust = customers.get(user_id)
+            if cust is None:
+                raise NotFoundError(f"customer {user_id!r} does not exist in Space {row.slug!r}",
+                                    field="user_id")
+            plan = core_engine.plan_redemption(program, cust.state, reward_key)
+            if plan.status == "unknown_reward":
+                raise NotFoundError(plan.message, code="unknown_reward", field="reward_key")
+            if plan.status == "insufficient_balance":
+                raise InsufficientBalanceError(plan.message, field="reward_key")
+            if not plan.ok:
+                raise ValidationError(plan.message, code=plan.status, field="reward_key")
+            assert plan.wallet is not None
+            cust.state = core_engine.apply_redemption(cust.state, plan)
+            cust.dirty = True
+            now = self._now()
+            result = _wire({
+                "applied": True,
+                "duplicate": False,
+                "transaction_id": transaction_id,
+                "reward": {"key": reward_key, "name": plan.reward_name or reward_key},
+                "effect": dict(plan.effect),
+                "delta": [{"wallet": plan.wallet, "amount": -plan.cost}],
+                "wallet_state": core_engine.wallet_state(program, cust.state.balances),
+                "level": plan.level.to_json() if plan.level is not None else None,
+            })
+            redemption_id = self._allocate_ids(conn, r, "id", 1)[0]
+            conn.execute(r.insert().values(
+                id=redemption_id, space_id=row.id, customer_id=cust.id,
+                transaction_id=transaction_id, reward_key=reward_key, wallet=plan.wallet,
+                cost=plan.cost, result=result, created_at=now,
+            ))
+            conn.execute(st.ledger.insert().values(
+                space_id=row.id, customer_id=cust.id, wallet=plan.wallet, amount=-plan.cost,
+                event_id=None, redemption_id=redemption_id, created_at=now,
+            ))
+            self._save_customers(conn, row, program, [cust], {}, now)
+            self._bump_usage(conn, row.id, {"redemptions": 1})
+            return result
+
+        return self._write(run)
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    def customer(self, space: str, user_id: str) -> dict[str, Any]:
+        """The customer read model (``GET /v1/customer/{id}``) in the seed's key order."""
+        e = st.events
+        c = st.customers
+        with self._read() as conn:
+            row = self._space_row(conn, space)
+            program = self._program_for(conn, row.id)
+            cust = conn.execute(
+                select(c.c.id, c.c.traits, c.c.state)
+                .where(c.c.space_id == row.id, c.c.user_id == user_id)
+            ).first()
+            if cust is None:
+                raise NotFoundError(f"customer {user_id!r} does not exist in Space {row.slug!r}",
+                                    field="user_id")
+            latest = conn.execute(
+                select(e.c.event, e.c.transaction_id, e.c.occurred_at, e.c.result)
+                .where(e.c.space_id == row.id, e.c.customer_id == cust.id)
+                .order_by(e.c.id.desc())
+                .limit(READ_MODEL_EVENTS)
+            ).all()
+        state = CustomerState.from_json(cust.state)
+        view = core_engine.customer_view(program, state, self._now(), row.zone)
+        return _wire({
+            "tenant": row.slug,
+            "user_id": user_id,
+            "traits": cust.traits,
+            "wallets": view["wallets"],
+            "level": view["level"],
+            "perks": view["perks"],
+            "next_perks": view["next_perks"],
+            "achievements": view["achievements"],
+            "flags": view["flags"],
+            "events": [
+                {"event": ev.event, "transaction_id": ev.transaction_id,
+                 "occurred_at": core_engine.format_datetime(ev.occurred_at),
+                 "delta": ev.result.get("delta", [])}
+                for ev in latest
+            ],
+            "streaks": view["streaks"],
+            "active_boosts": view["active_boosts"],
+        })
+
+    def wallet_balances(
+        self, space: str, wallet: str = "points", user_ids: Sequence[str] | None = None
+    ) -> dict[str, Decimal]:
+        """``user_id → balance`` of ``wallet`` (0 for a customer without movements)."""
+        c = st.customers
+        b = st.balances
+        with self._read() as conn:
+            row = self._space_row(conn, space)
+            stmt = (
+                select(c.c.user_id, b.c.balance)
+                .select_from(c.outerjoin(b, and_(b.c.customer_id == c.c.id, b.c.wallet == wallet)))
+                .where(c.c.space_id == row.id)
+            )
+            out: dict[str, Decimal] = {}
+            if user_ids is None:
+                for r in conn.execute(stmt):
+                    out[r.user_id] = r.balance if r.balance is not None else Decimal(0)
+                return out
+            wanted = sorted(set(user_ids))
+            for start in range(0, len(wanted), IN_CHUNK):
+                for r in conn.execute(stmt.where(c.c.user_id.in_(wanted[start:start + IN_CHUNK]))):
+                    out[r.user_id] = r.balance if r.balance is not None else Decimal(0)
+            return out
+
+    def ledger_sums(self, space: str, user_id: str) -> dict[str, Decimal]:
+        """``wallet → sum of the ledger`` of one customer (an audit of the materialized balance)."""
+        c = st.customers
+        lg = st.ledger
+        with self._read() as conn:
+            row = self._space_row(conn, space)
+            sums: dict[str, Decimal] = {}
+            for r in conn.execute(
+                select(lg.c.wallet, lg.c.amount)
+                .join(c, c.c.id == lg.c.customer_id)
+                .where(c.c.space_id == row.id, c.c.user_id == user_id)
+            ):
+                sums[r.wallet] = sums.get(r.wallet, Decimal(0)) + r.amount
+            return sums
+
+    def iter_outbox(self, space: str, *, after_seq: int = 0, limit: int = 500) -> list[OutboxItem]:
+        """Applied events and identify calls with ``seq > after_seq``, in commit order."""
+        o = st.outbox
+        e = st.events
+        c = st.customers
+        with self._read() as conn:
+            row = self._space_row(conn, space)
+            rows = conn.execute(
+                select(o.c.seq, o.c.kind, o.c.traits, c.c.user_id, e.c.event, e.c.transaction_id,
+                       e.c.context, e.c.occurred_at)
+                .select_from(o.join(c, c.c.id == o.c.customer_id).outerjoin(e, e.c.id == o.c.event_id))
+                .where(o.c.space_id == row.id, o.c.seq > after_seq)
+                .order_by(o.c.seq)
+                .limit(max(1, min(limit, 10_000)))
+            ).all()
+        return [
+            OutboxItem(
+                seq=int(r.seq), kind=r.kind, user_id=r.user_id, event=r.event,
+                transaction_id=r.transaction_id, context=_wire(r.context or {}),
+                occurred_at=r.occurred_at, traits=_wire(r.traits or {}),
+            )
+            for r in rows
+        ]
+
+
+def _bind(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+def _as_duplicate(result: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(result)
+    out["applied"] = False
+    out["duplicate"] = True
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return core_engine.format_datetime(value)
+    return value
