@@ -59,22 +59,21 @@ def _home_location(
     member: PerkvilleExternalMember | None,
     locations: Mapping[str, PerkvilleLocation] | None,
 ) -> dict[str, Any]:
+    """Perkville's own home location (the connection's) wins; the membership's is the fallback."""
     found: dict[str, Any] = {}
     location: PerkvilleLocation | None = None
     if connection is not None and connection.home_location_id is not None:
         found["home_location_id"] = connection.home_location_id
+        location = locations.get(connection.home_location_id) if locations is not None else None
+    elif member is not None and member.external_home_location_id is not None:
+        external = member.external_home_location_id
+        found["home_location_external_id"] = external
         if locations is not None:
-            location = locations.get(connection.home_location_id)
-    external = member.external_home_location_id if member is not None else None
-    if location is None and external is not None and locations is not None:
-        location = next((loc for loc in locations.values() if loc.external_location_id == external), None)
-        if location is not None:
-            found["home_location_id"] = location.location_id
+            location = next((loc for loc in locations.values() if loc.external_location_id == external), None)
     if location is not None:
+        found["home_location_id"] = location.location_id
         found["home_location_external_id"] = location.external_location_id
         found["home_location_name"] = location.name
-    if external is not None and found.get("home_location_external_id") is None:
-        found["home_location_external_id"] = external
     return found
 
 
