@@ -1,0 +1,814 @@
+"""The import pipeline: Perkville pages → mapping → Perkamo target → checkpoint, one business at a time.
+
+Phases, in order: reference data (business, locations, perks) → users (staged) → connections
+(identify, id map, opening balances in balance mode) → transactions (events).  Every page is
+parsed, mapped, delivered and checkpointed before the next one is read, so memory stays bounded
+by the page size (plus one small id map of the business's members).
+
+State written per page — cursor or checkpoint, run counters, dead letters, id map — is committed
+by the target's ``commit`` callback: inside the embedded core's transaction (exactly-once) or
+after every remote acknowledgement (effectively-once with stable ``transaction_id``s).
+
+Cursors (``bridge_cursors``; all values ISO-8601 UTC or JSON):
+
+- ``backfill`` — the checkpoint of an unfinished backfill: its pinned upper bound, mode,
+  cut-over and the offset of the next transactions page.  A new backfill resumes from it; a
+  finished backfill deletes it and sets the sync cursors below to its upper bound.
+- ``users``, ``connections``, ``transactions`` — ``last_mod_dt`` high-water marks of incremental
+  sync.  A pass reads ``[cursor − overlap, run start)``; the cursor never moves past the run's
+  start.  Transactions additionally re-read the look-back window (``transaction_dt`` within
+  ``lookback_days``) for rows that turned ``VOID``, so late voids are reversed even if Perkville
+  did not touch ``last_mod_dt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import Connection
+
+from bridge.errors import BridgeError, LeaseLostError, RunFailedError, SourceError
+from bridge.progress import NullProgress, Progress
+from bridge.state import (
+    IdMapEntry,
+    LeaseKeeper,
+    RunCounts,
+    StateStore,
+    lease_name,
+    new_owner_id,
+    redact,
+    utcnow,
+)
+from bridge.targets import Delivery, Target
+from mapping.types import IdentifyCall, MappingIssue, MappingResult, PerkamoEvent
+
+Mode = Literal["history", "balance"]
+Kind = Literal["backfill", "sync"]
+DIRECTION = "import"
+TX_ORDER = ("transaction_dt", "transaction_id")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Plain values the pipeline needs from the settings (read once at the edge)."""
+
+    business: str
+    timezone: str = "UTC"
+    id_strategy: str = "perkville_user"
+    lookback_days: int = 45
+    overlap_seconds: int = 300
+    trait_allow: tuple[str, ...] | None = None
+    trait_deny: tuple[str, ...] = ()
+    lease_seconds: int = 120
+    secrets: tuple[str, ...] = ()
+    target_kind: str = "embedded"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one run does: backfill or sync, the mode, an optional bounded window."""
+
+    kind: Kind = "backfill"
+    mode: Mode = "history"
+    since: datetime | None = None
+    until: datetime | None = None
+    wait: bool = False
+    wait_timeout: float | None = None
+
+    @property
+    def windowed(self) -> bool:
+        return self.since is not None or self.until is not None
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``to_json`` is the contract shape of ``backfill``/``sync --json``."""
+
+    run_id: int
+    status: str
+    counts: RunCounts
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"run_id": self.run_id, "status": self.status, **self.counts.as_dict()}
+        body["kinds"] = self.kinds
+        body["seconds"] = round(self.seconds, 3)
+        if self.error:
+            body["error"] = self.error
+        return body
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def traits_hash(traits: Mapping[str, Any]) -> str:
+    """A stable digest of a trait set, so an unchanged member is not identified again."""
+    canonical = json.dumps(traits, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def issue_reason(issue: MappingIssue) -> str:
+    """A short dead-letter reason code from a mapping issue (``bad_classification``)."""
+    return f"bad_{issue.field}" if issue.field else "unmappable"
+
+
+@dataclass
+class _Record:
+    """One Perkville record travelling through a page: its id, raw JSON and what it became."""
+
+    kind: str
+    record_id: str
+    raw: Mapping[str, Any]
+    events: list[PerkamoEvent] = field(default_factory=list)
+    identify: IdentifyCall | None = None
+    skipped: bool = False
+    problem: tuple[str, str] | None = None  # (reason, detail) → dead letter
+    entry: IdMapEntry | None = None
+    cursor_value: datetime | None = None
+
+
+class Pipeline:
+    """Runs backfills and sync passes of one business into one target."""
+
+    def __init__(
+        self,
+        *,
+        state: StateStore,
+        source: Any,
+        target: Target,
+        config: PipelineConfig,
+        progress: Progress | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.state = state
+        self.source = source
+        self.target = target
+        self.config = config
+        self.progress = progress or NullProgress()
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.business = config.business
+        self._locations: dict[str, Any] = {}
+        self._keeper: LeaseKeeper | None = None
+        self._run_id = 0
+        self._counts = RunCounts()
+        self._kinds: dict[str, RunCounts] = {}
+        self._open_dead_letters = 0
+
+    # ------------------------------------------------------------------------------ entry
+
+    def run(self, options: RunOptions) -> RunSummary:
+        """One run under the (business, import) lease; raises ``LeaseHeldError`` if busy."""
+        started = time.monotonic()
+        ttl = timedelta(seconds=self.config.lease_seconds)
+        owner = new_owner_id()
+        name = lease_name(self.business, DIRECTION)
+        lease = self.state.leases.acquire(
+            name, owner, ttl, wait=options.wait, timeout=options.wait_timeout
+        )
+        keeper = LeaseKeeper(self.state.leases, lease, ttl)
+        with keeper:
+            self._keeper = keeper
+            self.state.runs.interrupt_stale(self.business, DIRECTION)
+            self._run_id = self.state.runs.start(
+                self.business,
+                direction=DIRECTION,
+                kind=options.kind,
+                mode=options.mode,
+                target=self.config.target_kind,
+                owner=owner,
+                details=self._window_details(options),
+            )
+            summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
+            try:
+                note = self.target.ensure_program()
+                summary.notes.append(note)
+                self.progress.note(note)
+                self._run_phases(options, summary)
+            except KeyboardInterrupt:
+                self._finish(summary, "interrupted", "interrupted by the operator", started)
+                raise
+            except BaseException as exc:
+                message = _describe(exc)
+                self._finish(summary, "failed", message, started)
+                raise RunFailedError(
+                    f"run {self._run_id} failed: {summary.error}", run_id=self._run_id
+                ) from exc
+            status = "stopped" if self.stop.is_set() else "succeeded"
+            self._finish(summary, status, None, started)
+            return summary
+
+    def retry_dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        ids: Sequence[int] | None = None,
+        wait: bool = False,
+    ) -> RunSummary:
+        """Map and deliver the open dead letters again (idempotent ids); fixed ones become resolved.
+
+        A record that fails again stays open with ``attempts`` + 1 and its newest reason.
+        """
+        started = time.monotonic()
+        ttl = timedelta(seconds=self.config.lease_seconds)
+        owner = new_owner_id()
+        lease = self.state.leases.acquire(lease_name(self.business, DIRECTION), owner, ttl, wait=wait)
+        with LeaseKeeper(self.state.leases, lease, ttl) as keeper:
+            self._keeper = keeper
+            self._run_id = self.state.runs.start(
+                self.business,
+                direction=DIRECTION,
+                kind="retry",
+                target=self.config.target_kind,
+                owner=owner,
+                details={"reason": reason, "ids": list(ids or [])},
+            )
+            summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
+            try:
+                summary.notes.append(self.target.ensure_program())
+                letters = self.state.dead_letters.list(self.business, reason=reason, ids=ids)
+                self._open_dead_letters = len(letters)
+                if any(d.kind == "connection" for d in letters):
+                    self._phase_reference()
+                customer_ids = self._customer_ids()
+                self.progress.phase("retry")
+                for start in range(0, len(letters), 100):
+                    chunk = letters[start : start + 100]
+                    by_kind: dict[str, list[Any]] = {}
+                    for letter in chunk:
+                        by_kind.setdefault(letter.kind, []).append(letter)
+                    for kind, group in by_kind.items():
+                        raws = [g.raw for g in group]
+                        if kind == "connection":
+                            records = self._map_connections(raws, mode="history", cutover=None)
+                            write = self._connection_state(records)
+                        else:
+                            records = self._map_transactions(raws, customer_ids)
+                            write = _no_state
+                        for record, letter in zip(records, group, strict=True):
+                            record.record_id = letter.record_id
+                        self._deliver(records, kind, write)
+                    self.progress.advance("retry", len(chunk), total=len(letters), counts=self._counts)
+                self.progress.done("retry", None)
+            except BaseException as exc:
+                self._finish(summary, "failed", _describe(exc), started)
+                raise RunFailedError(
+                    f"run {self._run_id} failed: {summary.error}", run_id=self._run_id
+                ) from exc
+            self._finish(summary, "succeeded", None, started)
+            return summary
+
+    def _window_details(self, options: RunOptions) -> dict[str, Any]:
+        details: dict[str, Any] = {}
+        if options.since:
+            details["since"] = _iso(options.since)
+        if options.until:
+            details["until"] = _iso(options.until)
+        return details
+
+    def _finish(self, summary: RunSummary, status: str, error: str | None, started: float) -> None:
+        summary.status = status
+        summary.seconds = time.monotonic() - started
+        summary.kinds = {k: v.as_dict() for k, v in self._kinds.items()}
+        if error is not None:
+            summary.error = redact(error, self.config.secrets)
+        try:
+            self.state.runs.finish(
+                self._run_id,
+                status,
+                error=summary.error,
+                secrets=self.config.secrets,
+                details={"kinds": summary.kinds, "notes": summary.notes},
+            )
+        except Exception:  # noqa: BLE001 - the database may be what failed; the caller reports
+            pass
+
+    def _run_phases(self, options: RunOptions, summary: RunSummary) -> None:
+        start = self.clock()
+        checkpoint: dict[str, Any] = {}
+        if options.kind == "backfill" and not options.windowed:
+            checkpoint = self._load_checkpoint(options, start)
+            upper = _parse_iso(checkpoint["until"])
+            cutover = _parse_iso(checkpoint["cutover"]) if checkpoint.get("cutover") else None
+            if checkpoint.get("resumed"):
+                note = (
+                    f"resuming the unfinished backfill from transaction offset "
+                    f"{checkpoint.get('offset', 0)} (window up to {checkpoint['until']})"
+                )
+                summary.notes.append(note)
+                self.progress.note(note)
+        else:
+            upper = min(options.until or start, start)
+            cutover = start if options.mode == "balance" else None
+        self._open_dead_letters = self.state.dead_letters.open_count(self.business)
+
+        self._phase_reference()
+        if self.stop.is_set():
+            return
+        if options.kind == "sync":
+            self._phase_sync(options, start, summary)
+            return
+        if not checkpoint.get("members_done"):
+            self._phase_users(None, upper)
+            if self.stop.is_set():
+                return
+            self._phase_connections(
+                None, upper, mode=options.mode, cutover=cutover, checkpoint=checkpoint or None
+            )
+            if self.stop.is_set():
+                return
+        since = options.since
+        if options.mode == "balance" and cutover is not None:
+            since = max(since, cutover) if since else cutover
+        self._phase_transactions(
+            transaction_window=(since, upper),
+            checkpoint=checkpoint or None,
+        )
+        if self.stop.is_set():
+            return
+        if checkpoint:
+            with self.state.engine.begin() as conn:
+                self._fence(conn)
+                self.state.cursors.delete(conn, self.business, "backfill")
+                for resource in ("users", "connections", "transactions"):
+                    self.state.cursors.set(conn, self.business, resource, _iso(upper), self._run_id)
+                if cutover is not None:
+                    # Sync must never replay what the opening balances already carry.
+                    self.state.cursors.set(conn, self.business, "cutover", _iso(cutover), self._run_id)
+
+    # ------------------------------------------------------------------------- checkpoint
+
+    def _load_checkpoint(self, options: RunOptions, start: datetime) -> dict[str, Any]:
+        raw = self.state.cursors.get(self.business, "backfill")
+        if raw:
+            saved = json.loads(raw)
+            if saved.get("mode") == options.mode:
+                saved["resumed"] = True
+                return dict(saved)
+        checkpoint: dict[str, Any] = {
+            "mode": options.mode,
+            "until": _iso(start),
+            "cutover": _iso(start) if options.mode == "balance" else None,
+            "offset": 0,
+            "members_done": False,
+        }
+        with self.state.engine.begin() as conn:
+            self._fence(conn)
+            self.state.cursors.set(
+                conn, self.business, "backfill", json.dumps(checkpoint), self._run_id
+            )
+        return checkpoint
+
+    def _fence(self, conn: Connection) -> None:
+        if self._keeper is not None:
+            self._keeper.fence(conn)
+
+    # ---------------------------------------------------------------------------- phases
+
+    def _phase_reference(self) -> None:
+        from mapping.records import parse_location
+
+        self.progress.phase("reference")
+        found = False
+        for page in self.source.iter_businesses():
+            for raw in page.objects:
+                bid = raw.get("business_id", raw.get("id"))
+                if bid is not None and str(bid) == str(self.business):
+                    found = True
+            self.progress.advance("reference", len(page.objects))
+        if not found:
+            raise SourceError(
+                f"business {self.business} is not visible to this Perkville account; check "
+                "PERKVILLE_BUSINESS_ID (or --business) and the account's staff access"
+            )
+        perks = 0
+        for page in self.source.iter_locations(self.business):
+            for raw in page.objects:
+                parsed = parse_location(raw, timezone=self.config.timezone)
+                if parsed.record is not None:
+                    self._locations[parsed.record.location_id] = parsed.record
+            self.progress.advance("reference", len(page.objects))
+        for page in self.source.iter_perks(self.business):
+            perks += len(page.objects)
+            self.progress.advance("reference", len(page.objects))
+        self.progress.done("reference", f"{len(self._locations)} locations, {perks} perks")
+
+    def _phase_users(self, since: datetime | None, upper: datetime) -> set[str]:
+        """Stage users (raw) for the connections phase; returns the ids seen."""
+        self.progress.phase("users")
+        seen: set[str] = set()
+        pages = self.source.iter_users(
+            last_mod_dt_gte=since, last_mod_dt_lt=upper if since is not None else None
+        )
+        for page in pages:
+            batch: dict[str, Mapping[str, Any]] = {}
+            for raw in page.objects:
+                uid = raw.get("user_id")
+                if uid is None:
+                    continue
+                batch[str(uid)] = raw
+            if batch:
+                with self.state.engine.begin() as conn:
+                    self.state.users.put(conn, self.business, batch)
+            seen.update(batch)
+            self.progress.advance("users", len(page.objects), total=page.meta.get("total_count"))
+            if self.stop.is_set():
+                break
+        self.progress.done("users", f"{len(seen)} users")
+        return seen
+
+    def _phase_connections(
+        self,
+        since: datetime | None,
+        upper: datetime,
+        *,
+        mode: Mode,
+        cutover: datetime | None,
+        checkpoint: dict[str, Any] | None,
+        pages: Iterator[Any] | None = None,
+    ) -> set[str]:
+        """Identify every connected member; returns the Perkville user ids handled."""
+        self.progress.phase("members")
+        handled: set[str] = set()
+        if pages is None:
+            pages = self.source.iter_connections(
+                self.business,
+                last_mod_dt_gte=since,
+                last_mod_dt_lt=upper if since is not None else None,
+            )
+        for page in pages:
+            records = self._map_connections(page.objects, mode=mode, cutover=cutover)
+            handled.update(r.entry.perkville_user_id for r in records if r.entry is not None)
+            self._deliver(records, "connection", self._connection_state(records))
+            self.progress.advance(
+                "members", len(page.objects), total=page.meta.get("total_count"), counts=self._counts
+            )
+            if self.stop.is_set():
+                return handled
+        if checkpoint is not None:
+            checkpoint["members_done"] = True
+            with self.state.engine.begin() as conn:
+                self._fence(conn)
+                self.state.cursors.set(
+                    conn, self.business, "backfill", json.dumps(_stored(checkpoint)), self._run_id
+                )
+        self.progress.done("members", f"{len(handled)} members")
+        return handled
+
+    def _phase_transactions(
+        self,
+        *,
+        transaction_window: tuple[datetime | None, datetime | None],
+        checkpoint: dict[str, Any] | None,
+        last_mod_window: tuple[datetime | None, datetime | None] | None = None,
+        sync_resource: str | None = None,
+        label: str = "transactions",
+        status: str | None = None,
+    ) -> None:
+        self.progress.phase(label)
+        customer_ids = self._customer_ids()
+        since, until = transaction_window
+        params: dict[str, Any] = {
+            "transaction_dt_gte": since,
+            "transaction_dt_lt": until,
+        }
+        order: tuple[str, ...] = TX_ORDER
+        if last_mod_window is not None:
+            params["last_mod_dt_gte"], params["last_mod_dt_lt"] = last_mod_window
+            order = ("last_mod_dt", "transaction_id")
+        if status is not None:
+            params["transaction_status"] = status
+        if checkpoint is not None and checkpoint.get("offset"):
+            params["offset"] = int(checkpoint["offset"])
+        high_water: datetime | None = None
+        ordered = True
+        for page in self.source.iter_transactions(self.business, order_by=list(order), **params):
+            records = self._map_transactions(page.objects, customer_ids)
+            if last_mod_window is not None:
+                ordered = ordered and bool(getattr(page, "ordered", True))
+                stamps = [r.cursor_value for r in records if r.cursor_value is not None]
+                if stamps:
+                    high_water = max([*stamps, *([high_water] if high_water else [])])
+            next_offset = int(getattr(page, "offset", 0)) + len(page.objects) + int(
+                getattr(page, "dropped", 0)
+            )
+            state = self._transaction_state(
+                records,
+                checkpoint=checkpoint,
+                next_offset=next_offset,
+                cursor=(sync_resource, high_water) if sync_resource and ordered else None,
+            )
+            self._deliver(records, "transaction", state)
+            self.progress.advance(
+                label, len(page.objects), total=page.meta.get("total_count"), counts=self._counts
+            )
+            if self.stop.is_set():
+                return
+        self.progress.done(label, None)
+
+    def _phase_sync(self, options: RunOptions, start: datetime, summary: RunSummary) -> None:
+        overlap = timedelta(seconds=self.config.overlap_seconds)
+
+        def window(resource: str) -> datetime | None:
+            value = self.state.cursors.get(self.business, resource)
+            return None if value is None else _parse_iso(value) - overlap
+
+        if self.state.cursors.get(self.business, "transactions") is None:
+            note = "no sync cursor yet: this first pass reads everything (like a backfill)"
+            summary.notes.append(note)
+            self.progress.note(note)
+        users_since = window("users")
+        changed_users = self._phase_users(users_since, start)
+        if self.stop.is_set():
+            return
+        handled = self._phase_connections(
+            window("connections"), start, mode=options.mode, cutover=None, checkpoint=None
+        )
+        if self.stop.is_set():
+            return
+        # A user whose profile changed but whose connection did not: re-identify it too.
+        if users_since is not None:
+            for uid in sorted(changed_users - handled):
+                pages = self.source.iter_connections(self.business, user_id=uid)
+                self._phase_connections(
+                    None, start, mode=options.mode, cutover=None, checkpoint=None, pages=pages
+                )
+        tx_since = window("transactions")
+        cutover_text = self.state.cursors.get(self.business, "cutover")
+        floor = _parse_iso(cutover_text) if cutover_text else None
+        self._phase_transactions(
+            transaction_window=(floor, None if tx_since is not None else start),
+            checkpoint=None,
+            last_mod_window=(tx_since, start) if tx_since is not None else None,
+            sync_resource="transactions" if tx_since is not None else None,
+        )
+        if self.stop.is_set():
+            return
+        if tx_since is not None and self.config.lookback_days > 0:
+            lookback = start - timedelta(days=self.config.lookback_days)
+            if floor is not None:
+                lookback = max(lookback, floor)
+            self._phase_transactions(
+                transaction_window=(lookback, start),
+                checkpoint=None,
+                label="late voids",
+                status="VOID",
+            )
+        if self.stop.is_set():
+            return
+        with self.state.engine.begin() as conn:
+            self._fence(conn)
+            for resource in ("users", "connections", "transactions"):
+                self.state.cursors.set(conn, self.business, resource, _iso(start), self._run_id)
+
+    # --------------------------------------------------------------------------- mapping
+
+    def _map_connections(
+        self, rows: Sequence[Mapping[str, Any]], *, mode: Mode, cutover: datetime | None
+    ) -> list[_Record]:
+        from mapping.events import to_opening_balance_event
+        from mapping.records import parse_connection
+        from mapping.traits import to_identify
+
+        user_ids = []
+        for raw in rows:
+            parsed = parse_connection(raw, timezone=self.config.timezone)
+            if parsed.record is not None:
+                user_ids.append(parsed.record.user_id)
+        users = self.state.users.get_many(self.business, user_ids)
+        known = self.state.id_map.get_many(self.business, user_ids)
+        records: list[_Record] = []
+        for raw in rows:
+            rid = str(raw.get("connection_id", raw.get("id", "?")))
+            record = _Record("connection", rid, raw)
+            records.append(record)
+            parsed = parse_connection(raw, timezone=self.config.timezone)
+            if parsed.record is None:
+                record.problem = _first_problem(parsed.issues, "unreadable connection")
+                continue
+            conn_rec = parsed.record
+            result = to_identify(
+                users.get(conn_rec.user_id),
+                connection=raw,
+                locations=self._locations,
+                strategy=self.config.id_strategy,  # type: ignore[arg-type]
+                allow=self.config.trait_allow,
+                deny=self.config.trait_deny,
+                timezone=self.config.timezone,
+            )
+            if result.call is None or result.entry is None:
+                record.problem = _first_problem(result.issues, "connection could not be identified")
+                continue
+            digest = traits_hash(result.call.traits)
+            before = known.get(conn_rec.user_id)
+            if before is None or before.traits_hash != digest or before.customer_id != result.call.user_id:
+                record.identify = result.call
+            record.entry = IdMapEntry(
+                business=self.business,
+                perkville_user_id=conn_rec.user_id,
+                customer_id=result.call.user_id,
+                strategy=self.config.id_strategy,
+                connection_id=conn_rec.connection_id,
+                connection_status=conn_rec.status,
+                perkville_balance=conn_rec.point_balance,
+                traits_hash=digest,
+            )
+            if mode == "balance" and cutover is not None:
+                opening = to_opening_balance_event(
+                    raw,
+                    business_id=self.business,
+                    cutover_at=cutover,
+                    timezone=self.config.timezone,
+                    customer_ids={conn_rec.user_id: result.call.user_id},
+                )
+                if not opening.ok:
+                    record.problem = _first_problem(opening.issues, "opening balance unmappable")
+                    continue
+                record.events.extend(opening.events)
+        return records
+
+    def _customer_ids(self) -> dict[str, str] | None:
+        if self.config.id_strategy == "perkville_user":
+            return None  # the default id needs no lookup, and covers users without a connection
+        return {e.perkville_user_id: e.customer_id for e in self.state.id_map.iter_all(self.business)}
+
+    def _map_transactions(
+        self, rows: Sequence[Mapping[str, Any]], customer_ids: Mapping[str, str] | None
+    ) -> list[_Record]:
+        from connectors.perkville.datetimes import parse_perkville_datetime
+        from mapping.events import to_events
+
+        records: list[_Record] = []
+        for raw in rows:
+            rid = str(raw.get("transaction_id", raw.get("id", "?")))
+            record = _Record("transaction", rid, raw)
+            records.append(record)
+            try:
+                record.cursor_value = parse_perkville_datetime(
+                    raw.get("last_mod_dt"), self.config.timezone
+                )
+            except ValueError:
+                record.cursor_value = None
+            result: MappingResult = to_events(
+                raw,
+                business_id=self.business,
+                timezone=self.config.timezone,
+                customer_ids=customer_ids,
+            )
+            if not result.ok:
+                record.problem = _first_problem(result.issues, "transaction unmappable")
+            elif result.skipped and not result.events:
+                record.skipped = True
+            else:
+                record.events.extend(result.events)
+        return records
+
+    # -------------------------------------------------------------------------- delivery
+
+    def _connection_state(self, records: list[_Record]) -> Callable[[Connection], None]:
+        def write(conn: Connection) -> None:
+            entries = [r.entry for r in records if r.entry is not None and r.problem is None]
+            if entries:
+                self.state.id_map.put(conn, entries)
+
+        return write
+
+    def _transaction_state(
+        self,
+        records: list[_Record],
+        *,
+        checkpoint: dict[str, Any] | None,
+        next_offset: int,
+        cursor: tuple[str, datetime | None] | None,
+    ) -> Callable[[Connection], None]:
+        def write(conn: Connection) -> None:
+            if checkpoint is not None:
+                checkpoint["offset"] = next_offset
+                self.state.cursors.set(
+                    conn, self.business, "backfill", json.dumps(_stored(checkpoint)), self._run_id
+                )
+            if cursor is not None and cursor[1] is not None:
+                self.state.cursors.set(conn, self.business, cursor[0], _iso(cursor[1]), self._run_id)
+
+        return write
+
+    def _deliver(
+        self, records: list[_Record], kind: str, write_state: Callable[[Connection], None]
+    ) -> None:
+        identifies = [r.identify for r in records if r.identify is not None and r.problem is None]
+        events = [e for r in records if r.problem is None for e in r.events]
+
+        def commit(
+            conn: Connection, id_outcomes: Sequence[Delivery], ev_outcomes: Sequence[Delivery]
+        ) -> None:
+            self._fence(conn)
+            page = RunCounts()
+            id_iter = iter(id_outcomes)
+            ev_iter = iter(ev_outcomes)
+            resolved: list[str] = []
+            for record in records:
+                outcomes: list[Delivery] = []
+                if record.problem is None:
+                    if record.identify is not None:
+                        outcomes.append(next(id_iter))
+                    outcomes.extend(next(ev_iter) for _ in record.events)
+                rejected = next((o for o in outcomes if not o.ok), None)
+                if record.problem is None and rejected is not None:
+                    record.problem = (
+                        f"rejected_{rejected.reason or 'error'}",
+                        rejected.detail or "the target rejected the record",
+                    )
+                if record.problem is not None:
+                    reason, detail = record.problem
+                    self.state.dead_letters.put(
+                        conn,
+                        business=self.business,
+                        kind=record.kind,
+                        record_id=record.record_id,
+                        raw=record.raw,
+                        reason=reason,
+                        detail=redact(detail, self.config.secrets),
+                        run_id=self._run_id,
+                    )
+                    page.count("dead_lettered")
+                    continue
+                if record.skipped:
+                    page.count("skipped")
+                elif any(o.status == "applied" for o in outcomes):
+                    page.count("applied")
+                elif outcomes:
+                    page.count("duplicate")
+                else:
+                    page.count("duplicate")  # nothing to send: unchanged member
+                resolved.append(record.record_id)
+            if self._open_dead_letters and resolved:
+                self.state.dead_letters.resolve(conn, self.business, kind, resolved)
+            write_state(conn)
+            kind_counts = self._kind(kind)
+            kind_counts.add(page)
+            self._counts.add(page)
+            self.state.runs.add(
+                conn,
+                self._run_id,
+                page,
+                details={"kinds": {k: v.as_dict() for k, v in self._kinds.items()}},
+            )
+
+        before_counts = RunCounts(**self._counts.as_dict())
+        before_kinds = {k: RunCounts(**v.as_dict()) for k, v in self._kinds.items()}
+        try:
+            self.target.deliver(identifies, events, commit)
+        except BaseException:
+            # The page's transaction rolled back: so do the in-memory counters.
+            self._counts.__dict__.update(before_counts.as_dict())
+            self._kinds = before_kinds
+            raise
+
+    def _kind(self, kind: str) -> RunCounts:
+        return self._kinds.setdefault(kind, RunCounts())
+
+
+def _no_state(_conn: Connection) -> None:
+    """Pages without a cursor to move (dead-letter retries)."""
+
+
+def _stored(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in checkpoint.items() if k != "resumed"}
+
+
+def _first_problem(issues: Sequence[MappingIssue], fallback: str) -> tuple[str, str]:
+    for issue in issues:
+        if issue.severity == "error":
+            return issue_reason(issue), issue.reason
+    return "unmappable", fallback
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BridgeError):
+        return exc.message
+    if isinstance(exc, LeaseLostError):
+        return str(exc)
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def predicted_total(balances: Mapping[str, Decimal]) -> Decimal:
+    """Sum of a balance map (dry-run summaries)."""
+    return sum(balances.values(), Decimal(0))

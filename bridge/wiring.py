@@ -1,0 +1,144 @@
+"""Build the bridge's parts from ``Settings``: engine, state store, core, Perkville client, target, config.
+
+The scheduler and the CLI both call these, so a scheduled sync and ``perkbridge sync`` run the
+same code with the same objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from bridge.errors import ConfigurationError
+from bridge.pipeline import PipelineConfig
+from bridge.state import StateStore
+from bridge.targets import EmbeddedTarget, RemoteTarget, Target
+from config.settings import Settings
+
+
+def secret_values(settings: Settings) -> tuple[str, ...]:
+    """Every secret value of the settings, for redaction of error messages."""
+    values: list[str] = []
+    for secret in (
+        settings.perkville_client_secret,
+        settings.perkville_password,
+        settings.perkville_access_token,
+        settings.perkamo_secret_key,
+    ):
+        if secret is not None and secret.get_secret_value():
+            values.append(secret.get_secret_value())
+    return tuple(values)
+
+
+def business_of(settings: Settings, business: str | None) -> str:
+    """``--business`` or ``PERKVILLE_BUSINESS_ID``; a configuration error when neither is set."""
+    chosen = business or settings.perkville_business_id
+    if not chosen:
+        raise ConfigurationError(
+            "no business to work on: set PERKVILLE_BUSINESS_ID or pass --business ID"
+        )
+    return str(chosen)
+
+
+def pipeline_config(settings: Settings, business: str) -> PipelineConfig:
+    return PipelineConfig(
+        business=business,
+        timezone=settings.perkville_timezone,
+        id_strategy=settings.sync.id_strategy,
+        lookback_days=settings.sync.lookback_days,
+        overlap_seconds=settings.sync.cursor_overlap_seconds,
+        trait_allow=tuple(settings.sync.trait_allow) if settings.sync.trait_allow is not None else None,
+        trait_deny=tuple(settings.sync.trait_deny),
+        lease_seconds=settings.schedule.lease_seconds,
+        secrets=secret_values(settings),
+        target_kind=settings.perkamo_target,
+    )
+
+
+def open_engine(settings: Settings) -> Engine:
+    from perkamo_core.db import create_db_engine
+
+    try:
+        return create_db_engine(settings.database_url)
+    except Exception as exc:  # noqa: BLE001 - a bad URL is a configuration problem
+        raise ConfigurationError(f"PERKBRIDGE_DATABASE_URL is not usable: {type(exc).__name__}") from None
+
+
+def open_state(engine: Engine) -> StateStore:
+    state = StateStore(engine)
+    state.migrate()
+    return state
+
+
+def perkville_client(settings: Settings, **overrides: Any) -> Any:
+    """A ``PerkvilleClient`` from the settings (credentials, tuning, timezone)."""
+    from connectors.perkville import PerkvilleClient
+    from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
+
+    tuning = settings.perkville
+    secret = settings.perkville_client_secret
+    password = settings.perkville_password
+    token = settings.perkville_access_token
+    kwargs: dict[str, Any] = {
+        "api_url": settings.perkville_api_url,
+        "token_url": settings.perkville_token_url,
+        "client_id": settings.perkville_client_id,
+        "client_secret": secret.get_secret_value() if secret else None,
+        "username": settings.perkville_username,
+        "password": password.get_secret_value() if password else None,
+        "access_token": token.get_secret_value() if token else None,
+        "scope": tuning.scope,
+        "page_size": tuning.page_size,
+        "requests_per_second": tuning.requests_per_second,
+        "max_retries": tuning.max_retries,
+        "timeout": tuning.timeout_seconds,
+        "timezone": settings.perkville_timezone,
+        "backoff_base": tuning.backoff_base_seconds,
+        "backoff_max": tuning.backoff_max_seconds,
+    }
+    kwargs.update(overrides)
+    try:
+        return PerkvilleClient(**kwargs)
+    except PerkvilleConfigError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+@dataclass
+class TargetBundle:
+    """The target plus what was opened for it (the core service of an embedded target)."""
+
+    target: Target
+    service: Any = None
+    client: Any = None
+
+    def close(self) -> None:
+        if self.client is not None and hasattr(self.client, "close"):
+            self.client.close()
+
+
+def core_service(engine: Engine) -> Any:
+    from perkamo_core.service import CoreService
+
+    service = CoreService(engine)
+    service.migrate()
+    return service
+
+
+def build_target(settings: Settings, engine: Engine, *, space: str | None = None) -> TargetBundle:
+    """The configured ``PERKAMO_TARGET``: the embedded core, or a remote API via ``PerkamoClient``."""
+    if settings.perkamo_target == "remote":
+        key = settings.perkamo_secret_key
+        if key is None or not key.get_secret_value():
+            raise ConfigurationError("PERKAMO_TARGET=remote needs PERKAMO_SECRET_KEY")
+        from connectors.perkamo import PerkamoClient
+
+        client = PerkamoClient(key.get_secret_value(), base_url=settings.perkamo_base_url)
+        return TargetBundle(
+            RemoteTarget(client, engine, batch_size=settings.sync.remote_batch_size), client=client
+        )
+    service = core_service(engine)
+    return TargetBundle(
+        EmbeddedTarget(service, engine, space or settings.perkamo_space), service=service
+    )
