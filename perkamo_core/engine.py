@@ -785,9 +785,8 @@ def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzi
     count_after = state.event_counts.get(event.event, 0) + 1
 
     # level
-    prev = compute_level(program, balances, lifetime)
-    level = compute_level(program, bal_after, life_after) if (new_bal is not None or new_life is not None) else prev
-    prev_level = prev.level if prev is not None else None
+    level = compute_level(program, bal_after, life_after)
+    prev_level = _level_number(program, pplan, balances, lifetime) if level is not None else None
     leveled_up = level is not None and prev_level is not None and level.level > prev_level
     unlocked: list[Unlock] = []
     if leveled_up:
@@ -904,6 +903,15 @@ def _wallet_state(pplan: _ProgramPlan, balances: Mapping[str, Decimal]) -> dict[
 def wallet_state(program: Program, balances: Mapping[str, Decimal]) -> dict[str, Decimal]:
     """Every known wallet's balance at its precision (program wallets first, then any other held)."""
     return _wallet_state(_program_plan(program), balances)
+
+
+def _level_number(
+    program: Program, pplan: _ProgramPlan, balances: Mapping[str, Decimal], lifetime: Mapping[str, Decimal]
+) -> int:
+    lv = program.leveling
+    assert lv is not None
+    raw = (lifetime if lv.basis == "lifetime" else balances).get(lv.wallet, _ZERO)
+    return max(1, bisect_right(pplan.thresholds, raw))
 
 
 def compute_level(
