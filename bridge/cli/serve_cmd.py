@@ -1,9 +1,70 @@
-"""CLI commands (placeholder until its issue lands: registers nothing yet)."""
+"""``perkbridge serve``: the Perkamo v1 HTTP API over the embedded core, served by uvicorn."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+
+from bridge.cli import common
+
+
+def build_app(database_url: str, *, rate_limit: int | None, require_signatures: bool) -> Any:
+    """The FastAPI app over a migrated core on ``database_url`` (also used by ``bench/``)."""
+    from perkamo_core.api import create_app
+    from perkamo_core.db import create_db_engine
+    from perkamo_core.service import CoreService
+
+    engine = create_db_engine(database_url)
+    service = CoreService(engine)
+    service.migrate()
+    return create_app(service, rate_limit=rate_limit, require_signatures=require_signatures)
+
+
+def _display_url(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported by the engine; never echo it raw
+        return "<database url>"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``serve`` to ``app``."""
+
+    @app.command()
+    def serve(
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+        port: int = typer.Option(4001, "--port", min=0, max=65535, help="TCP port (4001 is the documented local default)."),
+        access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log one line per request."),
+        log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+        as_json: bool = typer.Option(False, "--json", help="Print the listening address as one JSON line first."),
+    ) -> None:
+        """Serve the Perkamo v1 HTTP API over the embedded core (keys: `perkbridge keys create`)."""
+        import uvicorn
+
+        cfg = common.settings()
+        try:
+            api = build_app(
+                cfg.database_url,
+                rate_limit=cfg.serve.rate_limit_per_minute,
+                require_signatures=cfg.serve.require_signatures,
+            )
+        except ValueError as exc:
+            common.fail(f"cannot open the database {_display_url(cfg.database_url)}: {exc}", common.EXIT_CONFIG)
+        url = f"http://{host}:{port}"
+        if as_json:
+            common.print_json(
+                {
+                    "status": "starting",
+                    "url": url,
+                    "database": _display_url(cfg.database_url),
+                    "rate_limit_per_minute": cfg.serve.rate_limit_per_minute,
+                    "require_signatures": cfg.serve.require_signatures,
+                },
+                indent=None,
+            )
+        else:
+            typer.echo(f"perkbridge serve: Perkamo v1 API on {url} (database {_display_url(cfg.database_url)})", err=True)
+        uvicorn.run(api, host=host, port=port, access_log=access_log, log_level=log_level)
