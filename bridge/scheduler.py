@@ -31,7 +31,6 @@ from typing import Any, Literal
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
-    EVENT_JOB_MISSED,
     EVENT_SCHEDULER_STARTED,
     JobEvent,
     SchedulerEvent,
@@ -48,6 +47,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
@@ -59,6 +59,7 @@ from sqlalchemy import (
 )
 
 from bridge.errors import LeaseHeldError
+from bridge.state.schema import as_utc
 from config import ConfigError, Settings, load_settings
 from perkamo_core.migrations import Migration, migrate
 
@@ -266,12 +267,6 @@ def prepare_database(engine: Engine) -> None:
     migrate_scheduler(engine)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _clip(message: str, limit: int = 1000) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
@@ -296,7 +291,7 @@ def _upsert_status(conn: Connection, job: str, values: Mapping[str, Any]) -> Non
 def record_next_run(engine: Engine, job: str, next_run_at: datetime | None) -> None:
     """Store when ``job`` runs next (``None``: paused or removed)."""
     with engine.begin() as conn:
-        _upsert_status(conn, job, {"next_run_at": _utc(next_run_at)})
+        _upsert_status(conn, job, {"next_run_at": as_utc(next_run_at)})
 
 
 @dataclass(frozen=True)
@@ -372,7 +367,7 @@ def job_statuses(engine: Engine) -> list[dict[str, Any]]:
         item = dict(row)
         for key, value in item.items():
             if isinstance(value, datetime):
-                item[key] = _utc(value)
+                item[key] = as_utc(value)
         result.append(item)
     return result
 
@@ -391,8 +386,8 @@ def job_run_log(engine: Engine, business_id: str | None = None) -> list[JobRun]:
             kind=row["kind"],
             business_id=row["business_id"],
             worker=row["worker"],
-            started_at=_utc(row["started_at"]) or row["started_at"],
-            finished_at=_utc(row["finished_at"]),
+            started_at=as_utc(row["started_at"]) or row["started_at"],
+            finished_at=as_utc(row["finished_at"]),
             outcome=row["outcome"],
             detail=row["detail"],
         )
@@ -593,6 +588,18 @@ def jobstore_table(slot: int) -> str:
     return JOBSTORE_TABLE if slot == 1 else f"{JOBSTORE_TABLE}_{slot}"
 
 
+def _jobstore_engine(engine: Engine) -> Engine:
+    """The engine the job store uses: on SQLite its transactions begin ``DEFERRED``.
+
+    The job store opens a transaction even to read due jobs; with the project's default
+    ``BEGIN IMMEDIATE`` the scheduler's loop would queue behind every page a job is writing,
+    and a blocked main thread cannot even run the SIGTERM handler.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(sqlite_begin="DEFERRED")
+    return engine
+
+
 def build_scheduler(
     settings: Settings,
     engine: Engine,
@@ -608,7 +615,11 @@ def build_scheduler(
     """
     triggers = build_triggers(settings, start=start)
     scheduler = ForegroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=jobstore_table(slot))},
+        jobstores={
+            "default": SQLAlchemyJobStore(
+                engine=_jobstore_engine(engine), tablename=jobstore_table(slot)
+            )
+        },
         executors={"default": ThreadPoolExecutor(max_workers=max(2, min(8, len(triggers))))},
         job_defaults={
             "coalesce": True,
@@ -646,11 +657,20 @@ def remove_stale_jobs(engine: Engine, table: str, keep: Sequence[str]) -> list[s
     return stale
 
 
-def _status_listener(scheduler: BlockingScheduler, engine: Engine) -> Callable[[JobEvent], None]:
+def stored_next_run(engine: Engine, table: str, job: str) -> datetime | None:
+    """A job's next run time as the job store holds it (read without the scheduler's locks)."""
+    jobs = Table(table, MetaData(), Column("id", String(191)), Column("next_run_time", Float))
+    with engine.connect() as conn:
+        value = conn.execute(select(jobs.c.next_run_time).where(jobs.c.id == job)).scalar()
+    return None if value is None else datetime.fromtimestamp(float(value), UTC)
+
+
+def _status_listener(engine: Engine, table: str) -> Callable[[JobEvent], None]:
+    # Never call back into the scheduler here: shutdown(wait=True) holds the job-store lock
+    # while it waits for the very job whose completion fires this listener.
     def listener(event: JobEvent) -> None:
         try:
-            job = scheduler.get_job(event.job_id)
-            record_next_run(engine, event.job_id, job.next_run_time if job else None)
+            record_next_run(engine, event.job_id, stored_next_run(engine, table, event.job_id))
         except Exception:  # the status table must never take the scheduler down
             log.warning("could not record the next run of %s", event.job_id, exc_info=True)
 
@@ -709,8 +729,9 @@ def run_scheduler(
 
     watcher = threading.Thread(target=watch_stop_flag, name="perkbridge-stopwatch", daemon=True)
     scheduler.add_listener(
-        _status_listener(scheduler, engine),
-        EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED,
+        _status_listener(_jobstore_engine(engine), jobstore_table(slot)),
+        # Both are dispatched from the executor thread, never blocking the scheduler loop.
+        EVENT_JOB_EXECUTED | EVENT_JOB_ERROR,
     )
     keep = list(build_triggers(settings).keys())
     for removed in remove_stale_jobs(engine, jobstore_table(slot), keep):
