@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation
 from typing import Any, Literal
@@ -663,9 +663,11 @@ def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace]) -> D
 
 def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzinfo) -> Outcome:
     """Apply `program` to one event of a customer in `state`; pure, and bad context data never raises."""
+    at = event.occurred_at
+    if at.tzinfo is None:
+        raise ValueError("EngineEvent.occurred_at must be timezone-aware")
     plan = _event_plan(program, event.event)
     pplan = _program_plan(program)
-    at = event.occurred_at
     day = _local_day(at, tz) if plan.needs_local_day else None
     trace: list[RuleTrace] = []
     deltas: list[WalletDelta] = []
@@ -892,8 +894,8 @@ def _wallet_state(pplan: _ProgramPlan, balances: Mapping[str, Decimal]) -> dict[
     out: dict[str, Decimal] = {}
     for key in pplan.wallet_keys:
         value = balances.get(key, _ZERO)
-        q = pplan.quanta[key]
-        out[key] = value if value.as_tuple().exponent == q[0].as_tuple().exponent else _quantize(value, *q)
+        quantum, rounding = pplan.quanta[key]
+        out[key] = value.quantize(quantum, rounding=rounding, context=_CTX)
     for key, value in balances.items():
         if key not in out:
             out[key] = value
@@ -940,9 +942,26 @@ def compute_level(
     return LevelState(lv.wallet, n, current, at, nxt, progress, _level_name(pplan, n))
 
 
+def _shallow_copy(state: CustomerState) -> CustomerState:
+    """A new state sharing the (never mutated) dicts; callers replace the dicts they change."""
+    return CustomerState(
+        state.balances,
+        state.lifetime,
+        state.perks,
+        state.achievements,
+        state.event_counts,
+        state.counters,
+        state.last_applied,
+        state.achievement_totals,
+        state.achievement_days,
+        state.streaks,
+        state.reward_counts,
+    )
+
+
 def apply_outcome(state: CustomerState, outcome: Outcome) -> CustomerState:
     """A new state with `outcome`'s changes folded in (the input state is not modified)."""
-    new = replace(state)
+    new = _shallow_copy(state)
     if outcome.deltas:
         new.balances = dict(outcome.balances)
         new.lifetime = dict(outcome.lifetime)
@@ -1053,7 +1072,7 @@ def apply_redemption(state: CustomerState, plan: RedemptionPlan) -> CustomerStat
     """A new state after a successful redemption plan (the input state is not modified)."""
     if not plan.ok or plan.wallet is None:
         raise ValueError(f"cannot apply a redemption plan with status {plan.status!r}")
-    new = replace(state)
+    new = _shallow_copy(state)
     new.balances = {**state.balances, plan.wallet: plan.balance_after}
     new.reward_counts = {**state.reward_counts, plan.reward_key: state.reward_counts.get(plan.reward_key, 0) + 1}
     return new
