@@ -1,9 +1,62 @@
-"""CLI commands (placeholder until its issue lands: registers nothing yet)."""
+"""``perkbridge sandbox``: serve the bundled Perkville v2 sandbox on loopback until interrupted."""
 
 from __future__ import annotations
 
+import threading
+
 import typer
+
+from bridge.cli import common
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``sandbox`` to ``app``."""
+
+    @app.command()
+    def sandbox(
+        port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port (0 = any free port)."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (keep it on loopback)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the generated data (same seed, same data)."),
+        businesses: int = typer.Option(1, "--businesses", min=1, help="Number of generated businesses."),
+        members: int = typer.Option(200, "--members", min=1, help="Members (connections) per business."),
+        transactions: int = typer.Option(2000, "--transactions", min=0, help="Ledger rows per business."),
+        redeem_sign: str = typer.Option(
+            "positive", "--redeem-sign", help="How redeemed points are reported: positive or negative."
+        ),
+        timezone: str = typer.Option("UTC", "--timezone", help="Zone of the naive datetimes the sandbox serves."),
+        json_output: bool = typer.Option(False, "--json", help="Print the URLs and credentials as one JSON line."),
+    ) -> None:
+        """Serve a local Perkville v2 sandbox with a generated business (test credentials only)."""
+        from connectors.perkville.sandbox import Sandbox
+
+        if redeem_sign not in ("positive", "negative"):
+            common.fail("--redeem-sign must be positive or negative", common.EXIT_USAGE)
+        try:
+            box = Sandbox(
+                seed=seed, businesses=businesses, members=members, transactions=transactions,
+                timezone=timezone, redeem_sign=redeem_sign,
+            )
+            box.start(host, port)
+        except ValueError as exc:
+            common.fail(str(exc), common.EXIT_USAGE)
+        except OSError as exc:
+            common.fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", common.EXIT_FAILURE)
+        info = box.describe()
+        if json_output:
+            common.print_json(info, indent=None)
+        else:
+            typer.echo(f"Perkville sandbox listening on {info['base_url']}  (Ctrl-C to stop)")
+            typer.echo(f"  PERKVILLE_API_URL={info['api_url']}")
+            typer.echo(f"  PERKVILLE_TOKEN_URL={info['token_url']}")
+            typer.echo(f"  PERKVILLE_CLIENT_ID={info['client_id']}")
+            typer.echo(f"  PERKVILLE_CLIENT_SECRET={info['client_secret']}")
+            typer.echo(f"  PERKVILLE_USERNAME={info['username']}")
+            typer.echo(f"  PERKVILLE_PASSWORD={info['password']}")
+            typer.echo(f"  PERKVILLE_BUSINESS_ID={info['business_ids'][0]}")
+            typer.echo("  (sandbox test credentials only; control routes under " + info["control_url"] + ")")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            box.stop()

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import authlib.deprecate
 import httpx
-from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import OAuth2Client
+
+with warnings.catch_warnings():
+    # authlib >= 1.7 warns at import that it would prefer the httpx2 fork; this project uses httpx.
+    # (authlib.deprecate installs an "always" filter when imported, so it is imported first.)
+    warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
+    from authlib.integrations.base_client.errors import OAuthError
+    from authlib.integrations.httpx_client import OAuth2Client
 
 from connectors.perkville.errors import AuthError, RetriableError
 

@@ -81,7 +81,9 @@ class Sandbox:
         server.faults = self._pending_faults
         server.behaviour = self._pending_behaviour
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="perkville-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="perkville-sandbox", daemon=True
+        )
         self._thread.start()
         return self.base_url
 
@@ -123,6 +125,17 @@ class Sandbox:
     @property
     def business_ids(self) -> list[int]:
         return sorted(self.ledger.businesses)
+
+    def describe(self) -> dict[str, Any]:
+        """What a user needs to point a client at this sandbox (test credentials only)."""
+        return {
+            "base_url": self.base_url,
+            "api_url": self.api_url,
+            "token_url": self.token_url,
+            "business_ids": self.business_ids,
+            "control_url": self.base_url + "/_sandbox/",
+            **self.credentials,
+        }
 
     def client_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for ``PerkvilleClient`` pointing at this sandbox."""

@@ -1,0 +1,45 @@
+"""``python -m connectors.perkville.sandbox``: serve the sandbox in this process (used by bench/ and tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from connectors.perkville.sandbox import Sandbox
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m connectors.perkville.sandbox", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--businesses", type=int, default=1)
+    parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--transactions", type=int, default=2000)
+    parser.add_argument("--redeem-sign", choices=("positive", "negative"), default="positive")
+    parser.add_argument("--timezone", default="UTC")
+    args = parser.parse_args(argv)
+    sandbox = Sandbox(
+        seed=args.seed, businesses=args.businesses, members=args.members, transactions=args.transactions,
+        timezone=args.timezone, redeem_sign=args.redeem_sign,
+    )
+    sandbox.start(args.host, args.port)
+    # One JSON line on stdout: the URLs and the (test-only) credentials, for the parent process.
+    sys.stdout.write(json.dumps(sandbox.describe()) + "\n")
+    sys.stdout.flush()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
