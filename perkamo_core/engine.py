@@ -38,6 +38,7 @@ from perkamo_core.program import (
 )
 
 __all__ = [
+    "MAX_AMOUNT",
     "AchievementIncrement",
     "CustomerState",
     "EngineEvent",
@@ -72,6 +73,9 @@ __all__ = [
 
 _CTX = Context(prec=60, traps=[InvalidOperation])
 """Balances and totals: 60 significant digits, so sums of bounded amounts never round silently."""
+
+MAX_AMOUNT = Decimal("1e24")
+"""Movements and achievement steps must stay below this in absolute value (else traced, not applied)."""
 
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
@@ -655,10 +659,13 @@ def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace]) -> D
             amount = _CTX.multiply(amount, b.multiplier)
             trace.append(RuleTrace("boost", b.key, True, f"x{b.multiplier} on {rp.rule_id}"))
     try:
-        return _quantize(amount, rp.quantum, rp.rounding)
+        amount = _quantize(amount, rp.quantum, rp.rounding)
     except InvalidOperation:
+        amount = MAX_AMOUNT
+    if abs(amount) >= MAX_AMOUNT:
         trace.append(RuleTrace("rule", rp.rule_id, False, "amount out of range"))
         return None
+    return amount
 
 
 def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzinfo) -> Outcome:
@@ -840,10 +847,14 @@ def _achievement_step(ap: _AchievementPlan, event: EngineEvent, trace: list[Rule
     if ap.field_expr is None:
         return _ONE
     try:
-        return ap.field_expr.evaluate_number(event.context)
+        value = ap.field_expr.evaluate_number(event.context)
     except EvaluationError as exc:
         trace.append(RuleTrace("achievement", ap.key, False, f"field failed: {exc}"))
         return None
+    if abs(value) >= MAX_AMOUNT:
+        trace.append(RuleTrace("achievement", ap.key, False, "field value out of range"))
+        return None
+    return value
 
 
 def _advance_streak(before: StreakState | None, period: date, sd: StreakDef) -> StreakState:

@@ -29,6 +29,7 @@ __all__ = [
     "EventsModule",
     "LevelTrigger",
     "LevelingModule",
+    "ModuleBody",
     "Perk",
     "PerkTrigger",
     "PerksModule",
@@ -321,6 +322,9 @@ class BoostsModule(_Model):
         return self
 
 
+ModuleBody = Union[WalletsModule, EventsModule, LevelingModule, PerksModule, AchievementsModule, BoostsModule]
+"""A validated module body (what `validate_module` returns)."""
+
 _MODULE_MODELS: dict[str, type[_Model]] = {
     "wallets": WalletsModule,
     "events": EventsModule,
@@ -356,15 +360,15 @@ def _loc_to_path(module: str, loc: tuple[int | str, ...]) -> str:
 _TRIGGER_TAGS = frozenset({"points_threshold", "level", "event_count", "streak", "achievement"})
 
 
-def validate_module(name: str, body: Mapping[str, Any]) -> _Model:
-    """Parse one module body; raise `ProgramError` naming the offending path (formulas included)."""
+def validate_module(name: str, body: Mapping[str, Any]) -> ModuleBody:
+    """Parse one module body; raise `ProgramValidationError` naming the offending path (formulas included)."""
     model_type = _MODULE_MODELS.get(name)
     if model_type is None:
         raise _error(name, f"unknown module {name!r}; expected one of {', '.join(MODULE_NAMES)}")
     if not isinstance(body, Mapping):
         raise _error(name, "module body must be a JSON object")
     try:
-        module = model_type.model_validate(dict(body))
+        module: ModuleBody = model_type.model_validate(dict(body))  # type: ignore[assignment]
     except ValidationError as exc:
         first = exc.errors()[0]
         raise _error(_loc_to_path(name, tuple(first["loc"])), first["msg"]) from None

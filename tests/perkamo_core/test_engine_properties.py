@@ -65,7 +65,10 @@ def _replay(events: list[EngineEvent], *, via_json: bool = False) -> tuple[list[
     for ev in events:
         outcome = evaluate(PROGRAM, state, ev, PRAGUE)
         outcomes.append(outcome)
-        state = apply_outcome(state, outcome)
+        before = state.to_json()
+        new_state = apply_outcome(state, outcome)
+        assert state.to_json() == before  # evaluate and apply_outcome never mutate their input
+        state = new_state
         if via_json:
             state = CustomerState.from_json(state.to_json())
     return outcomes, state

@@ -155,6 +155,18 @@ def test_formula_with_when(context: dict[str, Any], total: Decimal, reason: str)
     assert r.outcomes[0].to_result()["applied"] is True
 
 
+def test_amounts_out_of_range_are_traced_not_applied() -> None:
+    r = run(rules({"event": "e", "formula": "{{n}} * 1000000"}), [("e", "2026-06-01T10:00:00Z", {"n": 10**20}), ("e", "2026-06-01T11:00:00Z", {"n": 3})])
+    assert r.amounts() == [[], [Decimal(3000000)]]
+    assert r.reasons(0) == ["amount out of range"]
+
+
+def test_naive_occurred_at_is_a_programming_error() -> None:
+    program = Program.from_modules(SEED_MODULES)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        evaluate(program, CustomerState(), EngineEvent("purchase.completed", datetime(2026, 6, 1, 10)), UTC)
+
+
 def test_a_failed_formula_is_reported_and_other_rules_still_apply() -> None:
     r = run(
         rules(
