@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation
 from typing import Any, Literal
@@ -1053,30 +1053,26 @@ def plan_redemption(program: Program, state: CustomerState, reward_key: str) -> 
     wallet = program.wallet(reward.wallet)
     cost = _quantize(reward.cost, wallet.quantum, ROUNDING_MODES[wallet.rounding])
     balance = state.balances.get(reward.wallet, _ZERO)
-    base = {
-        "reward_key": reward_key,
-        "wallet": reward.wallet,
-        "cost": cost,
-        "balance_before": balance,
-        "balance_after": balance,
-        "effect": dict(reward.effect),
-        "reward_name": reward.name,
-    }
+    refused = RedemptionPlan(
+        "insufficient_balance",
+        reward_key,
+        f"reward {reward_key!r} costs {cost} {reward.wallet}; the balance is {balance}",
+        wallet=reward.wallet,
+        cost=cost,
+        balance_before=balance,
+        balance_after=balance,
+        effect=dict(reward.effect),
+        reward_name=reward.name,
+    )
     limit = reward.limits.per_customer
     if limit is not None and state.reward_counts.get(reward_key, 0) >= limit:
-        return RedemptionPlan(
-            "limit_reached", message=f"reward {reward_key!r} may be redeemed {limit} time(s) per customer", **base
-        )
+        message = f"reward {reward_key!r} may be redeemed {limit} time(s) per customer"
+        return replace(refused, status="limit_reached", message=message)
     if cost > balance and not wallet.allow_negative:
-        return RedemptionPlan(
-            "insufficient_balance",
-            message=f"reward {reward_key!r} costs {cost} {reward.wallet}; the balance is {balance}",
-            **base,
-        )
+        return refused
     after = _CTX.subtract(balance, cost)
-    base["balance_after"] = after
     level = compute_level(program, {**state.balances, reward.wallet: after}, state.lifetime)
-    return RedemptionPlan("ok", message="redeemed", level=level, **base)
+    return replace(refused, status="ok", message="redeemed", balance_after=after, level=level)
 
 
 def apply_redemption(state: CustomerState, plan: RedemptionPlan) -> CustomerState:
