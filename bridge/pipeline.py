@@ -168,6 +168,7 @@ class Pipeline:
         self._locations: dict[str, Any] = {}
         self._keeper: LeaseKeeper | None = None
         self._run_id = 0
+        self._now = clock()
         self._counts = RunCounts()
         self._kinds: dict[str, RunCounts] = {}
         self._open_dead_letters = 0
@@ -187,6 +188,7 @@ class Pipeline:
         with keeper:
             self._keeper = keeper
             self.state.runs.interrupt_stale(self.business, DIRECTION)
+            self._now = self.clock()
             self._run_id = self.state.runs.start(
                 self.business,
                 direction=DIRECTION,
@@ -195,6 +197,7 @@ class Pipeline:
                 target=self.config.target_kind,
                 owner=owner,
                 details=self._window_details(options),
+                started_at=self._now,
             )
             summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
             try:
@@ -255,7 +258,7 @@ class Pipeline:
                     for letter in chunk:
                         by_kind.setdefault(letter.kind, []).append(letter)
                     for kind, group in by_kind.items():
-                        raws = [g.raw for g in group]
+                        raws = [self._refetch(kind, g.record_id, g.raw) for g in group]
                         if kind == "connection":
                             records = self._map_connections(raws, mode="history", cutover=None)
                             write = self._connection_state(records)
@@ -274,6 +277,19 @@ class Pipeline:
                 ) from exc
             self._finish(summary, "succeeded", None, started)
             return summary
+
+    def _refetch(self, kind: str, record_id: str, stored: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The record as Perkville has it now (it may have been fixed at the source), else ``stored``."""
+        resource = {"transaction": "transactions", "connection": "connections"}.get(kind)
+        if resource is None or not record_id.isdigit() or not hasattr(self.source, "request"):
+            return stored
+        from connectors.perkville.errors import NotFound, RequestRejected
+
+        try:
+            fresh = self.source.request("GET", f"{resource}/{record_id}/")
+        except (NotFound, RequestRejected):
+            return stored
+        return fresh if isinstance(fresh, Mapping) and fresh else stored
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -301,7 +317,9 @@ class Pipeline:
             pass
 
     def _run_phases(self, options: RunOptions, summary: RunSummary) -> None:
-        start = self.clock()
+        # Perkville datetimes have whole seconds: so do our bounds, cut-over and cursors.
+        now = self._now
+        start = now.replace(microsecond=0)
         checkpoint: dict[str, Any] = {}
         if options.kind == "backfill" and not options.windowed:
             checkpoint = self._load_checkpoint(options, start)
@@ -323,7 +341,7 @@ class Pipeline:
         if self.stop.is_set():
             return
         if options.kind == "sync":
-            self._phase_sync(options, start, summary)
+            self._phase_sync(options, now, summary)
             return
         if not checkpoint.get("members_done"):
             self._phase_users(None, upper)

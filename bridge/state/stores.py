@@ -211,6 +211,7 @@ class RunLog:
         target: str | None = None,
         owner: str | None = None,
         details: Mapping[str, Any] | None = None,
+        started_at: datetime | None = None,
     ) -> int:
         with self._engine.begin() as conn:
             result = conn.execute(
@@ -222,7 +223,7 @@ class RunLog:
                     target=target,
                     status="running",
                     owner=owner,
-                    started_at=self._clock(),
+                    started_at=started_at or self._clock(),
                     read=0,
                     applied=0,
                     duplicate=0,

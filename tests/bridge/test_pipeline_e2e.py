@@ -1,0 +1,216 @@
+"""End-to-end bridge runs against the Perkville sandbox over real HTTP, into the embedded core, on both DBs."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import update
+
+from bridge.errors import LeaseHeldError, RunFailedError
+from bridge.pipeline import Pipeline, PipelineConfig, RunOptions
+from bridge.progress import NullProgress
+from bridge.state import RunCounts, lease_name
+from bridge.state.schema import leases
+from connectors.perkville.sandbox import Faults
+from tests.bridge.conftest import MEMBERS, SPACE, TRANSACTIONS, Bridge, checksum, event_count
+
+
+def _balances_match_truth(bridge: Bridge) -> None:
+    truth = bridge.box.true_balances()
+    got = bridge.service.wallet_balances(SPACE, "points")
+    for user_id, balance in truth.items():
+        assert got.get(f"perkville:{user_id}", Decimal(0)) == Decimal(balance), user_id
+
+
+def _assert_balanced(counts: RunCounts) -> None:
+    assert counts.read == counts.applied + counts.duplicate + counts.skipped + counts.dead_lettered
+
+
+def test_history_backfill_reconciles_and_a_second_backfill_applies_nothing(bridge: Bridge) -> None:
+    first = bridge.backfill("history")
+    assert first.status == "succeeded"
+    _assert_balanced(first.counts)
+    assert first.kinds["transaction"]["read"] == TRANSACTIONS
+    assert first.kinds["connection"]["read"] == MEMBERS
+    assert first.counts.dead_lettered == 0
+    assert first.counts.skipped > 0  # VOID_REF rows
+    report = bridge.reconcile()
+    assert report.ok and report.checked == MEMBERS and report.matched == MEMBERS
+    _balances_match_truth(bridge)
+    before = checksum(bridge.engine)
+
+    second = bridge.backfill("history")
+    assert second.counts.applied == 0
+    assert second.counts.read == first.counts.read
+    assert second.counts.duplicate + second.counts.skipped == second.counts.read
+    assert checksum(bridge.engine) == before
+    run = bridge.state.runs.get(second.run_id)
+    assert run is not None and run.counts == second.counts and run.status == "succeeded"
+    assert bridge.state.cursors.get(bridge.business, "backfill") is None
+    assert bridge.state.cursors.get(bridge.business, "transactions") is not None
+
+
+def test_balance_mode_reconciles_with_one_opening_event_per_member(bridge: Bridge) -> None:
+    summary = bridge.backfill("balance")
+    assert summary.status == "succeeded"
+    _assert_balanced(summary.counts)
+    assert summary.kinds["transaction"]["read"] == 0  # the cut-over is now: nothing to replay
+    assert event_count(bridge.engine) == MEMBERS
+    assert bridge.reconcile().ok
+    _balances_match_truth(bridge)
+    # Activity after the cut-over is replayed by sync, on top of the opening balances.
+    member = next(iter(bridge.box.ledger.connections.values()))
+    perk = next(p for p in bridge.box.ledger.perks.values() if p["classification"] == "EARN" and p["points"])
+    bridge.box.add_transaction(perk=perk["perk_id"], user=member["user"], quantity=2)
+    sync = bridge.sync()
+    assert sync.kinds["transaction"]["applied"] == 1
+    assert bridge.reconcile().ok
+
+
+def test_every_fault_on_completes_and_reconciles_exactly(bridge: Bridge) -> None:
+    bridge.box.set_faults(Faults.all_on(rate=0.08, slow_seconds=0.01))
+    summary = bridge.backfill("history")
+    assert summary.status == "succeeded"
+    assert summary.kinds["transaction"]["read"] == TRANSACTIONS
+    assert bridge.box.stats()["faults"], "the faults never fired"
+    report = bridge.reconcile()
+    bridge.box.set_faults(Faults())
+    assert report.ok, report.to_json()
+    _balances_match_truth(bridge)
+
+
+def test_malformed_rows_are_dead_lettered_counted_and_retried_after_a_fix(bridge: Bridge) -> None:
+    ledger = bridge.box.ledger
+    victims = [t for t in ledger.txns.values() if t.status == "ACTIVE" and t.points][:3]
+    originals = {t.id: t.classification for t in victims}
+    for txn in victims:
+        txn.classification = "BOGUS"
+    summary = bridge.backfill("history")
+    _assert_balanced(summary.counts)
+    assert summary.counts.dead_lettered == 3
+    letters = bridge.state.dead_letters.list(bridge.business)
+    assert sorted(int(d.record_id) for d in letters) == sorted(originals)
+    assert {d.reason for d in letters} == {"bad_classification"}
+    assert all(d.run_id == summary.run_id and d.raw["classification"] == "BOGUS" for d in letters)
+    assert not bridge.reconcile().ok
+
+    for txn in victims:  # fixed at the source
+        txn.classification = originals[txn.id]
+    ledger.version += 1
+    retry = bridge.pipeline().retry_dead_letters(reason="bad_classification")
+    assert retry.counts.applied == 3 and retry.counts.dead_lettered == 0
+    assert bridge.state.dead_letters.list(bridge.business) == []
+    assert bridge.reconcile().ok
+    again = bridge.pipeline().retry_dead_letters()
+    assert again.counts.read == 0
+
+
+def test_incremental_sync_picks_up_new_activity_and_reverses_a_late_void(bridge: Bridge) -> None:
+    bridge.backfill("history")
+    box = bridge.box
+    quiet_before = box.stats()["requests"]
+    quiet = bridge.sync()
+    assert quiet.counts.applied == 0
+    # One request per resource: businesses, locations, perks, users, connections,
+    # transactions and the late-void look-back.
+    assert box.stats()["requests"] - quiet_before <= 7
+
+    member = next(iter(box.ledger.connections.values()))
+    perk = next(p for p in box.ledger.perks.values() if p["classification"] == "EARN" and p["points"])
+    box.add_transaction(perk=perk["perk_id"], user=member["user"], quantity=3)
+    old = min(t.id for t in box.ledger.txns.values() if t.status == "ACTIVE" and t.points)
+    box.void_transaction(old)
+    assert not bridge.reconcile().ok
+
+    summary = bridge.sync()
+    _assert_balanced(summary.counts)
+    assert summary.kinds["transaction"]["applied"] >= 2  # the new earn and the voided row
+    report = bridge.reconcile()
+    assert report.ok, report.to_json()
+    _balances_match_truth(bridge)
+    cursor = bridge.state.cursors.get(bridge.business, "transactions")
+    run = bridge.state.runs.get(summary.run_id)
+    assert cursor is not None and run is not None
+    assert cursor <= run.started_at.isoformat()  # never past the run's start
+
+
+def test_two_concurrent_syncs_never_double_apply(bridge: Bridge) -> None:
+    results: list[object] = []
+
+    def one() -> None:
+        try:
+            results.append(bridge.pipeline().run(RunOptions(kind="sync", wait=True, wait_timeout=60)))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not isinstance(r, Exception) for r in results), results
+    rows = list(bridge.box.ledger.txns.values())
+    not_refs = sum(1 for t in rows if t.status != "VOID_REF")
+    voids = sum(1 for t in rows if t.status == "VOID")
+    applied = sum(r.kinds.get("transaction", {}).get("applied", 0) for r in results)  # type: ignore[attr-defined]
+    assert applied == not_refs  # every row applied by exactly one of the two runs
+    assert event_count(bridge.engine) == not_refs + voids
+    assert bridge.reconcile().ok
+    tx_events = event_count(bridge.engine)
+    again = bridge.sync()
+    assert again.counts.applied == 0
+    assert event_count(bridge.engine) == tx_events
+
+
+def test_a_second_runner_is_refused_with_a_clear_message(bridge: Bridge) -> None:
+    name = lease_name(bridge.business, "import")
+    from datetime import timedelta
+
+    bridge.state.leases.acquire(name, "other-host:1:abc", timedelta(seconds=60))
+    with pytest.raises(LeaseHeldError, match="already running"):
+        bridge.sync()
+    assert event_count(bridge.engine) == 0
+
+
+class _StealLease(NullProgress):
+    """Hands the lease to another owner after the first transactions page (a takeover)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.stolen = False
+
+    def advance(self, name: str, n: int, **_: object) -> None:
+        if name == "transactions" and not self.stolen:
+            self.stolen = True
+            with self.bridge.engine.begin() as conn:
+                conn.execute(update(leases).values(owner="thief"))
+
+
+def test_a_runner_whose_lease_was_taken_commits_nothing_more(bridge: Bridge) -> None:
+    progress = _StealLease(bridge)
+    pipeline = Pipeline(
+        state=bridge.state,
+        source=bridge.client,
+        target=bridge.target,
+        config=PipelineConfig(business=bridge.business),
+        progress=progress,
+    )
+    with pytest.raises(RunFailedError, match="taken over"):
+        pipeline.run(RunOptions(kind="backfill"))
+    run = bridge.state.runs.recent(bridge.business)[0]
+    assert run.status == "failed"
+    # Exactly the first page of transactions (50 rows) made it in.
+    assert run.details["kinds"]["transaction"]["read"] == 50
+    assert run.counts.balanced
+
+
+def test_windowed_backfill_leaves_the_cursors_alone(bridge: Bridge) -> None:
+    from datetime import UTC, datetime
+
+    summary = bridge.backfill(
+        "history", since=datetime(2025, 6, 1, tzinfo=UTC), until=datetime(2025, 9, 1, tzinfo=UTC)
+    )
+    assert 0 < summary.kinds["transaction"]["read"] < TRANSACTIONS
+    assert bridge.state.cursors.all(bridge.business) == []
