@@ -141,7 +141,11 @@ def to_decimal(value: object) -> Decimal:
         if abs(value) > MAX_POINTS:
             raise Invalid("number out of range")
         return Decimal(value)
-    if isinstance(value, float):
+    if isinstance(value, Decimal):  # raw JSON read with parse_float=Decimal
+        number = value
+        if not number.is_finite():
+            raise Invalid(f"expected a finite number, got {_short(value)}")
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise Invalid(f"expected a finite number, got {value!r}")
         number = Decimal(repr(value))

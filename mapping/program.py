@@ -6,7 +6,7 @@ import copy
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -37,7 +37,7 @@ def _boundary(value: date | datetime, zone: Any, *, end: bool) -> datetime:
     if isinstance(value, datetime):
         return value.astimezone(UTC)
     day = value + timedelta(days=1) if end else value
-    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
 
 
 def _iso(moment: datetime) -> str:
@@ -117,8 +117,12 @@ def to_program_modules(
             if points == 0:
                 skip("0-point earn perk (an activity): events are recorded without a rule")
                 continue
-            start = _boundary(perk.from_date, zone, end=False) if perk.from_date else None
-            end = _boundary(perk.to_date, zone, end=True) if perk.to_date else None
+            try:
+                start = _boundary(perk.from_date, zone, end=False) if perk.from_date else None
+                end = _boundary(perk.to_date, zone, end=True) if perk.to_date else None
+            except (OverflowError, ValueError):
+                problem("to_date", "from_date/to_date out of range")
+                continue
             if start is not None and end is not None and end <= start:
                 problem("to_date", "to_date is before from_date")
                 continue
