@@ -11,14 +11,15 @@ persists the outcome, the ledger and the outbox, and shapes the wire results.
 from __future__ import annotations
 
 import hashlib
+import json
 import hmac
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ from perkamo_core.models import (
 from perkamo_core.program import MODULE_NAMES, Program
 
 T = TypeVar("T")
+_ZERO = Decimal(0)
 
 MAX_WRITE_ATTEMPTS = 6
 """A write transaction that hits a serialization failure, deadlock or lock timeout is retried."""
@@ -159,13 +161,17 @@ def _check_json_value(value: Any, field: str, depth: int = 0) -> None:
     raise ValidationError(f"{field} holds a {type(value).__name__}, not a JSON value", field=field)
 
 
+_SCALAR_TYPES = frozenset({str, int, bool, type(None)})
+
+
 def validate_context(context: Any) -> dict[str, Any]:
     """The event context as a plain dict; reserved top-level keys rejected case-insensitively."""
     if context is None:
         return {}
     if not isinstance(context, Mapping):
         raise ValidationError("context must be a JSON object", field="context")
-    for key in context:
+    nested = False
+    for key, value in context.items():
         if not isinstance(key, str) or not key:
             raise ValidationError("context keys must be non-empty strings", field="context")
         if key.lower() in RESERVED_CONTEXT_KEYS:
@@ -174,7 +180,10 @@ def validate_context(context: Any) -> dict[str, Any]:
                 code="reserved_context_key",
                 field=f"context.{key}",
             )
-    _check_json_value(context, "context")
+        if type(value) not in _SCALAR_TYPES:
+            nested = True
+    if nested:  # the common flat context of scalars needs no deeper walk
+        _check_json_value(context, "context")
     return dict(context)
 
 
@@ -253,6 +262,7 @@ class _Customer:
     state: CustomerState
     dirty: bool = False
     max_day: date | None = None
+    wallets: set[str] = field(default_factory=set)  # wallets moved since the last save
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -651,45 +661,109 @@ class CoreService:
     # --- customers: get-or-create and lock ---------------------------------------------------------
 
     def _load_customers(
-        self, conn: Connection, space_id: int, user_ids: Sequence[str], *, create: bool
+        self,
+        conn: Connection,
+        space_id: int,
+        user_ids: Sequence[str],
+        *,
+        create: bool,
+        traits: bool = False,
     ) -> dict[str, _Customer]:
-        """Customers by user id, locked for this transaction; missing ones created when ``create``."""
-        wanted = sorted(set(user_ids))
-        found = self._select_customers(conn, space_id, wanted)
-        missing = [u for u in wanted if u not in found]
-        if missing and create:
-            now = self._now()
-            empty_state = st.dump_json(CustomerState().to_json())
-            stmt = self._insert(st.customers).on_conflict_do_nothing(
-                index_elements=["space_id", "user_id"]
-            )
-            conn.execute(stmt, [
-                {"space_id": space_id, "user_id": u, "traits": "{}", "state": empty_state,
-                 "event_count": 0, "created_at": now, "updated_at": now}
-                for u in missing
-            ])
-            found.update(self._select_customers(conn, space_id, missing))
-        return found
+        """Customers by user id, locked for this transaction; missing ones created when ``create``.
 
-    def _select_customers(
-        self, conn: Connection, space_id: int, user_ids: Sequence[str]
-    ) -> dict[str, _Customer]:
-        c = st.customers
+        PostgreSQL: ids are resolved first, then the rows are locked ``FOR UPDATE`` in ascending id
+        order, so two writers of overlapping customer sets always lock in the same order.
+        """
+        wanted = sorted(set(user_ids))
+        if not self._postgres and not traits:
+            found = self._select_customers_by_user(conn, space_id, wanted)
+            missing = [u for u in wanted if u not in found]
+            if missing and create:
+                self._create_customers(conn, space_id, missing)
+                found.update(self._select_customers_by_user(conn, space_id, missing))
+            return found
+        ids = self._customer_ids(conn, space_id, wanted)
+        missing = [u for u in wanted if u not in ids]
+        if missing and create:
+            self._create_customers(conn, space_id, missing)
+            ids.update(self._customer_ids(conn, space_id, missing))
+        columns = "id, user_id, state" + (", traits" if traits else "")
+        lock = " FOR UPDATE" if self._postgres else ""
+        ordered = sorted(ids.values())
         out: dict[str, _Customer] = {}
-        for start in range(0, len(user_ids), IN_CHUNK):
-            chunk = user_ids[start:start + IN_CHUNK]
-            stmt = (
-                select(c.c.id, c.c.user_id, c.c.traits, c.c.state)
-                .where(c.c.space_id == space_id, c.c.user_id.in_(chunk))
-                .order_by(c.c.id)
-            )
-            if self._postgres:
-                stmt = stmt.with_for_update()
-            for row in conn.execute(stmt):
-                out[row.user_id] = _Customer(
-                    row.id, row.user_id, row.traits, CustomerState.from_json(row.state)
+        for start in range(0, len(ordered), IN_CHUNK):
+            chunk = ordered[start:start + IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._rows(
+                conn, f"SELECT {columns} FROM core_customers WHERE id IN ({marks}) ORDER BY id{lock}",
+                chunk,
+            ):
+                out[row[1]] = _Customer(
+                    int(row[0]), row[1], st.load_json(row[3]) if traits else {},
+                    decode_state(row[2]),
                 )
         return out
+
+    def _create_customers(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> None:
+        now = self._dbdt(self._now())
+        self._many(
+            conn,
+            "INSERT INTO core_customers (space_id, user_id, traits, state, event_count, "
+            "created_at, updated_at) VALUES (?, ?, '{}', '{}', 0, ?, ?) "
+            "ON CONFLICT (space_id, user_id) DO NOTHING",
+            [(space_id, u, now, now) for u in user_ids],
+        )
+
+    def _select_customers_by_user(
+        self, conn: Connection, space_id: int, user_ids: Sequence[str]
+    ) -> dict[str, _Customer]:
+        # SQLite only: the transaction already holds the database write lock.
+        out: dict[str, _Customer] = {}
+        for start in range(0, len(user_ids), IN_CHUNK):
+            chunk = list(user_ids[start:start + IN_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for cid, uid, state in self._rows(
+                conn,
+                f"SELECT id, user_id, state FROM core_customers "
+                f"WHERE space_id = ? AND user_id IN ({marks})",
+                [space_id, *chunk],
+            ):
+                out[uid] = _Customer(int(cid), uid, {}, decode_state(state))
+        return out
+
+    def _customer_ids(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for start in range(0, len(user_ids), IN_CHUNK):
+            chunk = list(user_ids[start:start + IN_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for row in self._rows(
+                conn,
+                f"SELECT user_id, id FROM core_customers WHERE space_id = ? AND user_id IN ({marks})",
+                [space_id, *chunk],
+            ):
+                out[row[0]] = int(row[1])
+        return out
+
+    # --- driver-level SQL for the hot path (no per-row ORM/type processing) ----------------------
+
+    def _q(self, sql: str) -> str:
+        # Hot-path statements are written with qmark placeholders; psycopg wants %s.
+        return sql.replace("?", "%s") if self._postgres else sql
+
+    def _rows(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+        return list(conn.exec_driver_sql(self._q(sql), tuple(params)).fetchall())
+
+    def _many(self, conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            conn.exec_driver_sql(self._q(sql), rows)
+
+    def _dbdt(self, value: datetime) -> Any:
+        """A datetime as the driver stores it (SQLAlchemy's SQLite text format: naive UTC)."""
+        if self._postgres:
+            return value
+        u = value.astimezone(UTC)
+        return (f"{u.year:04d}-{u.month:02d}-{u.day:02d} "
+                f"{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}")
 
     # --- identify ------------------------------------------------------------------------------------
 
@@ -731,7 +805,7 @@ class CoreService:
     def _identify_page(
         self, conn: Connection, space: _Space, items: Sequence[tuple[str, dict[str, Any]]]
     ) -> dict[str, dict[str, Any]]:
-        customers = self._load_customers(conn, space.id, [u for u, _ in items], create=True)
+        customers = self._load_customers(conn, space.id, [u for u, _ in items], create=True, traits=True)
         for user_id, traits in items:
             customers[user_id].traits = {**customers[user_id].traits, **traits}
         now = self._now()
@@ -809,15 +883,18 @@ class CoreService:
         return _Event(index, user_id, name, txid, context, occurred_at)
 
     def _existing_events(self, conn: Connection, space_id: int, txids: Sequence[str]) -> dict[str, Any]:
-        e = st.events
+        """Stored wire results of the given transaction ids (the duplicates of this page)."""
         found: dict[str, Any] = {}
         for start in range(0, len(txids), IN_CHUNK):
-            chunk = txids[start:start + IN_CHUNK]
-            for row in conn.execute(
-                select(e.c.transaction_id, e.c.result)
-                .where(e.c.space_id == space_id, e.c.transaction_id.in_(chunk))
+            chunk = list(txids[start:start + IN_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for txid, result in self._rows(
+                conn,
+                f"SELECT transaction_id, result FROM core_events "
+                f"WHERE space_id = ? AND transaction_id IN ({marks})",
+                [space_id, *chunk],
             ):
-                found[row.transaction_id] = row.result
+                found[txid] = st.load_json(result)
         return found
 
     def _allocate_ids(self, conn: Connection, table: Any, column: str, n: int) -> list[int]:
@@ -847,11 +924,20 @@ class CoreService:
         stored = self._existing_events(conn, space.id, sorted({ev.transaction_id for ev in page}))
 
         results: list[dict[str, Any] | None] = [None] * len(page)
-        fresh: list[tuple[int, _Event, dict[str, Any]]] = []  # (position, event, wire result)
         first_in_page: dict[str, int] = {}
         duplicates = 0
-        ledger_moves: list[tuple[int, int, str, Decimal]] = []  # (position, customer id, wallet, amount)
-        new_perks: list[dict[str, Any]] = []
+        event_rows: list[tuple[Any, ...]] = []
+        ledger_rows: list[tuple[Any, ...]] = []
+        perk_rows: list[tuple[Any, ...]] = []
+        touched: dict[int, _Customer] = {}
+        counts: dict[int, int] = {}
+        event_ids = iter(self._allocate_ids(
+            conn, st.events, "id", len({ev.transaction_id for ev in page} - stored.keys())
+        ))
+        db_now = self._dbdt(now)
+        evaluate = core_engine.evaluate
+        apply_outcome = core_engine.apply_outcome
+        dump = st.dump_json
         for pos, ev in enumerate(page):
             txid = ev.transaction_id
             if txid in stored:
@@ -859,96 +945,67 @@ class CoreService:
                 duplicates += 1
                 continue
             if txid in first_in_page:
-                results[pos] = None  # filled from the first occurrence below
                 duplicates += 1
-                continue
+                continue  # filled from the first occurrence below
             first_in_page[txid] = pos
             cust = customers[ev.user_id]
-            engine_event = EngineEvent(ev.event, ev.occurred_at, ev.context, txid)
-            outcome = core_engine.evaluate(program, cust.state, engine_event, zone)
-            cust.state = core_engine.apply_outcome(cust.state, outcome)
+            at = ev.occurred_at
+            outcome = evaluate(program, cust.state, EngineEvent(ev.event, at, ev.context, txid), zone)
+            cust.state = apply_outcome(cust.state, outcome)
             cust.dirty = True
-            day = ev.occurred_at.astimezone(zone).date()
+            if outcome.deltas:
+                cust.wallets.update(d.wallet for d in outcome.deltas)
+            day = at.astimezone(zone).date()
             if cust.max_day is None or day > cust.max_day:
                 cust.max_day = day
-            result = _wire(outcome.to_result())
+            touched[cust.id] = cust
+            counts[cust.id] = counts.get(cust.id, 0) + 1
+            result = _wire_result(outcome)
             results[pos] = result
-            fresh.append((pos, ev, result))
+            event_id = next(event_ids)
+            db_at = self._dbdt(at)
+            event_rows.append((event_id, space.id, cust.id, txid, ev.event, dump(ev.context), db_at,
+                               db_now, dump(result)))
             for d in outcome.deltas:
                 if d.amount:
-                    ledger_moves.append((pos, cust.id, d.wallet, d.amount))
+                    ledger_rows.append((space.id, cust.id, d.wallet, str(d.amount), event_id, db_now))
             for perk in outcome.new_perks:
-                new_perks.append({
-                    "customer_id": cust.id, "perk_key": perk.key, "unlocked_at": perk.unlocked_at,
-                    "trigger": st.dump_json(dict(perk.trigger)),
-                })
+                perk_rows.append((cust.id, perk.key, self._dbdt(perk.unlocked_at),
+                                  dump(dict(perk.trigger))))
         for pos, ev in enumerate(page):
             if results[pos] is None:
                 results[pos] = _as_duplicate(results[first_in_page[ev.transaction_id]])
 
-        if fresh:
-            self._persist_page(conn, space, program, customers, fresh, ledger_moves, new_perks, now)
-        self._bump_usage(conn, space.id, {"events": len(fresh), "duplicates": duplicates})
+        if event_rows:
+            self._many(conn, "INSERT INTO core_events (id, space_id, customer_id, transaction_id, "
+                       "event, context, occurred_at, recorded_at, result) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", event_rows)
+            self._many(conn, "INSERT INTO core_ledger (space_id, customer_id, wallet, amount, "
+                       "event_id, redemption_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                       ledger_rows)
+            self._many(conn, 'INSERT INTO core_perks (customer_id, perk_key, unlocked_at, "trigger") '
+                       "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id, perk_key) DO NOTHING", perk_rows)
+            self._save_customers(conn, space, program, touched.values(), counts, now)
+            self._lock_outbox(conn, space.id)
+            self._many(conn, "INSERT INTO core_outbox (space_id, kind, customer_id, event_id, traits, "
+                       "created_at) VALUES (?, 'event', ?, ?, NULL, ?)",
+                       [(space.id, row[2], row[0], db_now) for row in event_rows])
+        self._bump_usage(conn, space.id, {"events": len(event_rows), "duplicates": duplicates})
         return [r for r in results if r is not None]
-
-    def _persist_page(
-        self,
-        conn: Connection,
-        space: _Space,
-        program: Program,
-        customers: Mapping[str, _Customer],
-        fresh: Sequence[tuple[int, _Event, dict[str, Any]]],
-        ledger_moves: Sequence[tuple[int, int, str, Decimal]],
-        new_perks: Sequence[dict[str, Any]],
-        now: datetime,
-    ) -> None:
-        event_ids = self._allocate_ids(conn, st.events, "id", len(fresh))
-        id_at: dict[int, int] = {}
-        event_rows = []
-        counts: dict[int, int] = {}
-        for event_id, (pos, ev, result) in zip(event_ids, fresh):
-            cust_id = customers[ev.user_id].id
-            id_at[pos] = event_id
-            counts[cust_id] = counts.get(cust_id, 0) + 1
-            event_rows.append({
-                "id": event_id, "space_id": space.id, "customer_id": cust_id,
-                "transaction_id": ev.transaction_id, "event": ev.event,
-                "context": st.dump_json(ev.context), "occurred_at": ev.occurred_at,
-                "recorded_at": now, "result": st.dump_json(result),
-            })
-        conn.execute(st.events.insert(), event_rows)
-        if ledger_moves:
-            conn.execute(st.ledger.insert(), [
-                {"space_id": space.id, "customer_id": cust_id, "wallet": wallet,
-                 "amount": str(amount), "event_id": id_at[pos], "redemption_id": None,
-                 "created_at": now}
-                for pos, cust_id, wallet, amount in ledger_moves
-            ])
-        if new_perks:
-            stmt = self._insert(st.perks).on_conflict_do_nothing(
-                index_elements=["customer_id", "perk_key"]
-            )
-            conn.execute(stmt, list(new_perks))
-        self._save_customers(conn, space, program, customers.values(), counts, now)
-        self._lock_outbox(conn, space.id)
-        conn.execute(st.outbox.insert(), [
-            {"space_id": space.id, "kind": "event", "customer_id": row["customer_id"],
-             "event_id": row["id"], "traits": None, "created_at": now}
-            for row in event_rows
-        ])
 
     def _save_customers(
         self,
         conn: Connection,
         space: _Space,
         program: Program,
-        customers: Any,
+        customers: Iterable[_Customer],
         event_counts: Mapping[int, int],
         now: datetime,
     ) -> None:
         """Write back the state document and the materialized balances of every changed customer."""
-        states = []
-        balance_rows = []
+        states: list[tuple[Any, ...]] = []
+        balance_rows: list[tuple[Any, ...]] = []
+        db_now = self._dbdt(now)
         for cust in customers:
             if not cust.dirty:
                 continue
@@ -956,33 +1013,20 @@ class CoreService:
                 cust.state = core_engine.prune_state(
                     program, cust.state, cust.max_day - timedelta(days=STATE_PRUNE_MARGIN_DAYS)
                 )
-            states.append({
-                "b_id": cust.id, "b_state": st.dump_json(cust.state.to_json()),
-                "b_n": event_counts.get(cust.id, 0), "b_now": now,
-            })
-            for wallet, balance in cust.state.balances.items():
-                balance_rows.append({
-                    "customer_id": cust.id, "wallet": wallet, "space_id": space.id,
-                    "balance": str(balance),
-                    "lifetime": str(cust.state.lifetime.get(wallet, Decimal(0))),
-                })
+            states.append((encode_state(cust.state), event_counts.get(cust.id, 0), db_now, cust.id))
+            lifetime = cust.state.lifetime
+            for wallet in sorted(cust.wallets):
+                balance_rows.append((
+                    cust.id, wallet, space.id, str(cust.state.balances.get(wallet, _ZERO)),
+                    str(lifetime.get(wallet, _ZERO)),
+                ))
             cust.dirty = False
-        if states:
-            c = st.customers
-            conn.execute(
-                update(c).where(c.c.id == _bind("b_id")).values(
-                    state=_bind("b_state"), event_count=c.c.event_count + _bind("b_n"),
-                    updated_at=_bind("b_now"),
-                ),
-                states,
-            )
-        if balance_rows:
-            stmt = self._insert(st.balances)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["customer_id", "wallet"],
-                set_={"balance": stmt.excluded.balance, "lifetime": stmt.excluded.lifetime},
-            )
-            conn.execute(stmt, balance_rows)
+            cust.wallets.clear()
+        self._many(conn, "UPDATE core_customers SET state = ?, event_count = event_count + ?, "
+                   "updated_at = ? WHERE id = ?", states)
+        self._many(conn, "INSERT INTO core_balances (customer_id, wallet, space_id, balance, lifetime) "
+                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, wallet) DO UPDATE SET "
+                   "balance = excluded.balance, lifetime = excluded.lifetime", balance_rows)
 
     # --- redeem -----------------------------------------------------------------------------------------
 
@@ -1019,6 +1063,7 @@ class CoreService:
             assert plan.wallet is not None
             cust.state = core_engine.apply_redemption(cust.state, plan)
             cust.dirty = True
+            cust.wallets.add(plan.wallet)
             now = self._now()
             result = _wire({
                 "applied": True,
@@ -1158,6 +1203,88 @@ def _bind(name: str) -> Any:
     from sqlalchemy import bindparam
 
     return bindparam(name)
+
+
+_FAST_SECTIONS = frozenset({"balances", "lifetime", "perks"})
+
+
+def _trigger_doc(trigger: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in trigger.items()}
+
+
+def _trigger_value(key: str, value: Any) -> Any:
+    if key == "amount" and isinstance(value, str):
+        return _num(Decimal(value))
+    return value
+
+
+def encode_state(state: CustomerState) -> str:
+    """The stored state document: ``CustomerState.to_json`` without its empty sections.
+
+    The common state (balances, lifetime totals, unlocked perks) is encoded here directly, in the
+    same format, because it is written once per customer per page.
+    """
+    if (state.achievements or state.event_counts or state.counters or state.last_applied
+            or state.achievement_totals or state.achievement_days or state.streaks
+            or state.reward_counts):
+        return st.dump_json({k: v for k, v in state.to_json().items() if v})
+    doc: dict[str, Any] = {}
+    if state.balances:
+        doc["balances"] = {k: str(v) for k, v in state.balances.items()}
+    if state.lifetime:
+        doc["lifetime"] = {k: str(v) for k, v in state.lifetime.items()}
+    if state.perks:
+        doc["perks"] = {
+            k: {"unlocked_at": p.unlocked_at.isoformat(), "trigger": _trigger_doc(p.trigger)}
+            for k, p in state.perks.items()
+        }
+    return st.dump_json(doc)
+
+
+def decode_state(text: str) -> CustomerState:
+    """Inverse of :func:`encode_state`."""
+    doc = json.loads(text)
+    if not doc.keys() <= _FAST_SECTIONS:
+        return CustomerState.from_json(doc)
+    perks = doc.get("perks")
+    return CustomerState(
+        balances={k: Decimal(v) for k, v in doc.get("balances", {}).items()},
+        lifetime={k: Decimal(v) for k, v in doc.get("lifetime", {}).items()},
+        perks={
+            k: core_engine.PerkUnlock(
+                k, datetime.fromisoformat(p["unlocked_at"]),
+                {tk: _trigger_value(tk, tv) for tk, tv in (p.get("trigger") or {}).items()},
+            )
+            for k, p in perks.items()
+        } if perks else {},
+    )
+
+
+def _num(value: Decimal) -> int | Decimal:
+    if value == value.to_integral_value():
+        return int(value)
+    return value.normalize()
+
+
+def _wire_result(outcome: core_engine.Outcome) -> dict[str, Any]:
+    """The wire result of a first application (``Outcome.to_result`` with JSON-number values)."""
+    level = outcome.level
+    return {
+        "applied": True,
+        "duplicate": False,
+        "delta": [{"wallet": d.wallet, "amount": _num(d.amount)} for d in outcome.deltas],
+        "leveled_up": outcome.leveled_up,
+        "unlocked": [{"type": u.type, "key": u.key, "name": u.name} for u in outcome.unlocked],
+        "wallet_state": {k: _num(v) for k, v in outcome.balances.items()},
+        "level": None if level is None else {
+            "wallet": level.wallet,
+            "level": level.level,
+            "current": _num(level.current),
+            "nextLevelAt": None if level.next_level_at is None else _num(level.next_level_at),
+            "currentLevelAt": _num(level.current_level_at),
+            "progress": _num(level.progress),
+        },
+    }
 
 
 def _as_duplicate(result: Mapping[str, Any]) -> dict[str, Any]:
