@@ -432,6 +432,7 @@ class _RulePlan:
     lifetime: int | None
     cooldown: timedelta | None
     boosts: tuple[CompiledBoost, ...]
+    counted: bool  # has a per_day, per_week or lifetime limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,6 +524,7 @@ def _event_plan(program: Program, event_type: str) -> _EventPlan:
                 lifetime=lim.lifetime,
                 cooldown=timedelta(seconds=lim.cooldown_seconds) if lim.cooldown_seconds else None,
                 boosts=boosts,
+                counted=lim.per_day is not None or lim.per_week is not None or lim.lifetime is not None,
             )
         )
     achievements = tuple(
@@ -577,6 +579,18 @@ def _life_key(rule_id: str) -> str:
     return f"{rule_id}|life"
 
 
+def _limit_keys(rp: _RulePlan, day: date | None) -> list[tuple[str, int, str]]:
+    """(limit name, limit, counter key) for each counted limit of a rule; `day` is set when needed."""
+    out: list[tuple[str, int, str]] = []
+    if rp.per_day is not None and day is not None:
+        out.append(("per_day", rp.per_day, _day_key(rp.rule_id, day)))
+    if rp.per_week is not None and day is not None:
+        out.append(("per_week", rp.per_week, _week_key(rp.rule_id, day)))
+    if rp.lifetime is not None:
+        out.append(("lifetime", rp.lifetime, _life_key(rp.rule_id)))
+    return out
+
+
 def _window_days(day: date, window: int) -> Iterable[date]:
     for i in range(window):
         yield day - timedelta(days=i)
@@ -592,12 +606,7 @@ def plan_state_query(program: Program, event: EngineEvent, tz: tzinfo) -> StateQ
     counters: set[str] = set()
     cooldowns: set[str] = set()
     for rp in plan.rules:
-        if rp.per_day and day is not None:
-            counters.add(_day_key(rp.rule_id, day))
-        if rp.per_week and day is not None:
-            counters.add(_week_key(rp.rule_id, day))
-        if rp.lifetime:
-            counters.add(_life_key(rp.rule_id))
+        counters.update(key for _, _, key in _limit_keys(rp, day))
         if rp.cooldown:
             cooldowns.add(rp.rule_id)
     totals: set[str] = set()
@@ -695,26 +704,16 @@ def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzi
             trace.append(RuleTrace("rule", rid, False, "no longer active"))
             continue
         keys: list[str] = []
-        if rp.per_day is not None:
-            assert day is not None
-            k = _day_key(rid, day)
-            if counters.get(k, 0) >= rp.per_day:
-                trace.append(RuleTrace("rule", rid, False, f"per_day limit {rp.per_day} reached"))
+        if rp.counted:
+            blocked = None
+            for name, limit, key in _limit_keys(rp, day):
+                if counters.get(key, 0) >= limit:
+                    blocked = f"{name} limit {limit} reached"
+                    break
+                keys.append(key)
+            if blocked is not None:
+                trace.append(RuleTrace("rule", rid, False, blocked))
                 continue
-            keys.append(k)
-        if rp.per_week is not None:
-            assert day is not None
-            k = _week_key(rid, day)
-            if counters.get(k, 0) >= rp.per_week:
-                trace.append(RuleTrace("rule", rid, False, f"per_week limit {rp.per_week} reached"))
-                continue
-            keys.append(k)
-        if rp.lifetime is not None:
-            k = _life_key(rid)
-            if counters.get(k, 0) >= rp.lifetime:
-                trace.append(RuleTrace("rule", rid, False, f"lifetime limit {rp.lifetime} reached"))
-                continue
-            keys.append(k)
         if rp.cooldown is not None:
             last = state.last_applied.get(rid)
             if last is not None and at - last < rp.cooldown:
