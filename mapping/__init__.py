@@ -64,6 +64,7 @@ from mapping.types import (
     ProgramTranslation,
     Severity,
     Skipped,
+    WritebackCode,
     WritebackDecision,
 )
 from mapping.writeback import to_perkville_transaction
@@ -105,6 +106,7 @@ __all__ = [
     "Severity",
     "Skipped",
     "TransactionIdParts",
+    "WritebackCode",
     "WritebackDecision",
     "encode_business_id",
     "find_id_collisions",

@@ -19,6 +19,7 @@ __all__ = [
     "ProgramTranslation",
     "Severity",
     "Skipped",
+    "WritebackCode",
     "WritebackDecision",
     "PerkvilleTransactionPayload",
 ]
@@ -185,13 +186,23 @@ class PerkvilleTransactionPayload(BaseModel):
         return body
 
 
+WritebackCode = Literal[
+    "born_in_perkville", "migration_event", "no_perk_for_event", "bad_perk", "no_transaction_id",
+    "no_event_name", "not_round_trippable", "no_perkville_member",
+]
+
+
 class WritebackDecision(BaseModel):
-    """Either a payload to send to Perkville, or the reason the event is not written back."""
+    """Either a payload to send to Perkville, or why the event is not written back.
+
+    ``code`` is a stable machine-readable reason (match on it, not on ``reason``'s wording).
+    """
 
     model_config = _FROZEN
 
     payload: PerkvilleTransactionPayload | None = None
     reason: str | None = None
+    code: WritebackCode | None = None
     transaction_id: str | None = None
 
 

@@ -42,27 +42,33 @@ def to_perkville_transaction(
     zone = c.resolve_timezone(timezone)
     transaction_id = _get(event, "transaction_id")
     if not isinstance(transaction_id, str) or not transaction_id:
-        return WritebackDecision(reason="event has no transaction_id; it cannot be written back idempotently")
+        return WritebackDecision(code="no_transaction_id",
+                                 reason="event has no transaction_id; it cannot be written back idempotently")
     name = _get(event, "event")
     if transaction_id.startswith(PERKVILLE_PREFIX):
         return WritebackDecision(transaction_id=transaction_id,
+                                 code="born_in_perkville",
                                  reason="born in Perkville (id starts with 'perkville:'): never written back")
     if not isinstance(name, str) or not name:
-        return WritebackDecision(transaction_id=transaction_id, reason="event has no name")
+        return WritebackDecision(transaction_id=transaction_id, code="no_event_name", reason="event has no name")
     if name.startswith("perkville."):
         return WritebackDecision(transaction_id=transaction_id,
+                                 code="migration_event",
                                  reason=f"event {name!r} is a Perkville migration event: never written back")
     if name not in event_perks:
         return WritebackDecision(transaction_id=transaction_id,
+                                 code="no_perk_for_event",
                                  reason=f"no Perkville perk mapped for event {name!r} (writeback.event_perks)")
     try:
         perk_id = c.to_id(event_perks[name], "perks")
     except c.Invalid as exc:
         return WritebackDecision(transaction_id=transaction_id,
+                                 code="bad_perk",
                                  reason=f"perk mapped for event {name!r} is unusable: {exc.reason}")
     trans_source_id = PERKAMO_SOURCE_PREFIX + transaction_id
     if perkamo_origin_id(trans_source_id) != transaction_id:
         return WritebackDecision(transaction_id=transaction_id,
+                                 code="not_round_trippable",
                                  reason="transaction_id would not round-trip (too long or control characters)")
     user: str | None = None
     if perkville_user_id is not None and str(perkville_user_id).strip():
@@ -74,6 +80,7 @@ def to_perkville_transaction(
     address = email.strip() if isinstance(email, str) and email.strip() else None
     if user is None and address is None:
         return WritebackDecision(transaction_id=transaction_id,
+                                 code="no_perkville_member",
                                  reason="no Perkville user known for this customer (id map has no entry)")
     occurred = _get(event, "occurred_at")
     transaction_dt: str | None = None

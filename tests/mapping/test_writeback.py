@@ -25,8 +25,9 @@ def test_writeback(case: dict[str, Any]) -> None:
     if "reason" in expect:
         assert decision.payload is None
         assert decision.reason is not None and expect["reason"] in decision.reason
+        assert decision.code == expect["code"]
         return
-    assert decision.reason is None and decision.payload is not None
+    assert decision.reason is None and decision.code is None and decision.payload is not None
     wire = decision.payload.to_wire()
     for key, value in expect["payload"].items():
         assert wire[key] == value, key
