@@ -490,11 +490,20 @@ def _json_number(value: Decimal) -> int | Decimal:
     return value
 
 
+_NOTHING_TO_DO = _EventPlan((), (), (), False)
+
+
 def _event_plan(program: Program, event_type: str) -> _EventPlan:
     key = "event:" + event_type
     cached = program.engine_cache.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
+    if (
+        event_type not in program.rules_by_event
+        and event_type not in program.achievements_by_event
+        and event_type not in program.streaks_by_event
+    ):
+        return _NOTHING_TO_DO  # not cached: event names come from callers, the cache must stay bounded
     rules: list[_RulePlan] = []
     for cr in program.rules_by_event.get(event_type, ()):
         r = cr.rule
