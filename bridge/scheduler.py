@@ -400,6 +400,10 @@ def job_run_log(engine: Engine, business_id: str | None = None) -> list[JobRun]:
 # --------------------------------------------------------------------------------------------
 
 
+class ReconcileMismatch(Exception):
+    """The scheduled reconcile found members whose balances differ."""
+
+
 class JobSkipped(Exception):
     """A job had nothing it was allowed to do now (another worker holds the business)."""
 
@@ -467,12 +471,38 @@ def default_worker_name() -> str:
 
 
 def run_sync_job(context: JobContext) -> Any:
-    """The scheduled incremental sync: exactly what ``perkbridge sync`` runs for one business."""
-    from bridge import pipeline
+    """The scheduled incremental sync: the same pass ``perkbridge sync`` runs for one business.
 
-    return pipeline.run_sync(  # type: ignore[attr-defined]
-        context.settings, context.engine, business=context.business_id, stop=context.stop
-    )
+    With write-back enabled the pass then writes back (both directions, as ``sync`` does).
+    """
+    from bridge.pipeline import Pipeline, RunOptions
+    from bridge.wiring import build_target, open_state, perkville_client, pipeline_config
+    from bridge.writeback import run_writeback, space_for
+
+    settings, engine = context.settings, context.engine
+    space = space_for(settings, context.business_id)
+    bundle = build_target(settings, engine, space=space)
+    client = perkville_client(settings)
+    try:
+        summary = Pipeline(
+            state=open_state(engine),
+            source=client,
+            target=bundle.target,
+            config=pipeline_config(settings, context.business_id),
+            stop=context.stop,
+        ).run(RunOptions(kind="sync", mode=settings.sync.mode))
+        body: dict[str, Any] = summary.to_json()
+        if settings.writeback.enabled and not context.stop.is_set():
+            back = run_writeback(
+                settings, engine, business_id=context.business_id, space=space,
+                stop=context.stop, client=client,
+            )
+            body["written_back"] = back.written_back
+            body["writeback_dead_lettered"] = back.dead_lettered
+        return body
+    finally:
+        client.close()
+        bundle.close()
 
 
 def run_writeback_job(context: JobContext) -> Any:
@@ -486,11 +516,34 @@ def run_writeback_job(context: JobContext) -> Any:
 
 def run_reconcile_job(context: JobContext) -> Any:
     """The scheduled reconcile (report only, no repair): what ``perkbridge reconcile`` runs."""
-    from bridge import reconcile
+    from bridge.reconcile import Reconciler
+    from bridge.wiring import build_target, open_state, perkville_client
+    from bridge.writeback import space_for
 
-    return reconcile.run_reconcile(  # type: ignore[attr-defined]
-        context.settings, context.engine, business=context.business_id
-    )
+    settings, engine = context.settings, context.engine
+    bundle = build_target(settings, engine, space=space_for(settings, context.business_id))
+    client = perkville_client(settings)
+    try:
+        report = Reconciler(
+            state=open_state(engine),
+            source=client,
+            target=bundle.target,
+            business=context.business_id,
+            timezone=settings.perkville_timezone,
+            id_strategy=settings.sync.id_strategy,
+            lease_seconds=settings.schedule.lease_seconds,
+        ).run(repair=False)
+    finally:
+        client.close()
+        bundle.close()
+    body: dict[str, Any] = report.to_json()
+    if not report.ok:
+        # A mismatch is a failed job: it shows as the job's last failure in status.
+        raise ReconcileMismatch(
+            f"reconcile of business {context.business_id}: {len(report.mismatches)} "
+            f"mismatched of {report.checked}"
+        )
+    return body
 
 
 def _default_runners() -> Mapping[str, JobRunner]:

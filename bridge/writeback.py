@@ -1,0 +1,554 @@
+"""Write-back: Perkamo activity that was not born in Perkville flows back to Perkville.
+
+The embedded core's outbox lists every applied event and identify call of a Space in commit
+order.  ``Writeback.run`` reads it from its own cursor (``bridge_cursors``, resource
+``writeback:{space}``), batch by batch:
+
+- an event is mapped by ``mapping.to_perkville_transaction`` through ``[writeback] event_perks``
+  to a Perkville award with ``trans_source_id`` ``perkamo:{transaction_id}``; events whose id
+  starts with ``perkville:`` (everything the bridge imported) are never sent back, and a pulled
+  row whose ``trans_source_id`` starts with ``perkamo:`` maps back to the original Perkamo id,
+  so the next sync sees it as a duplicate — loop-free by construction;
+- an identify call becomes an external-member upsert (system ``PERKAMO``) when
+  ``[writeback] external_members`` is on, and carries membership fields.
+
+Nothing is marked done before Perkville confirms it: the cursor only moves past an item once
+Perkville answered 2xx (or "duplicate ``trans_source_id``", the idempotent success), or once
+the item was dead-lettered for a 4xx.  A retriable failure (network, 429, 5xx after the
+connector's retry budget) or an auth failure ends the run with the cursor before that item; it
+is sent again next time with the same ``trans_source_id``.  The cursor, the run counters and the
+dead letters of a batch commit in one transaction, fenced by the ``writeback:{business}`` lease.
+Counts balance: ``read = written_back + duplicate + skipped + dead_lettered``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+
+from bridge.errors import RunFailedError
+from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact, utcnow
+from config import Settings
+from mapping.writeback import to_perkville_transaction
+
+DIRECTION = "writeback"
+EXTERNAL_SYSTEM_ID = "PERKAMO"
+MEMBERSHIP_TRAITS: Mapping[str, str] = {
+    "membership_status": "membership_status",
+    "membership_type": "membership_type",
+    "membership_join_date": "join_dt",
+    "membership_cancel_date": "cancel_dt",
+    "home_location_external_id": "external_home_location_id",
+}
+"""Perkamo trait → Perkville external-member field sent by identify write-back."""
+
+
+class OutboxSource(Protocol):
+    """What write-back reads: the embedded core's ``iter_outbox``."""
+
+    def iter_outbox(self, space: str, *, after_seq: int = 0, limit: int = 500) -> list[Any]: ...
+
+
+class PerkvilleWriter(Protocol):
+    """What write-back calls on Perkville (``connectors.perkville.PerkvilleClient``)."""
+
+    def award_points(self, **kwargs: Any) -> Any: ...
+
+    def upsert_external_member(
+        self, member: Mapping[str, Any], *, external_member_id: object = None
+    ) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class WritebackConfig:
+    """Plain values write-back needs from the settings."""
+
+    business: str
+    space: str
+    event_perks: Mapping[str, int | str] = field(default_factory=dict)
+    external_members: bool = False
+    batch_size: int = 100
+    timezone: str = "UTC"
+    lease_seconds: int = 120
+    secrets: tuple[str, ...] = ()
+
+    @property
+    def cursor_resource(self) -> str:
+        return f"writeback:{self.space}"
+
+
+@dataclass
+class WritebackSummary:
+    """What one write-back pass did; ``to_json`` adds to the ``sync --json`` shape."""
+
+    run_id: int
+    status: str = "running"
+    read: int = 0
+    written_back: int = 0
+    duplicate: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    cursor: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.written_back + self.duplicate + self.skipped + self.dead_lettered
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "read": self.read,
+            "written_back": self.written_back,
+            "duplicate": self.duplicate,
+            "skipped": self.skipped,
+            "dead_lettered": self.dead_lettered,
+            "cursor": self.cursor,
+        }
+        if self.skip_reasons:
+            body["skip_reasons"] = dict(self.skip_reasons)
+        if self.error:
+            body["error"] = self.error
+        return body
+
+
+@dataclass
+class _Batch:
+    """What one batch changed, committed together with the cursor."""
+
+    last_seq: int
+    written_back: int = 0
+    duplicate: int = 0
+    skipped: int = 0
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    resolved: list[tuple[str, str]] = field(default_factory=list)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def read(self) -> int:
+        return self.written_back + self.duplicate + self.skipped + len(self.dead_letters)
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
+
+
+class _StopBatch(Exception):
+    """A retriable or auth failure: commit what was confirmed, then fail the run."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _skip_reason(reason: str) -> str:
+    if reason.startswith("born in Perkville") or "Perkville migration event" in reason:
+        return "born_in_perkville"
+    if reason.startswith("no Perkville perk mapped"):
+        return "no_perk_for_event"
+    return "not_writable"
+
+
+class Writeback:
+    """One business's write-back from one Space of the embedded core to Perkville."""
+
+    def __init__(
+        self,
+        *,
+        state: StateStore,
+        outbox: OutboxSource,
+        client: PerkvilleWriter,
+        config: WritebackConfig,
+        stop: threading.Event | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.state = state
+        self.outbox = outbox
+        self.client = client
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self._users: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------------------ entry
+
+    def run(self, *, wait: bool = False) -> WritebackSummary:
+        """One pass to the end of the outbox (or until stopped) under the write-back lease.
+
+        Raises ``LeaseHeldError`` when another runner holds ``writeback:{business}`` and
+        ``RunFailedError`` when Perkville could not be reached or refused the credentials (the
+        cursor then stays before the first unconfirmed item).
+        """
+        config = self.config
+        ttl = timedelta(seconds=config.lease_seconds)
+        owner = new_owner_id()
+        lease = self.state.leases.acquire(
+            lease_name(config.business, DIRECTION), owner, ttl, wait=wait
+        )
+        started = time.monotonic()
+        with LeaseKeeper(self.state.leases, lease, ttl) as keeper:
+            self.state.runs.interrupt_stale(config.business, DIRECTION)
+            run_id = self.state.runs.start(
+                config.business,
+                direction=DIRECTION,
+                kind="writeback",
+                target="perkville",
+                owner=owner,
+                details={"space": config.space},
+            )
+            summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
+            try:
+                self._run_batches(summary, keeper)
+            except BaseException as exc:
+                summary.status = "failed"
+                summary.error = redact(_describe(exc), config.secrets)
+                self._finish(summary, started)
+                raise RunFailedError(
+                    f"write-back run {run_id} for business {config.business} failed: "
+                    f"{summary.error}",
+                    run_id=run_id,
+                ) from exc
+            summary.status = "stopped" if self.stop.is_set() else "succeeded"
+            self._finish(summary, started)
+            return summary
+
+    def _cursor(self) -> int:
+        value = self.state.cursors.get(self.config.business, self.config.cursor_resource)
+        return int(value) if value else 0
+
+    def _finish(self, summary: WritebackSummary, started: float) -> None:
+        self.state.runs.finish(
+            summary.run_id,
+            summary.status,
+            error=summary.error,
+            secrets=self.config.secrets,
+            details={
+                "space": self.config.space,
+                "written_back": summary.written_back,
+                "cursor": summary.cursor,
+                "skip_reasons": summary.skip_reasons,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+
+    def _run_batches(self, summary: WritebackSummary, keeper: LeaseKeeper) -> None:
+        while not self.stop.is_set():
+            if keeper.lost.is_set():
+                from bridge.errors import LeaseLostError
+
+                raise LeaseLostError(
+                    f"write-back lease of business {self.config.business} was taken over"
+                )
+            items = self.outbox.iter_outbox(
+                self.config.space, after_seq=summary.cursor, limit=self.config.batch_size
+            )
+            if not items:
+                return
+            batch = _Batch(last_seq=summary.cursor)
+            failure: _StopBatch | None = None
+            for item in items:
+                try:
+                    self._write(item, batch)
+                except _StopBatch as stop:
+                    failure = stop
+                    break
+                batch.last_seq = int(item.seq)
+            self._commit(batch, summary, keeper)
+            if failure is not None:
+                raise failure.cause
+            if len(items) < self.config.batch_size:
+                return
+
+    def _commit(self, batch: _Batch, summary: WritebackSummary, keeper: LeaseKeeper) -> None:
+        if batch.last_seq == summary.cursor and not batch.read:
+            return
+        from bridge.state import RunCounts
+
+        counts = RunCounts(
+            read=batch.read,
+            applied=batch.written_back,
+            duplicate=batch.duplicate,
+            skipped=batch.skipped,
+            dead_lettered=len(batch.dead_letters),
+        )
+        business = self.config.business
+        with self.state.engine.begin() as conn:
+            keeper.fence(conn)
+            for letter in batch.dead_letters:
+                self.state.dead_letters.put(conn, business=business, run_id=summary.run_id, **letter)
+            by_kind: dict[str, list[str]] = {}
+            for kind, record_id in batch.resolved:
+                by_kind.setdefault(kind, []).append(record_id)
+            for kind, record_ids in by_kind.items():
+                self.state.dead_letters.resolve(conn, business, kind, record_ids)
+            self.state.cursors.set(
+                conn, business, self.config.cursor_resource, str(batch.last_seq), summary.run_id
+            )
+            self.state.runs.add(conn, summary.run_id, counts)
+        summary.cursor = batch.last_seq
+        summary.read += batch.read
+        summary.written_back += batch.written_back
+        summary.duplicate += batch.duplicate
+        summary.skipped += batch.skipped
+        summary.dead_lettered += len(batch.dead_letters)
+        for reason, n in batch.skip_reasons.items():
+            summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + n
+
+    # ------------------------------------------------------------------------------ items
+
+    def _write(self, item: Any, batch: _Batch) -> None:
+        if item.kind == "event":
+            self._write_event(item, batch)
+        elif item.kind == "identify":
+            self._write_identify(item, batch)
+        else:
+            batch.skip("unknown_outbox_kind")
+
+    def _perkville_user(self, customer_id: str) -> str | None:
+        if customer_id not in self._users:
+            with self.state.engine.connect() as conn:
+                self._users[customer_id] = self.state.id_map.customer_owner(
+                    self.config.business, customer_id, conn
+                )
+        return self._users[customer_id]
+
+    def _write_event(self, item: Any, batch: _Batch) -> None:
+        from connectors.perkville.errors import PerkvilleHTTPError
+
+        transaction_id = str(item.transaction_id or "")
+        if transaction_id.startswith("perkville:"):
+            batch.skip("born_in_perkville")  # cheap path: most of the outbox after a backfill
+            return
+        decision = to_perkville_transaction(
+            item,
+            event_perks=self.config.event_perks,
+            perkville_user_id=self._perkville_user(item.user_id),
+            timezone=self.config.timezone,
+        )
+        if decision.payload is None:
+            reason = decision.reason or "not writable"
+            if reason.startswith("no Perkville user known"):
+                # A customer who exists only in Perkamo: kept, so a retry after the member is
+                # linked in Perkville (and synced into the id map) still writes the points.
+                batch.dead_letters.append(
+                    _letter("writeback_event", transaction_id or f"seq:{item.seq}", item,
+                            "no_perkville_member", reason)
+                )
+            else:
+                batch.skip(_skip_reason(reason))
+            return
+        payload = decision.payload
+        try:
+            result = self.client.award_points(
+                perk=payload.perk_id,
+                trans_source_id=payload.trans_source_id,
+                user=payload.perkville_user_id,
+                email=payload.email,
+                location=payload.location_id,
+                business=self.config.business,
+                quantity=payload.quantity,
+                transaction_dt=item.occurred_at,
+                limit_to_once_per_calendar_day=payload.limit_to_once_per_calendar_day,
+            )
+        except PerkvilleHTTPError as exc:
+            if exc.status in (401, 403):
+                raise _StopBatch(exc) from exc
+            batch.dead_letters.append(
+                _letter("writeback_event", transaction_id, item, f"perkville_{exc.status}",
+                        redact(str(exc), self.config.secrets))
+            )
+            return
+        except Exception as exc:  # retriable after the connector's budget, auth, network
+            raise _StopBatch(exc) from exc
+        if getattr(result, "limited", False):
+            batch.dead_letters.append(
+                _letter("writeback_event", transaction_id, item, "perkville_once_per_day",
+                        "Perkville refused a second award of this perk today")
+            )
+        elif getattr(result, "duplicate", False):
+            batch.duplicate += 1
+            batch.resolved.append(("writeback_event", transaction_id))
+        else:
+            batch.written_back += 1
+            batch.resolved.append(("writeback_event", transaction_id))
+
+    def _write_identify(self, item: Any, batch: _Batch) -> None:
+        from connectors.perkville.errors import PerkvilleHTTPError
+
+        if not self.config.external_members:
+            batch.skip("external_members_disabled")
+            return
+        traits = dict(item.traits or {})
+        member = to_external_member(item.user_id, traits, business=self.config.business)
+        if member is None:
+            batch.skip("no_membership_traits")
+            return
+        record_id = f"{item.user_id}@{item.seq}"
+        try:
+            result = self.client.upsert_external_member(member)
+        except PerkvilleHTTPError as exc:
+            if exc.status in (401, 403):
+                raise _StopBatch(exc) from exc
+            batch.dead_letters.append(
+                _letter("writeback_identify", record_id, item, f"perkville_{exc.status}",
+                        redact(str(exc), self.config.secrets))
+            )
+            return
+        except Exception as exc:
+            raise _StopBatch(exc) from exc
+        if result is None:
+            batch.skip("external_members_unavailable")
+        else:
+            batch.written_back += 1
+
+
+def to_external_member(
+    customer_id: str, traits: Mapping[str, Any], *, business: str
+) -> dict[str, Any] | None:
+    """An identify's membership traits as a Perkville external-member upsert body, or ``None``.
+
+    The record belongs to the system ``PERKAMO`` with the Perkamo customer id as member id, so it
+    never overwrites the records Perkville's own integrations keep.
+    """
+    body: dict[str, Any] = {}
+    for trait, name in MEMBERSHIP_TRAITS.items():
+        value = traits.get(trait)
+        if value is not None and value != "":
+            body[name] = value
+    status = body.get("membership_status")
+    if isinstance(status, str):
+        body["membership_status"] = status.upper()
+    if not body:
+        return None
+    email = traits.get("email")
+    if isinstance(email, str) and email:
+        body["email"] = email
+    return {
+        "business": business,
+        "system_id": EXTERNAL_SYSTEM_ID,
+        "member_id": customer_id,
+        **body,
+    }
+
+
+def _letter(kind: str, record_id: str, item: Any, reason: str, detail: str) -> dict[str, Any]:
+    raw = {
+        "seq": int(item.seq),
+        "kind": item.kind,
+        "user_id": item.user_id,
+        "event": item.event,
+        "transaction_id": item.transaction_id,
+        "context": item.context,
+        "occurred_at": item.occurred_at.isoformat() if item.occurred_at else None,
+        "traits": item.traits,
+    }
+    return {
+        "kind": kind,
+        "record_id": record_id[:256],
+        "raw": json.loads(json.dumps(raw, default=str)),
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------ wiring
+
+
+def space_for(settings: Settings, business: str) -> str:
+    """The Space a business syncs into.
+
+    One business: ``PERKAMO_SPACE``.  Several scheduled businesses: ``{PERKAMO_SPACE}-{business}``
+    each, because Perkville users are global while points belong to one business's connection —
+    two businesses in one Space would merge a shared member's wallets.
+    """
+    from bridge.scheduler import scheduled_businesses
+
+    try:
+        businesses = scheduled_businesses(settings)
+    except Exception:  # noqa: BLE001 - no schedule configured: the plain Space
+        return settings.perkamo_space
+    if len(businesses) <= 1:
+        return settings.perkamo_space
+    return f"{settings.perkamo_space}-{business}".lower()
+
+
+def writeback_config(settings: Settings, business: str, *, space: str | None = None) -> WritebackConfig:
+    """``WritebackConfig`` from the settings."""
+    from bridge.wiring import secret_values
+
+    return WritebackConfig(
+        business=business,
+        space=space or space_for(settings, business),
+        event_perks=dict(settings.writeback.event_perks),
+        external_members=settings.writeback.external_members,
+        batch_size=settings.writeback.batch_size,
+        timezone=settings.perkville_timezone,
+        lease_seconds=settings.schedule.lease_seconds,
+        secrets=secret_values(settings),
+    )
+
+
+def run_writeback(
+    settings: Settings,
+    engine: Engine,
+    *,
+    business_id: str,
+    space: str | None = None,
+    stop: threading.Event | None = None,
+    client: PerkvilleWriter | None = None,
+    wait: bool = False,
+) -> WritebackSummary:
+    """One write-back pass for one business: what ``perkbridge sync`` and the scheduler call.
+
+    Write-back reads the embedded core's outbox, so it needs ``PERKAMO_TARGET=embedded``.
+    """
+    from bridge.errors import ConfigurationError
+    from bridge.wiring import core_service, open_state, perkville_client
+
+    if settings.perkamo_target != "embedded":
+        raise ConfigurationError(
+            "write-back reads the embedded core's outbox: it needs PERKAMO_TARGET=embedded"
+        )
+    state = open_state(engine)
+    service = core_service(engine)
+    config = writeback_config(settings, business_id, space=space)
+    service.ensure_space(config.space)
+    own_client = client is None
+    writer: Any = perkville_client(settings) if client is None else client
+    try:
+        return Writeback(
+            state=state, outbox=service, client=writer, config=config, stop=stop
+        ).run(wait=wait)
+    finally:
+        if own_client and hasattr(writer, "close"):
+            writer.close()
+
+
+def run_writeback_for_settings(
+    settings: Settings, engine: Engine, *, business_id: str, stop: threading.Event | None = None
+) -> dict[str, Any]:
+    """The scheduler's write-back job body; a disabled write-back does nothing."""
+    if not settings.writeback.enabled:
+        return {"status": "disabled"}
+    return run_writeback(settings, engine, business_id=business_id, stop=stop).to_json()
+
+
+def pending(state: StateStore, outbox: OutboxSource, config: WritebackConfig) -> int:
+    """Outbox items after the write-back cursor (up to one batch; for status displays)."""
+    value = state.cursors.get(config.business, config.cursor_resource)
+    return len(outbox.iter_outbox(config.space, after_seq=int(value or 0), limit=config.batch_size))
+
