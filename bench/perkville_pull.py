@@ -75,7 +75,7 @@ def _run_size(size: int, page_size: int, seed: int) -> dict[str, Any]:
             [sys.executable, __file__, "--worker", info_line.strip(), "--page-size", str(page_size)],
             capture_output=True, text=True, check=True,
         )
-        result = json.loads(worker.stdout.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(worker.stdout.strip().splitlines()[-1])
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=30)

@@ -59,14 +59,30 @@ class AwardResult:
 
 
 @dataclass
+class _Bound:
+    """One datetime window asked of the server: ``low <= value < high`` (operators as sent)."""
+
+    low: datetime | None = None
+    low_strict: bool = False
+    high: datetime | None = None
+    high_inclusive: bool = False
+
+    def excludes(self, value: datetime) -> bool:
+        if self.low is not None and (value < self.low or (self.low_strict and value == self.low)):
+            return True
+        if self.high is not None and (value > self.high or (not self.high_inclusive and value == self.high)):
+            return True
+        return False
+
+
+@dataclass
 class _StreamGuard:
     """Checks one list stream against what was asked (window, business, order); filters on the client."""
 
-    bounds: dict[str, tuple[datetime | None, datetime | None]] = field(default_factory=dict)
+    bounds: dict[str, _Bound] = field(default_factory=dict)
     business: str | None = None
     order: list[tuple[str, bool]] = field(default_factory=list)  # (field, descending)
     id_field: str = "id"
-    tz: tzinfo | str = "UTC"
     ordered: bool = True
     last_key: tuple[Any, ...] | None = None
 
@@ -202,7 +218,7 @@ class PerkvilleClient:
     def _url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
             return path
-        return urljoin(self.api_url, path.lstrip("/") if not path.startswith("/") else path)
+        return urljoin(self.api_url, path)
 
     def request(
         self,
@@ -362,22 +378,20 @@ class PerkvilleClient:
             )
 
     def _guard_for(self, resource: str, params: Mapping[str, Any]) -> _StreamGuard:
-        guard = _StreamGuard(id_field=ID_FIELDS.get(resource, "id"), tz=self.tz)
+        guard = _StreamGuard(id_field=ID_FIELDS.get(resource, "id"))
         for key, value in params.items():
-            for suffix in _DATETIME_FILTERS:
-                if key.endswith(suffix) and value is not None:
-                    name = key[: -len(suffix)]
-                    low, high = guard.bounds.get(name, (None, None))
-                    try:
-                        bound = parse_perkville_datetime(value, self.tz)
-                    except ValueError:
-                        continue
-                    if suffix in ("__gte", "__gt"):
-                        low = bound
-                    else:
-                        high = bound
-                    guard.bounds[name] = (low, high)
-                    guard.bounds[name + suffix] = (None, None)  # remember the exact operator
+            suffix = next((s for s in _DATETIME_FILTERS if key.endswith(s)), None)
+            if suffix is None or value is None:
+                continue
+            try:
+                bound = parse_perkville_datetime(value, self.tz)
+            except ValueError:
+                continue  # not a datetime we can check; the server decides
+            window = guard.bounds.setdefault(key[: -len(suffix)], _Bound())
+            if suffix in ("__gte", "__gt"):
+                window.low, window.low_strict = bound, suffix == "__gt"
+            else:
+                window.high, window.high_inclusive = bound, suffix == "__lte"
         if params.get("business") is not None:
             guard.business = _trailing_id(params["business"])
         order = params.get("order_by")
@@ -427,20 +441,13 @@ class PerkvilleClient:
         return kept, dropped
 
     def _outside(self, guard: _StreamGuard, row: Mapping[str, Any]) -> str | None:
-        for name, (low, high) in guard.bounds.items():
-            if low is None and high is None:
-                continue
+        """The name of the filter ``row`` violates, or None."""
+        for name, window in guard.bounds.items():
             try:
                 value = parse_perkville_datetime(row.get(name), self.tz)
             except ValueError:
                 continue  # unparseable values are the mapping's problem, not a filter signal
-            if value is None:
-                continue
-            strict_low = (name + "__gt") in guard.bounds
-            inclusive_high = (name + "__lte") in guard.bounds
-            if low is not None and (value < low or (strict_low and value == low)):
-                return name
-            if high is not None and (value > high or (not inclusive_high and value == high)):
+            if value is not None and window.excludes(value):
                 return name
         if guard.business is not None and row.get("business") is not None:
             if _trailing_id(row.get("business")) != guard.business:
@@ -451,6 +458,7 @@ class PerkvilleClient:
         parts: list[Any] = []
         for name, descending in guard.order:
             value = row.get(name)
+            number: Any
             if name.endswith("_dt"):
                 try:
                     value = parse_perkville_datetime(value, self.tz)

@@ -60,7 +60,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         ceiling = min(self.cap, self.base * (2 ** max(0, attempt)))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:

@@ -99,7 +99,7 @@ class SandboxServer(ThreadingHTTPServer):
 
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def issue_token(self, scopes: frozenset[str] | None = None) -> str:
         token = "sbx_" + secrets.token_urlsafe(24)
@@ -112,16 +112,16 @@ class SandboxServer(ThreadingHTTPServer):
             f = self.faults
             slow = f.rate_slow > 0 and self.fault_rng.random() < f.rate_slow
             roll = self.fault_rng.random()
-            kind = None
+            kind: str | None = None
             for name, rate in (("429", f.rate_429), ("5xx", f.rate_5xx), ("drop", f.rate_drop),
                                ("truncate", f.rate_truncate)):
                 if roll < rate:
                     kind = name
                     break
                 roll -= rate
-            for name in (kind, "slow" if slow else None):
-                if name:
-                    self.stats.faults[name] = self.stats.faults.get(name, 0) + 1
+            for counted in (kind, "slow" if slow else None):
+                if counted:
+                    self.stats.faults[counted] = self.stats.faults.get(counted, 0) + 1
             return kind, slow
 
     def cached_query(self, key: tuple[Any, ...], compute: Callable[[], list[Any]]) -> list[Any]:
@@ -313,7 +313,7 @@ def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -
     for item in order:
         if _getter(resource, item.lstrip("-"), server) is None:
             raise SandboxError(400, "order_by", "pv_invalid_order", f"No matching '{item}' field for ordering.")
-    key = (resource, tuple(sorted((n, o, repr(v)) for n, o, v in filters)), tuple(order))
+    cache_key = (resource, tuple(sorted((n, o, repr(v)) for n, o, v in filters)), tuple(order))
 
     def compute() -> list[Any]:
         rows = _records(resource, server)
@@ -327,10 +327,14 @@ def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -
         for item in reversed(order):
             getter = _getter(resource, item.lstrip("-"), server)
             assert getter is not None
-            rows.sort(key=lambda row, g=getter: _sort_key(g(row)), reverse=item.startswith("-"))
+            rows.sort(key=_sorter(getter), reverse=item.startswith("-"))
         return rows
 
-    return server.cached_query(key, compute)
+    return server.cached_query(cache_key, compute)
+
+
+def _sorter(getter: Callable[[Any], Any]) -> Callable[[Any], tuple[int, Any]]:
+    return lambda row: _sort_key(getter(row))
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -554,6 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._list(resource, params)
             return
         if method == "GET":
+            assert detail is not None
             record = self._detail(resource, detail)
             self._send(200, render(resource, record, self.server), truncate=self._truncate_next)
             return
@@ -606,13 +611,13 @@ class _Handler(BaseHTTPRequestHandler):
         if resource == "users" and detail == "me":
             return ledger.users[ledger.staff_user_id]
         key = _int(detail)
-        table: dict[int, Any] = {
+        tables: dict[str, dict[int, Any]] = {
             "transactions": ledger.txns, "locations": ledger.locations, "perks": ledger.perks,
             "users": ledger.users, "connections": ledger.connections,
             "external-members": ledger.external_members,
             "businesses": {b.id: b.record for b in ledger.businesses.values()},
-        }[resource]
-        record = table.get(key) if key is not None else None
+        }
+        record = tables[resource].get(key) if key is not None else None
         if record is None:
             raise SandboxError(404, "__all__", "pv_not_found", "Not found.")
         return record

@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import respx
 
 from connectors.perkville import OffsetPaginator, PaginationError
@@ -151,3 +153,44 @@ def test_client_stops_on_a_repeated_next_link(router: respx.MockRouter, fake_tim
         for _ in pages:
             pass
     assert "?" not in str(info.value) and info.value.path == "/v2/transactions/"
+
+
+# ----------------------------------------------------------------- invariant: every row exactly once
+def _serve(request_url: str, params: dict[str, Any], rows: int, cap: int | None, mode: str) -> dict[str, Any]:
+    """A minimal Tastypie list over ``range(rows)`` (what the paginator is asked to walk)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    query = dict(parse_qsl(urlsplit(request_url).query))
+    query.update({k: str(v) for k, v in params.items()})
+    limit = int(query.get("limit", 20))
+    limit = min(limit, cap) if cap else limit
+    offset = int(query.get("offset", 0))
+    objects = [{"transaction_id": n} for n in range(offset, min(rows, offset + limit))]
+    meta: dict[str, Any] = {"limit": limit, "offset": offset}
+    if mode != "no-next":
+        more = offset + limit < rows
+        link = f"/v2/transactions/?limit={limit}&offset={offset + limit}"
+        meta["next"] = (link if mode == "relative" else "https://api.perkville.test" + link) if more else None
+    return page(objects, **meta)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.integers(min_value=0, max_value=400),
+    page_size=st.integers(min_value=1, max_value=120),
+    cap=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
+    mode=st.sampled_from(["relative", "absolute", "no-next"]),
+)
+def test_paginator_visits_every_row_exactly_once(rows: int, page_size: int, cap: int | None, mode: str) -> None:
+    paginator = OffsetPaginator(URL, page_size=page_size)
+    request = paginator.first_request
+    seen: list[int] = []
+    requests = 0
+    while request is not None:
+        requests += 1
+        body = _serve(request.url, dict(request.params), rows, cap, mode)
+        seen.extend(row["transaction_id"] for row in body["objects"])
+        request = paginator.next_request(body)
+    assert seen == list(range(rows))
+    step = min(page_size, cap or page_size)
+    assert requests <= rows // step + 2
