@@ -142,6 +142,10 @@ class _Batch:
         self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
 
 
+_REJECTED = object()
+"""``_send``'s answer when Perkville refused the item with a 4xx (it was dead-lettered)."""
+
+
 class _StopBatch(Exception):
     """A retriable or auth failure: commit what was confirmed, then fail the run."""
 
@@ -150,12 +154,12 @@ class _StopBatch(Exception):
         self.cause = cause
 
 
-def _skip_reason(reason: str) -> str:
-    if reason.startswith("born in Perkville") or "Perkville migration event" in reason:
-        return "born_in_perkville"
-    if reason.startswith("no Perkville perk mapped"):
-        return "no_perk_for_event"
-    return "not_writable"
+SKIP_CODES: Mapping[str, str] = {
+    "born_in_perkville": "born_in_perkville",
+    "migration_event": "born_in_perkville",
+    "no_perk_for_event": "no_perk_for_event",
+}
+"""Mapping refusals that are normal (counted as skipped); every other refusal is dead-lettered."""
 
 
 class Writeback:
@@ -221,6 +225,60 @@ class Writeback:
             self._finish(summary, started)
             return summary
 
+    def retry_dead_letters(
+        self, *, reason: str | None = None, ids: list[int] | None = None, wait: bool = False
+    ) -> WritebackSummary:
+        """Send the open write-back dead letters again (same ``trans_source_id``s, so idempotent).
+
+        Items Perkville now accepts become ``resolved``; a repeat failure bumps ``attempts``.
+        The cursor does not move.
+        """
+        config = self.config
+        ttl = timedelta(seconds=config.lease_seconds)
+        owner = new_owner_id()
+        lease = self.state.leases.acquire(
+            lease_name(config.business, DIRECTION), owner, ttl, wait=wait
+        )
+        started = time.monotonic()
+        with LeaseKeeper(self.state.leases, lease, ttl) as keeper:
+            run_id = self.state.runs.start(
+                config.business, direction=DIRECTION, kind="writeback_retry",
+                target="perkville", owner=owner, details={"reason": reason, "ids": ids or []},
+            )
+            summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
+            letters = [
+                letter
+                for letter in self.state.dead_letters.list(config.business, reason=reason, ids=ids)
+                if letter.kind in RETRYABLE_KINDS
+            ]
+            try:
+                for start in range(0, len(letters), config.batch_size):
+                    batch = _Batch(last_seq=summary.cursor)
+                    failure: _StopBatch | None = None
+                    for letter in letters[start : start + config.batch_size]:
+                        before = len(batch.dead_letters), batch.written_back + batch.duplicate
+                        try:
+                            self._write(_item_from_raw(letter.raw), batch)
+                        except _StopBatch as stop:
+                            failure = stop
+                            break
+                        if (len(batch.dead_letters), batch.written_back + batch.duplicate) == before:
+                            # Skipped now (e.g. the event is no longer mapped): nothing to resend.
+                            batch.resolved.append((letter.kind, letter.record_id))
+                    self._commit(batch, summary, keeper, move_cursor=False)
+                    if failure is not None:
+                        raise failure.cause
+            except BaseException as exc:
+                summary.status = "failed"
+                summary.error = redact(_describe(exc), config.secrets)
+                self._finish(summary, started)
+                raise RunFailedError(
+                    f"write-back retry run {run_id} failed: {summary.error}", run_id=run_id
+                ) from exc
+            summary.status = "succeeded"
+            self._finish(summary, started)
+            return summary
+
     def _cursor(self) -> int:
         value = self.state.cursors.get(self.config.business, self.config.cursor_resource)
         return int(value) if value else 0
@@ -268,8 +326,15 @@ class Writeback:
             if len(items) < self.config.batch_size:
                 return
 
-    def _commit(self, batch: _Batch, summary: WritebackSummary, keeper: LeaseKeeper) -> None:
-        if batch.last_seq == summary.cursor and not batch.read:
+    def _commit(
+        self,
+        batch: _Batch,
+        summary: WritebackSummary,
+        keeper: LeaseKeeper,
+        *,
+        move_cursor: bool = True,
+    ) -> None:
+        if batch.last_seq == summary.cursor and not batch.read and not batch.resolved:
             return
         from bridge.state import RunCounts
 
@@ -290,9 +355,11 @@ class Writeback:
                 by_kind.setdefault(kind, []).append(record_id)
             for kind, record_ids in by_kind.items():
                 self.state.dead_letters.resolve(conn, business, kind, record_ids)
-            self.state.cursors.set(
-                conn, business, self.config.cursor_resource, str(batch.last_seq), summary.run_id
-            )
+            if move_cursor:
+                self.state.cursors.set(
+                    conn, business, self.config.cursor_resource, str(batch.last_seq),
+                    summary.run_id,
+                )
             self.state.runs.add(conn, summary.run_id, counts)
         summary.cursor = batch.last_seq
         summary.read += batch.read
@@ -321,9 +388,30 @@ class Writeback:
                 )
         return self._users[customer_id]
 
-    def _write_event(self, item: Any, batch: _Batch) -> None:
+    def _send(
+        self, batch: _Batch, kind: str, record_id: str, item: Any, call: Callable[[], Any]
+    ) -> Any:
+        """Call Perkville once (the connector retries inside its budget).
+
+        A 4xx other than 401/403 dead-letters the item and returns ``_REJECTED``; anything else
+        that fails stops the batch with the item unconfirmed.
+        """
         from connectors.perkville.errors import PerkvilleHTTPError
 
+        try:
+            return call()
+        except PerkvilleHTTPError as exc:
+            if exc.status in (401, 403):
+                raise _StopBatch(exc) from exc
+            batch.dead_letters.append(
+                _letter(kind, record_id, item, f"perkville_{exc.status}",
+                        redact(str(exc), self.config.secrets))
+            )
+            return _REJECTED
+        except Exception as exc:  # retriable after the connector's budget, auth, network
+            raise _StopBatch(exc) from exc
+
+    def _write_event(self, item: Any, batch: _Batch) -> None:
         transaction_id = str(item.transaction_id or "")
         if transaction_id.startswith("perkville:"):
             batch.skip("born_in_perkville")  # cheap path: most of the outbox after a backfill
@@ -335,20 +423,21 @@ class Writeback:
             timezone=self.config.timezone,
         )
         if decision.payload is None:
-            reason = decision.reason or "not writable"
-            if reason.startswith("no Perkville user known"):
-                # A customer who exists only in Perkamo: kept, so a retry after the member is
-                # linked in Perkville (and synced into the id map) still writes the points.
-                batch.dead_letters.append(
-                    _letter("writeback_event", transaction_id or f"seq:{item.seq}", item,
-                            "no_perkville_member", reason)
-                )
+            code = decision.code or "not_writable"
+            if code in SKIP_CODES:
+                batch.skip(SKIP_CODES[code])
             else:
-                batch.skip(_skip_reason(reason))
+                # E.g. a customer who exists only in Perkamo (``no_perkville_member``): kept, so a
+                # retry after the member is linked in Perkville and synced still writes it.
+                batch.dead_letters.append(
+                    _letter("writeback_event", transaction_id or f"seq:{item.seq}", item, code,
+                            decision.reason or code)
+                )
             return
         payload = decision.payload
-        try:
-            result = self.client.award_points(
+        result = self._send(
+            batch, "writeback_event", transaction_id, item,
+            lambda: self.client.award_points(
                 perk=payload.perk_id,
                 trans_source_id=payload.trans_source_id,
                 user=payload.perkville_user_id,
@@ -358,17 +447,10 @@ class Writeback:
                 quantity=payload.quantity,
                 transaction_dt=item.occurred_at,
                 limit_to_once_per_calendar_day=payload.limit_to_once_per_calendar_day,
-            )
-        except PerkvilleHTTPError as exc:
-            if exc.status in (401, 403):
-                raise _StopBatch(exc) from exc
-            batch.dead_letters.append(
-                _letter("writeback_event", transaction_id, item, f"perkville_{exc.status}",
-                        redact(str(exc), self.config.secrets))
-            )
+            ),
+        )
+        if result is _REJECTED:
             return
-        except Exception as exc:  # retriable after the connector's budget, auth, network
-            raise _StopBatch(exc) from exc
         if getattr(result, "limited", False):
             batch.dead_letters.append(
                 _letter("writeback_event", transaction_id, item, "perkville_once_per_day",
@@ -382,8 +464,6 @@ class Writeback:
             batch.resolved.append(("writeback_event", transaction_id))
 
     def _write_identify(self, item: Any, batch: _Batch) -> None:
-        from connectors.perkville.errors import PerkvilleHTTPError
-
         if not self.config.external_members:
             batch.skip("external_members_disabled")
             return
@@ -393,18 +473,12 @@ class Writeback:
             batch.skip("no_membership_traits")
             return
         record_id = f"{item.user_id}@{item.seq}"
-        try:
-            result = self.client.upsert_external_member(member)
-        except PerkvilleHTTPError as exc:
-            if exc.status in (401, 403):
-                raise _StopBatch(exc) from exc
-            batch.dead_letters.append(
-                _letter("writeback_identify", record_id, item, f"perkville_{exc.status}",
-                        redact(str(exc), self.config.secrets))
-            )
+        result = self._send(
+            batch, "writeback_identify", record_id, item,
+            lambda: self.client.upsert_external_member(member),
+        )
+        if result is _REJECTED:
             return
-        except Exception as exc:
-            raise _StopBatch(exc) from exc
         if result is None:
             batch.skip("external_members_unavailable")
         else:
@@ -458,6 +532,38 @@ def _letter(kind: str, record_id: str, item: Any, reason: str, detail: str) -> d
         "reason": reason,
         "detail": detail,
     }
+
+
+RETRYABLE_KINDS = frozenset({"writeback_event", "writeback_identify"})
+"""Dead-letter kinds this module owns (``perkbridge deadletters retry`` routes them here)."""
+
+
+@dataclass(frozen=True)
+class _RetriedItem:
+    """An outbox item rebuilt from a dead letter's raw JSON."""
+
+    seq: int
+    kind: str
+    user_id: str
+    event: str | None
+    transaction_id: str | None
+    context: dict[str, Any]
+    occurred_at: datetime | None
+    traits: dict[str, Any]
+
+
+def _item_from_raw(raw: Mapping[str, Any]) -> _RetriedItem:
+    occurred = raw.get("occurred_at")
+    return _RetriedItem(
+        seq=int(raw.get("seq") or 0),
+        kind=str(raw.get("kind")),
+        user_id=str(raw.get("user_id")),
+        event=raw.get("event"),
+        transaction_id=raw.get("transaction_id"),
+        context=dict(raw.get("context") or {}),
+        occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else None,
+        traits=dict(raw.get("traits") or {}),
+    )
 
 
 def _describe(exc: BaseException) -> str:

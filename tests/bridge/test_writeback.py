@@ -227,3 +227,19 @@ def test_identify_traits_become_external_member_upserts_where_enabled(bridge: Br
 )
 def test_to_external_member(traits: dict[str, Any], expected: dict[str, Any] | None) -> None:
     assert to_external_member("c1", traits, business="25") == expected
+
+
+def test_dead_letters_retry_once_the_member_exists_in_perkville(bridge: Bridge) -> None:
+    perk = _prepared(bridge)
+    user = _member(bridge)
+    bridge.service.ingest(SPACE, EventInput(user_id=f"perkville:{user}", event="late.perk",
+                                            transaction_id="late:1"))
+    first = _writeback(bridge, {VISIT: perk["perk_id"], "late.perk": 999_999}).run()
+    assert first.dead_lettered == 1
+    # The operator fixes the table (the perk id was wrong) and retries the dead letters.
+    retry = _writeback(bridge, {VISIT: perk["perk_id"], "late.perk": perk["perk_id"]}).retry_dead_letters()
+    assert retry.written_back == 1
+    assert bridge.state.dead_letters.list(bridge.business) == []
+    assert len(_rows_with_source(bridge, "perkamo:late:1")) == 1
+    # A second retry finds nothing open; the cursor never moved back.
+    assert _writeback(bridge, {VISIT: perk["perk_id"]}).retry_dead_letters().read == 0
