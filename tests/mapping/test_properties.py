@@ -166,3 +166,16 @@ def test_transaction_ids_are_injective(batch: list[tuple[Any, ...]]) -> None:
 @given(key=keys)
 def test_transaction_ids_are_deterministic(key: tuple[Any, ...]) -> None:
     assert _make(key) == _make(key)
+
+
+@settings(max_examples=200)
+@given(transaction_id=ids | st.text(max_size=300))
+def test_every_written_back_id_maps_home(transaction_id: str) -> None:
+    """A payload is only produced when its ``trans_source_id`` maps back to the same Perkamo id."""
+    event = {"user_id": "perkville:7", "event": "visit.checked_in", "transaction_id": transaction_id}
+    decision = to_perkville_transaction(event, event_perks={"visit.checked_in": 1})
+    if decision.payload is None:
+        assert decision.code is not None and decision.reason
+        return
+    assert to_transaction_id(25, "1", decision.payload.trans_source_id) == transaction_id
+    assert not transaction_id.startswith("perkville:")
