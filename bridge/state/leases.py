@@ -39,6 +39,27 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def owner_is_dead(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid[:…]``) names a process of THIS host that has exited.
+
+    A crashed run (``kill -9``) then does not block the next one until its lease expires; owners
+    on other hosts are only ever replaced after expiry.
+    """
+    parts = owner.split(":")
+    if len(parts) < 2 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 @dataclass(frozen=True)
 class Lease:
     """A lease as stored: who holds ``name`` and until when."""
@@ -80,9 +101,24 @@ class LeaseStore:
                 where=(leases.c.expires_at <= now) | (leases.c.owner == owner),
             )
             lease = self._read(conn, name)
+        if lease is not None and lease.owner != owner and owner_is_dead(lease.owner):
+            return self._take_from_dead(name, lease.owner, owner, ttl)
         if lease is None or lease.owner != owner:
             return None
         return lease
+
+    def _take_from_dead(self, name: str, dead: str, owner: str, ttl: timedelta) -> Lease | None:
+        """Take over a lease whose holder was a process on this host that no longer exists."""
+        now = self._clock()
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                update(leases)
+                .where(leases.c.name == name, leases.c.owner == dead)
+                .values(owner=owner, acquired_at=now, heartbeat_at=now, expires_at=now + ttl)
+            )
+            if result.rowcount != 1:
+                return None
+            return self._read(conn, name)
 
     def acquire(
         self,

@@ -247,3 +247,18 @@ def test_concurrent_acquirers_get_one_winner(db_engine: Engine) -> None:
         t.join()
     assert len(winners) == 1
     assert store.leases.holder("import:25").owner == winners[0]  # type: ignore[union-attr]
+
+
+def test_a_lease_of_a_dead_local_process_is_taken_over(store: StateStore) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = f"{socket.gethostname()}:{child.pid}:deadbeef"
+    ttl = timedelta(seconds=60)
+    assert store.leases.try_acquire("import:25", dead, ttl) is not None
+    assert store.leases.try_acquire("import:25", "elsewhere:1:x", ttl) is not None  # not expired, but dead
+    # The new holder lives on another host: never presumed dead, so it keeps the lease.
+    assert store.leases.try_acquire("import:25", f"other-host:{child.pid}:y", ttl) is None

@@ -1,0 +1,107 @@
+"""Crash safety: ``kill -9`` a ``perkbridge backfill`` process at random points, resume, compare checksums."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.state import StateStore
+from connectors.perkville.sandbox import Sandbox
+from perkamo_core.db import create_db_engine
+from perkamo_core.service import CoreService
+from tests.bridge.conftest import SPACE, Bridge, checksum, make_client
+
+TRIALS = 6
+CRASH_TRANSACTIONS = 1500
+
+
+def _env(box: Sandbox, db_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_"))}
+    creds = box.credentials
+    env.update(
+        PERKBRIDGE_DATABASE_URL=db_url,
+        PERKVILLE_API_URL=box.api_url,
+        PERKVILLE_TOKEN_URL=box.token_url,
+        PERKVILLE_CLIENT_ID=creds["client_id"],
+        PERKVILLE_CLIENT_SECRET=creds["client_secret"],
+        PERKVILLE_USERNAME=creds["username"],
+        PERKVILLE_PASSWORD=creds["password"],
+        PERKVILLE_BUSINESS_ID=str(box.business_ids[0]),
+        PERKAMO_SPACE=SPACE,
+        PERKBRIDGE_LOG_FORMAT="plain",
+    )
+    return env
+
+
+def _backfill(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
+    db_url: str, tmp_path: Path
+) -> None:
+    box = Sandbox(seed=5, members=25, transactions=CRASH_TRANSACTIONS)
+    box.start()
+    try:
+        config = tmp_path / "perkbridge.toml"
+        config.write_text("[perkville]\npage_size = 25\nrequests_per_second = 200\n")
+        env = _env(box, db_url)
+        rng = random.Random(20261122)
+        killed_mid_run = 0
+        for _ in range(TRIALS):
+            proc = _backfill(config, env)
+            time.sleep(rng.uniform(0.6, 2.4))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_mid_run += 1
+            proc.wait()
+        final = _backfill(config, env)
+        out, err = final.communicate(timeout=300)
+        assert final.returncode == 0, err
+        body = json.loads(out)
+        assert body["status"] == "succeeded"
+        assert body["read"] == body["applied"] + body["duplicate"] + body["skipped"] + body["dead_lettered"]
+        assert killed_mid_run >= 3, "the kills came too late to interrupt anything"
+
+        engine = create_db_engine(db_url)
+        try:
+            state = StateStore(engine)
+            statuses = [run.status for run in state.runs.recent(limit=50)]
+            assert "interrupted" in statuses
+            resumed = checksum(engine)
+        finally:
+            engine.dispose()
+
+        reference_engine = create_db_engine(f"sqlite:///{tmp_path / 'reference.db'}")
+        try:
+            state = StateStore(reference_engine)
+            state.migrate()
+            service = CoreService(reference_engine)
+            service.migrate()
+            client = make_client(box)
+            try:
+                reference = Bridge(box, reference_engine, state, service, client, str(box.business_ids[0]))
+                assert reference.backfill("history").status == "succeeded"
+                assert reference.reconcile().ok
+            finally:
+                client.close()
+            assert checksum(reference_engine) == resumed
+        finally:
+            reference_engine.dispose()
+    finally:
+        box.stop()
