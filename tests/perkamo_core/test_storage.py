@@ -1,0 +1,71 @@
+"""perkamo_core storage: migrations upgrade in place, constraints and indexes hold on both databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from perkamo_core import storage as st
+from perkamo_core.migrations import applied_versions, migrate
+from perkamo_core.service import CoreService
+from tests.perkamo_core.test_service_ingest import SPACE, make_service, purchase
+
+
+def test_migrations_are_recorded_and_idempotent(db_engine: Engine) -> None:
+    assert st.migrate_core(db_engine) == [m.version for m in st.MIGRATIONS]
+    assert st.migrate_core(db_engine) == []
+    with db_engine.connect() as conn:
+        assert applied_versions(conn, st.COMPONENT) == {m.version for m in st.MIGRATIONS}
+    tables = set(inspect(db_engine).get_table_names())
+    assert {t.name for t in st.metadata.sorted_tables} <= tables
+
+
+def test_an_older_database_upgrades_in_place_keeping_its_data(db_engine: Engine) -> None:
+    assert migrate(db_engine, st.COMPONENT, st.MIGRATIONS[:1]) == [1]
+    with db_engine.begin() as conn:
+        conn.execute(st.spaces.insert().values(
+            slug=SPACE, environment="test", timezone="UTC", require_signatures=False,
+            created_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    assert "core_outbox" not in inspect(db_engine).get_table_names()
+
+    service = CoreService(db_engine)
+    service.migrate()
+
+    assert service.get_space(SPACE).created_at == datetime(2026, 1, 1, tzinfo=UTC)
+    service.ingest(SPACE, purchase("a", "t1"))
+    assert [i.transaction_id for i in service.iter_outbox(SPACE)] == ["t1"]
+
+
+def test_transaction_id_is_unique_per_space(db_engine: Engine) -> None:
+    service = make_service(db_engine)
+    service.ensure_space("other")
+    service.load_program("other", {"events": {"rules": [
+        {"event": "purchase.completed", "wallet": "points", "amount": 1}]}})
+    service.ingest(SPACE, purchase("a", "same"))
+    assert service.ingest("other", purchase("a", "same"))["applied"] is True  # another Space
+    with pytest.raises(IntegrityError):
+        with db_engine.begin() as conn:
+            row = conn.execute(select(st.events).limit(1)).one()._asdict()
+            row["id"] = row["id"] + 1000
+            conn.execute(st.events.insert().values(**row))
+
+
+def test_read_model_index_covers_latest_events_of_a_customer(db_engine: Engine) -> None:
+    st.migrate_core(db_engine)
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(db_engine).get_indexes("core_events")}
+    assert indexes["ix_core_events_customer_seq"] == ["space_id", "customer_id", "id"]
+
+
+def test_decimal_and_datetime_columns_round_trip_exactly(db_engine: Engine) -> None:
+    service = make_service(db_engine)
+    service.ingest(SPACE, purchase("a", "t1"))
+    with db_engine.begin() as conn:
+        conn.execute(st.balances.update().values(balance=Decimal("12345678901234567890.123456789")))
+        value = conn.execute(select(st.balances.c.balance)).scalar_one()
+        when = conn.execute(select(st.events.c.occurred_at)).scalar_one()
+    assert value == Decimal("12345678901234567890.123456789")
+    assert when == datetime(2026, 6, 1, 10, tzinfo=UTC)
