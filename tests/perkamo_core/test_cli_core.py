@@ -1,0 +1,128 @@
+"""The core CLI commands: space, keys, program load/show, identify, emit, customer; exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+
+from bridge.cli import app, common
+from bridge.cli.core_cmds import program_app
+from perkamo_core.db import create_db_engine
+from perkamo_core.service import CoreService
+from tests.perkamo_core.test_seed_example import SEED_SPACE, invoke
+
+TOML_PROGRAM = """
+[wallets]
+wallets = [{ key = "points", name = "Points", precision = 2 }]
+
+[events]
+rules = [{ event = "purchase.completed", wallet = "points", formula = "{{amount}} / 100 * 2.5" }]
+"""
+
+
+def test_space_create_with_options(db_url: str) -> None:
+    result = invoke(db_url, "space", "create", "shop-live", "--environment", "live",
+                    "--timezone", "Europe/Prague", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"space": "shop-live", "environment": "live",
+                                         "timezone": "Europe/Prague"}
+    bad = invoke(db_url, "space", "create", "x", "--timezone", "Nowhere/City")
+    assert bad.exit_code == common.EXIT_USAGE
+    assert "timezone" in bad.stderr
+
+
+def test_keys_create_prints_the_key_once_and_it_authenticates(db_url: str) -> None:
+    created = invoke(db_url, "keys", "create", "--space", "shop", "--json")
+    assert created.exit_code == 0, created.output
+    body = json.loads(created.stdout)
+    assert set(body) == {"key", "space", "scopes"}
+    assert body["space"] == "shop"
+    assert body["scopes"] == ["events:write", "profile:read", "rewards:redeem", "admin:config"]
+    assert body["key"].startswith("sk_test_")
+
+    plain = invoke(db_url, "keys", "create", "--space", "shop", "--scope", "profile:read",
+                   "--scope", "events:write")
+    assert plain.exit_code == 0
+    key = plain.stdout.strip()
+    assert key.startswith("sk_test_") and "\n" not in key
+    assert key not in plain.stderr
+
+    service = CoreService(create_db_engine(db_url))
+    assert service.authenticate(body["key"]).space == "shop"
+    assert service.authenticate(key).scopes == frozenset({"profile:read", "events:write"})
+
+
+def test_program_load_toml_and_show(db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "program.toml"
+    path.write_text(TOML_PROGRAM)
+    loaded = invoke(db_url, "program", "load", str(path), "--json")
+    assert loaded.exit_code == 0, loaded.output
+    assert [m["module"] for m in json.loads(loaded.stdout)["modules"]] == ["wallets", "events"]
+
+    shown = json.loads(invoke(db_url, "program", "show").stdout)
+    assert shown["blueprint"]["earningRules"][0]["formula"] == "{{amount}} / 100 * 2.5"
+
+    emitted = invoke(db_url, "emit", "u1", "purchase.completed", "--context", '{"amount": 1234}')
+    assert json.loads(emitted.stdout)["delta"] == [{"wallet": "points", "amount": 30.85}]
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "code", "needle"),
+    [
+        pytest.param('{"events": {"rules": [{"event": "x"}]}}', ".json", common.EXIT_FAILURE,
+                     "events.rules[0]", id="invalid-body"),
+        pytest.param('{"badges": {}}', ".json", common.EXIT_FAILURE, "badges", id="unknown-module"),
+        pytest.param("{not json", ".json", common.EXIT_USAGE, "not valid JSON", id="bad-json"),
+        pytest.param("x = = 1", ".toml", common.EXIT_USAGE, "not valid TOML", id="bad-toml"),
+        pytest.param("[1, 2]", ".json", common.EXIT_USAGE, "module names", id="not-an-object"),
+    ],
+)
+def test_program_load_errors(db_url: str, tmp_path: Path, content: str, suffix: str, code: int,
+                             needle: str) -> None:
+    path = tmp_path / f"program{suffix}"
+    path.write_text(content)
+    result = invoke(db_url, "program", "load", str(path))
+    assert result.exit_code == code
+    assert needle in result.stderr
+
+
+def test_identify_emit_customer_and_their_errors(db_url: str) -> None:
+    identified = invoke(db_url, "identify", "u1", "--traits", '{"plan": "premium"}')
+    assert identified.exit_code == 0
+    assert json.loads(identified.stdout) == {"tenant": SEED_SPACE, "user_id": "u1",
+                                             "traits": {"plan": "premium"}}
+
+    reserved = invoke(db_url, "emit", "u1", "page.viewed", "--context", '{"XP": 5}')
+    assert reserved.exit_code == common.EXIT_USAGE
+    assert "context.XP" in reserved.stderr
+
+    not_json = invoke(db_url, "emit", "u1", "page.viewed", "--context", "[1]")
+    assert not_json.exit_code == common.EXIT_USAGE
+
+    bad_time = invoke(db_url, "emit", "u1", "page.viewed", "--occurred-at", "soon")
+    assert bad_time.exit_code == common.EXIT_USAGE
+    assert "occurred_at" in bad_time.stderr
+
+    ok = invoke(db_url, "emit", "u1", "page.viewed", "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["applied"] is True
+    profile = json.loads(invoke(db_url, "customer", "u1").stdout)
+    assert profile["traits"] == {"plan": "premium"}
+    assert profile["level"] is None and profile["wallets"] == {}
+
+    missing = invoke(db_url, "customer", "nobody")
+    assert missing.exit_code == common.EXIT_FAILURE
+    assert "nobody" in missing.stderr
+
+
+def test_unusable_database_url_is_a_configuration_error(tmp_path: Path) -> None:
+    result = invoke("mysql://nobody@localhost/x", "customer", "u1")
+    assert result.exit_code == common.EXIT_CONFIG
+
+
+def test_program_group_is_reachable_for_other_command_modules() -> None:
+    group = program_app(app)
+    assert isinstance(group, typer.Typer)
+    assert {c.name for c in group.registered_commands} >= {"load", "show"}
