@@ -155,69 +155,84 @@ class CustomerState:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (Decimals as strings, dates/datetimes ISO-8601) for storage as one blob."""
-        return {
-            "balances": {k: str(v) for k, v in self.balances.items()},
-            "lifetime": {k: str(v) for k, v in self.lifetime.items()},
-            "perks": {
+        """A JSON-ready dict (Decimals as strings, dates/datetimes ISO-8601) without empty sections."""
+        out: dict[str, Any] = {}
+        if self.balances:
+            out["balances"] = {k: str(v) for k, v in self.balances.items()}
+        if self.lifetime:
+            out["lifetime"] = {k: str(v) for k, v in self.lifetime.items()}
+        if self.perks:
+            out["perks"] = {
                 k: {"unlocked_at": p.unlocked_at.isoformat(), "trigger": _trigger_to_json(p.trigger)}
                 for k, p in self.perks.items()
-            },
-            "achievements": {k: v.isoformat() for k, v in self.achievements.items()},
-            "event_counts": dict(self.event_counts),
-            "counters": dict(self.counters),
-            "last_applied": {k: v.isoformat() for k, v in self.last_applied.items()},
-            "achievement_totals": {k: str(v) for k, v in self.achievement_totals.items()},
-            "achievement_days": {
+            }
+        if self.achievements:
+            out["achievements"] = {k: v.isoformat() for k, v in self.achievements.items()}
+        if self.event_counts:
+            out["event_counts"] = dict(self.event_counts)
+        if self.counters:
+            out["counters"] = dict(self.counters)
+        if self.last_applied:
+            out["last_applied"] = {k: v.isoformat() for k, v in self.last_applied.items()}
+        if self.achievement_totals:
+            out["achievement_totals"] = {k: str(v) for k, v in self.achievement_totals.items()}
+        if self.achievement_days:
+            out["achievement_days"] = {
                 k: {d.isoformat(): str(v) for d, v in days.items()} for k, days in self.achievement_days.items()
-            },
-            "streaks": {
-                k: {
-                    "current": s.current,
-                    "longest": s.longest,
-                    "last_period": s.last_period.isoformat() if s.last_period else None,
-                }
+            }
+        if self.streaks:
+            out["streaks"] = {
+                k: [s.current, s.longest, s.last_period.isoformat() if s.last_period else None]
                 for k, s in self.streaks.items()
-            },
-            "reward_counts": dict(self.reward_counts),
-        }
+            }
+        if self.reward_counts:
+            out["reward_counts"] = dict(self.reward_counts)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CustomerState:
         """Inverse of `to_json`; missing sections are empty."""
+        state = cls()
+        fromiso = datetime.fromisoformat
+        for section, value in data.items():
+            if not value:
+                continue
+            if section == "balances":
+                state.balances = {k: Decimal(v) for k, v in value.items()}
+            elif section == "lifetime":
+                state.lifetime = {k: Decimal(v) for k, v in value.items()}
+            elif section == "perks":
+                state.perks = {
+                    k: PerkUnlock(k, fromiso(p["unlocked_at"]), _trigger_from_json(p.get("trigger") or {}))
+                    for k, p in value.items()
+                }
+            elif section == "achievements":
+                state.achievements = {k: fromiso(v) for k, v in value.items()}
+            elif section == "event_counts":
+                state.event_counts = {k: int(v) for k, v in value.items()}
+            elif section == "counters":
+                state.counters = {k: int(v) for k, v in value.items()}
+            elif section == "last_applied":
+                state.last_applied = {k: fromiso(v) for k, v in value.items()}
+            elif section == "achievement_totals":
+                state.achievement_totals = {k: Decimal(v) for k, v in value.items()}
+            elif section == "achievement_days":
+                state.achievement_days = {
+                    k: {date.fromisoformat(d): Decimal(v) for d, v in days.items()} for k, days in value.items()
+                }
+            elif section == "streaks":
+                state.streaks = {k: _streak_from_json(v) for k, v in value.items()}
+            elif section == "reward_counts":
+                state.reward_counts = {k: int(v) for k, v in value.items()}
+        return state
 
-        def dec(m: Mapping[str, Any] | None) -> dict[str, Decimal]:
-            return {k: Decimal(v) for k, v in (m or {}).items()}
 
-        def dts(m: Mapping[str, Any] | None) -> dict[str, datetime]:
-            return {k: datetime.fromisoformat(v) for k, v in (m or {}).items()}
-
-        return cls(
-            balances=dec(data.get("balances")),
-            lifetime=dec(data.get("lifetime")),
-            perks={
-                k: PerkUnlock(k, datetime.fromisoformat(p["unlocked_at"]), _trigger_from_json(p.get("trigger") or {}))
-                for k, p in (data.get("perks") or {}).items()
-            },
-            achievements=dts(data.get("achievements")),
-            event_counts={k: int(v) for k, v in (data.get("event_counts") or {}).items()},
-            counters={k: int(v) for k, v in (data.get("counters") or {}).items()},
-            last_applied=dts(data.get("last_applied")),
-            achievement_totals=dec(data.get("achievement_totals")),
-            achievement_days={
-                k: {date.fromisoformat(d): Decimal(v) for d, v in days.items()}
-                for k, days in (data.get("achievement_days") or {}).items()
-            },
-            streaks={
-                k: StreakState(
-                    int(s.get("current", 0)),
-                    int(s.get("longest", 0)),
-                    date.fromisoformat(s["last_period"]) if s.get("last_period") else None,
-                )
-                for k, s in (data.get("streaks") or {}).items()
-            },
-            reward_counts={k: int(v) for k, v in (data.get("reward_counts") or {}).items()},
-        )
+def _streak_from_json(value: Any) -> StreakState:
+    if isinstance(value, Mapping):  # the first format: {"current", "longest", "last_period"}
+        current, longest, last = value.get("current", 0), value.get("longest", 0), value.get("last_period")
+    else:
+        current, longest, last = value
+    return StreakState(int(current), int(longest), date.fromisoformat(last) if last else None)
 
 
 def _trigger_to_json(trigger: Mapping[str, Any]) -> dict[str, Any]:
@@ -458,6 +473,7 @@ class _ProgramPlan:
     level_names: tuple[str, ...] | None
     perks: tuple[Perk, ...]
     trigger_json: Mapping[str, dict[str, Any]]
+    level_cache: dict[Decimal, LevelState]  # level objects by raw value; cleared when it grows large
 
 
 def _program_plan(program: Program) -> _ProgramPlan:
@@ -473,6 +489,7 @@ def _program_plan(program: Program) -> _ProgramPlan:
         level_names=tuple(lv.names) if lv and lv.names else None,
         perks=tuple(program.perks.perks),
         trigger_json={p.key: _trigger_json(p) for p in program.perks.perks},
+        level_cache={},
     )
     program.engine_cache["__program__"] = plan
     return plan
@@ -943,9 +960,23 @@ def compute_level(
     if lv is None:
         return None
     pplan = _program_plan(program)
-    thresholds = pplan.thresholds
     raw = (lifetime if lv.basis == "lifetime" else balances).get(lv.wallet, _ZERO)
-    q = pplan.quanta.get(lv.wallet)
+    cache = pplan.level_cache
+    hit = cache.get(raw)
+    if hit is not None:
+        return hit
+    if len(cache) >= _LEVEL_CACHE_SIZE:
+        cache.clear()
+    cache[raw] = level = _make_level(lv.wallet, pplan, raw)
+    return level
+
+
+_LEVEL_CACHE_SIZE = 4096
+
+
+def _make_level(wallet: str, pplan: _ProgramPlan, raw: Decimal) -> LevelState:
+    thresholds = pplan.thresholds
+    q = pplan.quanta.get(wallet)
     current = _quantize(raw, *q) if q is not None else raw
     n = max(1, bisect_right(thresholds, current))
     at = thresholds[n - 1]
@@ -958,7 +989,7 @@ def compute_level(
     else:
         nxt = None
         progress = _ONE
-    return LevelState(lv.wallet, n, current, at, nxt, progress, _level_name(pplan, n))
+    return LevelState(wallet, n, current, at, nxt, progress, _level_name(pplan, n))
 
 
 def _shallow_copy(state: CustomerState) -> CustomerState:
