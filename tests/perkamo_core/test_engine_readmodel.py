@@ -215,3 +215,9 @@ def test_prune_state_drops_what_no_future_event_reads() -> None:
     assert pruned.achievement_days == {"weekly": {date(2026, 6, 9): Decimal(1)}}
     assert pruned.achievement_totals == {"untouched": Decimal(0)}
     assert state.counters["daily|d|2026-05-31"] == 1  # the input is untouched
+
+
+def test_state_json_omits_empty_sections_and_reads_the_first_streak_form() -> None:
+    assert CustomerState(balances={"points": Decimal(5)}).to_json() == {"balances": {"points": "5"}}
+    old = {"streaks": {"s": {"current": 2, "longest": 4, "last_period": "2026-06-01"}}, "counters": {}}
+    assert CustomerState.from_json(old).streaks == {"s": StreakState(2, 4, date(2026, 6, 1))}
