@@ -44,7 +44,10 @@ def _worker(info: dict[str, Any], page_size: int) -> dict[str, Any]:
     digest = 0
     rows = 0
     pages = 0
-    kwargs = {key: info[key] for key in ("api_url", "token_url", "client_id", "client_secret", "username", "password")}
+    kwargs = {
+        key: info[key]
+        for key in ("api_url", "token_url", "client_id", "client_secret", "username", "password")
+    }
     started = time.perf_counter()
     with PerkvilleClient(**kwargs, requests_per_second=None, page_size=page_size) as client:
         for page in client.iter_transactions(info["business_ids"][0]):
@@ -80,16 +83,30 @@ def _expected_checksum(size: int, members: int, seed: int) -> str:
 def _run_size(size: int, page_size: int, seed: int) -> dict[str, Any]:
     members = max(200, size // 50)
     sandbox = subprocess.Popen(
-        [sys.executable, "-m", "connectors.perkville.sandbox", "--port", "0", "--seed", str(seed),
-         "--members", str(members), "--transactions", str(size)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "connectors.perkville.sandbox",
+            "--port",
+            "0",
+            "--seed",
+            str(seed),
+            "--members",
+            str(members),
+            "--transactions",
+            str(size),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert sandbox.stdout is not None
         info_line = sandbox.stdout.readline()
         worker = subprocess.run(
             [sys.executable, __file__, "--worker", info_line.strip(), "--page-size", str(page_size)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         result: dict[str, Any] = json.loads(worker.stdout.strip().splitlines()[-1])
     finally:
@@ -101,7 +118,9 @@ def _run_size(size: int, page_size: int, seed: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000])
     parser.add_argument("--page-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -110,16 +129,22 @@ def main() -> int:
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker), args.page_size)))
         return 0
-    print(f"{'transactions':>12} {'pages':>6} {'seconds':>8} {'rows/s':>8} {'RSS before':>11} {'peak RSS':>9}  exact")
+    print(
+        f"{'transactions':>12} {'pages':>6} {'seconds':>8} {'rows/s':>8} {'RSS before':>11} {'peak RSS':>9}  exact"
+    )
     results = []
     for size in args.sizes:
         r = _run_size(size, args.page_size, args.seed)
         results.append(r)
-        print(f"{r['size']:>12,} {r['pages']:>6} {r['seconds']:>8.2f} {r['rows_per_s']:>8,} "
-              f"{r['rss_before_mb']:>9.1f}MB {r['peak_rss_mb']:>7.1f}MB  {r['exact']}")
+        print(
+            f"{r['size']:>12,} {r['pages']:>6} {r['seconds']:>8.2f} {r['rows_per_s']:>8,} "
+            f"{r['rss_before_mb']:>9.1f}MB {r['peak_rss_mb']:>7.1f}MB  {r['exact']}"
+        )
     if len(results) > 1:
         growth = results[-1]["peak_rss_mb"] - results[0]["peak_rss_mb"]
-        print(f"peak RSS change from {results[0]['size']:,} to {results[-1]['size']:,} rows: {growth:+.1f} MB")
+        print(
+            f"peak RSS change from {results[0]['size']:,} to {results[-1]['size']:,} rows: {growth:+.1f} MB"
+        )
     return 0 if all(r["exact"] for r in results) else 1
 
 

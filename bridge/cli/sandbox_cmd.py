@@ -23,8 +23,12 @@ def register(app: typer.Typer) -> None:
         redeem_sign: str = typer.Option(
             "positive", "--redeem-sign", help="How redeemed points are reported: positive or negative."
         ),
-        timezone: str = typer.Option("UTC", "--timezone", help="Zone of the naive datetimes the sandbox serves."),
-        json_output: bool = typer.Option(False, "--json", help="Print the URLs and credentials as one JSON line."),
+        timezone: str = typer.Option(
+            "UTC", "--timezone", help="Zone of the naive datetimes the sandbox serves."
+        ),
+        json_output: bool = typer.Option(
+            False, "--json", help="Print the URLs and credentials as one JSON line."
+        ),
     ) -> None:
         """Serve a local Perkville v2 sandbox with a generated business (test credentials only)."""
         from connectors.perkville.sandbox import Sandbox
@@ -33,8 +37,12 @@ def register(app: typer.Typer) -> None:
             common.fail("--redeem-sign must be positive or negative", common.EXIT_USAGE)
         try:
             box = Sandbox(
-                seed=seed, businesses=businesses, members=members, transactions=transactions,
-                timezone=timezone, redeem_sign=redeem_sign,
+                seed=seed,
+                businesses=businesses,
+                members=members,
+                transactions=transactions,
+                timezone=timezone,
+                redeem_sign=redeem_sign,
             )
             box.start(host, port)
         except ValueError as exc:

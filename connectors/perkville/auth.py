@@ -101,7 +101,8 @@ class TokenSource:
         self.given_token = self._token is not None
 
     def __repr__(self) -> str:
-        return f"TokenSource(token_url={self.token_url!r}, client_id={self.client_id!r}, token={'set' if self._token else 'unset'})"
+        state = "set" if self._token else "unset"
+        return f"TokenSource(token_url={self.token_url!r}, client_id={self.client_id!r}, token={state})"
 
     @property
     def can_grant(self) -> bool:
@@ -153,8 +154,12 @@ class TokenSource:
             )
         except OAuthError as exc:
             code = str(exc.error or "unknown_error")
-            advice = _ADVICE.get(code, "check the client id/secret, username/password and PERKVILLE_TOKEN_URL")
-            raise AuthError(self._redact(f"Perkville refused the password grant ({code}): {advice}")) from None
+            advice = _ADVICE.get(
+                code, "check the client id/secret, username/password and PERKVILLE_TOKEN_URL"
+            )
+            raise AuthError(
+                self._redact(f"Perkville refused the password grant ({code}): {advice}")
+            ) from None
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
             if status >= 500 or status == 429:

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
 
@@ -23,7 +23,6 @@ from connectors.perkville.errors import (
     NotFound,
     PerkvilleHTTPError,
     RequestRejected,
-    RetriableError,
     RetryBudgetExhausted,
 )
 from connectors.perkville.pacing import Backoff, TokenBucket, parse_retry_after
@@ -434,7 +433,7 @@ class PerkvilleClient:
                         spath,
                     )
                 guard.ordered = False
-                pairs = sorted(zip(keys, range(len(kept))))
+                pairs = sorted(zip(keys, range(len(kept)), strict=True))
                 kept = [kept[index] for _, index in pairs]
                 keys = [key for key, _ in pairs]
             guard.last_key = keys[-1] if guard.last_key is None else max(guard.last_key, keys[-1])
@@ -763,7 +762,11 @@ def _is_duplicate(status: int, body: Any) -> bool:
     text = json.dumps(body, default=str).lower() if body is not None else ""
     if "trans_source_id" not in text:
         return False
-    if isinstance(body, Mapping) and isinstance(body.get("errors"), Mapping) and "trans_source_id" in body["errors"]:
+    if (
+        isinstance(body, Mapping)
+        and isinstance(body.get("errors"), Mapping)
+        and "trans_source_id" in body["errors"]
+    ):
         return True
     return any(word in text for word in ("duplicate", "already", "unique", "exists"))
 

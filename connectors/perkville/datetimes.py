@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _DATETIME = re.compile(
@@ -23,7 +23,7 @@ def to_tzinfo(tz: str | tzinfo) -> tzinfo:
     if isinstance(tz, tzinfo):
         return tz
     if tz.upper() in {"UTC", "Z"}:
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -32,7 +32,7 @@ def to_tzinfo(tz: str | tzinfo) -> tzinfo:
 
 def _offset(raw: str) -> tzinfo:
     if raw.upper() in {"Z", "UTC"}:
-        return timezone.utc
+        return UTC
     sign = -1 if raw[0] == "-" else 1
     digits = raw[1:].replace(":", "")
     hours = int(digits[:2])
@@ -80,7 +80,7 @@ def parse_perkville_datetime(value: object, tz: str | tzinfo = "UTC") -> datetim
         raise ValueError(f"not a Perkville datetime: {type(value).__name__}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def format_filter_datetime(value: datetime, tz: str | tzinfo = "UTC") -> str:

@@ -63,7 +63,9 @@ class OffsetPaginator:
         base.setdefault("limit", page_size)
         base.setdefault("offset", 0)
         self._origin = _origin(url)
-        self._first = PageRequest(url, {key: _param(value) for key, value in base.items() if value is not None})
+        self._first = PageRequest(
+            url, {key: _param(value) for key, value in base.items() if value is not None}
+        )
         self._current = self._first
         self._seen: set[str] = set()
         self.pages = 0
@@ -84,9 +86,7 @@ class OffsetPaginator:
         self.pages += 1
         objects = page.get("objects")
         if not isinstance(objects, list):
-            raise PaginationError(
-                "the page has no 'objects' list", path=sanitize_path(self._current.url)
-            )
+            raise PaginationError("the page has no 'objects' list", path=sanitize_path(self._current.url))
         if not objects:
             return None
         meta = page.get("meta") if isinstance(page.get("meta"), Mapping) else {}

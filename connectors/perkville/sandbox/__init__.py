@@ -59,9 +59,11 @@ class Sandbox:
         rng = random.Random(f"credentials-{seed}")
         self.credentials: dict[str, str] = {
             "client_id": f"sandbox-client-{seed}",
-            "client_secret": "sbx-secret-" + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(20)),
+            "client_secret": "sbx-secret-"
+            + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(20)),
             "username": "staff@sandbox.perkville.test",
-            "password": "sbx-pass-" + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(16)),
+            "password": "sbx-pass-"
+            + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(16)),
         }
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None

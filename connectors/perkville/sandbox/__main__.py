@@ -23,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timezone", default="UTC")
     args = parser.parse_args(argv)
     sandbox = Sandbox(
-        seed=args.seed, businesses=args.businesses, members=args.members, transactions=args.transactions,
-        timezone=args.timezone, redeem_sign=args.redeem_sign,
+        seed=args.seed,
+        businesses=args.businesses,
+        members=args.members,
+        transactions=args.transactions,
+        timezone=args.timezone,
+        redeem_sign=args.redeem_sign,
     )
     sandbox.start(args.host, args.port)
     # One JSON line on stdout: the URLs and the (test-only) credentials, for the parent process.

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -46,8 +46,12 @@ class Faults:
     @classmethod
     def all_on(cls, rate: float = 0.05, **overrides: Any) -> Faults:
         values: dict[str, Any] = {
-            "rate_429": rate, "rate_5xx": rate, "rate_slow": rate, "rate_drop": rate,
-            "rate_truncate": rate, "retry_after": "mixed",
+            "rate_429": rate,
+            "rate_5xx": rate,
+            "rate_slow": rate,
+            "rate_drop": rate,
+            "rate_truncate": rate,
+            "retry_after": "mixed",
         }
         values.update(overrides)
         return cls(**values)
@@ -80,7 +84,9 @@ class SandboxServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], ledger: Ledger, credentials: dict[str, str], seed: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], ledger: Ledger, credentials: dict[str, str], seed: int
+    ) -> None:
         super().__init__(address, _Handler)
         self.ledger = ledger
         self.credentials = credentials
@@ -113,8 +119,12 @@ class SandboxServer(ThreadingHTTPServer):
             slow = f.rate_slow > 0 and self.fault_rng.random() < f.rate_slow
             roll = self.fault_rng.random()
             kind: str | None = None
-            for name, rate in (("429", f.rate_429), ("5xx", f.rate_5xx), ("drop", f.rate_drop),
-                               ("truncate", f.rate_truncate)):
+            for name, rate in (
+                ("429", f.rate_429),
+                ("5xx", f.rate_5xx),
+                ("drop", f.rate_drop),
+                ("truncate", f.rate_truncate),
+            ):
                 if roll < rate:
                     kind = name
                     break
@@ -218,16 +228,30 @@ def render(resource: str, record: Any, server: SandboxServer) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- querying
 _TXN_FIELDS: dict[str, Callable[[Txn], Any]] = {
-    "transaction_id": lambda t: t.id, "id": lambda t: t.id, "business": lambda t: t.business_id,
-    "user": lambda t: t.user_id, "user_id": lambda t: t.user_id, "connection": lambda t: t.connection_id,
-    "perk": lambda t: t.perk_id, "location": lambda t: t.location_id,
-    "classification": lambda t: t.classification, "transaction_status": lambda t: t.status,
-    "trans_source_id": lambda t: t.trans_source_id, "transaction_dt": lambda t: t.dt,
-    "last_mod_dt": lambda t: t.last_mod, "points": lambda t: t.points, "quantity": lambda t: t.quantity,
+    "transaction_id": lambda t: t.id,
+    "id": lambda t: t.id,
+    "business": lambda t: t.business_id,
+    "user": lambda t: t.user_id,
+    "user_id": lambda t: t.user_id,
+    "connection": lambda t: t.connection_id,
+    "perk": lambda t: t.perk_id,
+    "location": lambda t: t.location_id,
+    "classification": lambda t: t.classification,
+    "transaction_status": lambda t: t.status,
+    "trans_source_id": lambda t: t.trans_source_id,
+    "transaction_dt": lambda t: t.dt,
+    "last_mod_dt": lambda t: t.last_mod,
+    "points": lambda t: t.points,
+    "quantity": lambda t: t.quantity,
 }
 _ID_FIELD = {
-    "businesses": "business_id", "locations": "location_id", "perks": "perk_id", "users": "user_id",
-    "connections": "connection_id", "transactions": "transaction_id", "external-members": "external_member_id",
+    "businesses": "business_id",
+    "locations": "location_id",
+    "perks": "perk_id",
+    "users": "user_id",
+    "connections": "connection_id",
+    "transactions": "transaction_id",
+    "external-members": "external_member_id",
 }
 _IGNORED_PARAMS = {"limit", "offset", "order_by", "format"}
 _RELATION_INT = {"business", "user", "user_id", "connection", "perk", "location", "home_location"}
@@ -241,8 +265,12 @@ def _records(resource: str, server: SandboxServer) -> list[Any]:
         return [b.record for b in ledger.businesses.values()]
     if resource == "external-members":
         return list(ledger.external_members.values())
-    table = {"locations": ledger.locations, "perks": ledger.perks, "users": ledger.users,
-             "connections": ledger.connections}[resource]
+    table = {
+        "locations": ledger.locations,
+        "perks": ledger.perks,
+        "users": ledger.users,
+        "connections": ledger.connections,
+    }[resource]
     return list(table.values())
 
 
@@ -272,7 +300,11 @@ def _coerce(name: str, raw: str, server: SandboxServer) -> Any:
         if value is None:
             raise ValueError("empty datetime")
         return value
-    if name in _RELATION_INT or name.endswith("_id") and name not in ("trans_source_id", "member_id", "system_id"):
+    if (
+        name in _RELATION_INT
+        or name.endswith("_id")
+        and name not in ("trans_source_id", "member_id", "system_id")
+    ):
         if raw == "me" and name in ("user", "user_id"):
             return server.ledger.staff_user_id
         number = _int(raw)
@@ -302,7 +334,11 @@ def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -
         if _getter(resource, name, server) is None:
             raise SandboxError(400, key, "pv_invalid_filter", f"The '{name}' field does not allow filtering.")
         try:
-            value = [_coerce(name, part, server) for part in raw.split(",")] if op == "in" else _coerce(name, raw, server)
+            value = (
+                [_coerce(name, part, server) for part in raw.split(",")]
+                if op == "in"
+                else _coerce(name, raw, server)
+            )
         except ValueError:
             raise SandboxError(400, key, "pv_invalid_filter_value", f"Invalid value for '{key}'.") from None
         filters.append((name, op, value))
@@ -312,7 +348,9 @@ def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -
         order = []
     for item in order:
         if _getter(resource, item.lstrip("-"), server) is None:
-            raise SandboxError(400, "order_by", "pv_invalid_order", f"No matching '{item}' field for ordering.")
+            raise SandboxError(
+                400, "order_by", "pv_invalid_order", f"No matching '{item}' field for ordering."
+            )
     cache_key = (resource, tuple(sorted((n, o, repr(v)) for n, o, v in filters)), tuple(order))
 
     def compute() -> list[Any]:
@@ -351,8 +389,12 @@ def _match(actual: Any, op: str, wanted: Any) -> bool:
         if value is None or op in ("exact", "in"):
             continue
         try:
-            if (op == "gte" and value >= wanted) or (op == "gt" and value > wanted) or \
-                    (op == "lte" and value <= wanted) or (op == "lt" and value < wanted):
+            if (
+                (op == "gte" and value >= wanted)
+                or (op == "gt" and value > wanted)
+                or (op == "lte" and value <= wanted)
+                or (op == "lt" and value < wanted)
+            ):
                 return True
         except TypeError:
             continue
@@ -380,9 +422,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(raw)
         except ValueError:
-            raise SandboxError(400, "__all__", "pv_invalid_json", "The request body is not valid JSON.") from None
+            raise SandboxError(
+                400, "__all__", "pv_invalid_json", "The request body is not valid JSON."
+            ) from None
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, *, truncate: bool = False) -> None:
+    def _send(
+        self, status: int, payload: Any, headers: dict[str, str] | None = None, *, truncate: bool = False
+    ) -> None:
         data = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
         variant_short = False
         if truncate and data:
@@ -440,9 +486,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 self._token(method)
             elif path.startswith(CONTROL_PREFIX):
-                self._control(method, path[len(CONTROL_PREFIX):].strip("/"), params)
+                self._control(method, path[len(CONTROL_PREFIX) :].strip("/"), params)
             elif path.startswith(API_PREFIX):
-                self._api(method, path[len(API_PREFIX):].strip("/"), params)
+                self._api(method, path[len(API_PREFIX) :].strip("/"), params)
             else:
                 self._send(404, {"error": "not_found"})
         except SandboxError as exc:
@@ -466,10 +512,16 @@ class _Handler(BaseHTTPRequestHandler):
             if style == "seconds":
                 headers["Retry-After"] = str(seconds)
             elif style == "http-date":
-                when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+                when = datetime.now(UTC) + timedelta(seconds=seconds)
                 headers["Retry-After"] = format_datetime(when, usegmt=True)
-            self._send(429, {"error_type": "throttled", "errors": {"__all__": [
-                {"code": "pv_throttled", "message": "Too many requests."}]}}, headers)
+            self._send(
+                429,
+                {
+                    "error_type": "throttled",
+                    "errors": {"__all__": [{"code": "pv_throttled", "message": "Too many requests."}]},
+                },
+                headers,
+            )
             return True
         if kind == "5xx":
             self._body()
@@ -502,14 +554,19 @@ class _Handler(BaseHTTPRequestHandler):
             hmac.compare_digest(client_id, creds["client_id"])
             and hmac.compare_digest(client_secret or "", creds["client_secret"])
         ):
-            self._send(401, {"error": "invalid_client", "error_description": "Client authentication failed."},
-                       {"WWW-Authenticate": 'Basic realm="perkville"'})
+            self._send(
+                401,
+                {"error": "invalid_client", "error_description": "Client authentication failed."},
+                {"WWW-Authenticate": 'Basic realm="perkville"'},
+            )
             return
         if not isinstance(body, dict) or body.get("grant_type") != "password":
             self._send(400, {"error": "unsupported_grant_type"})
             return
-        if not (hmac.compare_digest(str(body.get("username", "")), creds["username"])
-                and hmac.compare_digest(str(body.get("password", "")), creds["password"])):
+        if not (
+            hmac.compare_digest(str(body.get("username", "")), creds["username"])
+            and hmac.compare_digest(str(body.get("password", "")), creds["password"])
+        ):
             self._send(400, {"error": "invalid_grant", "error_description": "Invalid credentials given."})
             return
         requested = frozenset(str(body.get("scope") or "").split())
@@ -519,8 +576,11 @@ class _Handler(BaseHTTPRequestHandler):
         granted = requested or self.server.allowed_scopes
         token = self.server.issue_token(granted)
         # Perkville's password-grant tokens do not expire: no expires_in, no refresh_token.
-        self._send(200, {"access_token": token, "token_type": "Bearer", "scope": " ".join(sorted(granted))},
-                   {"Cache-Control": "no-store", "Pragma": "no-cache"})
+        self._send(
+            200,
+            {"access_token": token, "token_type": "Bearer", "scope": " ".join(sorted(granted))},
+            {"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
 
     def _authorize(self) -> frozenset[str] | None:
         header = self.headers.get("Authorization", "")
@@ -529,9 +589,18 @@ class _Handler(BaseHTTPRequestHandler):
             scopes = self.server.tokens.get(token) if token else None
         if scopes is None:
             self._body()
-            self._send(401, {"error_type": "oauth_error", "errors": {"__all__": [
-                {"code": "invalid_token", "message": "The access token is invalid or revoked."}]}},
-                {"WWW-Authenticate": 'Bearer realm="perkville"'})
+            self._send(
+                401,
+                {
+                    "error_type": "oauth_error",
+                    "errors": {
+                        "__all__": [
+                            {"code": "invalid_token", "message": "The access token is invalid or revoked."}
+                        ]
+                    },
+                },
+                {"WWW-Authenticate": 'Bearer realm="perkville"'},
+            )
         return scopes
 
     # -- the v2 API
@@ -567,8 +636,20 @@ class _Handler(BaseHTTPRequestHandler):
             raise SandboxError(400, "__all__", "pv_invalid_body", "Expected a JSON object.")
         if resource == "transactions" and method == "POST" and detail is None:
             if "ADMIN_CUSTOMER_GRANT_POINTS" not in scopes:
-                self._send(403, {"error_type": "permission_denied", "errors": {"__all__": [
-                    {"code": "pv_missing_scope", "message": "ADMIN_CUSTOMER_GRANT_POINTS is required."}]}})
+                self._send(
+                    403,
+                    {
+                        "error_type": "permission_denied",
+                        "errors": {
+                            "__all__": [
+                                {
+                                    "code": "pv_missing_scope",
+                                    "message": "ADMIN_CUSTOMER_GRANT_POINTS is required.",
+                                }
+                            ]
+                        },
+                    },
+                )
                 return
             txn = ledger.add_transaction(
                 business=_int(body.get("business")) or self._business_of_perk(body.get("perk")),
@@ -593,14 +674,25 @@ class _Handler(BaseHTTPRequestHandler):
                 out = render("connections", record, self.server)
             self._send(202, out, truncate=self._truncate_next)
             return
-        if resource == "external-members" and (method == "POST" and detail is None or method == "PATCH" and detail):
+        if resource == "external-members" and (
+            method == "POST" and detail is None or method == "PATCH" and detail
+        ):
             record, created = ledger.upsert_external_member(body, _int(detail) if detail else None)
             with ledger.lock:
                 out = render("external-members", record, self.server)
             self._send(201 if created else 200, out, truncate=self._truncate_next)
             return
-        self._send(405, {"error_type": "method_not_allowed", "errors": {"__all__": [
-            {"code": "pv_method_not_allowed", "message": f"{method} is not allowed here."}]}})
+        self._send(
+            405,
+            {
+                "error_type": "method_not_allowed",
+                "errors": {
+                    "__all__": [
+                        {"code": "pv_method_not_allowed", "message": f"{method} is not allowed here."}
+                    ]
+                },
+            },
+        )
 
     def _business_of_perk(self, perk: Any) -> int:
         record = self.server.ledger.perks.get(_int(perk) or 0)
@@ -612,8 +704,11 @@ class _Handler(BaseHTTPRequestHandler):
             return ledger.users[ledger.staff_user_id]
         key = _int(detail)
         tables: dict[str, dict[int, Any]] = {
-            "transactions": ledger.txns, "locations": ledger.locations, "perks": ledger.perks,
-            "users": ledger.users, "connections": ledger.connections,
+            "transactions": ledger.txns,
+            "locations": ledger.locations,
+            "perks": ledger.perks,
+            "users": ledger.users,
+            "connections": ledger.connections,
             "external-members": ledger.external_members,
             "businesses": {b.id: b.record for b in ledger.businesses.values()},
         }
@@ -629,7 +724,9 @@ class _Handler(BaseHTTPRequestHandler):
             limit = int(values.get("limit", DEFAULT_LIMIT))
             offset = int(values.get("offset", 0))
         except ValueError:
-            raise SandboxError(400, "limit", "pv_invalid_paging", "limit and offset must be integers.") from None
+            raise SandboxError(
+                400, "limit", "pv_invalid_paging", "limit and offset must be integers."
+            ) from None
         if limit < 0 or offset < 0:
             raise SandboxError(400, "limit", "pv_invalid_paging", "limit and offset must not be negative.")
         cap = MAX_LIMIT if behaviour.cap_limit is None else min(MAX_LIMIT, behaviour.cap_limit)
@@ -637,7 +734,7 @@ class _Handler(BaseHTTPRequestHandler):
         rows = query(resource, params, self.server)
         total = len(rows)
         with self.server.ledger.lock:
-            objects = [render(resource, row, self.server) for row in rows[offset: offset + limit]]
+            objects = [render(resource, row, self.server) for row in rows[offset : offset + limit]]
         meta: dict[str, Any] = {"limit": limit, "offset": offset, "total_count": total}
         if behaviour.next_links != "none":
             meta["previous"] = self._link(params, max(0, offset - limit), limit) if offset > 0 else None

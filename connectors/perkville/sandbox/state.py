@@ -7,7 +7,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from connectors.perkville.datetimes import parse_perkville_datetime, to_tzinfo
@@ -23,19 +23,67 @@ ALL_SCOPES = (
     "ADMIN_LOCATION",
 )
 # Generated history ends here (fixed, so every seed gives the same data whatever the date).
-HISTORY_END = datetime(2026, 1, 1, tzinfo=timezone.utc)
+HISTORY_END = datetime(2026, 1, 1, tzinfo=UTC)
 HISTORY_DAYS = 730
 
 _FIRST = (
-    "Zoë", "José", "Łukasz", "Søren", "Ana", "Björn", "Chloé", "Dmitrij", "Émile", "François",
-    "Gül", "Hélène", "Ines", "Jürgen", "Kateřina", "Lætitia", "Mário", "Nuño", "Oğuz", "Paweł",
-    "Renée", "Siân", "Tomáš", "Ümit", "Vólodymyr", "Wiesław", "Xóchitl", "Yaël", "Zdeněk", "Aoife",
-    "Dana", "Sam", "陽菜", "Мария", "أحمد",
+    "Zoë",
+    "José",
+    "Łukasz",
+    "Søren",
+    "Ana",
+    "Björn",
+    "Chloé",
+    "Dmitrij",
+    "Émile",
+    "François",
+    "Gül",
+    "Hélène",
+    "Ines",
+    "Jürgen",
+    "Kateřina",
+    "Lætitia",
+    "Mário",
+    "Nuño",
+    "Oğuz",
+    "Paweł",
+    "Renée",
+    "Siân",
+    "Tomáš",
+    "Ümit",
+    "Vólodymyr",
+    "Wiesław",
+    "Xóchitl",
+    "Yaël",
+    "Zdeněk",
+    "Aoife",
+    "Dana",
+    "Sam",
+    "陽菜",
+    "Мария",
+    "أحمد",
 )
 _LAST = (
-    "Müller", "Nguyễn", "García", "Kowalski", "Øvergård", "O'Brien", "Dvořák", "Šimić", "Ångström",
-    "Çelik", "Lefèvre", "Pérez", "Smith", "Żółć", "Ibáñez", "Håkansson", "Ólafsdóttir", "山田",
-    "Иванова", "Example",
+    "Müller",
+    "Nguyễn",
+    "García",
+    "Kowalski",
+    "Øvergård",
+    "O'Brien",
+    "Dvořák",
+    "Šimić",
+    "Ångström",
+    "Çelik",
+    "Lefèvre",
+    "Pérez",
+    "Smith",
+    "Żółć",
+    "Ibáñez",
+    "Håkansson",
+    "Ólafsdóttir",
+    "山田",
+    "Иванова",
+    "Example",
 )
 _MEMBERSHIP_TYPES = ("Monthly Unlimited", "Annual", "10-Class Pack", "Student", "Off-Peak")
 
@@ -130,7 +178,7 @@ class Ledger:
         self.lock = threading.RLock()
         self.tz: tzinfo = to_tzinfo(timezone_name)
         self.redeem_sign = redeem_sign
-        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._now = now or (lambda: datetime.now(UTC))
         self.version = 0
         self.rng = random.Random(seed)
         self.businesses: dict[int, Business] = {}
@@ -147,9 +195,13 @@ class Ledger:
         self._next = {"txn": 10_000_001, "voucher": 700_001, "conn": 900_001, "ext": 50_001}
         staff_id = 1
         self.users[staff_id] = {
-            "user_id": staff_id, "first_name": "Sandbox", "last_name": "Staff",
-            "phone_number": None, "birthday": None,
-            "emails": [{"email": "staff@sandbox.perkville.test"}], "connections": [],
+            "user_id": staff_id,
+            "first_name": "Sandbox",
+            "last_name": "Staff",
+            "phone_number": None,
+            "birthday": None,
+            "emails": [{"email": "staff@sandbox.perkville.test"}],
+            "connections": [],
             "last_mod_dt": HISTORY_END - timedelta(days=HISTORY_DAYS + 1),
         }
         self.staff_user_id = staff_id
@@ -166,8 +218,12 @@ class Ledger:
         start = HISTORY_END - timedelta(days=HISTORY_DAYS)
         business = Business(
             business_id,
-            {"business_id": business_id, "name": f"Sandbox Fitness {index + 1}",
-             "slug": f"sandbox-fitness-{index + 1}", "timezone": str(self.tz)},
+            {
+                "business_id": business_id,
+                "name": f"Sandbox Fitness {index + 1}",
+                "slug": f"sandbox-fitness-{index + 1}",
+                "timezone": str(self.tz),
+            },
         )
         self.businesses[business_id] = business
         self.source_ids[business_id] = set()
@@ -176,10 +232,18 @@ class Ledger:
         ):
             location_id = 300 + index * 10 + number
             self.locations[location_id] = {
-                "location_id": location_id, "business": business_id, "name": name,
-                "street": f"{number + 1} Main St", "city": "Springfield", "state": "IL",
-                "postal_code": "62701", "country": "US", "timezone": str(self.tz),
-                "external_location_id": external, "is_primary": number == 0, "is_online": external is None,
+                "location_id": location_id,
+                "business": business_id,
+                "name": name,
+                "street": f"{number + 1} Main St",
+                "city": "Springfield",
+                "state": "IL",
+                "postal_code": "62701",
+                "country": "US",
+                "timezone": str(self.tz),
+                "external_location_id": external,
+                "is_primary": number == 0,
+                "is_online": external is None,
             }
             business.location_ids.append(location_id)
         perk_specs = (
@@ -195,12 +259,23 @@ class Ledger:
         for number, (title, classification, points, once) in enumerate(perk_specs):
             perk_id = 7700 + index * 100 + number
             self.perks[perk_id] = {
-                "perk_id": perk_id, "business": business_id, "title": title, "description": title,
-                "classification": classification, "type": "CUSTOM", "status": "ACTIVE", "points": points,
-                "from_date": None, "to_date": None, "eligible_at_all_locations": True,
+                "perk_id": perk_id,
+                "business": business_id,
+                "title": title,
+                "description": title,
+                "classification": classification,
+                "type": "CUSTOM",
+                "status": "ACTIVE",
+                "points": points,
+                "from_date": None,
+                "to_date": None,
+                "eligible_at_all_locations": True,
                 "admin_flagged_as_invisible_to_customers": points == 0,
-                "completes_referral": False, "external_coupon_code": None, "external_reward_url": None,
-                "fine_print": "", "picture_card": None,
+                "completes_referral": False,
+                "external_coupon_code": None,
+                "external_reward_url": None,
+                "fine_print": "",
+                "picture_card": None,
                 "redemption_limit_count": 1 if once else None,
                 "redemption_limit_interval": "DAY" if once else None,
                 "redemption_limit_interval_count": 1 if once else None,
@@ -219,17 +294,24 @@ class Ledger:
             user_ids.append(user_id)
             connection_id = self._next["conn"]
             self._next["conn"] += 1
-            status = CONNECTION_STATUSES[number] if number < 4 else rng.choices(
-                CONNECTION_STATUSES, weights=(80, 6, 8, 6))[0]
+            status = (
+                CONNECTION_STATUSES[number]
+                if number < 4
+                else rng.choices(CONNECTION_STATUSES, weights=(80, 6, 8, 6))[0]
+            )
             joined = start + timedelta(days=rng.randrange(HISTORY_DAYS))
             self.connections[connection_id] = {
-                "connection_id": connection_id, "business": business_id, "user": user_id, "status": status,
+                "connection_id": connection_id,
+                "business": business_id,
+                "user": user_id,
+                "status": status,
                 "level": rng.choice((None, "Silver", "Gold")),
                 "home_location": rng.choice(business.location_ids[:2]),
                 "referral_offer_url": f"https://sandbox.perkville.test/r/{connection_id:x}/",
                 "external_membership_status": rng.choice(("ACTIVE", "INACTIVE", None)),
                 "external_membership_type": rng.choice(_MEMBERSHIP_TYPES),
-                "external_join_dt": joined.date().isoformat(), "external_cancel_dt": None,
+                "external_join_dt": joined.date().isoformat(),
+                "external_cancel_dt": None,
                 "last_mod_dt": joined,
             }
             self.conn_by_user[(business_id, user_id)] = connection_id
@@ -247,27 +329,37 @@ class Ledger:
         count = rng.choice((0, 1, 1, 1, 1, 2, 2, 3))
         emails = []
         for number in range(count):
-            address = f"{_ascii(first)}.{_ascii(last)}{user_id}{'' if number == 0 else f'+{number}'}@example.com"
+            address = (
+                f"{_ascii(first)}.{_ascii(last)}{user_id}{'' if number == 0 else f'+{number}'}@example.com"
+            )
             emails.append({"email": address})
             self.email_index[address.lower()] = user_id
         birthday = date(1950 + rng.randrange(55), 1 + rng.randrange(12), 1 + rng.randrange(28))
         self.users[user_id] = {
-            "user_id": user_id, "first_name": first, "last_name": last,
+            "user_id": user_id,
+            "first_name": first,
+            "last_name": last,
             "phone_number": f"+1555555{user_id % 10000:04d}" if rng.random() < 0.7 else None,
             "birthday": birthday.isoformat() if rng.random() < 0.8 else None,
-            "emails": emails, "connections": [],
-            "last_mod_dt": HISTORY_END - timedelta(days=rng.randrange(HISTORY_DAYS), seconds=rng.randrange(86400)),
+            "emails": emails,
+            "connections": [],
+            "last_mod_dt": HISTORY_END
+            - timedelta(days=rng.randrange(HISTORY_DAYS), seconds=rng.randrange(86400)),
         }
 
-    def _generate_external_member(self, business_id: int, user_id: int, number: int, joined: datetime) -> None:
+    def _generate_external_member(
+        self, business_id: int, user_id: int, number: int, joined: datetime
+    ) -> None:
         ext_id = self._next["ext"]
         self._next["ext"] += 1
         active = self.rng.random() < 0.8
         emails = self.users[user_id]["emails"]
         self.external_members[ext_id] = {
-            "external_member_id": ext_id, "business": business_id,
+            "external_member_id": ext_id,
+            "business": business_id,
             "email": emails[0]["email"] if emails else None,
-            "system_id": "SANDBOX_POS", "member_id": f"M-{business_id}-{number:06d}",
+            "system_id": "SANDBOX_POS",
+            "member_id": f"M-{business_id}-{number:06d}",
             "external_home_location_id": "CLUB-01" if number % 4 else "CLUB-02",
             "membership_type": self.rng.choice(_MEMBERSHIP_TYPES),
             "membership_status": "ACTIVE" if active else "INACTIVE",
@@ -315,10 +407,18 @@ class Ledger:
                 quantity = rng.randrange(1, 6)
             perk = self.perks[perk_id]
             txn = Txn(
-                id=0, business_id=business.id, user_id=self.connections[connection_id]["user"],
-                connection_id=connection_id, perk_id=perk_id, location_id=rng.choice(locations),
-                classification=perk["classification"], points=perk["points"], quantity=quantity,
-                dt=dt, last_mod=dt + timedelta(seconds=rng.randrange(1, 30)), title=perk["title"],
+                id=0,
+                business_id=business.id,
+                user_id=self.connections[connection_id]["user"],
+                connection_id=connection_id,
+                perk_id=perk_id,
+                location_id=rng.choice(locations),
+                classification=perk["classification"],
+                points=perk["points"],
+                quantity=quantity,
+                dt=dt,
+                last_mod=dt + timedelta(seconds=rng.randrange(1, 30)),
+                title=perk["title"],
             )
             balances[connection_id] += txn.signed_total
             rows.append(txn)
@@ -341,7 +441,10 @@ class Ledger:
             if txn.classification == "EARN" and balances[txn.connection_id] < txn.signed_total:
                 continue
             balances[txn.connection_id] -= txn.signed_total
-            when = min(HISTORY_END - timedelta(seconds=1), txn.dt + timedelta(seconds=rng.randrange(3600, 30 * 86400)))
+            when = min(
+                HISTORY_END - timedelta(seconds=1),
+                txn.dt + timedelta(seconds=rng.randrange(3600, 30 * 86400)),
+            )
             planned.append((when, txn))
         # Not enough voidable rows (tiny ledgers): pad with 0-point activities so the count stays exact.
         for number in range(voids - len(planned)):
@@ -351,9 +454,18 @@ class Ledger:
 
     def _copy_as_activity(self, txn: Txn) -> Txn:
         copy = Txn(
-            id=self._next_id("txn"), business_id=txn.business_id, user_id=txn.user_id,
-            connection_id=txn.connection_id, perk_id=txn.perk_id, location_id=txn.location_id,
-            classification="EARN", points=0, quantity=1, dt=txn.dt, last_mod=txn.last_mod, title=txn.title,
+            id=self._next_id("txn"),
+            business_id=txn.business_id,
+            user_id=txn.user_id,
+            connection_id=txn.connection_id,
+            perk_id=txn.perk_id,
+            location_id=txn.location_id,
+            classification="EARN",
+            points=0,
+            quantity=1,
+            dt=txn.dt,
+            last_mod=txn.last_mod,
+            title=txn.title,
         )
         self._index(copy)
         return copy
@@ -386,17 +498,27 @@ class Ledger:
         if txn.classification == "EARN":
             aggregate.lifetime -= txn.points * txn.quantity
         reversal = Txn(
-            id=self._next_id("txn"), business_id=txn.business_id, user_id=txn.user_id,
-            connection_id=txn.connection_id, perk_id=txn.perk_id, location_id=txn.location_id,
-            classification=txn.classification, points=txn.points, quantity=txn.quantity,
-            dt=when, last_mod=when, status="VOID_REF", title=txn.title, void_of=txn.id,
+            id=self._next_id("txn"),
+            business_id=txn.business_id,
+            user_id=txn.user_id,
+            connection_id=txn.connection_id,
+            perk_id=txn.perk_id,
+            location_id=txn.location_id,
+            classification=txn.classification,
+            points=txn.points,
+            quantity=txn.quantity,
+            dt=when,
+            last_mod=when,
+            status="VOID_REF",
+            title=txn.title,
+            void_of=txn.id,
         )
         self._index(reversal)
         return reversal
 
     # ------------------------------------------------------------------ mutations (API and control)
     def now(self) -> datetime:
-        return self._now().astimezone(timezone.utc)
+        return self._now().astimezone(UTC)
 
     def add_transaction(
         self,
@@ -416,10 +538,14 @@ class Ledger:
         """Record activity the way ``POST /v2/transactions/`` would (raises ``SandboxError``)."""
         with self.lock:
             if business not in self.businesses:
-                raise SandboxError(400, "business", "pv_business_not_found", f"Business {business} does not exist.")
+                raise SandboxError(
+                    400, "business", "pv_business_not_found", f"Business {business} does not exist."
+                )
             perk_record = self.perks.get(perk)
             if perk_record is None or perk_record["business"] != business:
-                raise SandboxError(400, "perk", "pv_perk_not_in_business", "The perk does not exist in this business.")
+                raise SandboxError(
+                    400, "perk", "pv_perk_not_in_business", "The perk does not exist in this business."
+                )
             user_id = user
             if connection is not None:
                 record = self.connections.get(connection)
@@ -429,41 +555,67 @@ class Ledger:
             if user_id is None and email is not None:
                 user_id = self.email_index.get(email.lower())
                 if user_id is None:
-                    raise SandboxError(400, "user__emails__email", "pv_user_not_found", "No user has this email.")
+                    raise SandboxError(
+                        400, "user__emails__email", "pv_user_not_found", "No user has this email."
+                    )
             if user_id is None or user_id not in self.users:
                 raise SandboxError(400, "user", "pv_user_not_found", "The user does not exist.")
             if trans_source_id is not None:
                 if trans_source_id in self.source_ids[business]:
                     raise SandboxError(
-                        400, "trans_source_id", "pv_duplicate_trans_source_id",
+                        400,
+                        "trans_source_id",
+                        "pv_duplicate_trans_source_id",
                         "A transaction with this trans_source_id already exists for this business.",
                     )
             connection_id = self._ensure_connection(business, user_id)
             if location is None:
                 location = self.businesses[business].location_ids[0]
             elif self.locations.get(location, {}).get("business") != business:
-                raise SandboxError(400, "location", "pv_location_not_in_business", "Location not in business.")
+                raise SandboxError(
+                    400, "location", "pv_location_not_in_business", "Location not in business."
+                )
             when = self._parse_dt(transaction_dt) if transaction_dt is not None else self.now()
             per_unit = perk_record["points"] if points is None else int(points)
             if quantity < 1 or per_unit < 0:
-                raise SandboxError(400, "quantity", "pv_invalid_quantity", "Quantity and points must be positive.")
+                raise SandboxError(
+                    400, "quantity", "pv_invalid_quantity", "Quantity and points must be positive."
+                )
             if limit_to_once_per_calendar_day:
                 day = when.astimezone(self.tz).date()
                 for other in self.businesses[business].txns:
-                    if (other.connection_id == connection_id and other.perk_id == perk
-                            and other.status == "ACTIVE" and other.dt.astimezone(self.tz).date() == day):
+                    if (
+                        other.connection_id == connection_id
+                        and other.perk_id == perk
+                        and other.status == "ACTIVE"
+                        and other.dt.astimezone(self.tz).date() == day
+                    ):
                         raise SandboxError(
-                            400, "limit_to_once_per_calendar_day", "pv_once_per_calendar_day",
+                            400,
+                            "limit_to_once_per_calendar_day",
+                            "pv_once_per_calendar_day",
                             "This perk was already awarded to this customer today.",
                         )
-            if perk_record["classification"] == "REDEEM" and self.aggregates[connection_id].balance < per_unit * quantity:
+            if (
+                perk_record["classification"] == "REDEEM"
+                and self.aggregates[connection_id].balance < per_unit * quantity
+            ):
                 raise SandboxError(400, "points", "pv_insufficient_points", "Not enough points to redeem.")
             now = self.now()
             txn = Txn(
-                id=self._next_id("txn"), business_id=business, user_id=user_id, connection_id=connection_id,
-                perk_id=perk, location_id=location, classification=perk_record["classification"],
-                points=per_unit, quantity=quantity, dt=when, last_mod=max(now, when),
-                trans_source_id=trans_source_id, title=perk_record["title"],
+                id=self._next_id("txn"),
+                business_id=business,
+                user_id=user_id,
+                connection_id=connection_id,
+                perk_id=perk,
+                location_id=location,
+                classification=perk_record["classification"],
+                points=per_unit,
+                quantity=quantity,
+                dt=when,
+                last_mod=max(now, when),
+                trans_source_id=trans_source_id,
+                title=perk_record["title"],
                 voucher_id=self._next_id("voucher") if perk_record["classification"] == "REDEEM" else None,
             )
             if trans_source_id is not None:
@@ -478,7 +630,9 @@ class Ledger:
             if txn is None:
                 raise SandboxError(404, "transaction", "pv_not_found", "Transaction not found.")
             if txn.status != "ACTIVE":
-                raise SandboxError(400, "transaction_status", "pv_not_active", "Only ACTIVE rows can be voided.")
+                raise SandboxError(
+                    400, "transaction_status", "pv_not_active", "Only ACTIVE rows can be voided."
+                )
             when = self._parse_dt(at) if at is not None else self.now()
             return self._void(txn, when)
 
@@ -494,11 +648,21 @@ class Ledger:
             self.version += 1
             return record
 
-    def upsert_external_member(self, body: Mapping[str, Any], ext_id: int | None = None) -> tuple[dict[str, Any], bool]:
+    def upsert_external_member(
+        self, body: Mapping[str, Any], ext_id: int | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """POST (create or update on business+system_id+member_id) or PATCH by id; returns (record, created)."""
         with self.lock:
-            fields = ("email", "system_id", "member_id", "external_home_location_id", "membership_type",
-                      "membership_status", "join_dt", "cancel_dt")
+            fields = (
+                "email",
+                "system_id",
+                "member_id",
+                "external_home_location_id",
+                "membership_type",
+                "membership_status",
+                "join_dt",
+                "cancel_dt",
+            )
             if ext_id is not None:
                 record = self.external_members.get(ext_id)
                 if record is None:
@@ -512,8 +676,13 @@ class Ledger:
                     if not body.get(name):
                         raise SandboxError(400, name, "pv_required", f"{name} is required.")
                 record = next(
-                    (r for r in self.external_members.values() if r["business"] == business
-                     and r["system_id"] == body["system_id"] and r["member_id"] == body["member_id"]),
+                    (
+                        r
+                        for r in self.external_members.values()
+                        if r["business"] == business
+                        and r["system_id"] == body["system_id"]
+                        and r["member_id"] == body["member_id"]
+                    ),
                     None,
                 )
                 created = record is None
@@ -539,10 +708,18 @@ class Ledger:
         connection_id = self._next_id("conn")
         now = self.now()
         self.connections[connection_id] = {
-            "connection_id": connection_id, "business": business, "user": user_id, "status": "IMPORTED",
-            "level": None, "home_location": self.businesses[business].location_ids[0],
-            "referral_offer_url": None, "external_membership_status": None, "external_membership_type": None,
-            "external_join_dt": None, "external_cancel_dt": None, "last_mod_dt": now,
+            "connection_id": connection_id,
+            "business": business,
+            "user": user_id,
+            "status": "IMPORTED",
+            "level": None,
+            "home_location": self.businesses[business].location_ids[0],
+            "referral_offer_url": None,
+            "external_membership_status": None,
+            "external_membership_type": None,
+            "external_join_dt": None,
+            "external_cancel_dt": None,
+            "last_mod_dt": now,
         }
         self.conn_by_user[(business, user_id)] = connection_id
         self.aggregates[connection_id] = Aggregate()

@@ -46,7 +46,9 @@ def router() -> Iterator[respx.MockRouter]:
         yield mock
 
 
-def token_route(router: respx.MockRouter, token: str = "tok-1", scope: str | None = "PUBLIC ADMIN_CUSTOMER_INFO") -> respx.Route:
+def token_route(
+    router: respx.MockRouter, token: str = "tok-1", scope: str | None = "PUBLIC ADMIN_CUSTOMER_INFO"
+) -> respx.Route:
     body: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
     if scope is not None:
         body["scope"] = scope

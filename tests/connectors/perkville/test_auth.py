@@ -27,7 +27,10 @@ from .conftest import (
 )
 
 URL = API + "connections/"
-INVALID_TOKEN = {"error_type": "oauth_error", "errors": {"__all__": [{"code": "invalid_token", "message": "bad"}]}}
+INVALID_TOKEN = {
+    "error_type": "oauth_error",
+    "errors": {"__all__": [{"code": "invalid_token", "message": "bad"}]},
+}
 
 
 def test_password_grant_request_follows_the_reference(router: respx.MockRouter, fake_time: FakeTime) -> None:
@@ -52,7 +55,9 @@ def test_scope_is_sent_when_configured_and_assumed_granted_when_not_echoed(
     route = token_route(router, scope=None)
     client = make_client(router, fake_time, scope="PUBLIC ADMIN_CUSTOMER_GRANT_POINTS")
     assert client.authenticate() == frozenset({"PUBLIC", "ADMIN_CUSTOMER_GRANT_POINTS"})
-    assert parse_qs(route.calls.last.request.content.decode())["scope"] == ["PUBLIC ADMIN_CUSTOMER_GRANT_POINTS"]
+    assert parse_qs(route.calls.last.request.content.decode())["scope"] == [
+        "PUBLIC ADMIN_CUSTOMER_GRANT_POINTS"
+    ]
 
 
 def test_check_scopes_warns_about_missing_ones(
@@ -71,9 +76,18 @@ def test_check_scopes_warns_about_missing_ones(
 
 
 def test_given_access_token_skips_the_grant(router: respx.MockRouter, fake_time: FakeTime) -> None:
-    route = router.get(URL).mock(return_value=httpx.Response(200, json=page([{"connection_id": 1}], next=None)))
-    client = make_client(router, fake_time, client_id=None, client_secret=None, username=None, password=None,
-                         access_token="given-token-xyz")
+    route = router.get(URL).mock(
+        return_value=httpx.Response(200, json=page([{"connection_id": 1}], next=None))
+    )
+    client = make_client(
+        router,
+        fake_time,
+        client_id=None,
+        client_secret=None,
+        username=None,
+        password=None,
+        access_token="given-token-xyz",
+    )
     assert [p.objects for p in client.iter_connections(business=25)] == [[{"connection_id": 1}]]
     assert route.calls.last.request.headers["Authorization"] == "Bearer given-token-xyz"
     assert client.granted_scopes is None
@@ -84,7 +98,9 @@ def test_secretstr_like_values_are_accepted(router: respx.MockRouter, fake_time:
     from pydantic import SecretStr
 
     route = token_route(router)
-    client = make_client(router, fake_time, client_secret=SecretStr(CLIENT_SECRET), password=SecretStr(PASSWORD))
+    client = make_client(
+        router, fake_time, client_secret=SecretStr(CLIENT_SECRET), password=SecretStr(PASSWORD)
+    )
     client.authenticate()
     assert parse_qs(route.calls.last.request.content.decode())["password"] == [PASSWORD]
 
@@ -114,7 +130,10 @@ def test_reauthenticates_once_on_401_mid_run(router: respx.MockRouter, fake_time
     assert ids == [1, 2]
     assert tokens.call_count == 2
     assert [c.request.headers["Authorization"] for c in api.calls] == [
-        "Bearer tok-1", "Bearer tok-1", "Bearer tok-2", "Bearer tok-2"
+        "Bearer tok-1",
+        "Bearer tok-1",
+        "Bearer tok-2",
+        "Bearer tok-2",
     ]
     assert client.stats["reauths"] == 1
 
@@ -131,15 +150,21 @@ def test_401_after_reauth_raises_auth_error(router: respx.MockRouter, fake_time:
     ("response", "advice"),
     [
         (httpx.Response(401, json={"error": "invalid_client"}), "client id and client secret"),
-        (httpx.Response(400, json={"error": "invalid_grant", "error_description": f"bad {PASSWORD}"}), "username and password"),
+        (
+            httpx.Response(400, json={"error": "invalid_grant", "error_description": f"bad {PASSWORD}"}),
+            "username and password",
+        ),
         (httpx.Response(400, json={"error": "invalid_scope"}), "scope"),
         (httpx.Response(404, text="<html>nope</html>"), "PERKVILLE_TOKEN_URL"),
     ],
     ids=["bad-client", "bad-password", "bad-scope", "wrong-token-url"],
 )
 def test_failed_grant_says_what_to_check_without_secrets(
-    router: respx.MockRouter, fake_time: FakeTime, caplog: pytest.LogCaptureFixture,
-    response: httpx.Response, advice: str,
+    router: respx.MockRouter,
+    fake_time: FakeTime,
+    caplog: pytest.LogCaptureFixture,
+    response: httpx.Response,
+    advice: str,
 ) -> None:
     router.post(TOKEN_URL).mock(return_value=response)
     client = make_client(router, fake_time)
@@ -165,10 +190,19 @@ def test_reauth_that_fails_raises_auth_error(router: respx.MockRouter, fake_time
         list(client.iter_connections())
 
 
-def test_rejected_given_token_without_grant_says_what_to_check(router: respx.MockRouter, fake_time: FakeTime) -> None:
+def test_rejected_given_token_without_grant_says_what_to_check(
+    router: respx.MockRouter, fake_time: FakeTime
+) -> None:
     router.get(URL).mock(return_value=httpx.Response(401, json=INVALID_TOKEN))
-    client = make_client(router, fake_time, client_id=None, client_secret=None, username=None, password=None,
-                         access_token="given-token-xyz")
+    client = make_client(
+        router,
+        fake_time,
+        client_id=None,
+        client_secret=None,
+        username=None,
+        password=None,
+        access_token="given-token-xyz",
+    )
     with pytest.raises(AuthError, match="PERKVILLE_ACCESS_TOKEN") as info:
         list(client.iter_connections())
     assert "given-token-xyz" not in str(info.value)
@@ -176,8 +210,11 @@ def test_rejected_given_token_without_grant_says_what_to_check(router: respx.Moc
 
 def test_token_endpoint_outage_is_retried(router: respx.MockRouter, fake_time: FakeTime) -> None:
     router.post(TOKEN_URL).mock(
-        side_effect=[httpx.Response(503), httpx.ConnectError("boom"),
-                     httpx.Response(200, json={"access_token": "tok-1", "token_type": "Bearer"})]
+        side_effect=[
+            httpx.Response(503),
+            httpx.ConnectError("boom"),
+            httpx.Response(200, json={"access_token": "tok-1", "token_type": "Bearer"}),
+        ]
     )
     client = make_client(router, fake_time, backoff_base=1.0)
     client.authenticate()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from connectors.perkville import format_filter_datetime, parse_perkville_datetime
 
-UTC = timezone.utc
+UTC = UTC
 
 
 @pytest.mark.parametrize(
@@ -34,9 +34,22 @@ UTC = timezone.utc
         (datetime(2024, 5, 2, 18, 0), "Europe/Berlin", datetime(2024, 5, 2, 16, 0, tzinfo=UTC)),
     ],
     ids=[
-        "space", "T", "no-seconds", "one-fraction-digit", "nanoseconds-truncated", "Z-ignores-zone",
-        "offset-colon", "offset-compact", "offset-hours-only", "naive-in-zone-DST", "naive-in-zone-winter",
-        "date-only", "padded", "null", "empty", "naive-datetime-object",
+        "space",
+        "T",
+        "no-seconds",
+        "one-fraction-digit",
+        "nanoseconds-truncated",
+        "Z-ignores-zone",
+        "offset-colon",
+        "offset-compact",
+        "offset-hours-only",
+        "naive-in-zone-DST",
+        "naive-in-zone-winter",
+        "date-only",
+        "padded",
+        "null",
+        "empty",
+        "naive-datetime-object",
     ],
 )
 def test_parse_accepts_perkville_variants(raw: object, tz: str, expected: datetime | None) -> None:
@@ -48,7 +61,14 @@ def test_parse_accepts_perkville_variants(raw: object, tz: str, expected: dateti
 
 @pytest.mark.parametrize(
     "raw",
-    ["yesterday", "2024-13-01 00:00:00", "2024-05-02 25:00:00", "2024-05-02 18:14:09+25:00", "05/02/2024", 1714673649],
+    [
+        "yesterday",
+        "2024-13-01 00:00:00",
+        "2024-05-02 25:00:00",
+        "2024-05-02 18:14:09+25:00",
+        "05/02/2024",
+        1714673649,
+    ],
     ids=["word", "month-13", "hour-25", "offset-25h", "us-format", "epoch-int"],
 )
 def test_parse_rejects_garbage(raw: object) -> None:
@@ -77,7 +97,9 @@ def test_format_filter_datetime(value: datetime, tz: str, expected: str) -> None
 
 @settings(max_examples=60, deadline=None)
 @given(
-    moment=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)),
+    moment=st.datetimes(
+        min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)
+    ),
     zone=st.sampled_from(["UTC", "America/Chicago", "Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe"]),
     sep=st.sampled_from([" ", "T"]),
 )
@@ -89,7 +111,10 @@ def test_format_then_parse_round_trips(moment: datetime, zone: str, sep: str) ->
     assert parsed is not None
     local = moment.astimezone(UTC if zone == "UTC" else ZoneInfo(zone)).replace(tzinfo=None)
     zoneinfo = UTC if zone == "UTC" else ZoneInfo(zone)
-    ambiguous = local.replace(fold=0, tzinfo=zoneinfo).utcoffset() != local.replace(fold=1, tzinfo=zoneinfo).utcoffset()
+    ambiguous = (
+        local.replace(fold=0, tzinfo=zoneinfo).utcoffset()
+        != local.replace(fold=1, tzinfo=zoneinfo).utcoffset()
+    )
     if ambiguous:  # a naive local time in a DST fall-back hour has two readings; we take the first
         assert abs(parsed - moment) <= timedelta(hours=1)
     else:

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import respx
 
 from connectors.perkville import OffsetPaginator, PaginationError
 
@@ -25,7 +25,9 @@ def rows(start: int, count: int) -> list[dict[str, Any]]:
 def test_follows_relative_next_against_the_request_url() -> None:
     paginator = OffsetPaginator(URL, {"business": 25}, page_size=2)
     assert paginator.first_request.params == {"business": "25", "limit": "2", "offset": "0"}
-    nxt = paginator.next_request(page(rows(1, 2), limit=2, offset=0, next="/v2/transactions/?business=25&limit=2&offset=2"))
+    nxt = paginator.next_request(
+        page(rows(1, 2), limit=2, offset=0, next="/v2/transactions/?business=25&limit=2&offset=2")
+    )
     assert nxt is not None
     assert nxt.url == "https://api.perkville.test/v2/transactions/?business=25&limit=2&offset=2"
     assert nxt.params == {}
@@ -56,7 +58,9 @@ def test_refuses_a_next_link_to_another_host() -> None:
     ],
     ids=["capped-limit", "short-page", "no-meta", "string-numbers"],
 )
-def test_offset_mode_advances_by_the_returned_limit(meta: dict[str, Any], objects: int, expected_offset: int) -> None:
+def test_offset_mode_advances_by_the_returned_limit(
+    meta: dict[str, Any], objects: int, expected_offset: int
+) -> None:
     paginator = OffsetPaginator(URL, page_size=100)
     nxt = paginator.next_request(page(rows(1, objects), **meta))
     assert nxt is not None
@@ -93,8 +97,12 @@ def test_client_pages_with_relative_next(router: respx.MockRouter, fake_time: Fa
     token_route(router)
     route = router.get(URL).mock(
         side_effect=[
-            httpx.Response(200, json=page(rows(1, 2), limit=2, offset=0, next="/v2/transactions/?limit=2&offset=2")),
-            httpx.Response(200, json=page(rows(3, 2), limit=2, offset=2, next="/v2/transactions/?limit=2&offset=4")),
+            httpx.Response(
+                200, json=page(rows(1, 2), limit=2, offset=0, next="/v2/transactions/?limit=2&offset=2")
+            ),
+            httpx.Response(
+                200, json=page(rows(3, 2), limit=2, offset=2, next="/v2/transactions/?limit=2&offset=4")
+            ),
             httpx.Response(200, json=page(rows(5, 1), limit=2, offset=4, next=None)),
         ]
     )
@@ -181,7 +189,9 @@ def _serve(request_url: str, params: dict[str, Any], rows: int, cap: int | None,
     cap=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
     mode=st.sampled_from(["relative", "absolute", "no-next"]),
 )
-def test_paginator_visits_every_row_exactly_once(rows: int, page_size: int, cap: int | None, mode: str) -> None:
+def test_paginator_visits_every_row_exactly_once(
+    rows: int, page_size: int, cap: int | None, mode: str
+) -> None:
     paginator = OffsetPaginator(URL, page_size=page_size)
     request = paginator.first_request
     seen: list[int] = []

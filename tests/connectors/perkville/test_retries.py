@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -29,7 +29,7 @@ def test_retry_after_seconds_is_honoured(router: respx.MockRouter, fake_time: Fa
 
 def test_retry_after_http_date_is_honoured(router: respx.MockRouter, fake_time: FakeTime) -> None:
     token_route(router)
-    when = datetime.fromtimestamp(fake_time.now + 12, tz=timezone.utc)
+    when = datetime.fromtimestamp(fake_time.now + 12, tz=UTC)
     router.get(URL).mock(
         side_effect=[httpx.Response(503, headers={"Retry-After": format_datetime(when, usegmt=True)}), OK]
     )
@@ -48,8 +48,14 @@ def test_retry_after_is_capped(router: respx.MockRouter, fake_time: FakeTime) ->
 
 @pytest.mark.parametrize(
     "failure",
-    [httpx.Response(500), httpx.Response(502), httpx.Response(429), httpx.ConnectError("refused"),
-     httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("dropped")],
+    [
+        httpx.Response(500),
+        httpx.Response(502),
+        httpx.Response(429),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("dropped"),
+    ],
     ids=["500", "502", "429-no-header", "connect-error", "read-timeout", "dropped"],
 )
 def test_transient_failures_back_off_exponentially_with_jitter(
@@ -80,8 +86,11 @@ def test_budget_exhausted_carries_the_sanitized_path(router: respx.MockRouter, f
     assert len(fake_time.sleeps) == 3
 
 
-@pytest.mark.parametrize("body", [b'{"meta": {}, "objects": [{"transac', b"<html>502</html>", b"\xff\xfe"],
-                         ids=["truncated-json", "html", "binary"])
+@pytest.mark.parametrize(
+    "body",
+    [b'{"meta": {}, "objects": [{"transac', b"<html>502</html>", b"\xff\xfe"],
+    ids=["truncated-json", "html", "binary"],
+)
 def test_invalid_json_page_is_retried_then_reported_with_its_path(
     router: respx.MockRouter, fake_time: FakeTime, body: bytes
 ) -> None:
@@ -104,7 +113,9 @@ def test_invalid_json_then_good_page_recovers(router: respx.MockRouter, fake_tim
 def test_client_side_rate_limit_requests_sleeps(router: respx.MockRouter, fake_time: FakeTime) -> None:
     token_route(router)
     router.get(URL).mock(
-        side_effect=[httpx.Response(200, json=page([{"transaction_id": n}], limit=1, offset=n)) for n in range(4)]
+        side_effect=[
+            httpx.Response(200, json=page([{"transaction_id": n}], limit=1, offset=n)) for n in range(4)
+        ]
         + [httpx.Response(200, json=page([], limit=1, offset=4))]
     )
     client = make_client(router, fake_time, requests_per_second=4.0, page_size=1)
@@ -139,8 +150,17 @@ def test_backoff_is_capped() -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("0", 0.0), ("3", 3.0), ("2.5", 2.5), ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),
-     ("Thu, 01 Jan 1970 00:00:10 GMT", 0.0), ("-1", None), ("soon", None), ("", None), (None, None)],
+    [
+        ("0", 0.0),
+        ("3", 3.0),
+        ("2.5", 2.5),
+        ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),
+        ("Thu, 01 Jan 1970 00:00:10 GMT", 0.0),
+        ("-1", None),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
     ids=["zero", "int", "float", "date-future", "date-past", "negative", "word", "empty", "absent"],
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -66,9 +66,10 @@ def test_pulls_10000_transactions_exactly_with_every_fault_on(
 ) -> None:
     big.set_faults(Faults.all_on(0.06, slow_seconds=0.01))
     try:
-        with caplog.at_level(logging.DEBUG), client_for(
-            big, max_retries=12, backoff_base=0.001, backoff_max=0.01, timeout=5.0
-        ) as client:
+        with (
+            caplog.at_level(logging.DEBUG),
+            client_for(big, max_retries=12, backoff_base=0.001, backoff_max=0.01, timeout=5.0) as client,
+        ):
             ids = pull_ids(client)
             retries = client.stats["retries"]
         faults = big.stats()["faults"]
@@ -84,8 +85,13 @@ def test_pulls_10000_transactions_exactly_with_every_fault_on(
 
 @pytest.mark.parametrize(
     "behaviour",
-    [{"next_links": "relative"}, {"next_links": "absolute"}, {"next_links": "none"}, {"cap_limit": 37},
-     {"cap_limit": 37, "next_links": "none"}],
+    [
+        {"next_links": "relative"},
+        {"next_links": "absolute"},
+        {"next_links": "none"},
+        {"cap_limit": 37},
+        {"cap_limit": 37, "next_links": "none"},
+    ],
     ids=["relative-next", "absolute-next", "offset-only", "capped-limit", "capped-offset-only"],
 )
 def test_paging_variants_pull_everything(small: Sandbox, behaviour: dict[str, Any]) -> None:
@@ -105,9 +111,18 @@ def test_repeated_next_link_stops_with_an_error(small: Sandbox) -> None:
 def test_windows_cover_the_history_in_order(small: Sandbox) -> None:
     start = HISTORY_END - timedelta(days=800)
     with client_for(small, page_size=50) as client:
-        rows = [row for p in client.iter_windows("transactions", field="transaction_dt", start=start,
-                                                  end=HISTORY_END + timedelta(days=1), window=timedelta(days=90),
-                                                  business=BUSINESS) for row in p.objects]
+        rows = [
+            row
+            for p in client.iter_windows(
+                "transactions",
+                field="transaction_dt",
+                start=start,
+                end=HISTORY_END + timedelta(days=1),
+                window=timedelta(days=90),
+                business=BUSINESS,
+            )
+            for row in p.objects
+        ]
     assert sorted(r["transaction_id"] for r in rows) == small.transaction_ids(BUSINESS)
     keys = [(r["transaction_dt"], r["transaction_id"]) for r in rows]
     assert keys == sorted(keys)
@@ -118,9 +133,15 @@ def test_server_ignoring_filters_and_order_is_handled_on_the_client(
 ) -> None:
     small.set_behaviour(ignore_filters=True, ignore_order=True)
     since = HISTORY_END - timedelta(days=100)
-    with caplog.at_level(logging.WARNING, logger="connectors.perkville"), client_for(small, page_size=60) as client:
-        pages = list(client.iter_transactions(BUSINESS, transaction_dt_gte=since,
-                                              order_by=["transaction_dt", "transaction_id"]))
+    with (
+        caplog.at_level(logging.WARNING, logger="connectors.perkville"),
+        client_for(small, page_size=60) as client,
+    ):
+        pages = list(
+            client.iter_transactions(
+                BUSINESS, transaction_dt_gte=since, order_by=["transaction_dt", "transaction_id"]
+            )
+        )
     got = sorted(row["transaction_id"] for p in pages for row in p.objects)
     expected = sorted(t.id for t in small.ledger.businesses[BUSINESS].txns if t.dt >= since)
     assert got == expected and 0 < len(expected) < 400
@@ -129,9 +150,12 @@ def test_server_ignoring_filters_and_order_is_handled_on_the_client(
 
 
 def test_late_void_shows_up_in_an_incremental_read(small: Sandbox) -> None:
-    victim = next(t for t in small.ledger.businesses[BUSINESS].txns
-                  if t.status == "ACTIVE" and t.classification == "EARN" and t.points > 0)
-    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    victim = next(
+        t
+        for t in small.ledger.businesses[BUSINESS].txns
+        if t.status == "ACTIVE" and t.classification == "EARN" and t.points > 0
+    )
+    before = datetime.now(UTC) - timedelta(seconds=5)
     reversal = small.void_transaction(victim.id)
     with client_for(small) as client:
         rows = [row for p in client.iter_transactions(BUSINESS, last_mod_dt_gte=before) for row in p.objects]
@@ -164,9 +188,14 @@ def test_connection_balances_equal_the_ledger_truth(small: Sandbox) -> None:
 
 
 def test_negative_redeem_sign_option() -> None:
-    with Sandbox(seed=3, members=40, transactions=400, redeem_sign="negative") as sandbox, client_for(sandbox) as client:
+    with (
+        Sandbox(seed=3, members=40, transactions=400, redeem_sign="negative") as sandbox,
+        client_for(sandbox) as client,
+    ):
         rows = [row for p in client.iter_transactions(BUSINESS) for row in p.objects]
-    redeems = [row for row in rows if row["classification"] == "REDEEM" and row["transaction_status"] != "VOID_REF"]
+    redeems = [
+        row for row in rows if row["classification"] == "REDEEM" and row["transaction_status"] != "VOID_REF"
+    ]
     assert redeems and all(row["points"] < 0 for row in redeems)
 
 
@@ -196,7 +225,9 @@ def test_revoked_token_triggers_one_reauth(small: Sandbox) -> None:
     assert len(first.objects) + len(rest) == 400
 
 
-def test_reauth_failure_raises_auth_error_without_secrets(small: Sandbox, caplog: pytest.LogCaptureFixture) -> None:
+def test_reauth_failure_raises_auth_error_without_secrets(
+    small: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
     old_password = small.credentials["password"]
     with caplog.at_level(logging.DEBUG), client_for(small, page_size=100, max_retries=0) as client:
         pages = client.iter_transactions(BUSINESS)
@@ -212,7 +243,11 @@ def test_reauth_failure_raises_auth_error_without_secrets(small: Sandbox, caplog
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("client_secret", "wrong-secret-xyz"), ("password", "wrong-password-xyz"), ("username", "nobody@x.test")],
+    [
+        ("client_secret", "wrong-secret-xyz"),
+        ("password", "wrong-password-xyz"),
+        ("username", "nobody@x.test"),
+    ],
     ids=["bad-secret", "bad-password", "bad-username"],
 )
 def test_token_endpoint_rejects_bad_credentials(small: Sandbox, field: str, value: str) -> None:
@@ -222,7 +257,9 @@ def test_token_endpoint_rejects_bad_credentials(small: Sandbox, field: str, valu
 
 def test_given_access_token_works(small: Sandbox) -> None:
     token = small.issue_token()
-    with PerkvilleClient(small.api_url, small.token_url, access_token=token, requests_per_second=None) as client:
+    with PerkvilleClient(
+        small.api_url, small.token_url, access_token=token, requests_per_second=None
+    ) as client:
         assert sum(len(p.objects) for p in client.iter_locations(BUSINESS)) == 3
 
 
@@ -256,20 +293,28 @@ def test_once_per_day_limit(small: Sandbox) -> None:
     user_id = next(iter(small.true_balances(BUSINESS)))
     checkin = small.ledger.businesses[BUSINESS].perk_ids[0]
     with client_for(small) as client:
-        first = client.award_points(perk=checkin, user=user_id, trans_source_id="c1", limit_to_once_per_calendar_day=True)
-        second = client.award_points(perk=checkin, user=user_id, trans_source_id="c2", limit_to_once_per_calendar_day=True)
+        first = client.award_points(
+            perk=checkin, user=user_id, trans_source_id="c1", limit_to_once_per_calendar_day=True
+        )
+        second = client.award_points(
+            perk=checkin, user=user_id, trans_source_id="c2", limit_to_once_per_calendar_day=True
+        )
     assert first.created and second.limited
 
 
 def test_external_member_upsert_and_connection_status(small: Sandbox) -> None:
     connection_id = small.ledger.businesses[BUSINESS].connection_ids[0]
     with client_for(small) as client:
-        created = client.upsert_external_member({"business": BUSINESS, "system_id": "POS", "member_id": "X-1",
-                                                 "membership_status": "ACTIVE"})
-        updated = client.upsert_external_member({"business": BUSINESS, "system_id": "POS", "member_id": "X-1",
-                                                 "membership_status": "INACTIVE"})
-        patched = client.upsert_external_member({"membership_type": "Annual"},
-                                                external_member_id=created["external_member_id"] if created else None)
+        created = client.upsert_external_member(
+            {"business": BUSINESS, "system_id": "POS", "member_id": "X-1", "membership_status": "ACTIVE"}
+        )
+        updated = client.upsert_external_member(
+            {"business": BUSINESS, "system_id": "POS", "member_id": "X-1", "membership_status": "INACTIVE"}
+        )
+        patched = client.upsert_external_member(
+            {"membership_type": "Annual"},
+            external_member_id=created["external_member_id"] if created else None,
+        )
         status = client.update_connection_status(connection_id, "INACTIVE")
     assert created and updated and patched
     assert created["external_member_id"] == updated["external_member_id"] == patched["external_member_id"]
@@ -293,7 +338,9 @@ def test_control_routes(small: Sandbox) -> None:
         assert http.post("/_sandbox/faults", json={"bogus": 1}).status_code == 400
         perk = small.ledger.businesses[BUSINESS].perk_ids[2]
         user_id = next(iter(small.true_balances(BUSINESS)))
-        added = http.post("/_sandbox/transactions", json={"business": BUSINESS, "perk": perk, "user": user_id})
+        added = http.post(
+            "/_sandbox/transactions", json={"business": BUSINESS, "perk": perk, "user": user_id}
+        )
         assert added.status_code == 201
         voided = http.post(f"/_sandbox/transactions/{added.json()['transaction_id']}/void", json={})
         assert voided.json()["transaction_status"] == "VOID_REF"
