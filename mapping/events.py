@@ -67,6 +67,13 @@ def _issue(record: PerkvilleTransaction | PerkvilleConnection, record_id: str | 
                         severity="warning" if severity == "warning" else "error", record_type=kind)
 
 
+def _same_business(found: str, configured: str | int) -> bool:
+    try:
+        return encode_business_id(found) == encode_business_id(configured)
+    except MappingConfigError:  # the row's id is not even a valid business id
+        return False
+
+
 def _resolve_customer(
     perkville_user_id: str, customer_ids: Mapping[str, str] | None
 ) -> str | MappingIssue:
@@ -92,11 +99,11 @@ def to_events(
     ``customer_ids`` maps Perkville user ids to customer ids (from the id map); without it the
     default strategy ``perkville:{id}`` is used. Never raises on data: problems come back as issues.
     """
-    business = encode_business_id(business_id)
+    encode_business_id(business_id)  # a bad parameter fails before any data is read
     zone = c.resolve_timezone(timezone)
     if isinstance(transaction, PerkvilleTransaction):
         record: PerkvilleTransaction | None = transaction
-        issues: list[MappingIssue] = []
+        issues: list[MappingIssue] = list(transaction.issues)
     else:
         parsed = parse_transaction(transaction, timezone=zone)
         record, issues = parsed.record, list(parsed.issues)
@@ -116,7 +123,7 @@ def to_events(
             "transaction"))
     if record.quantity is not None and record.quantity < 0:
         issues.append(_issue(record, rid, "quantity", f"negative quantity {record.quantity}", "transaction"))
-    if record.business_id is not None and encode_business_id(record.business_id) != business:
+    if record.business_id is not None and not _same_business(record.business_id, business_id):
         issues.append(_issue(record, rid, "business", (
             f"row belongs to business {record.business_id}, not to {business_id}"), "transaction"))
     if any(issue.severity == "error" for issue in issues):
@@ -197,14 +204,14 @@ def to_opening_balance_event(
     moment = _aware_utc(cutover_at, "cutover_at")
     if isinstance(connection, PerkvilleConnection):
         record: PerkvilleConnection | None = connection
-        issues: list[MappingIssue] = []
+        issues: list[MappingIssue] = list(connection.issues)
     else:
         parsed = parse_connection(connection, timezone=timezone)
         record, issues = parsed.record, list(parsed.issues)
     if record is None:
         return MappingResult(issues=issues)
     rid = record.connection_id or record.user_id
-    if record.business_id is not None and encode_business_id(record.business_id) != encode_business_id(business_id):
+    if record.business_id is not None and not _same_business(record.business_id, business_id):
         issues.append(_issue(record, rid, "business", (
             f"connection belongs to business {record.business_id}, not to {business_id}"), "connection"))
         return MappingResult(issues=issues)

@@ -54,6 +54,7 @@ ID_STRATEGIES: tuple[IdStrategy, ...] = ("perkville_user", "external_member", "e
 _MAX_BUSINESS_LENGTH = 64
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BUSINESS_SAFE = re.compile(r"[A-Za-z0-9._~\-]")
+_BUSINESS_ID_PLAIN = re.compile(r"[A-Za-z0-9._~\-]+")
 _NAMESPACES = ("src", "txn", "void", "opening", "adjust")
 
 
@@ -73,10 +74,13 @@ def encode_business_id(business_id: str | int) -> str:
     text = str(business_id).strip() if isinstance(business_id, str) else str(business_id)
     if not text:
         raise MappingConfigError("business id must not be empty")
-    encoded = "".join(
-        ch if _BUSINESS_SAFE.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-        for ch in text
-    )
+    if _BUSINESS_ID_PLAIN.fullmatch(text):
+        encoded = text
+    else:
+        encoded = "".join(
+            ch if _BUSINESS_SAFE.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+            for ch in text
+        )
     if len(encoded) > _MAX_BUSINESS_LENGTH:
         raise MappingConfigError(f"business id longer than {_MAX_BUSINESS_LENGTH} characters once encoded")
     return encoded

@@ -80,6 +80,7 @@ def to_program_modules(
     for item in perks:
         if isinstance(item, PerkvillePerk):
             perk: PerkvillePerk | None = item
+            issues.extend(item.issues)
         else:
             parsed = parse_perk(item, timezone=zone)
             perk = parsed.record

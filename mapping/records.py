@@ -46,6 +46,8 @@ class PerkvilleRecord(BaseModel):
 
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
     extra: dict[str, Any] = Field(default_factory=dict, repr=False)
+    issues: list[MappingIssue] = Field(default_factory=list, repr=False)
+    """What parsing found wrong (also in ``Parsed.issues``); mapping a record reports them again."""
 
 
 class PerkvilleBusiness(PerkvilleRecord):
@@ -332,7 +334,7 @@ _SPECS: dict[str, tuple[_Field, ...]] = {
         _Field("transaction_dt", ("transaction_dt",), _datetime, "error", required=True),
         _Field("transaction_status", ("transaction_status", "status"), _enum, "error", required=True),
         _Field("voucher_id", ("voucher",), _id("vouchers")),
-        _Field("trans_source_id", ("trans_source_id",), _verbatim),
+        _Field("trans_source_id", ("trans_source_id",), _verbatim, "error"),  # decides the id
         _Field("last_mod_dt", ("last_mod_dt",), _datetime),
     ),
     "external_member": (
@@ -438,7 +440,7 @@ def _parse(
     if kind == "connection" and "user_id" not in values:
         return Parsed[R](record=None, issues=issues)
     extra = {k: v for k, v in raw.items() if k not in used}
-    record = model.model_construct(raw=raw, extra=extra, **values)
+    record = model.model_construct(raw=raw, extra=extra, issues=list(issues), **values)
     return Parsed[R](record=record, issues=issues)
 
 

@@ -143,8 +143,10 @@ def to_traits(
 def _as_record(
     value: R | Mapping[str, Any] | None, parse: Callable[..., Parsed[R]], kind: type[R], zone: Zone
 ) -> tuple[R | None, list[MappingIssue]]:
-    if value is None or isinstance(value, kind):
-        return value, []
+    if value is None:
+        return None, []
+    if isinstance(value, kind):
+        return value, list(value.issues)
     parsed = parse(value, timezone=zone)
     return parsed.record, list(parsed.issues)
 
