@@ -20,8 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from connectors.perkville.client import ID_FIELDS
 from connectors.perkville.datetimes import parse_perkville_datetime
-from connectors.perkville.sandbox.state import ALL_SCOPES, Ledger, SandboxError, Txn, _int
+from connectors.perkville.sandbox.state import ALL_SCOPES, Ledger, SandboxError, Txn, to_int
 
 API_PREFIX = "/v2/"
 TOKEN_PATH = "/api/token/"
@@ -244,15 +245,7 @@ _TXN_FIELDS: dict[str, Callable[[Txn], Any]] = {
     "points": lambda t: t.points,
     "quantity": lambda t: t.quantity,
 }
-_ID_FIELD = {
-    "businesses": "business_id",
-    "locations": "location_id",
-    "perks": "perk_id",
-    "users": "user_id",
-    "connections": "connection_id",
-    "transactions": "transaction_id",
-    "external-members": "external_member_id",
-}
+_ID_FIELD = ID_FIELDS
 _IGNORED_PARAMS = {"limit", "offset", "order_by", "format"}
 _RELATION_INT = {"business", "user", "user_id", "connection", "perk", "location", "home_location"}
 
@@ -307,7 +300,7 @@ def _coerce(name: str, raw: str, server: SandboxServer) -> Any:
     ):
         if raw == "me" and name in ("user", "user_id"):
             return server.ledger.staff_user_id
-        number = _int(raw)
+        number = to_int(raw)
         if number is None:
             raise ValueError(f"not an id: {raw!r}")
         return number
@@ -652,12 +645,12 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
             txn = ledger.add_transaction(
-                business=_int(body.get("business")) or self._business_of_perk(body.get("perk")),
-                perk=_int(body.get("perk")) or 0,
-                user=_int(body.get("user")),
-                connection=_int(body.get("connection")),
+                business=to_int(body.get("business")) or self._business_of_perk(body.get("perk")),
+                perk=to_int(body.get("perk")) or 0,
+                user=to_int(body.get("user")),
+                connection=to_int(body.get("connection")),
                 email=body.get("user__emails__email") or body.get("email"),
-                location=_int(body.get("location")),
+                location=to_int(body.get("location")),
                 quantity=int(body.get("quantity") or 1),
                 points=body.get("points"),
                 transaction_dt=body.get("transaction_dt"),
@@ -669,7 +662,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(201, out, {"Location": out["resource_uri"]}, truncate=self._truncate_next)
             return
         if resource == "connections" and method == "PATCH" and detail is not None:
-            record = ledger.set_connection_status(_int(detail) or 0, str(body.get("status", "")))
+            record = ledger.set_connection_status(to_int(detail) or 0, str(body.get("status", "")))
             with ledger.lock:
                 out = render("connections", record, self.server)
             self._send(202, out, truncate=self._truncate_next)
@@ -677,7 +670,7 @@ class _Handler(BaseHTTPRequestHandler):
         if resource == "external-members" and (
             method == "POST" and detail is None or method == "PATCH" and detail
         ):
-            record, created = ledger.upsert_external_member(body, _int(detail) if detail else None)
+            record, created = ledger.upsert_external_member(body, to_int(detail) if detail else None)
             with ledger.lock:
                 out = render("external-members", record, self.server)
             self._send(201 if created else 200, out, truncate=self._truncate_next)
@@ -695,14 +688,14 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _business_of_perk(self, perk: Any) -> int:
-        record = self.server.ledger.perks.get(_int(perk) or 0)
+        record = self.server.ledger.perks.get(to_int(perk) or 0)
         return int(record["business"]) if record else 0
 
     def _detail(self, resource: str, detail: str) -> Any:
         ledger = self.server.ledger
         if resource == "users" and detail == "me":
             return ledger.users[ledger.staff_user_id]
-        key = _int(detail)
+        key = to_int(detail)
         tables: dict[str, dict[int, Any]] = {
             "transactions": ledger.txns,
             "locations": ledger.locations,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -453,19 +453,20 @@ class Ledger:
             self._void(txn, when)
 
     def _copy_as_activity(self, txn: Txn) -> Txn:
-        copy = Txn(
+        """A 0-point activity row for the same customer and moment (pads tiny ledgers)."""
+        activity = self.perks[self.businesses[txn.business_id].perk_ids[3]]
+        copy = replace(
+            txn,
             id=self._next_id("txn"),
-            business_id=txn.business_id,
-            user_id=txn.user_id,
-            connection_id=txn.connection_id,
-            perk_id=txn.perk_id,
-            location_id=txn.location_id,
+            perk_id=activity["perk_id"],
             classification="EARN",
             points=0,
             quantity=1,
-            dt=txn.dt,
-            last_mod=txn.last_mod,
-            title=txn.title,
+            status="ACTIVE",
+            trans_source_id=None,
+            voucher_id=None,
+            title=activity["title"],
+            void_of=None,
         )
         self._index(copy)
         return copy
@@ -497,20 +498,14 @@ class Ledger:
         aggregate.balance -= txn.signed_total
         if txn.classification == "EARN":
             aggregate.lifetime -= txn.points * txn.quantity
-        reversal = Txn(
+        reversal = replace(
+            txn,
             id=self._next_id("txn"),
-            business_id=txn.business_id,
-            user_id=txn.user_id,
-            connection_id=txn.connection_id,
-            perk_id=txn.perk_id,
-            location_id=txn.location_id,
-            classification=txn.classification,
-            points=txn.points,
-            quantity=txn.quantity,
             dt=when,
             last_mod=when,
             status="VOID_REF",
-            title=txn.title,
+            trans_source_id=None,
+            voucher_id=None,
             void_of=txn.id,
         )
         self._index(reversal)
@@ -669,7 +664,7 @@ class Ledger:
                     raise SandboxError(404, "external_member", "pv_not_found", "External member not found.")
                 created = False
             else:
-                business = _int(body.get("business"))
+                business = to_int(body.get("business"))
                 if business not in self.businesses:
                     raise SandboxError(400, "business", "pv_business_not_found", "Unknown business.")
                 for name in ("system_id", "member_id"):
@@ -751,7 +746,8 @@ class Ledger:
             return sorted(txn.id for txn in self.businesses[business_id].txns)
 
 
-def _int(value: object) -> int | None:
+def to_int(value: object) -> int | None:
+    """``25``, ``"25"`` or ``"/v2/businesses/25/"`` → 25 (None when not an id)."""
     if value is None:
         return None
     text = str(value).rstrip("/").rsplit("/", 1)[-1]
@@ -759,7 +755,3 @@ def _int(value: object) -> int | None:
         return int(text)
     except ValueError:
         return None
-
-
-def ids(values: Iterable[Any]) -> list[int]:
-    return [v for v in (_int(value) for value in values) if v is not None]

@@ -33,6 +33,13 @@ INVALID_TOKEN = {
 }
 
 
+def token_only_client(router: respx.MockRouter, fake_time: FakeTime, token: str) -> PerkvilleClient:
+    """A client holding only a given access token (no password grant configured)."""
+    return make_client(
+        router, fake_time, client_id=None, client_secret=None, username=None, password=None, access_token=token
+    )
+
+
 def test_password_grant_request_follows_the_reference(router: respx.MockRouter, fake_time: FakeTime) -> None:
     route = token_route(router, scope="PUBLIC ADMIN_CUSTOMER_INFO")
     client = make_client(router, fake_time)
@@ -79,15 +86,7 @@ def test_given_access_token_skips_the_grant(router: respx.MockRouter, fake_time:
     route = router.get(URL).mock(
         return_value=httpx.Response(200, json=page([{"connection_id": 1}], next=None))
     )
-    client = make_client(
-        router,
-        fake_time,
-        client_id=None,
-        client_secret=None,
-        username=None,
-        password=None,
-        access_token="given-token-xyz",
-    )
+    client = token_only_client(router, fake_time, "given-token-xyz")
     assert [p.objects for p in client.iter_connections(business=25)] == [[{"connection_id": 1}]]
     assert route.calls.last.request.headers["Authorization"] == "Bearer given-token-xyz"
     assert client.granted_scopes is None
@@ -194,15 +193,7 @@ def test_rejected_given_token_without_grant_says_what_to_check(
     router: respx.MockRouter, fake_time: FakeTime
 ) -> None:
     router.get(URL).mock(return_value=httpx.Response(401, json=INVALID_TOKEN))
-    client = make_client(
-        router,
-        fake_time,
-        client_id=None,
-        client_secret=None,
-        username=None,
-        password=None,
-        access_token="given-token-xyz",
-    )
+    client = token_only_client(router, fake_time, "given-token-xyz")
     with pytest.raises(AuthError, match="PERKVILLE_ACCESS_TOKEN") as info:
         list(client.iter_connections())
     assert "given-token-xyz" not in str(info.value)
