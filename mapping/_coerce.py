@@ -74,7 +74,8 @@ def _short(value: object) -> str:
 def to_id(value: object, resource: str | None = None) -> str:
     """Read an id given as an integer, a string, a resource URI (``/v2/users/123/``) or a nested object."""
     if isinstance(value, dict):
-        for key in ("resource_uri", f"{resource[:-1]}_id" if resource else "id", "id"):
+        singular = (resource[:-2] if resource.endswith("sses") else resource[:-1]) if resource else ""
+        for key in ("resource_uri", f"{singular}_id" if singular else "id", "id"):
             if key in value and not is_missing(value[key]):
                 return to_id(value[key], resource)
         raise Invalid("nested object without resource_uri or id")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -265,15 +265,11 @@ def _emails(value: Any, _zone: tzinfo) -> list[str]:
     return [email for _, email in sorted(found, key=lambda pair: not pair[0])]
 
 
-def _business_fields() -> tuple[_Field, ...]:
-    return (
+_SPECS: dict[str, tuple[_Field, ...]] = {
+    "business": (
         _Field("name", ("name",), _text),
         _Field("slug", ("slug",), _text),
-    )
-
-
-_SPECS: dict[str, tuple[_Field, ...]] = {
-    "business": _business_fields(),
+    ),
     "location": (
         _Field("business_id", ("business", "business_id"), _id("businesses")),
         _Field("name", ("name",), _text),
@@ -478,5 +474,3 @@ def parse_external_member(raw: object, *, timezone: Zone = "UTC") -> Parsed[Perk
     """Parse an external member (membership) record."""
     return _parse("external_member", PerkvilleExternalMember, raw, timezone)
 
-
-RecordKind = Literal["business", "location", "perk", "user", "connection", "transaction", "external_member"]
