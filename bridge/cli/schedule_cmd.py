@@ -26,10 +26,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the scheduler in the foreground (SIGTERM: finish the current page, commit, exit 0).
 
-        Jobs per business (schedule.businesses, else PERKVILLE_BUSINESS_ID): incremental sync
-        every schedule.sync_interval_minutes, write-back every schedule.writeback_interval_seconds
-        when write-back is enabled, reconcile on schedule.reconcile_cron.  Several workers on one
-        PostgreSQL database share the businesses through leases.
+        Jobs per business (schedule.businesses, else PERKVILLE_BUSINESS_ID): sync every schedule.sync_interval_minutes, write-back every schedule.writeback_interval_seconds when enabled, reconcile on schedule.reconcile_cron.
+
+        Several workers on one PostgreSQL database share the businesses through leases.  See docs/scheduling.md.
         """
         from config import ConfigError
         from perkamo_core.db import create_db_engine
@@ -67,7 +66,8 @@ def _configure_logging(json_output: bool) -> None:
             else "%(asctime)s %(levelname)s %(name)s: %(message)s"
         ),
     )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    for noisy in ("apscheduler", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _print_status(engine: Engine, json_output: bool) -> None:
