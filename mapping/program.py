@@ -70,12 +70,12 @@ def to_program_modules(
     issues: list[MappingIssue] = []
     skipped: list[Skipped] = []
     events_for: dict[str, list[str]] = {}
-    for event_key, perk in (event_perks or {}).items():
+    for event_key, mapped_perk in (event_perks or {}).items():
         try:
-            events_for.setdefault(c.to_id(perk, "perks"), []).append(event_key)
+            events_for.setdefault(c.to_id(mapped_perk, "perks"), []).append(event_key)
         except c.Invalid:
             issues.append(MappingIssue(record_id=None, field="event_perks", record_type="perk",
-                                       reason=f"unusable perk id for event {event_key!r}", raw={event_key: str(perk)}))
+                                       reason=f"unusable perk id for event {event_key!r}", raw={event_key: str(mapped_perk)}))
     seen: set[str] = set()
     for item in perks:
         if isinstance(item, PerkvillePerk):
