@@ -110,6 +110,12 @@ def to_events(
     if record is None:
         return MappingResult(issues=issues)
     rid = record.transaction_id
+    if record.transaction_status == "VOID_REF":
+        # Nothing of a VOID_REF row is used (the reversal comes from the voided row), so its other
+        # fields cannot make it an error.
+        skip = Skipped(record_id=rid, record_type="transaction", raw=c.json_safe(record.raw),
+                       reason="VOID_REF row: the reversal is derived from the voided row itself")
+        return MappingResult(skipped=[skip])
     seen = {issue.field for issue in issues}
     for field in _CRITICAL:
         if getattr(record, field) is None and field not in seen:
@@ -129,10 +135,6 @@ def to_events(
     if any(issue.severity == "error" for issue in issues):
         return MappingResult(issues=issues)
     assert record.user_id is not None and record.points is not None and record.transaction_dt is not None
-    if record.transaction_status == "VOID_REF":
-        skip = Skipped(record_id=rid, record_type="transaction", raw=c.json_safe(record.raw),
-                       reason="VOID_REF row: the reversal is derived from the voided row itself")
-        return MappingResult(issues=issues, skipped=[skip])
     customer = _resolve_customer(record.user_id, customer_ids)
     if isinstance(customer, MappingIssue):
         issues.append(_issue(record, rid, "user_id", customer.reason, "transaction"))
