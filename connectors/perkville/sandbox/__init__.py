@@ -170,10 +170,13 @@ class Sandbox:
         """A valid bearer token without the password grant (for ``access_token=`` tests)."""
         return self.server.issue_token(frozenset(scopes) if scopes is not None else None)
 
-    def revoke_tokens(self) -> None:
-        """Invalidate every token issued so far (the next API call answers 401)."""
+    def revoke_tokens(self, token: str | None = None) -> None:
+        """Invalidate one token, or every token issued so far (the next API call answers 401)."""
         with self.ledger.lock:
-            self.server.tokens.clear()
+            if token is None:
+                self.server.tokens.clear()
+            else:
+                self.server.tokens.pop(token, None)
 
     def set_password(self, password: str) -> None:
         """Change the staff password (so a re-authentication after ``revoke_tokens`` fails)."""

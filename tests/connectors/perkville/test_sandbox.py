@@ -176,11 +176,17 @@ def test_connection_balances_equal_the_ledger_truth(small: Sandbox) -> None:
     assert reported == truth
     # The same truth recomputed from what the API served (redeemed points positive by default).
     recomputed = dict.fromkeys(truth, 0)
+    earned = dict.fromkeys(truth, 0)
     for row in rows:
         if row["transaction_status"] == "ACTIVE":
+            user_id = int(row["user"].split("/")[-2])
             sign = -1 if row["classification"] == "REDEEM" else 1
-            recomputed[int(row["user"].split("/")[-2])] += sign * row["points"] * row["quantity"]
+            recomputed[user_id] += sign * row["points"] * row["quantity"]
+            if sign > 0:
+                earned[user_id] += row["points"] * row["quantity"]
     assert recomputed == truth
+    lifetime = {int(c["user"].rstrip("/").rsplit("/", 1)[-1]): c["lifetime_earned_points"] for c in connections}
+    assert lifetime == earned
     assert {c["status"] for c in connections} == set(CONNECTION_STATUSES)
     statuses = {row["transaction_status"] for row in rows}
     assert statuses == {"ACTIVE", "VOID", "VOID_REF"}
@@ -215,6 +221,14 @@ def test_users_locations_perks_have_the_promised_variety(small: Sandbox) -> None
 
 
 # ----------------------------------------------------------------- auth over HTTP
+def test_revoking_one_token_leaves_others_valid(small: Sandbox) -> None:
+    keep, drop = small.issue_token(), small.issue_token()
+    small.revoke_tokens(drop)
+    with httpx.Client(base_url=small.api_url) as http:
+        assert http.get("locations/", headers={"Authorization": f"Bearer {keep}"}).status_code == 200
+        assert http.get("locations/", headers={"Authorization": f"Bearer {drop}"}).status_code == 401
+
+
 def test_revoked_token_triggers_one_reauth(small: Sandbox) -> None:
     with client_for(small, page_size=100) as client:
         pages = client.iter_transactions(BUSINESS)
