@@ -251,37 +251,270 @@ class RemoteTarget:
             commit(conn, id_outcomes, ev_outcomes)
 
     def _identify(self, call: IdentifyCall) -> Delivery:
-        from connectors.perkamo import PerkamoApiError
+        from connectors.perkamo.errors import PerkamoApiError, PerkamoError, PerkamoInputError
 
         try:
             self.client.identify(call.user_id, _jsonable(call.traits))
+        except PerkamoInputError as exc:
+            return Delivery("rejected", "invalid_request", str(exc))
         except PerkamoApiError as exc:
             if _is_record_error(exc):
                 return Delivery("rejected", _api_code(exc), _api_error_text(exc))
             raise TargetError(f"identify {call.user_id} failed: {_api_error_text(exc)}") from exc
-        except (OSError, ValueError) as exc:
-            raise TargetError(f"identify {call.user_id} failed: {type(exc).__name__}") from exc
+        except (PerkamoError, OSError) as exc:
+            raise TargetError(f"identify {call.user_id} failed: {type(exc).__name__}: {exc}") from exc
         return APPLIED
 
     def _batch(self, chunk: Sequence[PerkamoEvent]) -> list[Delivery]:
-        from connectors.perkamo import PerkamoApiError
+        from connectors.perkamo.errors import PerkamoApiError, PerkamoError, PerkamoInputError
 
         payload = [_wire(e) for e in chunk]
         try:
             response = self.client.batch(payload)
-        except PerkamoApiError as exc:
-            if _is_record_error(exc) and len(chunk) > 1:
-                # The batch as a whole was refused: find the offending items one by one.
+        except PerkamoInputError as exc:
+            # Checked before sending: find the offending items one by one.
+            if len(chunk) > 1:
                 return [d for e in chunk for d in self._batch([e])]
-            if _is_record_error(exc):
-                return [Delivery("rejected", _api_code(exc), _api_error_text(exc))]
-            raise TargetError(f"event batch failed: {_api_error_text(exc)}") from exc
+            return [Delivery("rejected", "invalid_request", str(exc))]
+        except (PerkamoError, OSError) as exc:
+            if not isinstance(exc, PerkamoApiError):
+                raise TargetError(f"event batch failed: {type(exc).__name__}: {exc}") from exc
+            return self._batch_error(chunk, exc)
         results = _results_of(response)
         if len(results) != len(chunk):
             raise TargetError(
                 f"event batch answered {len(results)} results for {len(chunk)} events"
             )
         return [_outcome_from_result(r) for r in results]
+
+    def _batch_error(self, chunk: Sequence[PerkamoEvent], exc: Exception) -> list[Delivery]:
+        """A refused batch: a 4xx blames the items (split to find them); anything else the target."""
+        if _is_record_error(exc) and len(chunk) > 1:
+            return [d for e in chunk for d in self._batch([e])]
+        if _is_record_error(exc):
+            return [Delivery("rejected", _api_code(exc), _api_error_text(exc))]
+        raise TargetError(f"event batch failed: {_api_error_text(exc)}") from exc
+
+    def balances(self, customer_ids: Sequence[str]) -> dict[str, Decimal]:
+        """The ``points`` wallet of each customer (0 for an unknown customer)."""
+        ...
+
+
+def _event_input(event: PerkamoEvent) -> Any:
+    from perkamo_core.models import EventInput
+
+    return EventInput(
+        user_id=event.user_id,
+        event=event.event,
+        transaction_id=event.transaction_id,
+        context=_jsonable(event.context),
+        occurred_at=event.occurred_at,
+    )
+
+
+def _jsonable(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Context values as the wire would carry them (Decimals that are whole become ints)."""
+    out: dict[str, Any] = {}
+    for key, value in context.items():
+        if isinstance(value, Decimal):
+            out[key] = int(value) if value == value.to_integral_value() else value
+        else:
+            out[key] = value
+    return out
+
+
+def _outcome_from_result(result: Mapping[str, Any] | None) -> Delivery:
+    if result is None:
+        return Delivery("rejected", "rejected", "no result")
+    error = result.get("error")
+    if error:
+        code = str(error.get("code") or "rejected") if isinstance(error, Mapping) else "rejected"
+        message = str(error.get("message") or "") if isinstance(error, Mapping) else str(error)
+        return Delivery("rejected", code, message)
+    if result.get("duplicate"):
+        return DUPLICATE
+    return APPLIED
+
+
+def ruled_events(modules: Mapping[str, Any]) -> set[str]:
+    """The event names the ``events`` module of a program has rules for."""
+    events = modules.get("events") or {}
+    rules = events.get("rules") or [] if isinstance(events, Mapping) else []
+    return {str(rule.get("event")) for rule in rules if isinstance(rule, Mapping) and rule.get("event")}
+
+
+def program_has_migration_rules(blueprint: Any, modules: Mapping[str, Any] | None = None) -> bool:
+    """Whether a program blueprint mentions every event the migration program has rules for."""
+    if modules is None:
+        from config.programs import load_migration_program
+
+        modules = load_migration_program()
+    text = json.dumps(blueprint, default=str)
+    return all(f'"{name}"' in text for name in sorted(ruled_events(modules)))
+
+
+class EmbeddedTarget:
+    """The embedded core in the bridge's own database: one transaction per page."""
+
+    kind = "embedded"
+
+    def __init__(
+        self,
+        service: CoreService,
+        engine: Engine,
+        space: str,
+        *,
+        program_loader: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+    ) -> None:
+        self.service = service
+        self.engine = engine
+        self.space = space
+        self._program_loader = program_loader
+
+    def ensure_program(self) -> str:
+        self.service.ensure_space(self.space)
+        if self._program_loader is None:
+            from config.programs import load_migration_program
+
+            modules = load_migration_program()
+        else:
+            modules = dict(self._program_loader())
+        if program_has_migration_rules(self.service.program(self.space), modules):
+            return f"migration program rules for perkville.* events already active in Space {self.space!r}"
+        self.service.load_program(self.space, modules)
+        names = ", ".join(sorted(modules))
+        return f"loaded the migration program ({names}) for perkville.* events into Space {self.space!r}"
+
+    def deliver(
+        self,
+        identifies: Sequence[IdentifyCall],
+        events: Sequence[PerkamoEvent],
+        commit: Commit,
+    ) -> None:
+        from perkamo_core.errors import CoreError
+
+        with self.engine.begin() as conn:
+            id_outcomes: list[Delivery] = []
+            if identifies:
+                items = [(call.user_id, dict(call.traits)) for call in identifies]
+                try:
+                    with conn.begin_nested():
+                        self.service.identify_bulk(self.space, items, conn=conn)
+                    id_outcomes = [APPLIED] * len(items)
+                except CoreError:
+                    # One bad item spoils the bulk call: redo them one by one to find it.
+                    for item in items:
+                        try:
+                            with conn.begin_nested():
+                                self.service.identify_bulk(self.space, [item], conn=conn)
+                            id_outcomes.append(APPLIED)
+                        except CoreError as exc:
+                            id_outcomes.append(Delivery("rejected", exc.code, exc.message))
+            ev_outcomes: list[Delivery] = []
+            if events:
+                outcomes = self.service.ingest_bulk(
+                    self.space, [_event_input(e) for e in events], conn=conn
+                )
+                for outcome in outcomes:
+                    if outcome.error is not None:
+                        ev_outcomes.append(
+                            Delivery("rejected", outcome.error.code, outcome.error.message)
+                        )
+                    else:
+                        ev_outcomes.append(_outcome_from_result(outcome.result))
+            commit(conn, id_outcomes, ev_outcomes)
+
+    def balances(self, customer_ids: Sequence[str]) -> dict[str, Decimal]:
+        found = self.service.wallet_balances(self.space, WALLET, user_ids=list(customer_ids))
+        return {cid: Decimal(found.get(cid, 0)) for cid in customer_ids}
+
+
+class RemoteTarget:
+    """A Perkamo v1 API through ``connectors.perkamo.PerkamoClient``; state commits after the acks."""
+
+    kind = "remote"
+
+    def __init__(self, client: Any, engine: Engine, *, batch_size: int = 100) -> None:
+        if not 1 <= batch_size <= 100:
+            raise ValueError("remote batches hold 1 to 100 events")
+        self.client = client
+        self.engine = engine
+        self.batch_size = batch_size
+
+    def ensure_program(self) -> str:
+        try:
+            blueprint = self.client.program()
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+            return f"could not read the remote program ({_api_error_text(exc)}); make sure it has rules for perkville.* events"
+        if program_has_migration_rules(blueprint):
+            return "the remote program has rules for perkville.* events"
+        return (
+            "WARNING: the remote program shows no rules for perkville.* events; load "
+            "config/programs/migration.json into the remote Space or balances will not match"
+        )
+
+    def deliver(
+        self,
+        identifies: Sequence[IdentifyCall],
+        events: Sequence[PerkamoEvent],
+        commit: Commit,
+    ) -> None:
+        id_outcomes = [self._identify(call) for call in identifies]
+        ev_outcomes: list[Delivery] = []
+        for start in range(0, len(events), self.batch_size):
+            chunk = events[start : start + self.batch_size]
+            ev_outcomes.extend(self._batch(chunk))
+        with self.engine.begin() as conn:
+            commit(conn, id_outcomes, ev_outcomes)
+
+    def _identify(self, call: IdentifyCall) -> Delivery:
+        from connectors.perkamo.errors import PerkamoApiError, PerkamoError, PerkamoInputError
+
+        try:
+            self.client.identify(call.user_id, _jsonable(call.traits))
+        except PerkamoInputError as exc:
+            return Delivery("rejected", "invalid_request", str(exc))
+        except PerkamoApiError as exc:
+            if _is_record_error(exc):
+                return Delivery("rejected", _api_code(exc), _api_error_text(exc))
+            raise TargetError(f"identify {call.user_id} failed: {_api_error_text(exc)}") from exc
+        except (PerkamoError, OSError) as exc:
+            raise TargetError(f"identify {call.user_id} failed: {type(exc).__name__}: {exc}") from exc
+        return APPLIED
+
+    def _batch(self, chunk: Sequence[PerkamoEvent]) -> list[Delivery]:
+        from connectors.perkamo.errors import PerkamoApiError, PerkamoError, PerkamoInputError
+
+        payload = [_wire(e) for e in chunk]
+        try:
+            response = self.client.batch(payload)
+        except PerkamoInputError as exc:
+            # Checked before sending: find the offending items one by one.
+            if len(chunk) > 1:
+                return [d for e in chunk for d in self._batch([e])]
+            return [Delivery("rejected", "invalid_request", str(exc))]
+        except (PerkamoError, OSError) as exc:
+            if not isinstance(exc, PerkamoApiError):
+                raise TargetError(f"event batch failed: {type(exc).__name__}: {exc}") from exc
+            return self._batch_error(chunk, exc)
+        results = _results_of(response)
+        if len(results) != len(chunk):
+            raise TargetError(
+                f"event batch answered {len(results)} results for {len(chunk)} events"
+            )
+        return [_outcome_from_result(r) for r in results]
+
+    def _batch_error(self, chunk: Sequence[PerkamoEvent], exc: Exception) -> list[Delivery]:
+        try:
+            raise exc
+        except Exception as exc:  # noqa: BLE001 - re-dispatch on the API error's status
+            if _is_record_error(exc) and len(chunk) > 1:
+                # The batch as a whole was refused: find the offending items one by one.
+                return [d for e in chunk for d in self._batch([e])]
+            if _is_record_error(exc):
+                return [Delivery("rejected", _api_code(exc), _api_error_text(exc))]
+            raise TargetError(f"event batch failed: {_api_error_text(exc)}") from exc
+            raise TargetError("unreachable") from exc  # pragma: no cover
 
     def balances(self, customer_ids: Sequence[str]) -> dict[str, Decimal]:
         from connectors.perkamo import PerkamoApiError
