@@ -54,6 +54,8 @@ Mode = Literal["history", "balance"]
 Kind = Literal["backfill", "sync"]
 DIRECTION = "import"
 TX_ORDER = ("transaction_dt", "transaction_id")
+IMPORT_KINDS = frozenset({"connection", "transaction"})
+"""Dead-letter kinds this pipeline writes (and retries)."""
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,11 @@ class Pipeline:
             summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
             try:
                 summary.notes.append(self.target.ensure_program())
-                letters = self.state.dead_letters.list(self.business, reason=reason, ids=ids)
+                letters = [
+                    d
+                    for d in self.state.dead_letters.list(self.business, reason=reason, ids=ids)
+                    if d.kind in IMPORT_KINDS  # write-back letters are retried by write-back
+                ]
                 self._open_dead_letters = len(letters)
                 if any(d.kind == "connection" for d in letters):
                     self._phase_reference()

@@ -111,10 +111,25 @@ class _Context:
         settings = common.settings()
         self.settings = settings
         self.business = business_of(settings, business)
+        from bridge.writeback import space_for
+
+        self.space = space or space_for(settings, self.business)
         self.engine = open_engine(settings)
         self.state = open_state(self.engine)
-        self.bundle = build_target(settings, self.engine, space=space)
+        self.bundle = build_target(settings, self.engine, space=self.space)
         self.source = perkville_client(settings) if need_source else None
+
+    def pipeline(self, progress: Any) -> Any:
+        from bridge.pipeline import Pipeline
+        from bridge.wiring import pipeline_config
+
+        return Pipeline(
+            state=self.state,
+            source=self.source,
+            target=self.bundle.target,
+            config=pipeline_config(self.settings, self.business),
+            progress=progress,
+        )
 
     def close(self) -> None:
         if self.source is not None:
@@ -163,7 +178,7 @@ def backfill(
     json_output: bool = JsonOpt,
 ) -> None:
     """One-off migration of a business: members, then the points history (resumable)."""
-    from bridge.pipeline import Pipeline, RunOptions
+    from bridge.pipeline import RunOptions
     from bridge.wiring import business_of, perkville_client, pipeline_config
 
     with _errors():
@@ -196,13 +211,7 @@ def backfill(
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            summary = Pipeline(
-                state=ctx.state,
-                source=ctx.source,
-                target=ctx.bundle.target,
-                config=pipeline_config(settings, ctx.business),
-                progress=progress,
-            ).run(options)
+            summary = ctx.pipeline(progress).run(options)
         finally:
             _close(progress)
             ctx.close()
@@ -247,32 +256,39 @@ def sync(
     space: str | None = SpaceOpt,
     json_output: bool = JsonOpt,
 ) -> None:
-    """One incremental pass: changed members and new or voided transactions since the cursors."""
-    from bridge.pipeline import Pipeline, RunOptions
-    from bridge.wiring import pipeline_config
+    """One incremental pass: changed members and new or voided transactions, then write-back if enabled."""
+    from bridge.pipeline import RunOptions
 
+    back = None
     with _errors():
         settings = common.settings()
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            summary = Pipeline(
-                state=ctx.state,
-                source=ctx.source,
-                target=ctx.bundle.target,
-                config=pipeline_config(settings, ctx.business),
-                progress=progress,
-            ).run(RunOptions(kind="sync", mode=settings.sync.mode, wait=wait))
+            summary = ctx.pipeline(progress).run(RunOptions(kind="sync", mode=settings.sync.mode, wait=wait))
+            if settings.writeback.enabled:
+                from bridge.writeback import run_writeback
+
+                back = run_writeback(
+                    settings, ctx.engine, business_id=ctx.business, space=ctx.space,
+                    client=ctx.source, wait=wait,
+                )
         finally:
             _close(progress)
             ctx.close()
-    if settings.writeback.enabled:
-        typer.echo(
-            "note: write-back is enabled but not part of this pass in this build; "
-            "Perkamo → Perkville runs under `perkbridge schedule`",
-            err=True,
-        )
-    _print_run(summary, json_output, title="sync")
+    if json_output and back is not None:
+        body = summary.to_json()
+        body["written_back"] = back.written_back
+        body["writeback_dead_lettered"] = back.dead_lettered
+        print_json(body)
+    else:
+        _print_run(summary, json_output, title="sync")
+        if back is not None:
+            typer.echo(
+                f"write-back run {back.run_id} {back.status}: read {back.read}, written back "
+                f"{back.written_back}, duplicate {back.duplicate}, skipped {back.skipped}, "
+                f"dead-lettered {back.dead_lettered}"
+            )
 
 
 def reconcile(
@@ -471,27 +487,45 @@ def deadletters_retry(
     json_output: bool = JsonOpt,
 ) -> None:
     """Map and deliver open dead letters again; those that now go through are resolved."""
-    from bridge.pipeline import Pipeline
-    from bridge.wiring import pipeline_config
-
     with _errors():
-        settings = common.settings()
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            summary = Pipeline(
-                state=ctx.state,
-                source=ctx.source,
-                target=ctx.bundle.target,
-                config=pipeline_config(settings, ctx.business),
-                progress=progress,
-            ).retry_dead_letters(reason=reason, ids=ids or None, wait=wait)
+            summary = ctx.pipeline(progress).retry_dead_letters(reason=reason, ids=ids or None, wait=wait)
+            back = _retry_writeback(ctx, reason, ids or None, wait)
         finally:
             _close(progress)
             ctx.close()
-    _print_run(summary, json_output, title="retry")
-    if summary.counts.dead_lettered:
+    if json_output and back is not None:
+        body = summary.to_json()
+        body["writeback"] = back.to_json()
+        print_json(body)
+    else:
+        _print_run(summary, json_output, title="retry")
+        if back is not None:
+            typer.echo(
+                f"write-back retry run {back.run_id}: read {back.read}, written back {back.written_back}, "
+                f"still dead-lettered {back.dead_lettered}"
+            )
+    if summary.counts.dead_lettered or (back is not None and back.dead_lettered):
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _retry_writeback(ctx: _Context, reason: str | None, ids: list[int] | None, wait: bool) -> Any:
+    """Hand open write-back dead letters (kinds ``writeback_*``) to write-back's own retry."""
+    from bridge.pipeline import IMPORT_KINDS
+
+    letters = ctx.state.dead_letters.list(ctx.business, reason=reason, ids=ids)
+    if not any(d.kind not in IMPORT_KINDS for d in letters) or ctx.bundle.service is None:
+        return None
+    from bridge.writeback import Writeback, writeback_config
+
+    return Writeback(
+        state=ctx.state,
+        outbox=ctx.bundle.service,
+        client=ctx.source,
+        config=writeback_config(ctx.settings, ctx.business, space=ctx.space),
+    ).retry_dead_letters(reason=reason, ids=ids, wait=wait)
 
 
 @deadletters_app.command("discard")
