@@ -58,9 +58,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
 def dump_json(value: Any) -> str:
     """Compact JSON with Decimals as numbers (ints when integral) and datetimes as ISO-8601."""
-    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    # One shared encoder: json.dumps would build a new encoder per call for these options.
+    return _ENCODER.encode(value)
 
 
 def load_json(text: str) -> Any:
@@ -268,7 +272,6 @@ outbox = Table(
     Column("event_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("traits", JSONText, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
-    Index("ix_core_outbox_space_seq", "space_id", "seq"),
 )
 
 _V1_TABLES = [spaces, api_keys, program_modules, customers, balances, perks, events, ledger,
