@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -523,8 +524,11 @@ class Pipeline:
             params["offset"] = int(checkpoint["offset"])
         high_water: datetime | None = None
         ordered = True
-        for page in self.source.iter_transactions(self.business, order_by=list(order), **params):
-            records = self._map_transactions(page.objects, customer_ids)
+        pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
+        for page in prefetch(pages):
+            records = self._map_transactions(
+                page.objects, customer_ids, with_cursor=last_mod_window is not None
+            )
             if last_mod_window is not None:
                 ordered = ordered and bool(getattr(page, "ordered", True))
                 stamps = [r.cursor_value for r in records if r.cursor_value is not None]
@@ -674,7 +678,11 @@ class Pipeline:
         return {e.perkville_user_id: e.customer_id for e in self.state.id_map.iter_all(self.business)}
 
     def _map_transactions(
-        self, rows: Sequence[Mapping[str, Any]], customer_ids: Mapping[str, str] | None
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        customer_ids: Mapping[str, str] | None,
+        *,
+        with_cursor: bool = False,
     ) -> list[_Record]:
         from connectors.perkville.datetimes import parse_perkville_datetime
         from mapping.events import to_events
@@ -684,12 +692,13 @@ class Pipeline:
             rid = str(raw.get("transaction_id", raw.get("id", "?")))
             record = _Record("transaction", rid, raw)
             records.append(record)
-            try:
-                record.cursor_value = parse_perkville_datetime(
-                    raw.get("last_mod_dt"), self.config.timezone
-                )
-            except ValueError:
-                record.cursor_value = None
+            if with_cursor:
+                try:
+                    record.cursor_value = parse_perkville_datetime(
+                        raw.get("last_mod_dt"), self.config.timezone
+                    )
+                except ValueError:
+                    record.cursor_value = None
             result: MappingResult = to_events(
                 raw,
                 business_id=self.business,
@@ -807,6 +816,57 @@ class Pipeline:
 
     def _kind(self, kind: str) -> RunCounts:
         return self._kinds.setdefault(kind, RunCounts())
+
+
+_DONE = object()
+
+
+def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Yield ``pages`` while a background thread already fetches the next ones (at most ``depth``).
+
+    The HTTP wait and JSON decoding of page N+1 overlap the mapping and the database commit of
+    page N.  Only the thread reads the source while the loop runs; leaving the loop early stops
+    the thread and waits for it, so the next phase may use the client again.
+    """
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        buffer.put(page, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, name="perkbridge-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
 
 
 def _no_state(_conn: Connection) -> None:

@@ -1,0 +1,182 @@
+"""Benchmark: ``perkbridge backfill`` against the raw-pull ceiling of the same sandbox, in one run.
+
+1. The sandbox serves a generated business from its own process.
+2. Raw-pull ceiling: a bare httpx loop (password grant, then ``transactions/`` page by page with
+   ``limit``/``offset``, JSON-decoding every page) — no pacing, no mapping, no database.
+3. ``perkbridge backfill --json`` of that business into a fresh SQLite file, in a child process
+   whose peak RSS (``VmHWM``) is sampled while it runs.
+
+It prints both rates (transactions per second of wall time), their ratio and the backfill's peak
+RSS.  Targets: ratio >= 0.25, peak RSS <= 250 MB.
+
+    .venv/bin/python bench/backfill.py                       # 200,000 transactions
+    .venv/bin/python bench/backfill.py --transactions 20000  # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+RATIO_TARGET = 0.25
+RSS_TARGET_MB = 250.0
+
+
+def _start_sandbox(transactions: int, members: int, seed: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "connectors.perkville.sandbox", "--port", "0", "--seed", str(seed),
+            "--members", str(members), "--transactions", str(transactions),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise SystemExit("the sandbox did not start")
+    return proc, json.loads(line)
+
+
+def raw_pull(info: dict[str, Any], page_size: int) -> dict[str, Any]:
+    """The ceiling: token, then every transactions page decoded, nothing else."""
+    started = time.perf_counter()
+    with httpx.Client(timeout=60.0) as http:
+        token = http.post(
+            info["token_url"],
+            data={"grant_type": "password", "username": info["username"], "password": info["password"]},
+            auth=(info["client_id"], info["client_secret"]),
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        url = info["api_url"].rstrip("/") + "/transactions/"
+        business = info["business_ids"][0]
+        offset = 0
+        rows = 0
+        pages = 0
+        while True:
+            response = http.get(
+                url, params={"business": business, "limit": page_size, "offset": offset}, headers=headers
+            )
+            response.raise_for_status()
+            objects = response.json().get("objects", [])
+            pages += 1
+            if not objects:
+                break
+            rows += len(objects)
+            offset += len(objects)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "pages": pages, "seconds": seconds, "rate": rows / seconds}
+
+
+def _vmhwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def backfill(info: dict[str, Any], page_size: int, workdir: Path) -> dict[str, Any]:
+    """``perkbridge backfill --json`` in a child process; wall time and sampled peak RSS."""
+    config = workdir / "bench.toml"
+    config.write_text(f"[perkville]\npage_size = {page_size}\nrequests_per_second = 100000\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_"))}
+    env.update(
+        PERKBRIDGE_DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
+        PERKVILLE_API_URL=info["api_url"],
+        PERKVILLE_TOKEN_URL=info["token_url"],
+        PERKVILLE_CLIENT_ID=info["client_id"],
+        PERKVILLE_CLIENT_SECRET=info["client_secret"],
+        PERKVILLE_USERNAME=info["username"],
+        PERKVILLE_PASSWORD=info["password"],
+        PERKVILLE_BUSINESS_ID=str(info["business_ids"][0]),
+        PERKBRIDGE_LOG_FORMAT="plain",
+    )
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    peak = 0.0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            value = _vmhwm_mb(proc.pid)
+            if value is not None:
+                peak = max(peak, value)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"backfill failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
+    body = json.loads(out)
+    transactions = int(body["kinds"]["transaction"]["read"])
+    return {
+        "run": body,
+        "transactions": transactions,
+        "seconds": seconds,
+        "run_seconds": float(body.get("seconds", seconds)),
+        "rate": transactions / seconds,
+        "peak_rss_mb": peak,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transactions", type=int, default=200_000)
+    parser.add_argument("--members", type=int, default=None, help="default: transactions / 50")
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    members = args.members or max(200, args.transactions // 50)
+    print(f"sandbox: {args.transactions:,} transactions, {members:,} members (own process); page size {args.page_size}")
+    sandbox, info = _start_sandbox(args.transactions, members, args.seed)
+    try:
+        raw = raw_pull(info, args.page_size)
+        print(f"raw pull ceiling : {raw['rows']:>9,} rows in {raw['seconds']:7.2f} s = {raw['rate']:>9,.0f} rows/s")
+        with tempfile.TemporaryDirectory(prefix="perkbridge-bench-") as tmp:
+            result = backfill(info, args.page_size, Path(tmp))
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
+    run = result["run"]
+    ratio = result["rate"] / raw["rate"]
+    print(
+        f"perkbridge backfill: {result['transactions']:>7,} rows in {result['seconds']:7.2f} s = "
+        f"{result['rate']:>9,.0f} rows/s (wall, incl. start-up and {run['kinds']['connection']['read']:,} members; "
+        f"run itself {result['run_seconds']:.2f} s)"
+    )
+    print(
+        f"records: read {run['read']:,} applied {run['applied']:,} duplicate {run['duplicate']:,} "
+        f"skipped {run['skipped']:,} dead-lettered {run['dead_lettered']:,}"
+    )
+    print(f"ratio backfill / raw pull: {ratio:.2f}  (target >= {RATIO_TARGET})")
+    print(f"backfill peak RSS: {result['peak_rss_mb']:.1f} MB  (target <= {RSS_TARGET_MB:.0f} MB)")
+    ok = ratio >= RATIO_TARGET and result["peak_rss_mb"] <= RSS_TARGET_MB and raw["rows"] == result["transactions"]
+    print("targets met" if ok else "TARGETS NOT MET")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
