@@ -440,7 +440,9 @@ class Pipeline:
         self.progress.phase("users")
         seen: set[str] = set()
         pages = self.source.iter_users(
-            last_mod_dt_gte=since, last_mod_dt_lt=upper if since is not None else None
+            business=self.business,
+            last_mod_dt_gte=since,
+            last_mod_dt_lt=upper if since is not None else None,
         )
         for page in pages:
             batch: dict[str, Mapping[str, Any]] = {}
