@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy", type=int, default=100_000, help="events of the heavy customer")
     parser.add_argument("--reads", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest phase")
+    parser.add_argument("--sort", default="tottime", help="pstats sort key for --profile")
     parser.add_argument("--db", type=Path, default=None, help="SQLite file (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         print(f"peak RSS after ingest: {peak_rss_mb():.0f} MB")
         if profiler:
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+            pstats.Stats(profiler).sort_stats(args.sort).print_stats(40)
 
         heavy = (
             EventInput(user_id="heavy", event="perkville.points_earned", transaction_id=f"heavy:{i}",

@@ -72,6 +72,9 @@ The bridge re-reads a 45-day look-back window, so a late event inside that windo
 day's counters; the state document of a customer stays bounded however long the history.
 """
 
+PRUNE_ABOVE_KEYS = 64
+"""Prune a state document only once it holds more period keys than this (pruning has a cost)."""
+
 STATE_MEMO_SIZE = 50_000
 """Customers whose decoded state a service keeps between pages (a few KB each)."""
 
@@ -1026,7 +1029,10 @@ class CoreService:
         for cust in customers:
             if not cust.dirty:
                 continue
-            if cust.max_day is not None and (cust.state.counters or cust.state.achievement_days):
+            if cust.max_day is not None and (
+                len(cust.state.counters) > PRUNE_ABOVE_KEYS
+                or sum(len(d) for d in cust.state.achievement_days.values()) > PRUNE_ABOVE_KEYS
+            ):
                 cust.state = core_engine.prune_state(
                     program, cust.state, cust.max_day - timedelta(days=STATE_PRUNE_MARGIN_DAYS)
                 )
@@ -1224,7 +1230,9 @@ def _bind(name: str) -> Any:
     return bindparam(name)
 
 
-_FAST_SECTIONS = frozenset({"balances", "lifetime", "perks"})
+_FAST_SECTIONS = frozenset(
+    {"balances", "lifetime", "perks", "counters", "event_counts", "reward_counts"}
+)
 
 
 def _trigger_doc(trigger: Mapping[str, Any]) -> dict[str, Any]:
@@ -1243,9 +1251,8 @@ def encode_state(state: CustomerState) -> str:
     The common state (balances, lifetime totals, unlocked perks) is encoded here directly, in the
     same format, because it is written once per customer per page.
     """
-    if (state.achievements or state.event_counts or state.counters or state.last_applied
-            or state.achievement_totals or state.achievement_days or state.streaks
-            or state.reward_counts):
+    if (state.achievements or state.last_applied or state.achievement_totals
+            or state.achievement_days or state.streaks):
         return st.dump_json({k: v for k, v in state.to_json().items() if v})
     doc: dict[str, Any] = {}
     if state.balances:
@@ -1257,6 +1264,12 @@ def encode_state(state: CustomerState) -> str:
             k: {"unlocked_at": p.unlocked_at.isoformat(), "trigger": _trigger_doc(p.trigger)}
             for k, p in state.perks.items()
         }
+    if state.event_counts:
+        doc["event_counts"] = state.event_counts
+    if state.counters:
+        doc["counters"] = state.counters
+    if state.reward_counts:
+        doc["reward_counts"] = state.reward_counts
     return st.dump_json(doc)
 
 
@@ -1276,6 +1289,9 @@ def decode_state(text: str) -> CustomerState:
             )
             for k, p in perks.items()
         } if perks else {},
+        event_counts=dict(doc.get("event_counts", {})),
+        counters=dict(doc.get("counters", {})),
+        reward_counts=dict(doc.get("reward_counts", {})),
     )
 
 
