@@ -181,6 +181,7 @@ class Pipeline:
     def run(self, options: RunOptions) -> RunSummary:
         """One run under the (business, import) lease; raises ``LeaseHeldError`` if busy."""
         started = time.monotonic()
+        self._reset()
         ttl = timedelta(seconds=self.config.lease_seconds)
         owner = new_owner_id()
         name = lease_name(self.business, DIRECTION)
@@ -233,6 +234,7 @@ class Pipeline:
         A record that fails again stays open with ``attempts`` + 1 and its newest reason.
         """
         started = time.monotonic()
+        self._reset()
         ttl = timedelta(seconds=self.config.lease_seconds)
         owner = new_owner_id()
         lease = self.state.leases.acquire(lease_name(self.business, DIRECTION), owner, ttl, wait=wait)
@@ -297,6 +299,12 @@ class Pipeline:
         except (NotFound, RequestRejected):
             return stored
         return fresh if isinstance(fresh, Mapping) and fresh else stored
+
+    def _reset(self) -> None:
+        """Fresh counters for a new run of this (reusable) pipeline."""
+        self._counts = RunCounts()
+        self._kinds = {}
+        self._open_dead_letters = 0
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}

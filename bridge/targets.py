@@ -136,6 +136,35 @@ def program_has_migration_rules(blueprint: Any, modules: Mapping[str, Any] | Non
     return all(f'"{name}"' in text for name in sorted(ruled_events(modules)))
 
 
+def merge_program(
+    active: Mapping[str, Mapping[str, Any]], migration: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``migration``'s modules merged into the Space's ``active`` ones, never dropping a rule.
+
+    ``events``: the active rules plus every migration rule whose ``key`` (or event) is missing.
+    ``wallets``: the active wallets plus migration wallets whose ``key`` is missing.  Any other
+    module of ``migration`` is taken as it is when the Space has none.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for name, body in migration.items():
+        current = active.get(name)
+        if current is None:
+            merged[name] = json.loads(json.dumps(body))
+            continue
+        if name in ("events", "wallets"):
+            field = "rules" if name == "events" else "wallets"
+            items = list(current.get(field) or [])
+            seen = {str(item.get("key") or item.get("event")) for item in items if isinstance(item, Mapping)}
+            for item in body.get(field) or []:
+                ident = str(item.get("key") or item.get("event"))
+                if ident not in seen:
+                    items.append(dict(item))
+            merged[name] = {**dict(current), field: items}
+        else:
+            merged[name] = dict(current)
+    return merged
+
+
 class EmbeddedTarget:
     """The embedded core in the bridge's own database: one transaction per page."""
 
@@ -164,9 +193,27 @@ class EmbeddedTarget:
             modules = dict(self._program_loader())
         if program_has_migration_rules(self.service.program(self.space), modules):
             return f"migration program rules for perkville.* events already active in Space {self.space!r}"
-        self.service.load_program(self.space, modules)
+        active = self._active_modules(set(modules))
+        merged = merge_program(active, modules)
+        self.service.load_program(self.space, merged)
         names = ", ".join(sorted(modules))
-        return f"loaded the migration program ({names}) for perkville.* events into Space {self.space!r}"
+        kept = " (merged with the Space's own rules)" if active else ""
+        return f"loaded the migration program ({names}) for perkville.* events into Space {self.space!r}{kept}"
+
+    def _active_modules(self, names: set[str]) -> dict[str, dict[str, Any]]:
+        """The Space's active bodies of ``names`` (so loading the migration rules keeps the others)."""
+        from sqlalchemy import select
+
+        from perkamo_core.storage import program_modules, spaces
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(program_modules.c.module, program_modules.c.body)
+                .join(spaces, spaces.c.id == program_modules.c.space_id)
+                .where(spaces.c.slug == self.space, program_modules.c.active.is_(True))
+                .order_by(program_modules.c.id)
+            ).all()
+        return {str(m): dict(b) for m, b in rows if m in names and isinstance(b, Mapping)}
 
     def deliver(
         self,
@@ -381,9 +428,27 @@ class EmbeddedTarget:
             modules = dict(self._program_loader())
         if program_has_migration_rules(self.service.program(self.space), modules):
             return f"migration program rules for perkville.* events already active in Space {self.space!r}"
-        self.service.load_program(self.space, modules)
+        active = self._active_modules(set(modules))
+        merged = merge_program(active, modules)
+        self.service.load_program(self.space, merged)
         names = ", ".join(sorted(modules))
-        return f"loaded the migration program ({names}) for perkville.* events into Space {self.space!r}"
+        kept = " (merged with the Space's own rules)" if active else ""
+        return f"loaded the migration program ({names}) for perkville.* events into Space {self.space!r}{kept}"
+
+    def _active_modules(self, names: set[str]) -> dict[str, dict[str, Any]]:
+        """The Space's active bodies of ``names`` (so loading the migration rules keeps the others)."""
+        from sqlalchemy import select
+
+        from perkamo_core.storage import program_modules, spaces
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(program_modules.c.module, program_modules.c.body)
+                .join(spaces, spaces.c.id == program_modules.c.space_id)
+                .where(spaces.c.slug == self.space, program_modules.c.active.is_(True))
+                .order_by(program_modules.c.id)
+            ).all()
+        return {str(m): dict(b) for m, b in rows if m in names and isinstance(b, Mapping)}
 
     def deliver(
         self,

@@ -618,7 +618,10 @@ def _translate_perks(client: Any, business: str, timezone: str) -> tuple[dict[st
             perks.extend(page.objects)
     finally:
         client.close()
-    translation = program_mapping.to_program_modules(perks, timezone=timezone)
+    from config.programs import load_migration_program
+
+    # On top of the migration program, so loading it keeps the perkville.* rules a backfill needs.
+    translation = program_mapping.to_program_modules(perks, timezone=timezone, base=load_migration_program())
     issues = [f"perk {i.record_id}: {i.reason}" for i in translation.issues]
     issues += [f"perk {s.record_id} skipped: {s.reason}" for s in translation.skipped]
     return dict(translation.modules), issues

@@ -214,3 +214,19 @@ def test_windowed_backfill_leaves_the_cursors_alone(bridge: Bridge) -> None:
     )
     assert 0 < summary.kinds["transaction"]["read"] < TRANSACTIONS
     assert bridge.state.cursors.all(bridge.business) == []
+
+
+def test_the_migration_rules_are_merged_into_a_space_with_its_own_program(bridge: Bridge) -> None:
+    bridge.service.ensure_space(SPACE)
+    bridge.service.load_program(
+        SPACE,
+        {
+            "wallets": {"wallets": [{"key": "xp", "name": "XP", "precision": 0}]},
+            "events": {"rules": [{"event": "purchase.completed", "key": "buy", "wallet": "xp", "amount": 5}]},
+        },
+    )
+    summary = bridge.backfill("history")
+    assert any("merged with the Space's own rules" in note for note in summary.notes)
+    blueprint = __import__("json").dumps(bridge.service.program(SPACE))
+    assert "purchase.completed" in blueprint and "perkville.points_earned" in blueprint
+    assert bridge.reconcile().ok

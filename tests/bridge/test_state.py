@@ -282,3 +282,24 @@ def test_prefetch_yields_in_order_and_propagates_errors() -> None:
     assert next(stream) == 0
     stream.close()  # leaving early stops the producer thread
     assert not any(t.name == "perkbridge-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ("active", "expected_rules"),
+    [
+        ({}, ["m1", "m2"]),
+        ({"events": {"rules": [{"key": "own", "event": "x.y"}]}}, ["own", "m1", "m2"]),
+        ({"events": {"rules": [{"key": "m1", "event": "perkville.a"}]}}, ["m1", "m2"]),
+    ],
+    ids=["empty-space", "keeps-own-rules", "no-duplicate-keys"],
+)
+def test_merge_program(active: dict, expected_rules: list[str]) -> None:  # type: ignore[type-arg]
+    from bridge.targets import merge_program
+
+    migration = {
+        "events": {"rules": [{"key": "m1", "event": "perkville.a"}, {"key": "m2", "event": "perkville.b"}]},
+        "wallets": {"wallets": [{"key": "points"}]},
+    }
+    merged = merge_program(active, migration)
+    assert [r["key"] for r in merged["events"]["rules"]] == expected_rules
+    assert [w["key"] for w in merged["wallets"]["wallets"]] == ["points"]
