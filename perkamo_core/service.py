@@ -78,6 +78,9 @@ PRUNE_ABOVE_KEYS = 64
 STATE_MEMO_SIZE = 50_000
 """Customers whose decoded state a service keeps between pages (a few KB each)."""
 
+REDEMPTION_EVENT = "reward.redeemed"
+"""Event key under which a redemption appears in the outbox (context: reward_key, wallet, cost)."""
+
 READ_MODEL_EVENTS = 20
 IN_CHUNK = 500  # bound on bind parameters of one IN (...) list
 
@@ -1111,6 +1114,11 @@ class CoreService:
                 event_id=None, redemption_id=redemption_id, created_at=now,
             ))
             self._save_customers(conn, row, program, [cust], {}, now)
+            self._lock_outbox(conn, row.id)
+            conn.execute(st.outbox.insert().values(
+                space_id=row.id, kind="event", customer_id=cust.id, event_id=None,
+                redemption_id=redemption_id, traits=None, created_at=now,
+            ))
             self._bump_usage(conn, row.id, {"redemptions": 1})
             return result
 
@@ -1204,24 +1212,40 @@ class CoreService:
         o = st.outbox
         e = st.events
         c = st.customers
+        r = st.redemptions
         with self._read() as conn:
             row = self._space_row(conn, space)
             rows = conn.execute(
                 select(o.c.seq, o.c.kind, o.c.traits, c.c.user_id, e.c.event, e.c.transaction_id,
-                       e.c.context, e.c.occurred_at)
-                .select_from(o.join(c, c.c.id == o.c.customer_id).outerjoin(e, e.c.id == o.c.event_id))
+                       e.c.context, e.c.occurred_at,
+                       r.c.transaction_id.label("r_txid"), r.c.reward_key, r.c.wallet, r.c.cost,
+                       r.c.created_at.label("r_at"))
+                .select_from(
+                    o.join(c, c.c.id == o.c.customer_id)
+                    .outerjoin(e, e.c.id == o.c.event_id)
+                    .outerjoin(r, r.c.id == o.c.redemption_id)
+                )
                 .where(o.c.space_id == row.id, o.c.seq > after_seq)
                 .order_by(o.c.seq)
                 .limit(max(1, min(limit, 10_000)))
             ).all()
-        return [
-            OutboxItem(
-                seq=int(r.seq), kind=r.kind, user_id=r.user_id, event=r.event,
-                transaction_id=r.transaction_id, context=_wire(r.context or {}),
-                occurred_at=r.occurred_at, traits=_wire(r.traits or {}),
-            )
-            for r in rows
-        ]
+        items = []
+        for x in rows:
+            if x.r_txid is not None:  # a redemption, written back like an event
+                items.append(OutboxItem(
+                    seq=int(x.seq), kind="event", user_id=x.user_id, event=REDEMPTION_EVENT,
+                    transaction_id=x.r_txid,
+                    context={"reward_key": x.reward_key, "wallet": x.wallet,
+                             "cost": wire_number(x.cost)},
+                    occurred_at=x.r_at, traits={},
+                ))
+                continue
+            items.append(OutboxItem(
+                seq=int(x.seq), kind=x.kind, user_id=x.user_id, event=x.event,
+                transaction_id=x.transaction_id, context=_wire(x.context or {}),
+                occurred_at=x.occurred_at, traits=_wire(x.traits or {}),
+            ))
+        return items
 
 
 def _bind(name: str) -> Any:

@@ -267,9 +267,10 @@ outbox = Table(
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("space_id", Integer, ForeignKey("core_spaces.id"), nullable=False),
-    Column("kind", String(16), nullable=False),  # "event" | "identify"
+    Column("kind", String(16), nullable=False),  # "event" (incl. redemptions) | "identify"
     Column("customer_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("event_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("redemption_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("traits", JSONText, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
 )

@@ -14,7 +14,7 @@ from perkamo_core.errors import (
     NotFoundError,
 )
 from perkamo_core.models import SERVER_SCOPES
-from perkamo_core.service import CoreService
+from perkamo_core.service import REDEMPTION_EVENT, CoreService
 from tests.perkamo_core.test_service_ingest import SPACE, count, make_service, purchase
 
 
@@ -106,6 +106,9 @@ def test_redeem_subtracts_cost_returns_effect_and_is_idempotent(
     assert service.wallet_balances(SPACE) == {"a": Decimal(10)}
     assert service.customer(SPACE, "a")["level"]["current"] == 50  # lifetime basis keeps the level
     assert service.usage(SPACE)["meters"]["redemptions"] == 1
+    written_back = [i for i in service.iter_outbox(SPACE) if i.event == REDEMPTION_EVENT]
+    assert [(i.kind, i.user_id, i.transaction_id, i.context) for i in written_back] == [
+        ("event", "a", "r1", {"reward_key": "free_shipping", "wallet": "points", "cost": 40})]
 
 
 def test_redeem_with_insufficient_balance_changes_nothing(
