@@ -8,6 +8,9 @@ import typer
 
 from bridge.cli import common
 
+AUTH_CACHE_SECONDS = 1.0
+"""How long a successful key check is remembered: a revoked key stops working within this time."""
+
 
 def build_app(database_url: str, *, rate_limit: int | None, require_signatures: bool) -> Any:
     """The FastAPI app over a migrated core on ``database_url`` (also used by ``bench/``)."""
@@ -18,7 +21,12 @@ def build_app(database_url: str, *, rate_limit: int | None, require_signatures: 
     engine = create_db_engine(database_url)
     service = CoreService(engine)
     service.migrate()
-    return create_app(service, rate_limit=rate_limit, require_signatures=require_signatures)
+    return create_app(
+        service,
+        rate_limit=rate_limit,
+        require_signatures=require_signatures,
+        auth_cache_seconds=AUTH_CACHE_SECONDS,
+    )
 
 
 def _display_url(database_url: str) -> str:

@@ -12,6 +12,8 @@ errors become ``{"message", "code"}`` answers with their status.  No client inpu
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import json
 import logging
 import secrets
@@ -121,6 +123,58 @@ def batch_results(items: Sequence[IngestOutcome], transaction_ids: Sequence[str 
 # -- the gate ----------------------------------------------------------------------------------
 
 
+class _AuthCache:
+    """Successful key authentications and Space signature settings, remembered for ``ttl`` seconds.
+
+    Keys are remembered by their SHA-256, never in clear.  A revocation or a Space setting change
+    takes effect within ``ttl`` seconds (0 disables the cache: every request asks the service).
+    """
+
+    def __init__(self, service: CoreService, ttl: float) -> None:
+        self._service = service
+        self._ttl = ttl
+        self._keys: dict[str, tuple[float, ApiKeyInfo]] = {}
+        self._spaces: dict[str, tuple[float, bool]] = {}
+
+    def authenticate(self, api_key: str) -> ApiKeyInfo:
+        if self._ttl <= 0:
+            return self._service.authenticate(api_key)
+        digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        info = self._service.authenticate(api_key)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (now + self._ttl, info)
+        return info
+
+    def require_signatures(self, space: str) -> bool:
+        now = time.monotonic()
+        cached = self._spaces.get(space)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            required = bool(self._service.get_space(space).require_signatures)
+        except NotFoundError:
+            required = False
+        if self._ttl > 0:
+            self._spaces[space] = (now + self._ttl, required)
+        return required
+
+
+class _RequestIds:
+    """``req_`` ids: a random per-process prefix and a counter (unique, cheap to make)."""
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):012x}"
+
+
 class _BodyTooLarge(ValidationError):
     default_code = "payload_too_large"
 
@@ -138,10 +192,12 @@ class _Gate:
         require_signatures: bool,
         max_body_bytes: int,
         meter: _RequestMeter,
+        auth_cache_seconds: float,
     ) -> None:
         self.app = app
         self.meter = meter
-        self.service = service
+        self.auth = _AuthCache(service, auth_cache_seconds)
+        self.request_ids = _RequestIds()
         self.now = now
         self.limiter = limiter
         self.require_signatures = require_signatures
@@ -151,7 +207,7 @@ class _Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + secrets.token_hex(12)
+        request_id = self.request_ids.next()
         extra_headers: list[tuple[bytes, bytes]] = [(REQUEST_ID_HEADER.encode(), request_id.encode())]
         started = False
 
@@ -181,7 +237,7 @@ class _Gate:
         api_key = headers.get(API_KEY_HEADER)
         if not api_key:
             raise AuthenticationError(f"missing {API_KEY_HEADER} header", code="missing_api_key")
-        info = self.service.authenticate(api_key)
+        info = self.auth.authenticate(api_key)
         self.meter.count(info.space)
         now = self.now()
         if self.limiter is not None:
@@ -206,12 +262,7 @@ class _Gate:
         return _replay(body)
 
     def _signatures_required(self, info: ApiKeyInfo) -> bool:
-        if self.require_signatures:
-            return True
-        try:
-            return bool(self.service.get_space(info.space).require_signatures)
-        except NotFoundError:
-            return False
+        return self.require_signatures or self.auth.require_signatures(info.space)
 
 
 def _rate_limited(decision: RateDecision) -> RateLimitedError:
@@ -380,8 +431,8 @@ def _key_info(request: Request) -> ApiKeyInfo:
     return info
 
 
-def _scoped(scope_name: str) -> Callable[..., ApiKeyInfo]:
-    def dependency(request: Request, _key: Annotated[str | None, Security(_api_key_scheme)] = None) -> ApiKeyInfo:
+def _scoped(scope_name: str) -> Callable[..., Awaitable[ApiKeyInfo]]:
+    async def dependency(request: Request, _key: Annotated[str | None, Security(_api_key_scheme)] = None) -> ApiKeyInfo:
         info = _key_info(request)
         if scope_name not in info.scopes:
             raise PermissionDeniedError(
@@ -451,6 +502,7 @@ def create_app(
     require_signatures: bool = False,
     group_commit: bool = True,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    auth_cache_seconds: float = 0.0,
 ) -> FastAPI:
     """The v1 API over ``service``.
 
@@ -458,6 +510,8 @@ def create_app(
     datetimes) drives signature freshness and rate windows.  ``require_signatures`` makes
     signatures mandatory for every Space (a Space can also require them by itself).
     ``group_commit`` lets concurrent single-event requests share one transaction.
+    ``auth_cache_seconds`` remembers successful key checks and Space signature settings that long
+    (``perkbridge serve`` uses 1 s: a revocation then takes effect within a second).
     """
     now_dt = clock or (lambda: datetime.now(UTC))
     writer = _EventWriter(service) if group_commit else None
@@ -488,6 +542,7 @@ def create_app(
         require_signatures=require_signatures,
         max_body_bytes=max_body_bytes,
         meter=meter,
+        auth_cache_seconds=auth_cache_seconds,
     )
 
     @app.exception_handler(CoreError)

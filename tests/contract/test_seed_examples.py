@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -93,19 +94,27 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def served(db_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """``perkbridge keys create`` then ``perkbridge serve``; yields (base URL, key)."""
+def _cli_env(db_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKBRIDGE_", "PERKAMO_"))}
     env["PERKBRIDGE_DATABASE_URL"] = db_url
+    return env
+
+
+def _create_key(env: dict[str, str]) -> str:
     created = _cli("keys", "create", "--space", "commerce-test", "--json", env=env)
     assert created.returncode == 0, created.stderr
-    key = json.loads(created.stdout)["key"]
+    key = str(json.loads(created.stdout)["key"])
     assert key.startswith("sk_test_")
+    return key
+
+
+@contextmanager
+def _serve(env: dict[str, str], log_path: Path, *options: str) -> Iterator[str]:
+    """``perkbridge serve`` on a free loopback port until the block ends; yields its base URL."""
     port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
+    log = log_path.open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        [sys.executable, "-m", "bridge", *options, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -120,13 +129,22 @@ def served(db_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
             except httpx.TransportError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("perkbridge serve did not start: " + (tmp_path / "serve.log").read_text())
+                raise AssertionError("perkbridge serve did not start: " + log_path.read_text())
             time.sleep(0.1)
-        yield base_url, key
+        yield base_url
     finally:
         server.terminate()
         server.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture
+def served(db_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``perkbridge keys create`` then ``perkbridge serve``; yields (base URL, key)."""
+    env = _cli_env(db_url)
+    key = _create_key(env)
+    with _serve(env, tmp_path / "serve.log") as base_url:
+        yield base_url, key
 
 
 def _curl(command: str, base_url: str, key: str) -> tuple[int, dict[str, object], str]:
@@ -183,3 +201,21 @@ def test_seed_curl_examples_against_perkbridge_serve(served: tuple[str, str]) ->
     assert profile["wallets"] == {"points": 11}  # 50 + 1 for the page view - 40 for free shipping
     status, customer, _ = _curl(QUICKSTART_PROFILE.replace("/v1/profile/", "/v1/customer/"), base_url, key)
     assert customer == profile
+
+
+def test_serve_honours_the_serve_settings(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "perkbridge.toml"
+    config.write_text("[serve]\nrate_limit_per_minute = 3\nrequire_signatures = true\n")
+    env = _cli_env(db_url)
+    key = _create_key(env)
+    with _serve(env, tmp_path / "serve.log", "--config", str(config)) as base_url:
+        headers = {"x-perkamo-api-key": key}
+        unsigned = httpx.post(f"{base_url}/v1/identify", json={"user_id": "u1"}, headers=headers)
+        assert unsigned.status_code == 401 and unsigned.json()["code"] == "signature_required"
+        assert unsigned.headers["ratelimit-limit"] == "3"
+        assert httpx.get(f"{base_url}/v1/usage", headers=headers).status_code == 200
+        assert httpx.get(f"{base_url}/v1/usage", headers=headers).status_code == 200
+        refused = httpx.get(f"{base_url}/v1/usage", headers=headers)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.headers["ratelimit-remaining"] == "0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -210,6 +211,16 @@ def test_a_body_space_other_than_the_keys_is_403(
     _assert_error(_post(api, path, keys.full, payload), 403, "space_mismatch")
     for user_id in ("customer_123", "u1", "u"):  # nothing was written
         _assert_error(api.get(f"/v1/customer/{user_id}", headers={"x-perkamo-api-key": keys.full}), 404)
+
+
+def test_cached_key_checks_expire(service: CoreService, clock: MutableClock) -> None:
+    created = service.create_api_key(SPACE)
+    with TestClient(create_app(service, clock=clock, auth_cache_seconds=0.05)) as cached:
+        headers = {"x-perkamo-api-key": created.key}
+        assert cached.get("/v1/usage", headers=headers).status_code == 200
+        service.revoke_api_key(created.key_id)
+        time.sleep(0.1)
+        _assert_error(cached.get("/v1/usage", headers=headers), 401, "unauthenticated")
 
 
 def test_a_key_of_another_space_sees_only_its_space(api: TestClient, keys: Keys) -> None:
