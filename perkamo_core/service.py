@@ -311,7 +311,16 @@ class CoreService:
     def _write(self, fn: Callable[[Connection], T], conn: Connection | None = None) -> T:
         """Run ``fn`` in a write transaction (or the caller's), retrying transient conflicts."""
         if conn is not None:
-            return fn(conn)
+            try:
+                return fn(conn)
+            except DBAPIError as exc:
+                if _is_retryable(exc):
+                    # The caller's transaction is spoiled: it must roll back and retry the page.
+                    raise ConflictError(
+                        "a concurrent writer touched the same rows; roll back and retry the page "
+                        "with the same transaction ids"
+                    ) from exc
+                raise
         delay = 0.01
         for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
             try:
