@@ -86,7 +86,8 @@ class Target(Protocol):
 def _event_input(event: PerkamoEvent) -> Any:
     from perkamo_core.models import EventInput
 
-    return EventInput(
+    # The mapping already typed every field and the core validates each item: skip a second pass.
+    return EventInput.model_construct(
         user_id=event.user_id,
         event=event.event,
         transaction_id=event.transaction_id,
@@ -350,7 +351,8 @@ class RemoteTarget:
 def _event_input(event: PerkamoEvent) -> Any:
     from perkamo_core.models import EventInput
 
-    return EventInput(
+    # The mapping already typed every field and the core validates each item: skip a second pass.
+    return EventInput.model_construct(
         user_id=event.user_id,
         event=event.event,
         transaction_id=event.transaction_id,

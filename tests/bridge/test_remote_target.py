@@ -105,3 +105,32 @@ def test_history_backfill_into_a_remote_perkamo_reconciles_through_its_customers
         perkamo.close()
         client.close()
         engine.dispose()
+
+
+def test_the_cli_backfills_and_reconciles_a_remote_target(
+    db_url: str, sandbox: Sandbox, served: tuple[str, str], tmp_path: Path
+) -> None:
+    base, key = served
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_"))}
+    creds = sandbox.credentials
+    env.update(
+        PERKBRIDGE_DATABASE_URL=db_url,
+        PERKVILLE_API_URL=sandbox.api_url,
+        PERKVILLE_TOKEN_URL=sandbox.token_url,
+        PERKVILLE_CLIENT_ID=creds["client_id"],
+        PERKVILLE_CLIENT_SECRET=creds["client_secret"],
+        PERKVILLE_USERNAME=creds["username"],
+        PERKVILLE_PASSWORD=creds["password"],
+        PERKVILLE_BUSINESS_ID=str(sandbox.business_ids[0]),
+        PERKAMO_TARGET="remote",
+        PERKAMO_BASE_URL=base,
+        PERKAMO_SECRET_KEY=key,
+        PERKBRIDGE_LOG_FORMAT="plain",
+    )
+    config = tmp_path / "remote.toml"
+    config.write_text("[perkville]\nrequests_per_second = 1000\n")
+    body = json.loads(_cli(env, "--config", str(config), "backfill", "--json"))
+    assert body["status"] == "succeeded" and body["dead_lettered"] == 0
+    report = json.loads(_cli(env, "--config", str(config), "reconcile", "--json"))
+    assert report["checked"] == MEMBERS and report["mismatches"] == []
+    assert key not in json.dumps(body) + json.dumps(report)
