@@ -203,3 +203,23 @@ def test_a_wrong_password_fails_in_one_line_without_leaking_it(
     code, body, _ = run(capsys, cli_env, "status", "--json")
     failed = body["runs"][0]
     assert failed["status"] == "failed" and "Wrong-Pa55word-xyz" not in json.dumps(body)
+
+
+def test_program_from_perkville_and_idmap_export(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], db_url: str, sandbox: Sandbox
+) -> None:
+    code, modules, err = run(capsys, cli_env, "program", "from-perkville", "--load")
+    assert code == 0, err
+    events = {rule["event"] for rule in modules["events"]["rules"]}
+    assert "perkville.points_earned" in events  # built on the migration program
+    assert any(name.startswith("perk.") for name in events)  # plus the translated EARN perks
+    assert "loaded" in err
+    code, body, err = run(capsys, cli_env, "backfill", "--json")
+    assert code == 0, err
+    assert "already active" in err  # the loaded program kept the perkville.* rules
+    csv_file = cli_env.parent / "idmap.csv"
+    code, _, err = run(capsys, cli_env, "idmap", "--csv", str(csv_file))
+    assert code == 0 and f"wrote {MEMBERS} rows" in err
+    header, *rows = csv_file.read_text().splitlines()
+    assert header.split(",")[:4] == ["business", "perkville_user_id", "customer_id", "strategy"]
+    assert len(rows) == MEMBERS and all(",perkville:" in row for row in rows)
