@@ -583,6 +583,17 @@ class CoreService:
         return {"module": module, "version": label, "active": active,
                 "created_at": core_engine.format_datetime(now)}
 
+    def active_modules(self, space: str) -> dict[str, dict[str, Any]]:
+        """The active module bodies of ``space`` as uploaded, by module name."""
+        pm = st.program_modules
+        with self._read() as conn:
+            row = self._space_row(conn, space)
+            rows = conn.execute(
+                select(pm.c.module, pm.c.body)
+                .where(pm.c.space_id == row.id, pm.c.active.is_(True))
+            ).all()
+        return {r.module: r.body for r in rows}
+
     def program_versions(self, space: str) -> list[dict[str, Any]]:
         """Every stored module version, oldest first: ``{module, version, active, created_at}``."""
         pm = st.program_modules

@@ -27,6 +27,7 @@ def test_new_version_becomes_active_and_old_ones_are_kept(service: CoreService) 
     versions = [(v["version"], v["active"]) for v in service.program_versions(SPACE)
                 if v["module"] == "events"]
     assert versions == [("v1", False), ("2026-06-02", True)]
+    assert service.active_modules(SPACE) == {**SEED_PROGRAM, "events": DOUBLE_RULE}
     assert service.ingest(SPACE, purchase("a", "t1"))["delta"] == [{"wallet": "points", "amount": 100}]
 
 
