@@ -53,13 +53,13 @@ from sqlalchemy import (
     String,
     Table,
     delete,
-    insert,
     select,
     update,
 )
 
 from bridge.errors import LeaseHeldError
 from bridge.state.schema import as_utc
+from bridge.state.sql import upsert
 from config import ConfigError, Settings, load_settings
 from perkamo_core.migrations import Migration, migrate
 
@@ -278,14 +278,15 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _upsert_status(conn: Connection, job: str, values: Mapping[str, Any]) -> None:
+    # One atomic INSERT … ON CONFLICT: several workers write the same job's row.
     kind, business_id = parse_job_id(job)
-    changed = conn.execute(
-        update(job_status).where(job_status.c.job_id == job).values(**values)
-    ).rowcount
-    if not changed:
-        conn.execute(
-            insert(job_status).values(job_id=job, kind=kind, business_id=business_id, **values)
-        )
+    upsert(
+        conn,
+        job_status,
+        {"job_id": job, "kind": kind, "business_id": business_id, **values},
+        keys=("job_id",),
+        update=tuple(values),
+    )
 
 
 def record_next_run(engine: Engine, job: str, next_run_at: datetime | None) -> None:
@@ -314,7 +315,7 @@ def start_job_run(engine: Engine, job: str, worker: str, now: datetime) -> int:
     kind, business_id = parse_job_id(job)
     with engine.begin() as conn:
         run_id = conn.execute(
-            insert(job_runs)
+            job_runs.insert()
             .values(job_id=job, kind=kind, business_id=business_id, worker=worker, started_at=now)
             .returning(job_runs.c.id)
         ).scalar_one()
@@ -791,10 +792,14 @@ def run_scheduler(
         log.info("removed job %s: its business is no longer configured", removed)
 
     def on_scheduler_started(_event: SchedulerEvent) -> None:
-        # Runs inside start(), after the job store holds the (replaced) jobs.
-        for job in scheduler.get_jobs():
-            record_next_run(engine, job.id, job.next_run_time)
+        # Runs inside start(), after the job store holds the (replaced) jobs.  The watcher
+        # starts first: whatever fails below, SIGTERM must still stop the process.
         watcher.start()
+        try:
+            for job in scheduler.get_jobs():
+                record_next_run(engine, job.id, job.next_run_time)
+        except Exception:
+            log.warning("could not record the jobs' next runs", exc_info=True)
         if on_started is not None:
             on_started(scheduler)
 

@@ -40,6 +40,11 @@ def register(app: typer.Typer) -> None:
                 _print_status(engine, json_output)
                 return
             _configure_logging(json_output)
+            import faulthandler
+            import signal
+
+            # Operators (and tests) can ask a stuck worker where it is: kill -USR1 PID.
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
             from bridge.workers import NoFreeSlotError, run_worker
 
             config_file = common.STATE.config_file

@@ -41,7 +41,8 @@ def sandbox() -> Iterator[Sandbox]:
         box.stop()
 
 
-def _config(path: Path, db_url: str, box: Sandbox) -> Path:
+def write_config(path: Path, db_url: str, box: Sandbox, *, space: str, extra: str) -> Path:
+    """A TOML config pointing the CLI at ``box`` and ``db_url``; ``extra`` adds tables."""
     creds = box.credentials
     path.write_text(
         f'database_url = "{db_url}"\n'
@@ -52,15 +53,16 @@ def _config(path: Path, db_url: str, box: Sandbox) -> Path:
         f'perkville_username = "{creds["username"]}"\n'
         f'perkville_password = "{creds["password"]}"\n'
         f'perkville_business_id = "{box.business_ids[0]}"\n'
-        f'perkamo_space = "{SPACE}"\n'
+        f'perkamo_space = "{space}"\n'
         "[perkville]\npage_size = 10\nrequests_per_second = 1000\n"
-        "[schedule]\nsync_interval_minutes = 0.02\nlease_seconds = 5\n",
+        "backoff_base_seconds = 0.01\nbackoff_max_seconds = 0.2\n" + extra,
         encoding="utf-8",
     )
     return path
 
 
-def _cli(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_cli(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """``perkbridge --config CONFIG ARGS…`` in a subprocess, free of the caller's env settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKBRIDGE_", "PERKVILLE_", "PERKAMO_"))}
     out = log.open("wb") if log else subprocess.PIPE
     return subprocess.Popen(
@@ -69,7 +71,7 @@ def _cli(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[
     )
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 180.0) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -89,17 +91,20 @@ def _event_count(engine: Engine) -> int:
 def test_sigterm_mid_sync_commits_the_page_exits_0_and_the_next_start_finishes(
     db_url: str, db_engine: Engine, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    config = _config(tmp_path / "perkbridge.toml", db_url, sandbox)
+    config = write_config(
+        tmp_path / "perkbridge.toml", db_url, sandbox, space=SPACE,
+        extra="[schedule]\nsync_interval_minutes = 0.02\nlease_seconds = 5\n",
+    )
     state = StateStore(db_engine)
     state.migrate()
-    first = _cli(config, "schedule", log=tmp_path / "first.log")
+    first = start_cli(config, "schedule", log=tmp_path / "first.log")
     try:
         def mid_transactions() -> bool:
             assert first.poll() is None, (tmp_path / "first.log").read_text()
             runs = state.runs.recent(None, 5)
             return any(r.status == "running" and r.counts.applied > 40 for r in runs)
 
-        _wait_for(mid_transactions, "the first sync to be in the middle of its transactions")
+        wait_for(mid_transactions, "the first sync to be in the middle of its transactions")
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=GRACE_SECONDS) == 0, (tmp_path / "first.log").read_text()
     finally:
@@ -115,16 +120,16 @@ def test_sigterm_mid_sync_commits_the_page_exits_0_and_the_next_start_finishes(
     )
     assert [lease.name for lease in state.leases.all()] == []  # a clean stop hands leases back
 
-    status = _cli(config, "schedule", "--status", "--json")
+    status = start_cli(config, "schedule", "--status", "--json")
     out, _ = status.communicate(timeout=60)
     assert status.returncode == 0
     jobs = {job["job_id"]: job for job in json.loads(out)["jobs"]}
     sync_job = jobs[f"perkbridge:sync:{sandbox.business_ids[0]}"]
     assert sync_job["last_outcome"] == "stopped" and sync_job["next_run_at"]
 
-    second = _cli(config, "schedule", log=tmp_path / "second.log")
+    second = start_cli(config, "schedule", log=tmp_path / "second.log")
     try:
-        _wait_for(
+        wait_for(
             lambda: any(r.status == "succeeded" for r in state.runs.recent(None, 10)),
             "a complete sync after the restart",
         )

@@ -9,13 +9,9 @@ show two overlapping runs of one business in one direction.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,8 +27,8 @@ from bridge.workers import fair_share
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.service import CoreService
 from tests.bridge.conftest import make_client
+from tests.bridge.test_schedule_cli import start_cli, wait_for, write_config
 
-ROOT = Path(__file__).resolve().parents[2]
 BUSINESSES = 6
 MEMBERS = 12
 TRANSACTIONS = 240
@@ -54,60 +50,6 @@ def sandbox() -> Iterator[Sandbox]:
         yield box
     finally:
         box.stop()
-
-
-def _config(path: Path, db_url: str, box: Sandbox) -> Path:
-    creds = box.credentials
-    businesses = ", ".join(f'"{b}"' for b in box.business_ids)
-    path.write_text(
-        "\n".join(
-            [
-                f'database_url = "{db_url}"',
-                f'perkville_api_url = "{box.api_url}"',
-                f'perkville_token_url = "{box.token_url}"',
-                f'perkville_client_id = "{creds["client_id"]}"',
-                f'perkville_client_secret = "{creds["client_secret"]}"',
-                f'perkville_username = "{creds["username"]}"',
-                f'perkville_password = "{creds["password"]}"',
-                f'perkamo_space = "{SPACE}"',
-                "[perkville]",
-                "page_size = 20",
-                "requests_per_second = 1000",
-                "backoff_base_seconds = 0.01",
-                "backoff_max_seconds = 0.2",
-                "[schedule]",
-                f"businesses = [{businesses}]",
-                "sync_interval_minutes = 0.02",
-                "writeback_interval_seconds = 1",
-                f"lease_seconds = {LEASE_SECONDS}",
-                "misfire_grace_seconds = 5",
-                "[writeback]",
-                "enabled = true",
-            ]
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    return path
-
-
-def _start_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKBRIDGE_", "PERKVILLE_", "PERKAMO_"))}
-    handle = log.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--config", str(config), "schedule"],
-        cwd=ROOT,
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
 
 
 def _pid(owner: str | None) -> int | None:
@@ -132,10 +74,18 @@ def test_three_workers_share_six_businesses_and_survive_a_kill(
     db_url: str, db_engine: Engine, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     assert fair_share(BUSINESSES, 3) == 2
-    config = _config(tmp_path / "perkbridge.toml", db_url, sandbox)
+    businesses = ", ".join(f'"{b}"' for b in sandbox.business_ids)
+    config = write_config(
+        tmp_path / "perkbridge.toml", db_url, sandbox, space=SPACE,
+        extra=(
+            f"[schedule]\nbusinesses = [{businesses}]\nsync_interval_minutes = 0.02\n"
+            f"writeback_interval_seconds = 1\nlease_seconds = {LEASE_SECONDS}\n"
+            "misfire_grace_seconds = 5\n[writeback]\nenabled = true\n"
+        ),
+    )
     state = StateStore(db_engine)
     state.migrate()
-    workers = [_start_worker(config, tmp_path / f"worker-{n}.log") for n in range(3)]
+    workers = [start_cli(config, "schedule", log=tmp_path / f"worker-{n}.log") for n in range(3)]
     survivors = workers[1:]
     try:
         victim = workers[0]
@@ -147,7 +97,7 @@ def test_three_workers_share_six_businesses_and_survive_a_kill(
                 for run in state.runs.recent(None, 50)
             )
 
-        _wait_for(victim_mid_run, "the first worker to be in the middle of a run")
+        wait_for(victim_mid_run, "the first worker to be in the middle of a run")
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
         killed_at = datetime.now(UTC)
@@ -173,7 +123,7 @@ def test_three_workers_share_six_businesses_and_survive_a_kill(
             }
             return done >= {str(b) for b in sandbox.business_ids}
 
-        _wait_for(converged, "every business to sync after the kill")
+        wait_for(converged, "every business to sync after the kill")
         for worker in survivors:
             worker.send_signal(signal.SIGTERM)
         for worker in survivors:
