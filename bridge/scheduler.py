@@ -28,20 +28,21 @@ from threading import TIMEOUT_MAX
 from types import FrameType
 from typing import Any, Literal
 
-from apscheduler.events import (
+# APScheduler 3.x ships no type information (import-untyped).
+from apscheduler.events import (  # type: ignore[import-untyped]
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
     EVENT_SCHEDULER_STARTED,
     JobEvent,
     SchedulerEvent,
 )
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.base import STATE_STOPPED
-from apscheduler.schedulers.blocking import BlockingScheduler
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped]
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore  # type: ignore[import-untyped]
+from apscheduler.schedulers.base import STATE_STOPPED  # type: ignore[import-untyped]
+from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped]
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 from sqlalchemy import (
     Column,
     Connection,
@@ -87,7 +88,7 @@ def parse_job_id(value: str) -> tuple[JobKind, str]:
     kind, _, business_id = rest.partition(":")
     if prefix != JOB_ID_PREFIX or kind not in JOB_KINDS or not business_id:
         raise ValueError(f"not a perkbridge job id: {value!r}")
-    return kind, business_id  # type: ignore[return-value]
+    return kind, business_id
 
 
 def scheduled_businesses(settings: Settings) -> list[str]:
@@ -620,7 +621,7 @@ def _summary(result: Any) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-class ForegroundScheduler(BlockingScheduler):
+class ForegroundScheduler(BlockingScheduler):  # type: ignore[misc]
     """``BlockingScheduler`` whose loop leaves at once after ``shutdown``.
 
     The stock loop processes due jobs once more after being woken by ``shutdown``, which would
@@ -765,8 +766,8 @@ def run_scheduler(
 
     previous: dict[int, Any] = {}
     if install_signals:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
+        for wanted in (signal.SIGTERM, signal.SIGINT):
+            previous[int(wanted)] = signal.signal(wanted, on_signal)
 
     watcher_done = threading.Event()
 
@@ -811,7 +812,7 @@ def run_scheduler(
         watcher_done.set()
         if watcher.is_alive():
             watcher.join()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return ScheduleOutcome(received[0] if received else None, tuple(keep))
 
