@@ -401,26 +401,33 @@ class _EventWriter:
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self._apply, batch)
                 except BaseException as exc:  # hand the failure to every waiting request
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
+                    outcomes = [exc] * len(batch)
                 for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
                         future.set_result(outcome)
         finally:
             self._running = False
 
-    def _apply(self, batch: list[tuple[str, EventInput, Any]]) -> list[IngestOutcome]:
-        outcomes: list[IngestOutcome | None] = [None] * len(batch)
+    def _apply(self, batch: list[tuple[str, EventInput, Any]]) -> list[IngestOutcome | BaseException]:
+        """One ``ingest_bulk`` per Space; a Space whose bulk fails fails only its own events."""
+        outcomes: list[IngestOutcome | BaseException] = [CoreError("the event was not processed")] * len(batch)
         by_space: dict[str, list[int]] = {}
         for index, (space, _, _) in enumerate(batch):
             by_space.setdefault(space, []).append(index)
         for space, indexes in by_space.items():
-            results = self._service.ingest_bulk(space, [batch[i][1] for i in indexes])
+            try:
+                results: Sequence[IngestOutcome | BaseException] = self._service.ingest_bulk(
+                    space, [batch[i][1] for i in indexes]
+                )
+            except Exception as exc:
+                results = [exc] * len(indexes)
             for index, outcome in zip(indexes, results, strict=True):
                 outcomes[index] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        return outcomes
 
     def close(self) -> None:
         if self._executor is not None:
