@@ -149,7 +149,8 @@ def test_generated_transaction_ids_are_distinct(target: PerkamoTarget) -> None:
 
 
 def test_identify_sets_traits(target: PerkamoTarget) -> None:
-    target.identify("customer_123", {"plan": "premium", "country": "CZ"})
+    answer = target.identify("customer_123", {"plan": "premium", "country": "CZ"})
+    assert answer == {"tenant": SPACE, "user_id": "customer_123", "traits": {"plan": "premium", "country": "CZ"}}
     customer = target.customer("customer_123")
     assert customer["user_id"] == "customer_123"
     assert customer["traits"] == {"plan": "premium", "country": "CZ"}
@@ -186,10 +187,17 @@ def test_batch_results_in_input_order_with_per_item_errors(target: PerkamoTarget
 def test_redeem_is_idempotent_and_refuses_an_insufficient_balance(target: PerkamoTarget) -> None:
     target.emit("u1", "purchase.completed", {}, "order_1")
     first = target.redeem("u1", "free_shipping", "redeem_1")
+    assert (first["applied"], first["duplicate"]) == (True, False)
+    assert first["delta"] == [{"wallet": "points", "amount": -40}]
+    assert first["effect"] == {"type": "free_shipping"}
     again = target.redeem("u1", "free_shipping", "redeem_1")
-    assert again == first or again.get("duplicate") is True
+    assert (again["applied"], again["duplicate"]) == (False, True)
+    assert {k: v for k, v in again.items() if k not in ("applied", "duplicate")} == {
+        k: v for k, v in first.items() if k not in ("applied", "duplicate")
+    }
     assert target.customer("u1")["wallets"] == {"points": 10}
     assert _refused(target.redeem, "u1", "free_shipping", "redeem_2") == (400, "insufficient_balance")
+    assert _refused(target.redeem, "u1", "no_such_reward", "redeem_3")[0] == 404
     assert target.customer("u1")["wallets"] == {"points": 10}
 
 
@@ -200,9 +208,12 @@ def test_program_and_event_catalog(target: PerkamoTarget) -> None:
     assert program["blueprint"]["earningRules"] == catalog
 
 
-def test_usage_counts_events(target: PerkamoTarget) -> None:
-    before = target.usage()
+def test_usage_counts_events_and_identify_calls(target: PerkamoTarget) -> None:
+    before = target.usage()["meters"]
+    target.emit("u1", "page.viewed", {}, "pv_1")
     target.emit("u1", "page.viewed", {}, "pv_1")
     target.identify("u1", {"plan": "free"})
-    after = target.usage()
-    assert after != before
+    after = target.usage()["meters"]
+    assert after["events"] - before["events"] == 1
+    assert after["duplicates"] - before["duplicates"] == 1
+    assert after["identify_calls"] - before["identify_calls"] == 1
