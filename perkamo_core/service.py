@@ -75,9 +75,6 @@ day's counters; the state document of a customer stays bounded however long the 
 PRUNE_ABOVE_KEYS = 64
 """Prune a state document only once it holds more period keys than this (pruning has a cost)."""
 
-STATE_MEMO_SIZE = 50_000
-"""Customers whose decoded state a service keeps between pages (a few KB each)."""
-
 REDEMPTION_EVENT = "reward.redeemed"
 """Event key under which a redemption appears in the outbox (context: reward_key, wallet, cost)."""
 
@@ -285,9 +282,6 @@ class CoreService:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._postgres = engine.dialect.name == "postgresql"
         self._programs: dict[tuple[int, tuple[tuple[str, int], ...]], Program] = {}
-        # Memo of decode_state per customer: (stored text, decoded state). A hit needs the text
-        # read under this transaction's lock to equal the memo's, so it is never stale.
-        self._states: dict[int, tuple[str, CustomerState]] = {}
 
     @property
     def engine(self) -> Engine:
@@ -732,7 +726,7 @@ class CoreService:
             ):
                 out[row[1]] = _Customer(
                     int(row[0]), row[1], st.load_json(row[3]) if traits else {},
-                    self._decode(int(row[0]), row[2]),
+                    decode_state(row[2]),
                 )
         return out
 
@@ -760,19 +754,8 @@ class CoreService:
                 f"WHERE space_id = ? AND user_id IN ({marks})",
                 [space_id, *chunk],
             ):
-                out[uid] = _Customer(int(cid), uid, {}, self._decode(int(cid), state))
+                out[uid] = _Customer(int(cid), uid, {}, decode_state(state))
         return out
-
-    def _decode(self, customer_id: int, text: str) -> CustomerState:
-        memo = self._states.get(customer_id)
-        if memo is not None and memo[0] == text:
-            return memo[1]
-        return decode_state(text)
-
-    def _remember(self, customer_id: int, text: str, state: CustomerState) -> None:
-        if len(self._states) >= STATE_MEMO_SIZE:
-            self._states.clear()
-        self._states[customer_id] = (text, state)
 
     def _customer_ids(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -1059,9 +1042,7 @@ class CoreService:
                 cust.state = core_engine.prune_state(
                     program, cust.state, cust.max_day - timedelta(days=STATE_PRUNE_MARGIN_DAYS)
                 )
-            doc = encode_state(cust.state)
-            self._remember(cust.id, doc, cust.state)
-            states.append((doc, event_counts.get(cust.id, 0), db_now, cust.id))
+            states.append((encode_state(cust.state), event_counts.get(cust.id, 0), db_now, cust.id))
             lifetime = cust.state.lifetime
             for wallet in sorted(cust.wallets):
                 balance_rows.append((
