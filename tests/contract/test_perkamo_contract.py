@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import Engine
 
 from connectors.perkamo import PerkamoApiError, PerkamoClient, PerkamoInputError, new_transaction_id
-from perkamo_core.api.app import batch_results, dumps, event_input, parse_batch_items
 from perkamo_core.api import create_app
+from perkamo_core.api.app import batch_results, event_input, parse_batch_items
+from perkamo_core.api.responses import dumps
 from perkamo_core.api.schemas import EventBody
 from perkamo_core.errors import CoreError
 from perkamo_core.models import IngestOutcome

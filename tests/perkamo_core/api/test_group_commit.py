@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from perkamo_core.api.app import _EventWriter
+from perkamo_core.api.writer import EventWriter
 from perkamo_core.errors import CoreError
 from perkamo_core.models import EventInput, IngestOutcome
 from tests.perkamo_core.api.support import OTHER_SPACE, SPACE, make_core
@@ -19,7 +19,7 @@ def _event(n: int, txid: str | None = None) -> EventInput:
     return EventInput(user_id=f"u{n % 3}", event="page.viewed", transaction_id=txid or f"pv_{n}")
 
 
-async def _submit_all(writer: _EventWriter, items: Sequence[tuple[str, EventInput]]) -> list[Any]:
+async def _submit_all(writer: EventWriter, items: Sequence[tuple[str, EventInput]]) -> list[Any]:
     return await asyncio.gather(*(writer.ingest(space, event) for space, event in items), return_exceptions=True)
 
 
@@ -35,7 +35,7 @@ def test_concurrent_events_share_bulks_and_keep_their_own_results(
         return real(space, events, **kwargs)
 
     monkeypatch.setattr(service, "ingest_bulk", counting)
-    writer = _EventWriter(service)
+    writer = EventWriter(service)
     items = [(SPACE, _event(n)) for n in range(30)] + [(SPACE, _event(99, "pv_0"))]
     try:
         outcomes = asyncio.run(_submit_all(writer, items))
@@ -59,7 +59,7 @@ def test_a_failing_space_fails_only_its_own_events(db_engine: Engine, monkeypatc
         return real(space, events, **kwargs)
 
     monkeypatch.setattr(service, "ingest_bulk", flaky)
-    writer = _EventWriter(service)
+    writer = EventWriter(service)
     items = [(SPACE if n % 2 else OTHER_SPACE, _event(n)) for n in range(10)]
     try:
         outcomes = asyncio.run(_submit_all(writer, items))
