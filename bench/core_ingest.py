@@ -24,13 +24,14 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from perkamo_core.db import create_db_engine
 from perkamo_core.models import EventInput
 from perkamo_core.service import CoreService
 
 SPACE = "bench"
-PROGRAM = {
+PROGRAM: dict[str, Any] = {
     "wallets": {"wallets": [{"key": "points", "name": "Points", "allow_negative": True}]},
     "events": {"rules": [
         {"event": "perkville.points_earned", "label": "Earned", "wallet": "points",

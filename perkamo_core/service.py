@@ -634,7 +634,7 @@ class CoreService:
             "streaks": modules.get("achievements", {}).get("streaks", []),
             "boosts": modules.get("boosts", {}).get("boosts", []),
         }
-        return _wire(_jsonable({
+        blueprint_body: dict[str, Any] = _wire(_jsonable({
             "tenant": row.slug,
             "environment": row.environment,
             "timezone": row.timezone,
@@ -647,6 +647,7 @@ class CoreService:
             "metrics": {"customers": int(customers[0]), "events": int(customers[1])},
             "usage": usage,
         }))
+        return blueprint_body
 
     # --- usage -----------------------------------------------------------------------------------
 
@@ -661,11 +662,11 @@ class CoreService:
         start = datetime(now.year, now.month, 1, tzinfo=UTC)
         end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
         meters = dict.fromkeys(USAGE_METERS, 0)
-        for r in conn.execute(
+        for meter, value in conn.execute(
             select(st.usage.c.meter, st.usage.c.count)
             .where(st.usage.c.space_id == space.id, st.usage.c.period == period)
         ):
-            meters[r.meter] = int(r.count)
+            meters[meter] = int(value)
         return {
             "tenant": space.slug,
             "period": period,
@@ -1000,7 +1001,9 @@ class CoreService:
                                   dump(dict(perk.trigger))))
         for pos, ev in enumerate(page):
             if results[pos] is None:
-                results[pos] = _as_duplicate(results[first_in_page[ev.transaction_id]])
+                first = results[first_in_page[ev.transaction_id]]
+                assert first is not None
+                results[pos] = _as_duplicate(first)
 
         if event_rows:
             self._many(conn, "INSERT INTO core_events (id, space_id, customer_id, transaction_id, "
@@ -1094,7 +1097,7 @@ class CoreService:
             cust.dirty = True
             cust.wallets.add(plan.wallet)
             now = self._now()
-            result = _wire({
+            result: dict[str, Any] = _wire({
                 "applied": True,
                 "duplicate": False,
                 "transaction_id": transaction_id,
@@ -1149,7 +1152,7 @@ class CoreService:
             ).all()
         state = CustomerState.from_json(cust.state)
         view = core_engine.customer_view(program, state, self._now(), row.zone)
-        return _wire({
+        profile: dict[str, Any] = _wire({
             "tenant": row.slug,
             "user_id": user_id,
             "traits": cust.traits,
@@ -1168,6 +1171,7 @@ class CoreService:
             "streaks": view["streaks"],
             "active_boosts": view["active_boosts"],
         })
+        return profile
 
     def wallet_balances(
         self, space: str, wallet: str = "points", user_ids: Sequence[str] | None = None
