@@ -339,6 +339,11 @@ def test_invalid_event_bodies_are_400(api: TestClient, keys: Keys, payload: Any,
         assert body["field"] == field
 
 
+def test_an_oversized_body_is_400(api: TestClient, keys: Keys) -> None:
+    huge = body_bytes({**SEED_EVENT, "context": {"blob": "x" * (1 << 20)}})
+    _assert_error(_post(api, "/v1/events", keys.full, huge), 400, "payload_too_large")
+
+
 def test_unknown_config_module_is_400_and_a_known_one_applies(api: TestClient, keys: Keys) -> None:
     headers = {"x-perkamo-api-key": keys.full}
     _assert_error(api.post("/v1/admin/config/rewards", json={"version": "1", "body": {}}, headers=headers), 400)
