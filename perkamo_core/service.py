@@ -720,10 +720,10 @@ class CoreService:
         out: dict[str, _Customer] = {}
         for start in range(0, len(ordered), IN_CHUNK):
             chunk = ordered[start:start + IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+            where, params = self._in("id", chunk)
             for row in self._rows(
-                conn, f"SELECT {columns} FROM core_customers WHERE id IN ({marks}) ORDER BY id{lock}",
-                chunk,
+                conn, f"SELECT {columns} FROM core_customers WHERE {where} ORDER BY id{lock}",
+                params,
             ):
                 out[row[1]] = _Customer(
                     int(row[0]), row[1], st.load_json(row[3]) if traits else {},
@@ -748,12 +748,11 @@ class CoreService:
         out: dict[str, _Customer] = {}
         for start in range(0, len(user_ids), IN_CHUNK):
             chunk = list(user_ids[start:start + IN_CHUNK])
-            marks = ",".join("?" * len(chunk))
+            where, params = self._in("user_id", chunk)
             for cid, uid, state in self._rows(
                 conn,
-                f"SELECT id, user_id, state FROM core_customers "
-                f"WHERE space_id = ? AND user_id IN ({marks})",
-                [space_id, *chunk],
+                f"SELECT id, user_id, state FROM core_customers WHERE space_id = ? AND {where}",
+                [space_id, *params],
             ):
                 out[uid] = _Customer(int(cid), uid, {}, decode_state(state))
         return out
@@ -762,11 +761,11 @@ class CoreService:
         out: dict[str, int] = {}
         for start in range(0, len(user_ids), IN_CHUNK):
             chunk = list(user_ids[start:start + IN_CHUNK])
-            marks = ",".join("?" * len(chunk))
+            where, params = self._in("user_id", chunk)
             for row in self._rows(
                 conn,
-                f"SELECT user_id, id FROM core_customers WHERE space_id = ? AND user_id IN ({marks})",
-                [space_id, *chunk],
+                f"SELECT user_id, id FROM core_customers WHERE space_id = ? AND {where}",
+                [space_id, *params],
             ):
                 out[row[0]] = int(row[1])
         return out
@@ -777,12 +776,50 @@ class CoreService:
         # Hot-path statements are written with qmark placeholders; psycopg wants %s.
         return sql.replace("?", "%s") if self._postgres else sql
 
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column IN (…)`` on SQLite; ``column = ANY(array)`` on PostgreSQL (one bind, one plan)."""
+        if self._postgres:
+            return f"{column} = ANY(?)", [list(values)]
+        return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
     def _rows(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
         return list(conn.exec_driver_sql(self._q(sql), tuple(params)).fetchall())
 
     def _many(self, conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
+        """Execute ``sql`` for every row: ``executemany`` on SQLite; on PostgreSQL an
+        ``INSERT … VALUES (…)`` becomes multi-row statements (one round trip per chunk)."""
+        if not rows:
+            return
+        if not self._postgres or not sql.startswith("INSERT"):
             conn.exec_driver_sql(self._q(sql), rows)
+            return
+        head, _, rest = sql.partition(" VALUES ")
+        group = rest[: rest.index(")") + 1]
+        tail = rest[len(group):]
+        per_chunk = max(1, min(1000, 60_000 // max(1, group.count("?"))))
+        for start in range(0, len(rows), per_chunk):
+            chunk = rows[start:start + per_chunk]
+            statement = f"{head} VALUES {','.join([group] * len(chunk))}{tail}"
+            conn.exec_driver_sql(self._q(statement), tuple(v for row in chunk for v in row))
+
+    def _update_states(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """``(state, added events, updated_at, id)`` per customer; one statement per chunk on PostgreSQL."""
+        if not rows:
+            return
+        if not self._postgres:
+            conn.exec_driver_sql(
+                "UPDATE core_customers SET state = ?, event_count = event_count + ?, "
+                "updated_at = ? WHERE id = ?", rows)
+            return
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start:start + 1000]
+            values = ",".join(["(%s, %s, %s, %s)"] * len(chunk))
+            conn.exec_driver_sql(
+                "UPDATE core_customers AS c SET state = v.state, "
+                "event_count = c.event_count + v.n, updated_at = v.at "
+                f"FROM (VALUES {values}) AS v(state, n, at, id) WHERE c.id = v.id",
+                tuple(v for row in chunk for v in row),
+            )
 
     def _dbdt(self, value: datetime) -> Any:
         """A datetime as the driver stores it (SQLAlchemy's SQLite text format: naive UTC)."""
@@ -914,12 +951,11 @@ class CoreService:
         found: dict[str, Any] = {}
         for start in range(0, len(txids), IN_CHUNK):
             chunk = list(txids[start:start + IN_CHUNK])
-            marks = ",".join("?" * len(chunk))
+            where, params = self._in("transaction_id", chunk)
             for txid, result in self._rows(
                 conn,
-                f"SELECT transaction_id, result FROM core_events "
-                f"WHERE space_id = ? AND transaction_id IN ({marks})",
-                [space_id, *chunk],
+                f"SELECT transaction_id, result FROM core_events WHERE space_id = ? AND {where}",
+                [space_id, *params],
             ):
                 found[txid] = st.load_json(result)
         return found
@@ -1054,8 +1090,7 @@ class CoreService:
                 ))
             cust.dirty = False
             cust.wallets.clear()
-        self._many(conn, "UPDATE core_customers SET state = ?, event_count = event_count + ?, "
-                   "updated_at = ? WHERE id = ?", states)
+        self._update_states(conn, states)
         self._many(conn, "INSERT INTO core_balances (customer_id, wallet, space_id, balance, lifetime) "
                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, wallet) DO UPDATE SET "
                    "balance = excluded.balance, lifetime = excluded.lifetime", balance_rows)
