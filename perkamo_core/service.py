@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection, Engine, and_, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -932,7 +933,12 @@ class CoreService:
 
     def _validate_event(self, index: int, item: Any, now: datetime) -> _Event:
         if isinstance(item, Mapping):
-            item = EventInput.model_validate(item)
+            try:
+                item = EventInput.model_validate(item)
+            except PydanticValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "event"
+                raise ValidationError(f"{where}: {first['msg']}", field=where) from None
         if not isinstance(item, EventInput):
             raise ValidationError("event must be an EventInput object", field="event")
         user_id = _check_text(item.user_id, "user_id", MAX_USER_ID)

@@ -228,3 +228,13 @@ def test_usage_counts_events_identifies_and_requests(service: CoreService) -> No
     assert usage["period"] == "2026-06"
     assert usage["meters"] == {"events": 1, "duplicates": 1, "identify_calls": 2,
                                "redemptions": 0, "requests": 3}
+
+
+def test_bulk_accepts_plain_mappings_and_reports_type_errors(service: CoreService) -> None:
+    outcomes = service.ingest_bulk(SPACE, [  # type: ignore[list-item]
+        {"user_id": "a", "event": "purchase.completed", "transaction_id": "m1"},
+        {"user_id": 42, "event": "purchase.completed"},
+        {"event": "purchase.completed"},
+    ])
+    assert outcomes[0].ok
+    assert [o.error.field for o in outcomes[1:] if o.error is not None] == ["user_id", "user_id"]
