@@ -522,19 +522,32 @@ def run_reconcile_job(context: JobContext) -> Any:
     from bridge.wiring import build_target, open_state, perkville_client
     from bridge.writeback import space_for
 
+    from datetime import timedelta
+
+    from bridge.state import LeaseKeeper, lease_name, new_owner_id
+
     settings, engine = context.settings, context.engine
+    state = open_state(engine)
+    # Compare only while no sync of this business is half-way through a pass (a mid-pass
+    # comparison would report members whose new rows are not applied yet): hold its lease.
+    ttl = timedelta(seconds=settings.schedule.lease_seconds)
+    lease = state.leases.acquire(
+        lease_name(context.business_id, "import"), new_owner_id(), ttl,
+        wait=True, timeout=settings.schedule.misfire_grace_seconds,
+    )
     bundle = build_target(settings, engine, space=space_for(settings, context.business_id))
     client = perkville_client(settings)
     try:
-        report = Reconciler(
-            state=open_state(engine),
-            source=client,
-            target=bundle.target,
-            business=context.business_id,
-            timezone=settings.perkville_timezone,
-            id_strategy=settings.sync.id_strategy,
-            lease_seconds=settings.schedule.lease_seconds,
-        ).run(repair=False)
+        with LeaseKeeper(state.leases, lease, ttl):
+            report = Reconciler(
+                state=state,
+                source=client,
+                target=bundle.target,
+                business=context.business_id,
+                timezone=settings.perkville_timezone,
+                id_strategy=settings.sync.id_strategy,
+                lease_seconds=settings.schedule.lease_seconds,
+            ).run(repair=False)
     finally:
         client.close()
         bundle.close()

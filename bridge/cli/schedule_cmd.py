@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             if status:
                 _print_status(engine, json_output)
                 return
-            _configure_logging(json_output)
+            _configure_logging(json_output, settings.log_format)
             import faulthandler
             import signal
 
@@ -62,15 +62,32 @@ def register(app: typer.Typer) -> None:
             engine.dispose()
 
 
-def _configure_logging(json_output: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=(
-            '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
-            if json_output
-            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-        ),
-    )
+class _JsonLines(logging.Formatter):
+    """One JSON object per log record (for log shippers)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        body = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False)
+
+
+def _configure_logging(json_output: bool, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if json_output or log_format == "json":
+        handler.setFormatter(_JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     for noisy in ("apscheduler", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -1,0 +1,64 @@
+"""The scheduled job bodies against the sandbox: sync, write-back and reconcile for one business."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bridge.scheduler import (
+    JobContext,
+    ReconcileMismatch,
+    run_reconcile_job,
+    run_sync_job,
+    run_writeback_job,
+)
+from config import Settings
+from tests.bridge.conftest import MEMBERS, SPACE, Bridge
+
+
+def _context(bridge: Bridge, kind: str, db_url: str, **writeback: object) -> JobContext:
+    creds = bridge.box.credentials
+    settings = Settings.model_validate(
+        {
+            "PERKBRIDGE_DATABASE_URL": db_url,
+            "PERKVILLE_API_URL": bridge.box.api_url,
+            "PERKVILLE_TOKEN_URL": bridge.box.token_url,
+            "PERKVILLE_CLIENT_ID": creds["client_id"],
+            "PERKVILLE_CLIENT_SECRET": creds["client_secret"],
+            "PERKVILLE_USERNAME": creds["username"],
+            "PERKVILLE_PASSWORD": creds["password"],
+            "PERKVILLE_BUSINESS_ID": bridge.business,
+            "PERKAMO_SPACE": SPACE,
+            "perkville": {"page_size": 50, "requests_per_second": 1000},
+            "writeback": writeback,
+        }
+    )
+    return JobContext(
+        kind, bridge.business, settings, bridge.engine, threading.Event(), "w-test", None  # type: ignore[arg-type]
+    )
+
+
+def test_sync_then_reconcile_jobs_and_a_mismatch_is_a_failure(bridge: Bridge, db_url: str) -> None:
+    first = run_sync_job(_context(bridge, "sync", db_url))
+    assert first["status"] == "succeeded" and "written_back" not in first
+    report = run_reconcile_job(_context(bridge, "reconcile", db_url))
+    assert report["checked"] == MEMBERS and report["mismatches"] == []
+
+    member = min(c["user"] for c in bridge.box.ledger.connections.values())
+    perk = next(p for p in bridge.box.ledger.perks.values()
+                if p["classification"] == "EARN" and p["points"] > 0)
+    bridge.box.add_transaction(perk=perk["perk_id"], user=member)
+    with pytest.raises(ReconcileMismatch, match="1 mismatched"):
+        run_reconcile_job(_context(bridge, "reconcile", db_url))
+
+    again = run_sync_job(_context(bridge, "sync", db_url, enabled=True))
+    assert again["status"] == "succeeded"
+    assert again["written_back"] == 0 and again["writeback_dead_lettered"] == 0
+    assert run_reconcile_job(_context(bridge, "reconcile", db_url))["mismatches"] == []
+
+
+def test_writeback_job_does_nothing_when_disabled(bridge: Bridge, db_url: str) -> None:
+    assert run_writeback_job(_context(bridge, "writeback", db_url)) == {"status": "disabled"}
+    body = run_writeback_job(_context(bridge, "writeback", db_url, enabled=True))
+    assert body["status"] == "succeeded" and body["written_back"] == 0
