@@ -238,3 +238,27 @@ def test_bulk_accepts_plain_mappings_and_reports_type_errors(service: CoreServic
     ])
     assert outcomes[0].ok
     assert [o.error.field for o in outcomes[1:] if o.error is not None] == ["user_id", "user_id"]
+
+
+def test_state_document_stays_bounded_over_a_long_history(db_engine: Engine) -> None:
+    from perkamo_core.service import PRUNE_ABOVE_KEYS, STATE_PRUNE_MARGIN_DAYS
+
+    program = {"events": {"rules": [
+        {"event": "visit", "wallet": "points", "amount": 1, "limits": {"per_day": 1}}]}}
+    service = make_service(db_engine, program=program)
+    start = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    days = PRUNE_ABOVE_KEYS + STATE_PRUNE_MARGIN_DAYS + 100
+    page = [EventInput(user_id="a", event="visit", transaction_id=f"v{d}-{n}",
+                       occurred_at=start + timedelta(days=d, hours=n))
+            for d in range(days) for n in range(2)]
+    for first in range(0, len(page), 40):
+        service.ingest_bulk(SPACE, page[first:first + 40])
+
+    assert service.wallet_balances(SPACE) == {"a": Decimal(days)}  # one per day, not two
+    with db_engine.connect() as conn:
+        doc = conn.execute(select(st.customers.c.state)).scalar_one()
+    assert len(doc["counters"]) <= PRUNE_ABOVE_KEYS + 40
+    # A late event within the margin still sees its day's counter.
+    late = service.ingest(SPACE, EventInput(user_id="a", event="visit", transaction_id="late",
+                                            occurred_at=start + timedelta(days=days - 10, hours=5)))
+    assert late["delta"] == []
