@@ -118,7 +118,9 @@ def target(request: pytest.FixtureRequest, db_engine: Engine) -> Iterator[Perkam
     if request.param == "embedded":
         yield EmbeddedTarget(service, SPACE)
         return
-    with live_server(create_app(service)) as base_url, PerkamoClient(keys.full, base_url=base_url, max_retries=0) as client:
+    # signatures required: every write of the remote variant also proves the client signs as the server verifies
+    app = create_app(service, require_signatures=True)
+    with live_server(app) as base_url, PerkamoClient(keys.full, base_url=base_url, max_retries=0) as client:
         yield client
 
 
