@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 
+from perkamo_core.api.errors import BodyTooLarge
 from perkamo_core.api.ratelimit import FixedWindowLimiter, RateDecision
 from perkamo_core.api.responses import ASGIApp, Message, PerkamoJSONResponse, Receive, Scope, Send, send_error
 from perkamo_core.api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from perkamo_core.errors import AuthenticationError, CoreError, NotFoundError, RateLimitedError, ValidationError
+from perkamo_core.errors import AuthenticationError, CoreError, NotFoundError, RateLimitedError
 from perkamo_core.models import ApiKeyInfo
 
 if TYPE_CHECKING:
@@ -87,10 +88,6 @@ class RequestIds:
 
     def next(self) -> str:
         return f"{self._prefix}{next(self._counter):012x}"
-
-
-class BodyTooLarge(ValidationError):
-    default_code = "payload_too_large"
 
 
 class Gate:

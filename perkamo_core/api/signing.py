@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 
-from perkamo_core.errors import AuthenticationError
+from perkamo_core.api.errors import SignatureError
 
 TIMESTAMP_HEADER = "x-perkamo-timestamp"
 SIGNATURE_HEADER = "x-perkamo-signature"
@@ -20,12 +20,6 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 _SIGNATURE_RE = re.compile(r"v1=[0-9a-f]{64}")
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
-
-
-class SignatureError(AuthenticationError):
-    """The request signature is missing, malformed, stale or does not match (401)."""
-
-    default_code = "invalid_signature"
 
 
 def expected_signature(api_key: str, timestamp: str, method: str, path: str, body: bytes) -> str:

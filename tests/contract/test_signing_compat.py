@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.perkamo import sign
-from perkamo_core.api.signing import SignatureError, verify_signature
+from perkamo_core.api.errors import SignatureError
+from perkamo_core.api.signing import verify_signature
 
 keys = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60).map(lambda k: "sk_test_" + k)
 paths = st.from_regex(r"/v1/[a-z:./%0-9_-]{1,40}", fullmatch=True)

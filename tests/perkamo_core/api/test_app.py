@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from perkamo_core.api import create_app
-from perkamo_core.api.signing import SignatureError, expected_signature, verify_signature
+from perkamo_core.api.errors import SignatureError
+from perkamo_core.api.signing import expected_signature, verify_signature
 from perkamo_core.service import CoreService
 from tests.perkamo_core.api.support import (
     OTHER_SPACE,
