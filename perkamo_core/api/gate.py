@@ -255,3 +255,6 @@ class RequestMeter:
                 self._service.record_usage(space, "requests", count)
             except CoreError as exc:  # a Space removed meanwhile: its count is moot
                 _log.warning("could not record %d requests for Space %s: %s", count, space, exc.message)
+            except Exception as exc:  # the database is busy or down: keep the count for the next flush
+                self._counts[space] = self._counts.get(space, 0) + count
+                _log.warning("could not record %d requests for Space %s yet: %s", count, space, type(exc).__name__)

@@ -505,3 +505,22 @@ def test_the_fast_lane_answers_like_the_router(service: CoreService, keys: Keys,
                 answers[fast].append((response.status_code, body))
     assert [status for status, _ in answers[True]] == [200, 200, 400, 400, 400, 400, 403, 403, 200, 200, 403, 404, 400]
     assert answers[True] == answers[False]
+
+
+def test_a_failing_usage_write_never_fails_the_request(
+    api: TestClient, keys: Keys, service: CoreService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = service.record_usage
+    failures = iter([RuntimeError("database is locked")])
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "record_usage", flaky)
+    headers = {"x-perkamo-api-key": keys.full}
+    assert api.get("/v1/usage", headers=headers).status_code == 200  # the flush fails, the answer does not
+    usage = api.get("/v1/usage", headers=headers).json()
+    assert usage["meters"]["requests"] == 2  # the first count was kept and written with the second
