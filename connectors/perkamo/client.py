@@ -105,6 +105,7 @@ class PerkamoClient:
         _check_text(user_id, "user_id", MAX_USER_ID)
         if traits is not None and not isinstance(traits, Mapping):
             raise PerkamoInputError("traits must be a JSON object", field="traits")
+        _check_json_value(dict(traits or {}), "traits")
         payload = {"user_id": user_id, "traits": dict(traits or {})}
         return self._send("POST", "/v1/identify", payload)
 

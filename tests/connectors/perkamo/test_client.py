@@ -464,6 +464,22 @@ def test_the_api_key_never_reaches_errors_logs_or_repr(
         assert "Zx9SECRET" not in text
 
 
+@pytest.mark.parametrize(
+    ("traits", "field"),
+    [
+        pytest.param(["plan"], "traits", id="not-an-object"),
+        pytest.param({"score": float("inf")}, "traits.score", id="infinite"),
+        pytest.param({"tags": {1: "x"}}, "traits.tags", id="non-string-key"),
+    ],
+)
+def test_invalid_traits_are_rejected_before_sending(
+    router: respx.Router, client: PerkamoClient, traits: Any, field: str
+) -> None:
+    with pytest.raises(PerkamoInputError) as caught:
+        client.identify("u1", traits)
+    assert caught.value.field == field
+
+
 def test_constructor_rejects_a_missing_key() -> None:
     with pytest.raises(PerkamoInputError):
         PerkamoClient("")
