@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -68,11 +68,13 @@ class WorkerCoordinator:
         lease_seconds: float,
         store: LeaseStore | None = None,
         max_slots: int = MAX_SLOTS,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.businesses = list(dict.fromkeys(businesses))
         self.owner = owner
         self.ttl = timedelta(seconds=lease_seconds)
-        self.store = store or LeaseStore(engine)
+        self.clock = clock
+        self.store = store or LeaseStore(engine, clock=clock)
         self.max_slots = max_slots
         self.slot: int | None = None
         self.lost = threading.Event()
@@ -96,7 +98,7 @@ class WorkerCoordinator:
         )
 
     def live_workers(self) -> int:
-        now = utcnow()
+        now = self.clock()
         return sum(
             1
             for lease in self.store.all()
