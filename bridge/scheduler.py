@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -531,10 +532,14 @@ def run_reconcile_job(context: JobContext) -> Any:
     # Compare only while no sync of this business is half-way through a pass (a mid-pass
     # comparison would report members whose new rows are not applied yet): hold its lease.
     ttl = timedelta(seconds=settings.schedule.lease_seconds)
-    lease = state.leases.acquire(
-        lease_name(context.business_id, "import"), new_owner_id(), ttl,
-        wait=True, timeout=settings.schedule.misfire_grace_seconds,
-    )
+    name, owner = lease_name(context.business_id, "import"), new_owner_id()
+    deadline = time.monotonic() + settings.schedule.misfire_grace_seconds
+    while (lease := state.leases.try_acquire(name, owner, ttl)) is None:
+        # A sync is running: wait for it (a stop request ends the wait at once).
+        if time.monotonic() >= deadline:
+            raise JobSkipped(f"{name} stayed busy for {settings.schedule.misfire_grace_seconds} s")
+        if context.stop.wait(1.0):
+            return {"status": "stopped"}
     bundle = build_target(settings, engine, space=space_for(settings, context.business_id))
     client = perkville_client(settings)
     try:

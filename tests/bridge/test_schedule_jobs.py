@@ -62,3 +62,27 @@ def test_writeback_job_does_nothing_when_disabled(bridge: Bridge, db_url: str) -
     assert run_writeback_job(_context(bridge, "writeback", db_url)) == {"status": "disabled"}
     body = run_writeback_job(_context(bridge, "writeback", db_url, enabled=True))
     assert body["status"] == "succeeded" and body["written_back"] == 0
+
+
+def test_reconcile_job_waits_for_a_running_sync_and_a_stop_ends_the_wait(
+    bridge: Bridge, db_url: str
+) -> None:
+    from datetime import timedelta
+
+    from bridge.scheduler import JobSkipped
+    from bridge.state import lease_name
+
+    run_sync_job(_context(bridge, "sync", db_url))
+    held = bridge.state.leases.try_acquire(
+        lease_name(bridge.business, "import"), "a-running-sync", timedelta(seconds=60)
+    )
+    assert held is not None
+    context = _context(bridge, "reconcile", db_url)
+    context.stop.set()
+    assert run_reconcile_job(context) == {"status": "stopped"}
+    impatient = _context(bridge, "reconcile", db_url)
+    impatient.settings.schedule.misfire_grace_seconds = 1
+    with pytest.raises(JobSkipped, match="stayed busy"):
+        run_reconcile_job(impatient)
+    bridge.state.leases.release(lease_name(bridge.business, "import"), "a-running-sync")
+    assert run_reconcile_job(_context(bridge, "reconcile", db_url))["mismatches"] == []
