@@ -93,3 +93,18 @@ def test_workers_share_hand_back_and_take_over(db_engine: Engine) -> None:
     assert b.owned() | c.owned() == frozenset(BUSINESSES)
     assert b.owned().isdisjoint(c.owned())
     assert {len(b.owned()), len(c.owned())} == {2, 3}
+
+
+def test_a_worker_whose_slot_was_taken_over_stops(db_engine: Engine) -> None:
+    StateStore(db_engine).migrate()
+    clock = Clock()
+    stalled = _worker(db_engine, clock, "stalled", max_slots=1)
+    stalled.claim_slot()
+    newcomer = _worker(db_engine, clock, "newcomer", max_slots=1)
+    with pytest.raises(NoFreeSlotError):
+        newcomer.claim_slot()
+    clock.now += timedelta(seconds=11)  # the stalled worker missed its renewals
+    assert newcomer.claim_slot() == 1
+    stalled.heartbeat()
+    assert stalled.lost.is_set()
+    assert not newcomer.lost.is_set()
