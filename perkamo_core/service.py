@@ -515,11 +515,8 @@ class CoreService:
 
         def run(conn: Connection) -> dict[str, Any]:
             row = self._space_row(conn, space)
-            current = self._program_for(conn, row.id)
-            if active:
-                current.with_module(module, body)  # validates the body and its cross-references
-            else:
-                Program.from_modules({module: body})
+            # Validates the body and its references against the Space's other active modules.
+            self._program_for(conn, row.id).with_module(module, body)
             return self._store_module(conn, row.id, module, body, version, active)
 
         return self._write(run)
