@@ -34,6 +34,7 @@ from perkamo_core.api.schemas import (
     EventBody,
     IdentifyBody,
     RedeemBody,
+    check_text,
 )
 from perkamo_core.api.writer import EventWriter
 from perkamo_core.errors import (
@@ -88,6 +89,10 @@ class _Work:
         return outcome.result
 
     def customer(self, info: ApiKeyInfo, user_id: str) -> dict[str, Any]:
+        try:
+            check_text(user_id)
+        except ValueError as exc:
+            raise ValidationError(f"user_id: {exc}", field="user_id") from None
         return self.service.customer(info.space, user_id)
 
     async def fast_lane(self, scope: Scope, info: ApiKeyInfo, body: bytes) -> PerkamoJSONResponse | None:
@@ -340,7 +345,13 @@ def _ok(payload: Any) -> PerkamoJSONResponse:
 
 
 def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """``value`` when it is text that can be echoed back and stored, else ``None``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return check_text(value)
+    except ValueError:
+        return None
 
 
 _ERROR_SCHEMA = {

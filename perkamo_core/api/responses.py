@@ -30,10 +30,16 @@ def _json_default(value: Any) -> Any:
 
 
 def dumps(payload: Any) -> bytes:
-    """Compact JSON with Decimals as numbers and datetimes as ISO-8601 ``Z`` strings."""
-    return json.dumps(
-        payload, default=_json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """Compact JSON with Decimals as numbers and datetimes as ISO-8601 ``Z`` strings.
+
+    Text that UTF-8 cannot carry (a lone surrogate echoed from input) is written as ``\\u``
+    escapes instead of failing the answer.
+    """
+    text = json.dumps(payload, default=_json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload, default=_json_default, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 class PerkamoJSONResponse(JSONResponse):

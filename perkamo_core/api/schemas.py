@@ -19,16 +19,30 @@ MAX_OCCURRED_AT = 64
 MAX_VERSION = 64
 
 
+def check_text(value: str) -> str:
+    """``value`` if both databases can store it: no NUL character, no lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
 def _check_json(value: Any, depth: int = 0) -> None:
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"objects may nest at most {MAX_JSON_DEPTH} levels")
-    if isinstance(value, float):
+    if isinstance(value, str):
+        check_text(value)
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("numbers must be finite")
     elif isinstance(value, dict):
         for key, item in value.items():
             if not key:
                 raise ValueError("object keys must be non-empty strings")
+            check_text(key)
             _check_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -40,18 +54,16 @@ def _json_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _json_value(value: Any) -> Any:
-    _check_json(value)
-    return value
-
-
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 """A JSON object whose numbers are finite and whose keys are non-empty."""
 
-SpaceSlug = Annotated[StrictStr, Field(min_length=1, max_length=MAX_SPACE_SLUG)]
-UserId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_USER_ID)]
-EventKey = Annotated[StrictStr, Field(min_length=1, max_length=MAX_EVENT)]
-TransactionId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_TRANSACTION_ID)]
+Text = Annotated[StrictStr, AfterValidator(check_text)]
+"""A string both databases can store (PostgreSQL refuses NUL; UTF-8 refuses lone surrogates)."""
+
+SpaceSlug = Annotated[Text, Field(min_length=1, max_length=MAX_SPACE_SLUG)]
+UserId = Annotated[Text, Field(min_length=1, max_length=MAX_USER_ID)]
+EventKey = Annotated[Text, Field(min_length=1, max_length=MAX_EVENT)]
+TransactionId = Annotated[Text, Field(min_length=1, max_length=MAX_TRANSACTION_ID)]
 
 
 class _Body(BaseModel):
@@ -75,15 +87,12 @@ class EventBody(_Body):
     event: EventKey
     transaction_id: TransactionId | None = None
     context: JsonObject | None = None
-    occurred_at: Annotated[StrictStr, Field(min_length=1, max_length=MAX_OCCURRED_AT)] | None = None
+    occurred_at: Annotated[Text, Field(min_length=1, max_length=MAX_OCCURRED_AT)] | None = None
 
 
-BatchItem = Annotated[
-    Any,
-    AfterValidator(_json_value),
-    WithJsonSchema({"$ref": "#/components/schemas/EventBody"}),
-]
-"""One batch item: any JSON value here, validated as an ``EventBody`` by the route on its own."""
+BatchItem = Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/EventBody"})]
+"""One batch item: any JSON value here, validated as an ``EventBody`` by the route on its own
+(so a bad item, even one with text the databases cannot store, fails alone)."""
 
 
 class BatchBody(_Body):
@@ -105,6 +114,6 @@ class ConfigBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    version: Annotated[StrictStr, Field(min_length=1, max_length=MAX_VERSION)] | None = None
+    version: Annotated[Text, Field(min_length=1, max_length=MAX_VERSION)] | None = None
     active: StrictBool = True
     body: JsonObject

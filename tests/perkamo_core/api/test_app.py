@@ -332,12 +332,37 @@ def test_the_server_can_require_signatures(service: CoreService, keys: Keys, clo
         pytest.param(b'{"user_id":"u","event":"e","transaction_id":"t","context":{"a":NaN}}', "context", id="nan"),
         pytest.param({**SEED_EVENT, "context": {"xp": 100}}, None, id="reserved-context-key"),
         pytest.param({**SEED_EVENT, "occurred_at": "yesterday"}, None, id="bad-occurred-at"),
+        pytest.param({**SEED_EVENT, "user_id": "cust\u0000omer"}, "user_id", id="nul-in-user-id"),
+        pytest.param({**SEED_EVENT, "transaction_id": "order\u0000"}, "transaction_id", id="nul-in-txid"),
+        pytest.param({**SEED_EVENT, "context": {"a\u0000": 1}}, "context", id="nul-in-context-key"),
+        pytest.param({**SEED_EVENT, "context": {"a": ["x\u0000"]}}, "context", id="nul-in-context-value"),
+        pytest.param(b'{"user_id":"u","event":"e","context":{"a":"\\ud879"}}', None, id="lone-surrogate"),
     ],
 )
 def test_invalid_event_bodies_are_400(api: TestClient, keys: Keys, payload: Any, field: str | None) -> None:
     body = _assert_error(_post(api, "/v1/events", keys.full, payload), 400)
     if field is not None:
         assert body["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        pytest.param("/v1/identify", {"user_id": "u\u0000"}, id="identify-user"),
+        pytest.param("/v1/identify", {"user_id": "u", "traits": {"k": "\u0000"}}, id="identify-traits"),
+        pytest.param(
+            "/v1/rewards/redeem", {"user_id": "u", "reward_key": "free\u0000", "transaction_id": "r"}, id="redeem-reward"
+        ),
+        pytest.param("/v1/admin/config/events", {"version": "\u0000", "body": {}}, id="config-version"),
+    ],
+)
+def test_text_the_databases_cannot_store_is_400(api: TestClient, keys: Keys, path: str, payload: Any) -> None:
+    _assert_error(_post(api, path, keys.full, payload), 400)
+
+
+@pytest.mark.parametrize("path", ["/v1/customer/a%00b", "/v1/profile/%00"])
+def test_a_nul_in_a_customer_id_is_400(api: TestClient, keys: Keys, path: str) -> None:
+    _assert_error(api.get(path, headers={"x-perkamo-api-key": keys.full}), 400)
 
 
 def test_an_oversized_body_is_400(api: TestClient, keys: Keys) -> None:
@@ -368,11 +393,15 @@ def test_batch_applies_valid_items_and_reports_invalid_ones_in_order(api: TestCl
         "not an event",
         {"user_id": "customer_123", "event": "purchase.completed", "transaction_id": "order_1"},
         {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_01"},
+        {"user_id": "customer_\u0000", "event": "page.viewed", "transaction_id": "pageview_04"},
+        {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_05", "context": {"n": "\ud800"}},
     ]
     response = _post(api, "/v1/events:batch", keys.full, {"events": events})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    assert len(results) == 6
+    assert len(results) == 8
+    assert results[6]["error"]["field"] == "events[6].user_id" and results[6]["transaction_id"] == "pageview_04"
+    assert results[7]["error"]["field"] == "events[7].context"
     assert results[0]["applied"] is True and results[0]["delta"] == [{"wallet": "points", "amount": 1}]
     assert results[1]["transaction_id"] == "pageview_02" and results[1]["error"]["code"] == "reserved_context_key"
     assert results[2]["error"]["field"] == "events[2].user_id"
