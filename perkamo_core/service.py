@@ -986,8 +986,12 @@ class CoreService:
         space = self._space_row(conn, space_slug)
         zone = space.zone
         program = self._program_for(conn, space.id)
-        customers = self._load_customers(conn, space.id, [ev.user_id for ev in page], create=True)
+        customers = self._load_customers(conn, space.id, [ev.user_id for ev in page], create=False)
         stored = self._existing_events(conn, space.id, sorted({ev.transaction_id for ev in page}))
+        # New customers are created only for events that will apply (a duplicate creates nobody).
+        new_users = {ev.user_id for ev in page if ev.transaction_id not in stored} - customers.keys()
+        if new_users:
+            customers.update(self._load_customers(conn, space.id, sorted(new_users), create=True))
 
         results: list[dict[str, Any] | None] = [None] * len(page)
         first_in_page: dict[str, int] = {}

@@ -124,6 +124,13 @@ def test_bulk_results_in_input_order_with_duplicates_in_page_and_in_db(service: 
     assert service.wallet_balances(SPACE) == {"a": Decimal(100), "b": Decimal(50)}
 
 
+def test_a_duplicate_under_another_user_creates_no_customer(service: CoreService) -> None:
+    service.ingest(SPACE, purchase("a", "t1"))
+    assert service.ingest(SPACE, purchase("b", "t1"))["duplicate"] is True
+    with pytest.raises(NotFoundError):
+        service.customer(SPACE, "b")
+
+
 def test_bulk_reports_invalid_items_and_applies_the_rest(service: CoreService, db_engine: Engine) -> None:
     page = [
         purchase("a", "ok-1"),
