@@ -55,17 +55,22 @@ def core_errors() -> Iterator[None]:
         )
 
 
-def open_service() -> CoreService:
-    """A core service on the configured database, migrated to the current schema."""
+@contextmanager
+def open_service() -> Iterator[CoreService]:
+    """A core service on the configured database, migrated to the current schema; its engine is
+    disposed when the command ends."""
     url = common.settings().database_url
-    with core_errors():
-        try:
-            engine = create_db_engine(url)
-        except ValueError as exc:
-            common.fail(f"PERKBRIDGE_DATABASE_URL: {exc}", common.EXIT_CONFIG)
+    try:
+        engine = create_db_engine(url)
+    except (ValueError, ArgumentError) as exc:
+        common.fail(f"PERKBRIDGE_DATABASE_URL: {exc}", common.EXIT_CONFIG)
+    try:
         service = CoreService(engine)
-        service.migrate()
-    return service
+        with core_errors():
+            service.migrate()
+        yield service
+    finally:
+        engine.dispose()
 
 
 def _space(service: CoreService, space: str | None) -> str:
@@ -110,14 +115,14 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Create a Space (or show it, when it already exists)."""
-        service = open_service()
-        with core_errors():
-            info = service.ensure_space(slug, environment=environment, timezone=timezone)
-        payload = {"space": info.slug, "environment": info.environment, "timezone": info.timezone}
-        if as_json:
-            common.print_json(payload)
-        else:
-            typer.echo(f"Space {info.slug} ({info.environment}, timezone {info.timezone})")
+        with open_service() as service:
+            with core_errors():
+                info = service.ensure_space(slug, environment=environment, timezone=timezone)
+            payload = {"space": info.slug, "environment": info.environment, "timezone": info.timezone}
+            if as_json:
+                common.print_json(payload)
+            else:
+                typer.echo(f"Space {info.slug} ({info.environment}, timezone {info.timezone})")
 
     @keys_app.command("create")
     def keys_create(
@@ -129,19 +134,19 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Create a server key; it is printed once and stored only hashed."""
-        service = open_service()
-        slug = _space(service, space)
-        with core_errors():
-            created = service.create_api_key(slug, scope or None)
-        if as_json:
-            common.print_json({"key": created.key, "space": created.space, "scopes": list(created.scopes)})
-        else:
-            typer.echo(created.key)
-            typer.echo(
-                f"Created {created.key_id} for Space {created.space} with scopes "
-                f"{' '.join(created.scopes)}. Store the key now: it is not shown again.",
-                err=True,
-            )
+        with open_service() as service:
+            slug = _space(service, space)
+            with core_errors():
+                created = service.create_api_key(slug, scope or None)
+            if as_json:
+                common.print_json({"key": created.key, "space": created.space, "scopes": list(created.scopes)})
+            else:
+                typer.echo(created.key)
+                typer.echo(
+                    f"Created {created.key_id} for Space {created.space} with scopes "
+                    f"{' '.join(created.scopes)}. Store the key now: it is not shown again.",
+                    err=True,
+                )
 
     @program_app.command("load")
     def program_load(
@@ -152,23 +157,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Load program modules; each becomes the new active version (all or nothing)."""
         modules = _read_program_file(path)
-        service = open_service()
-        slug = _space(service, space)
-        with core_errors():
-            service.load_program(slug, modules, version=version)
-            active = [v for v in service.program_versions(slug) if v["active"] and v["module"] in modules]
-        if as_json:
-            common.print_json({"space": slug, "modules": active})
-        else:
-            typer.echo(f"Space {slug}: " + ", ".join(f"{v['module']} {v['version']}" for v in active) + " active")
+        with open_service() as service:
+            slug = _space(service, space)
+            with core_errors():
+                service.load_program(slug, modules, version=version)
+                active = [v for v in service.program_versions(slug) if v["active"] and v["module"] in modules]
+            if as_json:
+                common.print_json({"space": slug, "modules": active})
+            else:
+                typer.echo(f"Space {slug}: " + ", ".join(f"{v['module']} {v['version']}" for v in active) + " active")
 
     @program_app.command("show")
     def program_show(space: SpaceOption = None, as_json: JsonOption = False) -> None:
         """Print the Space's blueprint JSON (as GET /v1/program returns it)."""
-        service = open_service()
-        slug = _space(service, space)
-        with core_errors():
-            common.print_json(service.program(slug))
+        with open_service() as service:
+            slug = _space(service, space)
+            with core_errors():
+                common.print_json(service.program(slug))
 
     @app.command("identify")
     def identify(
@@ -179,10 +184,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create a customer or merge traits into its traits."""
         parsed = common.parse_json_option(traits, "--traits")
-        service = open_service()
-        slug = _space(service, space)
-        with core_errors():
-            common.print_json(service.identify(slug, user_id, parsed))
+        with open_service() as service:
+            slug = _space(service, space)
+            with core_errors():
+                common.print_json(service.identify(slug, user_id, parsed))
 
     @app.command("emit")
     def emit(
@@ -200,14 +205,14 @@ def register(app: typer.Typer) -> None:
         from perkamo_core.models import EventInput
 
         parsed = _parse_context(context)
-        service = open_service()
-        slug = _space(service, space)
-        with core_errors():
-            result = service.ingest(slug, EventInput(
-                user_id=user_id, event=event, transaction_id=txid, context=parsed,
-                occurred_at=occurred_at,
-            ))
-        common.print_json(result)
+        with open_service() as service:
+            slug = _space(service, space)
+            with core_errors():
+                result = service.ingest(slug, EventInput(
+                    user_id=user_id, event=event, transaction_id=txid, context=parsed,
+                    occurred_at=occurred_at,
+                ))
+            common.print_json(result)
 
     @app.command("customer")
     def customer(
@@ -216,10 +221,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Print the customer JSON exactly as GET /v1/customer/{id} returns it."""
-        service = open_service()
-        slug = _space(service, space)
-        with core_errors():
-            common.print_json(service.customer(slug, user_id))
+        with open_service() as service:
+            slug = _space(service, space)
+            with core_errors():
+                common.print_json(service.customer(slug, user_id))
 
 
 def _parse_context(raw: str | None) -> dict[str, Any]:
