@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from sqlalchemy import Engine
@@ -37,8 +38,12 @@ from bridge.errors import RunFailedError
 from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact, utcnow
 from config import Settings
 from mapping.writeback import to_perkville_transaction
+from perkamo_core.service import REDEMPTION_EVENT  # the outbox's name for a redemption
 
 DIRECTION = "writeback"
+REDEMPTION_ECHO_EVENT = "perkbridge.redemption_written_back"
+"""Zero-effect marker event that reserves a written-back redemption's id (see
+``Writeback._guard_redemption_echo``)."""
 EXTERNAL_SYSTEM_ID = "PERKAMO"
 MEMBERSHIP_TRAITS: Mapping[str, str] = {
     "membership_status": "membership_status",
@@ -411,6 +416,45 @@ class Writeback:
         except Exception as exc:  # retriable after the connector's budget, auth, network
             raise _StopBatch(exc) from exc
 
+    def _guard_redemption_echo(self, item: Any) -> None:
+        """Make the redemption's id known to the core as an *event* before Perkville sees it.
+
+        The written-back row comes back on the next sync as a ``perkville.points_redeemed`` event
+        with the redemption's transaction id; the core keeps event ids and redemption ids apart,
+        so without this zero-effect marker that echo would deduct the points a second time.
+        Idempotent (same transaction id); no program rule matches the marker's event.
+        """
+        ingest = getattr(self.outbox, "ingest", None)
+        if ingest is None:
+            return
+        from perkamo_core.models import EventInput
+
+        context = item.context or {}
+        ingest(
+            self.config.space,
+            EventInput(
+                user_id=item.user_id,
+                event=REDEMPTION_ECHO_EVENT,
+                transaction_id=item.transaction_id,
+                context={
+                    "reward_key": context.get("reward_key"),
+                    "cost": context.get("cost"),
+                    "source": "perkbridge-writeback",
+                },
+                occurred_at=item.occurred_at,
+            ),
+        )
+
+    def _event_perks(self, item: Any) -> Mapping[str, int | str]:
+        """``event_perks``, with ``reward.redeemed:{reward_key}`` winning for that reward."""
+        perks = self.config.event_perks
+        if item.event == REDEMPTION_EVENT:
+            reward = (item.context or {}).get("reward_key")
+            specific = perks.get(f"{REDEMPTION_EVENT}:{reward}") if reward else None
+            if specific is not None:
+                return {**perks, REDEMPTION_EVENT: specific}
+        return perks
+
     def _write_event(self, item: Any, batch: _Batch) -> None:
         transaction_id = str(item.transaction_id or "")
         if transaction_id.startswith("perkville:"):
@@ -418,7 +462,7 @@ class Writeback:
             return
         decision = to_perkville_transaction(
             item,
-            event_perks=self.config.event_perks,
+            event_perks=self._event_perks(item),
             perkville_user_id=self._perkville_user(item.user_id),
             timezone=self.config.timezone,
         )
@@ -435,6 +479,8 @@ class Writeback:
                 )
             return
         payload = decision.payload
+        if item.event == REDEMPTION_EVENT:
+            self._guard_redemption_echo(item)
         result = self._send(
             batch, "writeback_event", transaction_id, item,
             lambda: self.client.award_points(
@@ -445,6 +491,7 @@ class Writeback:
                 location=payload.location_id,
                 business=self.config.business,
                 quantity=payload.quantity,
+                points=_redemption_points(item),
                 transaction_dt=item.occurred_at,
                 limit_to_once_per_calendar_day=payload.limit_to_once_per_calendar_day,
             ),
@@ -532,6 +579,23 @@ def _letter(kind: str, record_id: str, item: Any, reason: str, detail: str) -> d
         "reason": reason,
         "detail": detail,
     }
+
+
+def _redemption_points(item: Any) -> int | None:
+    """A Perkamo redemption's cost, sent as the Perkville points so both sides deduct the same.
+
+    Other events award the perk's own points (the outbox does not carry their delta).
+    """
+    if item.event != REDEMPTION_EVENT:
+        return None
+    cost = (item.context or {}).get("cost")
+    try:
+        value = Decimal(str(cost))
+    except (InvalidOperation, ValueError):
+        return None
+    if value <= 0 or value != value.to_integral_value():
+        return None
+    return int(value)
 
 
 RETRYABLE_KINDS = frozenset({"writeback_event", "writeback_identify"})

@@ -39,11 +39,15 @@ def _redeem_perk(bridge: Bridge) -> dict[str, Any]:
     )
 
 
-def _load_program(bridge: Bridge, rules: list[dict[str, Any]]) -> None:
+def _load_program(
+    bridge: Bridge, rules: list[dict[str, Any]], perks: dict[str, Any] | None = None
+) -> None:
     """The shipped migration program plus Perkamo-side rules that mirror the mapped perks."""
     text = resources.files("config").joinpath("programs/migration.json").read_text("utf-8")
     modules = json.loads(text)
     modules["events"]["rules"].extend(rules)
+    if perks is not None:
+        modules["perks"] = perks
     bridge.service.load_program(SPACE, modules)
 
 

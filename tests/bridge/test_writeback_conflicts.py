@@ -25,16 +25,19 @@ VISIT = "visit.checked_in"
 REDEEMED = "reward.redeemed"
 
 
+REWARD_COST = 30
+
+
 def _ready(bridge: Bridge) -> tuple[dict[str, Any], dict[str, Any]]:
     assert bridge.backfill("history").status == "succeeded"
     earn, redeem = _earn_perk(bridge), _redeem_perk(bridge)
     _load_program(
         bridge,
-        [
-            {"event": VISIT, "key": "visit", "wallet": "points", "formula": str(earn["points"])},
-            {"event": REDEEMED, "key": "redeemed", "wallet": "points",
-             "formula": f"0 - {redeem['points']}"},
-        ],
+        [{"event": VISIT, "key": "visit", "wallet": "points", "formula": str(earn["points"])}],
+        perks={"perks": [], "rewards": [
+            {"key": "smoothie", "name": "Smoothie", "wallet": "points", "cost": REWARD_COST,
+             "effect": {"type": "voucher"}},
+        ]},
     )
     return earn, redeem
 
@@ -42,7 +45,7 @@ def _ready(bridge: Bridge) -> tuple[dict[str, Any], dict[str, Any]]:
 def _writeback(bridge: Bridge, earn: dict[str, Any], redeem: dict[str, Any]) -> Writeback:
     config = WritebackConfig(
         business=bridge.business, space=SPACE,
-        event_perks={VISIT: earn["perk_id"], REDEEMED: redeem["perk_id"]},
+        event_perks={VISIT: earn["perk_id"], f"{REDEEMED}:smoothie": redeem["perk_id"]},
     )
     return Writeback(state=bridge.state, outbox=bridge.service, client=bridge.client, config=config)
 
@@ -59,20 +62,30 @@ def test_redemption_on_both_sides_perkville_wins_and_the_refusal_is_dead_lettere
     bridge: Bridge,
 ) -> None:
     earn, redeem = _ready(bridge)
-    cost = redeem["points"]
+    cost = REWARD_COST  # Perkville is told the Perkamo cost, not the perk's own points
+    assert redeem["points"] != cost
     user = _member(bridge)
+    customer = f"perkville:{user}"
     # Give the member a known balance: enough for one redemption, not for two.
     bridge.box.add_transaction(perk=earn["perk_id"], user=user, points=2 * cost)
     assert bridge.sync().status == "succeeded"
     balance = _perkville(bridge, user)
     assert _perkamo(bridge, user) == balance
+
+    # A lone app redemption goes through on both sides for the same number of points.
+    bridge.service.redeem(SPACE, customer, "smoothie", "app:redeem:0")
+    first = _writeback(bridge, earn, redeem).run()
+    assert (first.written_back, first.dead_lettered) == (1, 0)
+    balance -= cost
+    assert _perkville(bridge, user) == balance
+    assert bridge.sync().status == "succeeded"
+    assert _perkamo(bridge, user) == balance and bridge.reconcile().ok
+
     # Within one sync interval the member redeems at the front desk (Perkville) and in the app
     # (Perkamo); together they exceed the balance.
     desk = balance - cost + 1
     bridge.box.add_transaction(perk=redeem["perk_id"], user=user, points=desk)
-    bridge.service.ingest(
-        SPACE, EventInput(user_id=f"perkville:{user}", event=REDEEMED, transaction_id="app:redeem:1")
-    )
+    bridge.service.redeem(SPACE, customer, "smoothie", "app:redeem:1")
     back = _writeback(bridge, earn, redeem).run()
     assert (back.written_back, back.dead_lettered) == (0, 1)
     (letter,) = bridge.state.dead_letters.list(bridge.business)
