@@ -90,7 +90,7 @@ def _vmhwm_mb(pid: int) -> float | None:
     return None
 
 
-def backfill(info: dict[str, Any], page_size: int, workdir: Path) -> dict[str, Any]:
+def backfill(info: dict[str, Any], page_size: int, workdir: Path, map_workers: int = 0) -> dict[str, Any]:
     """``perkbridge backfill --json`` in a child process; wall time and sampled peak RSS."""
     config = workdir / "bench.toml"
     config.write_text(f"[perkville]\npage_size = {page_size}\nrequests_per_second = 100000\n")
@@ -108,7 +108,8 @@ def backfill(info: dict[str, Any], page_size: int, workdir: Path) -> dict[str, A
     )
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"],
+        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json",
+         "--map-workers", str(map_workers)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     peak = 0.0
@@ -148,6 +149,8 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=None, help="default: transactions / 50")
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--map-workers", type=int, default=0, choices=(0, 1),
+                        help="1: the backfill maps pages in a worker process (its RSS is not sampled)")
     args = parser.parse_args()
     members = args.members or max(200, args.transactions // 50)
     print(f"sandbox: {args.transactions:,} transactions, {members:,} members (own process); page size {args.page_size}")
@@ -156,7 +159,7 @@ def main() -> int:
         raw = raw_pull(info, args.page_size)
         print(f"raw pull ceiling : {raw['rows']:>9,} rows in {raw['seconds']:7.2f} s = {raw['rate']:>9,.0f} rows/s")
         with tempfile.TemporaryDirectory(prefix="perkbridge-bench-") as tmp:
-            result = backfill(info, args.page_size, Path(tmp))
+            result = backfill(info, args.page_size, Path(tmp), args.map_workers)
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=30)

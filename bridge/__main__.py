@@ -2,4 +2,6 @@
 
 from bridge.cli import main
 
-main()
+if __name__ == "__main__":
+    # Guarded: a spawned worker process re-imports the main module and must not run the CLI.
+    main()

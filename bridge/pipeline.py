@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 import time
+from collections import deque
+from contextlib import closing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -73,6 +76,11 @@ class PipelineConfig:
     lease_seconds: int = 120
     secrets: tuple[str, ...] = ()
     target_kind: str = "embedded"
+    map_workers: int | None = 0
+    """Mapping worker processes for backfills: 0 = in-process (default), 1 = one spawned worker,
+    None = automatic (a worker for histories of ``AUTO_WORKER_ROWS`` or more on a multi-core host).
+    A worker only pays off on an otherwise idle multi-core machine; measured under contention it
+    did not (see docs/bridge.md)."""
 
 
 @dataclass(frozen=True)
@@ -532,13 +540,29 @@ class Pipeline:
             params["transaction_status"] = status
         if checkpoint is not None and checkpoint.get("offset"):
             params["offset"] = int(checkpoint["offset"])
+        pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
+        mapped = self._mapped_pages(
+            prefetch(pages),
+            customer_ids,
+            with_cursor=last_mod_window is not None,
+            worker_allowed=last_mod_window is None and status is None,
+        )
+        with closing(mapped):
+            self._deliver_transaction_pages(
+                mapped, label, checkpoint, last_mod_window, sync_resource
+            )
+
+    def _deliver_transaction_pages(
+        self,
+        mapped: Iterator[tuple[Any, list[_Record]]],
+        label: str,
+        checkpoint: dict[str, Any] | None,
+        last_mod_window: tuple[datetime | None, datetime | None] | None,
+        sync_resource: str | None,
+    ) -> None:
         high_water: datetime | None = None
         ordered = True
-        pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
-        for page in prefetch(pages):
-            records = self._map_transactions(
-                page.objects, customer_ids, with_cursor=last_mod_window is not None
-            )
+        for page, records in mapped:
             if last_mod_window is not None:
                 ordered = ordered and bool(getattr(page, "ordered", True))
                 stamps = [r.cursor_value for r in records if r.cursor_value is not None]
@@ -694,34 +718,60 @@ class Pipeline:
         *,
         with_cursor: bool = False,
     ) -> list[_Record]:
-        from connectors.perkville.datetimes import parse_perkville_datetime
-        from mapping.events import to_events
+        return map_transaction_rows(
+            rows, self.business, self.config.timezone, customer_ids, with_cursor
+        )
 
-        records: list[_Record] = []
-        for raw in rows:
-            rid = str(raw.get("transaction_id", raw.get("id", "?")))
-            record = _Record("transaction", rid, raw)
-            records.append(record)
-            if with_cursor:
-                try:
-                    record.cursor_value = parse_perkville_datetime(
-                        raw.get("last_mod_dt"), self.config.timezone
-                    )
-                except ValueError:
-                    record.cursor_value = None
-            result: MappingResult = to_events(
-                raw,
-                business_id=self.business,
-                timezone=self.config.timezone,
-                customer_ids=customer_ids,
-            )
-            if not result.ok:
-                record.problem = _first_problem(result.issues, "transaction unmappable")
-            elif result.skipped and not result.events:
-                record.skipped = True
-            else:
-                record.events.extend(result.events)
-        return records
+    def _mapped_pages(
+        self,
+        pages: Iterable[Any],
+        customer_ids: Mapping[str, str] | None,
+        *,
+        with_cursor: bool,
+        worker_allowed: bool,
+    ) -> Iterator[tuple[Any, list[_Record]]]:
+        """Pages with their mapped records, in order.
+
+        With a mapping worker (``map_workers``; ``None`` = automatic for large histories on a
+        machine with more than one core) page N+1 is mapped in a separate process while page N
+        is delivered.  Mapping is pure, so where it runs changes nothing but the wall time.
+        """
+        executor: Any = None
+        pending: deque[tuple[Any, Any]] = deque()
+        try:
+            for page in pages:
+                if executor is None and worker_allowed and self._want_worker(page):
+                    executor = _mapping_executor()
+                if executor is None:
+                    yield page, self._map_transactions(page.objects, customer_ids, with_cursor=with_cursor)
+                    continue
+                future = executor.submit(
+                    map_transaction_rows,
+                    page.objects,
+                    self.business,
+                    self.config.timezone,
+                    customer_ids,
+                    with_cursor,
+                    False,
+                )
+                pending.append((page, future))
+                if len(pending) > 1:
+                    yield _collect(*pending.popleft())
+            while pending:
+                yield _collect(*pending.popleft())
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    def _want_worker(self, page: Any) -> bool:
+        workers = self.config.map_workers
+        if workers is not None:
+            return workers > 0
+        total = page.meta.get("total_count") if isinstance(page.meta, Mapping) else None
+        return (os.cpu_count() or 1) > 1 and isinstance(total, int) and total >= AUTO_WORKER_ROWS
 
     # -------------------------------------------------------------------------- delivery
 
@@ -826,6 +876,63 @@ class Pipeline:
 
     def _kind(self, kind: str) -> RunCounts:
         return self._kinds.setdefault(kind, RunCounts())
+
+
+AUTO_WORKER_ROWS = 50_000
+"""A history at least this long gets a mapping worker process when ``map_workers`` is automatic."""
+
+
+def map_transaction_rows(
+    rows: Sequence[Mapping[str, Any]],
+    business: str,
+    timezone: str,
+    customer_ids: Mapping[str, str] | None,
+    with_cursor: bool,
+    keep_raw: bool = True,
+) -> list[_Record]:
+    """Map raw transaction rows to records (pure; also what the mapping worker process runs).
+
+    ``keep_raw=False`` leaves ``raw`` empty so a worker does not send the rows back; the caller
+    re-attaches them (``_collect``).
+    """
+    from connectors.perkville.datetimes import parse_perkville_datetime
+    from mapping.events import to_events
+
+    records: list[_Record] = []
+    for raw in rows:
+        rid = str(raw.get("transaction_id", raw.get("id", "?")))
+        record = _Record("transaction", rid, raw if keep_raw else {})
+        records.append(record)
+        if with_cursor:
+            try:
+                record.cursor_value = parse_perkville_datetime(raw.get("last_mod_dt"), timezone)
+            except ValueError:
+                record.cursor_value = None
+        result: MappingResult = to_events(
+            raw, business_id=business, timezone=timezone, customer_ids=customer_ids
+        )
+        if not result.ok:
+            record.problem = _first_problem(result.issues, "transaction unmappable")
+        elif result.skipped and not result.events:
+            record.skipped = True
+        else:
+            record.events.extend(result.events)
+    return records
+
+
+def _collect(page: Any, future: Any) -> tuple[Any, list[_Record]]:
+    records: list[_Record] = future.result()
+    for record, raw in zip(records, page.objects, strict=True):
+        record.raw = raw
+    return page, records
+
+
+def _mapping_executor() -> Any:
+    """One spawned worker process (never forked: this process holds threads and connections)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
 
 _DONE = object()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,9 @@ def backfill(
     until: str | None = typer.Option(None, "--until", help="Only transactions before T (cursor untouched)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write nothing; predict counts, issues and balances."),
     wait: bool = WaitOpt,
+    map_workers: int = typer.Option(
+        0, "--map-workers", min=0, max=1, help="1: map pages in a worker process (multi-core hosts)."
+    ),
     space: str | None = SpaceOpt,
     json_output: bool = JsonOpt,
 ) -> None:
@@ -211,7 +215,9 @@ def backfill(
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            summary = ctx.pipeline(progress).run(options)
+            pipeline = ctx.pipeline(progress)
+            pipeline.config = replace(pipeline.config, map_workers=map_workers)
+            summary = pipeline.run(options)
         finally:
             _close(progress)
             ctx.close()

@@ -230,3 +230,16 @@ def test_the_migration_rules_are_merged_into_a_space_with_its_own_program(bridge
     blueprint = __import__("json").dumps(bridge.service.program(SPACE))
     assert "purchase.completed" in blueprint and "perkville.points_earned" in blueprint
     assert bridge.reconcile().ok
+
+
+def test_a_mapping_worker_process_gives_the_same_result(bridge: Bridge) -> None:
+    summary = bridge.pipeline(map_workers=1).run(RunOptions(kind="backfill"))
+    assert summary.status == "succeeded" and summary.counts.balanced
+    rows = list(bridge.box.ledger.txns.values())
+    not_refs = sum(1 for t in rows if t.status != "VOID_REF")
+    voids = sum(1 for t in rows if t.status == "VOID")
+    assert summary.kinds["transaction"]["applied"] == not_refs
+    assert event_count(bridge.engine) == not_refs + voids
+    assert bridge.reconcile().ok
+    in_process = bridge.pipeline(map_workers=0).run(RunOptions(kind="backfill"))
+    assert in_process.counts.applied == 0  # the same ids: everything a duplicate or skipped
