@@ -30,6 +30,7 @@ class DemoResult:
     reconcile: ReconcileReport
     seconds: float
     requests: int
+    example_customer: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,7 +62,7 @@ class DemoResult:
             f"  time:          {self.seconds:.1f} s",
             "",
             f"Try: PERKBRIDGE_DATABASE_URL=sqlite:///{self.database} perkbridge customer "
-            f"--space {DEMO_SPACE} perkville:<user id>",
+            f"--space {DEMO_SPACE} {self.example_customer or 'perkville:<user id>'}",
         ]
 
 
@@ -116,6 +117,7 @@ def run_demo(
             reconcile=report,
             seconds=time.monotonic() - started,
             requests=requests,
+            example_customer=next((e.customer_id for e in state.id_map.iter_all(business)), None),
         )
     finally:
         engine.dispose()
