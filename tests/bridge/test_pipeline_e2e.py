@@ -243,3 +243,19 @@ def test_a_mapping_worker_process_gives_the_same_result(bridge: Bridge) -> None:
     assert bridge.reconcile().ok
     in_process = bridge.pipeline(map_workers=0).run(RunOptions(kind="backfill"))
     assert in_process.counts.applied == 0  # the same ids: everything a duplicate or skipped
+
+
+def test_a_server_that_ignores_filters_order_and_limit_still_migrates_exactly(bridge: Bridge) -> None:
+    bridge.box.set_behaviour(ignore_filters=True, ignore_order=True, cap_limit=20, next_links="none")
+    first = bridge.backfill("history")
+    assert first.counts.balanced and first.kinds["transaction"]["read"] == TRANSACTIONS
+    assert bridge.reconcile().ok
+    box = bridge.box
+    member = next(iter(box.ledger.connections.values()))
+    perk = next(p for p in box.ledger.perks.values() if p["classification"] == "EARN" and p["points"])
+    box.add_transaction(perk=perk["perk_id"], user=member["user"], quantity=1)
+    box.void_transaction(min(t.id for t in box.ledger.txns.values() if t.status == "ACTIVE" and t.points))
+    summary = bridge.sync()
+    assert summary.counts.balanced and summary.kinds["transaction"]["applied"] >= 2
+    assert bridge.reconcile().ok
+    _balances_match_truth(bridge)
