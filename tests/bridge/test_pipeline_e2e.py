@@ -259,3 +259,31 @@ def test_a_server_that_ignores_filters_order_and_limit_still_migrates_exactly(br
     assert summary.counts.balanced and summary.kinds["transaction"]["applied"] >= 2
     assert bridge.reconcile().ok
     _balances_match_truth(bridge)
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/Chicago"], ids=["utc", "chicago"])
+def test_negative_redeem_sign_and_local_timezones_reconcile(db_url: str, timezone: str) -> None:
+    from connectors.perkville.sandbox import Sandbox
+    from perkamo_core.db import create_db_engine
+    from perkamo_core.service import CoreService
+    from bridge.state import StateStore
+    from tests.bridge.conftest import make_client
+
+    box = Sandbox(seed=23, members=12, transactions=200, redeem_sign="negative", timezone=timezone)
+    box.start()
+    engine = create_db_engine(db_url)
+    client = make_client(box, timezone=timezone)
+    try:
+        state = StateStore(engine)
+        state.migrate()
+        service = CoreService(engine)
+        service.migrate()
+        bridge = Bridge(box, engine, state, service, client, str(box.business_ids[0]))
+        summary = bridge.pipeline(timezone=timezone).run(RunOptions())
+        assert summary.counts.dead_lettered == 0 and summary.counts.balanced
+        assert bridge.reconcile().ok
+        _balances_match_truth(bridge)
+    finally:
+        client.close()
+        engine.dispose()
+        box.stop()
