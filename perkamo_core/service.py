@@ -11,7 +11,6 @@ persists the outcome, the ledger and the outbox, and shapes the wire results.
 from __future__ import annotations
 
 import hashlib
-import json
 import hmac
 import re
 import secrets
@@ -136,18 +135,43 @@ def parse_occurred_at(value: datetime | str | None, now: datetime) -> datetime:
     return parsed.astimezone(UTC)
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""NUL (PostgreSQL text refuses it) and surrogate code points (UTF-8 cannot encode them)."""
+
+
+def storable(value: str) -> bool:
+    """Whether both databases can store ``value``: no NUL character, no lone surrogate."""
+    if value.isascii():
+        return "\x00" not in value
+    return _UNSTORABLE.search(value) is None
+
+
+def _unstorable(field: str, *, key: bool = False) -> ValidationError:
+    what = f"a key of {field}" if key else field
+    return ValidationError(
+        f"{what} contains a NUL character or a lone surrogate, which cannot be stored",
+        code="invalid_text", field=field,
+    )
+
+
 def _check_text(value: Any, field: str, limit: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{field} is required and must be a non-empty string", field=field)
     if len(value) > limit:
         raise ValidationError(f"{field} is longer than {limit} characters", field=field)
+    if not storable(value):
+        raise _unstorable(field)
     return value
 
 
 def _check_json_value(value: Any, field: str, depth: int = 0) -> None:
     if depth > 32:
         raise ValidationError(f"{field} is nested too deeply", field=field)
-    if value is None or isinstance(value, (str, bool, int, Decimal)):
+    if isinstance(value, str):
+        if not storable(value):
+            raise _unstorable(field)
+        return
+    if value is None or isinstance(value, (bool, int, Decimal)):
         if isinstance(value, Decimal) and not value.is_finite():
             raise ValidationError(f"{field} must be a finite number", field=field)
         return
@@ -163,31 +187,45 @@ def _check_json_value(value: Any, field: str, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str) or not key:
                 raise ValidationError(f"{field} keys must be non-empty strings", field=field)
+            if not storable(key):
+                raise _unstorable(field, key=True)
             _check_json_value(item, f"{field}.{key}", depth + 1)
         return
     raise ValidationError(f"{field} holds a {type(value).__name__}, not a JSON value", field=field)
 
 
-_SCALAR_TYPES = frozenset({str, int, bool, type(None)})
+_SCALAR_TYPES = frozenset({int, bool, type(None)})
 
 
-def validate_context(context: Any) -> dict[str, Any]:
-    """The event context as a plain dict; reserved top-level keys rejected case-insensitively."""
+def validate_context(context: Any, known_keys: set[str] | None = None) -> dict[str, Any]:
+    """The event context as a plain dict; reserved top-level keys rejected case-insensitively.
+
+    ``known_keys`` (optional, the caller's) remembers top-level keys that passed, so a page whose
+    events share their keys checks each key once.
+    """
     if context is None:
         return {}
     if not isinstance(context, Mapping):
         raise ValidationError("context must be a JSON object", field="context")
     nested = False
     for key, value in context.items():
-        if not isinstance(key, str) or not key:
-            raise ValidationError("context keys must be non-empty strings", field="context")
-        if key.lower() in RESERVED_CONTEXT_KEYS:
-            raise ValidationError(
-                f"context key {key!r} is reserved for customer state; rename it",
-                code="reserved_context_key",
-                field=f"context.{key}",
-            )
-        if type(value) not in _SCALAR_TYPES:
+        if known_keys is None or key not in known_keys:
+            if not isinstance(key, str) or not key:
+                raise ValidationError("context keys must be non-empty strings", field="context")
+            if not storable(key):
+                raise _unstorable("context", key=True)
+            if key.lower() in RESERVED_CONTEXT_KEYS:
+                raise ValidationError(
+                    f"context key {key!r} is reserved for customer state; rename it",
+                    code="reserved_context_key",
+                    field=f"context.{key}",
+                )
+            if known_keys is not None and len(known_keys) < 1024:
+                known_keys.add(key)
+        if type(value) is str:
+            if not storable(value):
+                raise _unstorable(f"context.{key}")
+        elif type(value) not in _SCALAR_TYPES:
             nested = True
     if nested:  # the common flat context of scalars needs no deeper walk
         _check_json_value(context, "context")
@@ -229,6 +267,10 @@ def _is_retryable(exc: DBAPIError) -> bool:
     if isinstance(exc, OperationalError) and "locked" in str(orig).lower():
         return True
     return False
+
+
+class _RetryPage(Exception):
+    """A concurrent writer took one of the page's transaction ids: retry the whole transaction."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +350,11 @@ class CoreService:
         if conn is not None:
             try:
                 return fn(conn)
+            except _RetryPage as exc:
+                raise ConflictError(
+                    "a concurrent redemption used one of the page's transaction ids; roll back "
+                    "and retry the page with the same transaction ids"
+                ) from exc
             except DBAPIError as exc:
                 if _is_retryable(exc):
                     # The caller's transaction is spoiled: it must roll back and retry the page.
@@ -321,8 +368,8 @@ class CoreService:
             try:
                 with self._engine.begin() as own:
                     return fn(own)
-            except DBAPIError as exc:
-                if not _is_retryable(exc):
+            except (DBAPIError, _RetryPage) as exc:
+                if isinstance(exc, DBAPIError) and not _is_retryable(exc):
                     raise
                 if attempt == MAX_WRITE_ATTEMPTS:
                     raise ConflictError(
@@ -823,9 +870,7 @@ class CoreService:
         """A datetime as the driver stores it (SQLAlchemy's SQLite text format: naive UTC)."""
         if self._postgres:
             return value
-        u = value.astimezone(UTC)
-        return (f"{u.year:04d}-{u.month:02d}-{u.day:02d} "
-                f"{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     # --- identify ------------------------------------------------------------------------------------
 
@@ -904,31 +949,37 @@ class CoreService:
         events: Sequence[EventInput],
         *,
         conn: Connection | None = None,
+        outbox: bool = True,
     ) -> list[IngestOutcome]:
         """Ingest a page of events (any size) with work per page, not per row; results in input order.
 
         A duplicate ``transaction_id`` (stored, or earlier in the same page) answers with the first
         application's result, ``applied: false, duplicate: true``. An invalid item gets an
         ``IngestOutcome`` with the ``ValidationError`` and changes nothing. With ``conn`` the page
-        runs inside the caller's transaction and is not committed here.
+        runs inside the caller's transaction and is not committed here. ``outbox=False`` records
+        no write-back outbox rows for the page (for events that came from the system write-back
+        would send them to, such as the bridge's Perkville transactions).
         """
         now = self._now()
         outcomes: list[IngestOutcome | None] = [None] * len(events)
         valid: list[_Event] = []
+        known_keys: set[str] = set()
         for index, item in enumerate(events):
             try:
-                valid.append(self._validate_event(index, item, now))
+                valid.append(self._validate_event(index, item, now, known_keys))
             except ValidationError as exc:
                 outcomes[index] = IngestOutcome(None, exc)
         if valid:
-            results = self._write(lambda c: self._ingest_page(c, space, valid, now), conn)
+            results = self._write(lambda c: self._ingest_page(c, space, valid, now, outbox), conn)
             for ev, result in zip(valid, results):
                 outcomes[ev.index] = IngestOutcome(result)
         elif conn is None:
             self.get_space(space)  # an unknown Space is an error even for an all-invalid page
         return [o for o in outcomes if o is not None]
 
-    def _validate_event(self, index: int, item: Any, now: datetime) -> _Event:
+    def _validate_event(
+        self, index: int, item: Any, now: datetime, known_keys: set[str] | None = None
+    ) -> _Event:
         if isinstance(item, Mapping):
             try:
                 item = EventInput.model_validate(item)
@@ -945,23 +996,45 @@ class CoreService:
             txid = f"tx_{uuid.uuid4()}"
         else:
             _check_text(txid, "transaction_id", MAX_TRANSACTION_ID)
-        context = validate_context(item.context)
+        context = validate_context(item.context, known_keys)
         occurred_at = parse_occurred_at(item.occurred_at, now)
         return _Event(index, user_id, name, txid, context, occurred_at)
 
-    def _existing_events(self, conn: Connection, space_id: int, txids: Sequence[str]) -> dict[str, Any]:
-        """Stored wire results of the given transaction ids (the duplicates of this page)."""
+    def _stored_results(
+        self, conn: Connection, table: str, space_id: int, txids: Sequence[str]
+    ) -> dict[str, Any]:
+        """``transaction_id → stored wire result`` of ``table`` for the given ids."""
         found: dict[str, Any] = {}
         for start in range(0, len(txids), IN_CHUNK):
             chunk = list(txids[start:start + IN_CHUNK])
             where, params = self._in("transaction_id", chunk)
             for txid, result in self._rows(
                 conn,
-                f"SELECT transaction_id, result FROM core_events WHERE space_id = ? AND {where}",
+                f"SELECT transaction_id, result FROM {table} WHERE space_id = ? AND {where}",
                 [space_id, *params],
             ):
                 found[txid] = st.load_json(result)
         return found
+
+    def _existing_events(self, conn: Connection, space_id: int, txids: Sequence[str]) -> dict[str, Any]:
+        """Stored wire results of the given transaction ids (the duplicates of this page)."""
+        return self._stored_results(conn, "core_events", space_id, txids)
+
+    def _existing_redemptions(
+        self, conn: Connection, space_id: int, txids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Redemptions among the given transaction ids, as the duplicate an event with that id gets.
+
+        Transaction ids are unique per Space across events and redemptions: a written-back
+        redemption that returns as an event (the next sync's ``perkville.points_redeemed``) must
+        not move the wallet a second time.
+        """
+        return {
+            txid: {"applied": True, "duplicate": False, "delta": first.get("delta", []),
+                   "leveled_up": False, "unlocked": [],
+                   "wallet_state": first.get("wallet_state", {}), "level": first.get("level")}
+            for txid, first in self._stored_results(conn, "core_redemptions", space_id, txids).items()
+        }
 
     def _allocate_ids(self, conn: Connection, table: Any, column: str, n: int) -> list[int]:
         """``n`` fresh ids for ``table.column`` (the write lock/sequence makes them ours)."""
@@ -981,13 +1054,18 @@ class CoreService:
         return list(range(int(top) + 1, int(top) + 1 + n))
 
     def _ingest_page(
-        self, conn: Connection, space_slug: str, page: Sequence[_Event], now: datetime
+        self, conn: Connection, space_slug: str, page: Sequence[_Event], now: datetime,
+        outbox: bool = True,
     ) -> list[dict[str, Any]]:
         space = self._space_row(conn, space_slug)
         zone = space.zone
         program = self._program_for(conn, space.id)
         customers = self._load_customers(conn, space.id, [ev.user_id for ev in page], create=False)
-        stored = self._existing_events(conn, space.id, sorted({ev.transaction_id for ev in page}))
+        txids = sorted({ev.transaction_id for ev in page})
+        stored = self._existing_events(conn, space.id, txids)
+        if len(stored) < len(txids):
+            stored.update(self._existing_redemptions(
+                conn, space.id, [t for t in txids if t not in stored]))
         # New customers are created only for events that will apply (a duplicate creates nobody).
         new_users = {ev.user_id for ev in page if ev.transaction_id not in stored} - customers.keys()
         if new_users:
@@ -1058,10 +1136,16 @@ class CoreService:
             self._many(conn, 'INSERT INTO core_perks (customer_id, perk_key, unlocked_at, "trigger") '
                        "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id, perk_key) DO NOTHING", perk_rows)
             self._save_customers(conn, space, program, touched.values(), counts, now)
-            self._lock_outbox(conn, space.id)
-            self._many(conn, "INSERT INTO core_outbox (space_id, kind, customer_id, event_id, traits, "
-                       "created_at) VALUES (?, 'event', ?, ?, NULL, ?)",
-                       [(space.id, row[2], row[0], db_now) for row in event_rows])
+            if self._postgres:
+                # A redeem takes this lock before it checks the event ids; after it, a redemption
+                # committed meanwhile with one of this page's ids is visible: start over.
+                self._lock_outbox(conn, space.id)
+                if self._existing_redemptions(conn, space.id, [row[3] for row in event_rows]):
+                    raise _RetryPage()
+            if outbox:
+                self._many(conn, "INSERT INTO core_outbox (space_id, kind, customer_id, event_id, traits, "
+                           "created_at) VALUES (?, 'event', ?, ?, NULL, ?)",
+                           [(space.id, row[2], row[0], db_now) for row in event_rows])
         self._bump_usage(conn, space.id, {"events": len(event_rows), "duplicates": duplicates})
         return [r for r in results if r is not None]
 
@@ -1117,12 +1201,27 @@ class CoreService:
             row = self._space_row(conn, space)
             program = self._program_for(conn, row.id)
             customers = self._load_customers(conn, row.id, [user_id], create=False)
+            # Before the id checks: an ingest of the same id either committed already (visible
+            # below) or re-checks the redemptions once it holds this lock (see _ingest_page).
+            self._lock_outbox(conn, row.id)
             r = st.redemptions
             previous = conn.execute(
                 select(r.c.result).where(r.c.space_id == row.id, r.c.transaction_id == transaction_id)
             ).first()
             if previous is not None:
                 return _as_duplicate(previous.result)
+            e = st.events
+            event = conn.execute(
+                select(e.c.result).where(e.c.space_id == row.id, e.c.transaction_id == transaction_id)
+            ).first()
+            if event is not None:
+                # Transaction ids are unique per Space across events and redemptions.
+                return {
+                    "applied": False, "duplicate": True, "transaction_id": transaction_id,
+                    "reward": None, "effect": None, "delta": event.result.get("delta", []),
+                    "wallet_state": event.result.get("wallet_state", {}),
+                    "level": event.result.get("level"),
+                }
             cust = customers.get(user_id)
             if cust is None:
                 raise NotFoundError(f"customer {user_id!r} does not exist in Space {row.slug!r}",
@@ -1160,7 +1259,6 @@ class CoreService:
                 event_id=None, redemption_id=redemption_id, created_at=now,
             ))
             self._save_customers(conn, row, program, [cust], {}, now)
-            self._lock_outbox(conn, row.id)
             conn.execute(st.outbox.insert().values(
                 space_id=row.id, kind="event", customer_id=cust.id, event_id=None,
                 redemption_id=redemption_id, traits=None, created_at=now,
@@ -1345,8 +1443,10 @@ def encode_state(state: CustomerState) -> str:
 
 
 def decode_state(text: str) -> CustomerState:
-    """Inverse of :func:`encode_state`."""
-    doc = json.loads(text)
+    """Inverse of :func:`encode_state` (a customer created without state stores ``{}``)."""
+    if text == "{}":
+        return CustomerState()
+    doc = st.load_json_exact(text)  # Decimals are stored as strings: no float literal inside
     if not doc.keys() <= _FAST_SECTIONS:
         return CustomerState.from_json(doc)
     perks = doc.get("perks")

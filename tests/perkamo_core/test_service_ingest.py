@@ -269,3 +269,17 @@ def test_state_document_stays_bounded_over_a_long_history(db_engine: Engine) -> 
     late = service.ingest(SPACE, EventInput(user_id="a", event="visit", transaction_id="late",
                                             occurred_at=start + timedelta(days=days - 10, hours=5)))
     assert late["delta"] == []
+
+
+def test_bulk_without_outbox_applies_the_page_but_records_no_outbox_rows(
+    service: CoreService, db_engine: Engine
+) -> None:
+    service.ingest_bulk(SPACE, [purchase("a", "t1")])
+    outcomes = service.ingest_bulk(SPACE, [purchase("a", "t2"), purchase("b", "t3")], outbox=False)
+
+    assert [o.result["applied"] for o in outcomes] == [True, True]  # type: ignore[index]
+    assert [i.transaction_id for i in service.iter_outbox(SPACE)] == ["t1"]
+    assert count(db_engine, st.events) == 3
+    assert service.wallet_balances(SPACE) == {"a": Decimal(100), "b": Decimal(50)}
+    # A later duplicate of an outbox-less event is still a duplicate.
+    assert service.ingest(SPACE, purchase("b", "t3"))["duplicate"] is True

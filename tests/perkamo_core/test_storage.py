@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import IntegrityError
 
@@ -69,3 +72,39 @@ def test_decimal_and_datetime_columns_round_trip_exactly(db_engine: Engine) -> N
         when = conn.execute(select(st.events.c.occurred_at)).scalar_one()
     assert value == Decimal("12345678901234567890.123456789")
     assert when == datetime(2026, 6, 1, 10, tzinfo=UTC)
+
+
+_JSON_SCALARS = (
+    st_.none() | st_.booleans() | st_.integers() | st_.text()
+    | st_.decimals(allow_nan=False, allow_infinity=False, places=3)
+    | st_.floats(allow_nan=False, allow_infinity=False)
+)
+_JSON_VALUES = st_.recursive(
+    _JSON_SCALARS,
+    lambda inner: st_.lists(inner, max_size=4) | st_.dictionaries(st_.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_JSON_VALUES)
+def test_dump_json_matches_the_standard_library_encoder(value: object) -> None:
+    # orjson writes what it can; the rest (big ints, lone surrogates) falls back to the stdlib.
+    expected = json.loads(st._ENCODER.encode(value), parse_float=Decimal)
+    assert st.load_json(st.dump_json(value)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ({"a": Decimal("1.50"), "b": Decimal(7)}, '{"a":1.5,"b":7}'),
+        ({"big": 2**80}, '{"big":1208925819614629174706176}'),
+        ({1: "int key"}, '{"1":"int key"}'),
+        ({"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)}, '{"when":"2026-01-02T03:04:05+00:00"}'),
+        ({"tags": frozenset({"x"})}, '{"tags":["x"]}'),
+        ("caf\u00e9", '"caf\u00e9"'),
+    ],
+    ids=["decimals", "int-beyond-64-bits", "non-string-key", "aware-datetime", "set", "non-ascii"],
+)
+def test_dump_json_cases(value: object, text: str) -> None:
+    assert st.dump_json(value) == text
