@@ -177,6 +177,7 @@ class Pipeline:
         self.stop = stop or threading.Event()
         self.business = config.business
         self._locations: dict[str, Any] = {}
+        self._members: dict[str, Mapping[str, Any]] = {}  # external members by user id / email
         self._keeper: LeaseKeeper | None = None
         self._run_id = 0
         self._now = clock()
@@ -368,6 +369,7 @@ class Pipeline:
             return
         if not checkpoint.get("members_done"):
             self._phase_users(None, upper)
+            self._load_external_members()
             if self.stop.is_set():
                 return
             self._phase_connections(
@@ -598,6 +600,8 @@ class Pipeline:
             self.progress.note(note)
         users_since = window("users")
         changed_users = self._phase_users(users_since, start)
+        if self.config.id_strategy == "external_member":
+            self._load_external_members()
         if self.stop.is_set():
             return
         handled = self._phase_connections(
@@ -642,6 +646,39 @@ class Pipeline:
 
     # --------------------------------------------------------------------------- mapping
 
+    def _load_external_members(self) -> None:
+        """External member records (membership traits, ``external_member`` ids), by user id or email.
+
+        Kept in memory for the members phase: one record per member at most.  Without the
+        External Member API (404) the connector warns once and this stays empty.
+        """
+        self._members = {}
+        pages = getattr(self.source, "iter_external_members", None)
+        if pages is None:
+            return
+        for page in pages(self.business):
+            for raw in page.objects:
+                user = raw.get("user_id") or raw.get("user")
+                if user:
+                    self._members[f"user:{str(user).rstrip('/').rsplit('/', 1)[-1]}"] = raw
+                email = raw.get("email")
+                if isinstance(email, str) and email.strip():
+                    self._members.setdefault(f"email:{email.strip().lower()}", raw)
+
+    def _member_of(self, user_id: str, user: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        if not self._members:
+            return None
+        found = self._members.get(f"user:{user_id}")
+        if found is not None or user is None:
+            return found
+        for item in user.get("emails") or []:
+            email = item.get("email") if isinstance(item, Mapping) else item
+            if isinstance(email, str):
+                found = self._members.get(f"email:{email.strip().lower()}")
+                if found is not None:
+                    return found
+        return None
+
     def _map_connections(
         self, rows: Sequence[Mapping[str, Any]], *, mode: Mode, cutover: datetime | None
     ) -> list[_Record]:
@@ -666,9 +703,11 @@ class Pipeline:
                 record.problem = _first_problem(parsed.issues, "unreadable connection")
                 continue
             conn_rec = parsed.record
+            user = users.get(conn_rec.user_id)
             result = to_identify(
-                users.get(conn_rec.user_id),
+                user,
                 connection=raw,
+                external_member=self._member_of(conn_rec.user_id, user),
                 locations=self._locations,
                 strategy=self.config.id_strategy,  # type: ignore[arg-type]
                 allow=self.config.trait_allow,
@@ -678,8 +717,15 @@ class Pipeline:
             if result.call is None or result.entry is None:
                 record.problem = _first_problem(result.issues, "connection could not be identified")
                 continue
-            digest = traits_hash(result.call.traits)
             before = known.get(conn_rec.user_id)
+            if before is not None and before.customer_id != result.call.user_id:
+                # A customer id, once assigned, never changes (a member id that appears later
+                # or an email that changes would otherwise split one member's history in two).
+                result = result.model_copy(
+                    update={"call": result.call.model_copy(update={"user_id": before.customer_id})}
+                )
+                assert result.call is not None
+            digest = traits_hash(result.call.traits)
             if before is None or before.traits_hash != digest or before.customer_id != result.call.user_id:
                 record.identify = result.call
             record.entry = IdMapEntry(
@@ -706,10 +752,16 @@ class Pipeline:
                 record.events.extend(opening.events)
         return records
 
-    def _customer_ids(self) -> dict[str, str] | None:
+    def _customer_ids(self) -> dict[str, str]:
+        """Perkville user id → customer id from the id map (ids once assigned are kept).
+
+        Under ``perkville_user`` a user missing from the map (no connection) gets the default
+        id; under the other strategies such a row is an issue (identify the member first).
+        """
+        known = {e.perkville_user_id: e.customer_id for e in self.state.id_map.iter_all(self.business)}
         if self.config.id_strategy == "perkville_user":
-            return None  # the default id needs no lookup, and covers users without a connection
-        return {e.perkville_user_id: e.customer_id for e in self.state.id_map.iter_all(self.business)}
+            return DefaultCustomerIds(known)
+        return known
 
     def _map_transactions(
         self,
@@ -876,6 +928,14 @@ class Pipeline:
 
     def _kind(self, kind: str) -> RunCounts:
         return self._kinds.setdefault(kind, RunCounts())
+
+
+class DefaultCustomerIds(dict[str, str]):
+    """The id map, answering ``perkville:{id}`` for users it does not hold (default strategy)."""
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        found = super().get(key)
+        return found if found is not None else f"perkville:{key}"
 
 
 AUTO_WORKER_ROWS = 50_000

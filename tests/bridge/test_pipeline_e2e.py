@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from decimal import Decimal
 
@@ -11,6 +12,7 @@ from sqlalchemy import update
 from bridge.errors import LeaseHeldError, RunFailedError
 from bridge.pipeline import Pipeline, PipelineConfig, RunOptions
 from bridge.progress import NullProgress
+from bridge.reconcile import Reconciler
 from bridge.state import RunCounts, lease_name
 from bridge.state.schema import leases
 from connectors.perkville.sandbox import Faults
@@ -287,3 +289,31 @@ def test_negative_redeem_sign_and_local_timezones_reconcile(db_url: str, timezon
         client.close()
         engine.dispose()
         box.stop()
+
+
+def test_external_member_ids_come_from_the_external_member_api_and_never_change(bridge: Bridge) -> None:
+    summary = bridge.pipeline(id_strategy="external_member").run(RunOptions())
+    assert summary.counts.dead_lettered == 0
+    entries = list(bridge.state.id_map.iter_all(bridge.business))
+    by_member = [e for e in entries if e.customer_id.startswith("M-")]
+    assert by_member, "no customer got its external member id"
+    assert all(e.strategy == "external_member" for e in entries)
+    report = Reconciler(
+        state=bridge.state, source=bridge.client, target=bridge.target, business=bridge.business,
+        id_strategy="external_member",
+    ).run()
+    assert report.ok, report.to_json()
+    traits = bridge.service.customer(SPACE, by_member[0].customer_id)["traits"]
+    assert "membership_type" in json.dumps(traits) or any("membership" in k for k in traits)
+    # A later run under another strategy keeps every assigned id.
+    again = bridge.pipeline(id_strategy="perkville_user").run(RunOptions())
+    assert again.counts.applied == 0
+    assert {e.customer_id for e in bridge.state.id_map.iter_all(bridge.business)} == {e.customer_id for e in entries}
+    # New activity of such a member lands on the customer it was given, not on a default id.
+    member = by_member[0]
+    perk = next(p for p in bridge.box.ledger.perks.values() if p["classification"] == "EARN" and p["points"])
+    bridge.box.add_transaction(perk=perk["perk_id"], user=int(member.perkville_user_id), quantity=1)
+    assert bridge.pipeline().run(RunOptions(kind="sync")).kinds["transaction"]["applied"] == 1
+    assert Reconciler(
+        state=bridge.state, source=bridge.client, target=bridge.target, business=bridge.business
+    ).run().ok
