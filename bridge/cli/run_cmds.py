@@ -565,8 +565,9 @@ def deadletters_discard(
 def idmap(
     business: str | None = BusinessOpt,
     csv_file: Path | None = typer.Option(None, "--csv", help="Write to FILE instead of stdout."),
+    json_output: bool = JsonOpt,
 ) -> None:
-    """Export the customer id ↔ Perkville user id map as CSV."""
+    """Export the customer id ↔ Perkville user id map as CSV (or JSON with --json)."""
     from bridge.wiring import business_of, open_engine, open_state
 
     with _errors():
@@ -575,7 +576,22 @@ def idmap(
         engine = open_engine(settings)
         try:
             state = open_state(engine)
-            if csv_file is None:
+            if json_output and csv_file is None:
+                print_json(
+                    [
+                        {
+                            "business": e.business,
+                            "perkville_user_id": e.perkville_user_id,
+                            "customer_id": e.customer_id,
+                            "strategy": e.strategy,
+                            "connection_id": e.connection_id,
+                            "connection_status": e.connection_status,
+                            "perkville_balance": e.perkville_balance,
+                        }
+                        for e in state.id_map.iter_all(chosen)
+                    ]
+                )
+            elif csv_file is None:
                 state.id_map.export_csv(chosen, sys.stdout)
             else:
                 with csv_file.open("w", newline="", encoding="utf-8") as handle:

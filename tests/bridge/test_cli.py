@@ -223,3 +223,5 @@ def test_program_from_perkville_and_idmap_export(
     header, *rows = csv_file.read_text().splitlines()
     assert header.split(",")[:4] == ["business", "perkville_user_id", "customer_id", "strategy"]
     assert len(rows) == MEMBERS and all(",perkville:" in row for row in rows)
+    code, body, _ = run(capsys, cli_env, "idmap", "--json")
+    assert code == 0 and len(body) == MEMBERS and body[0]["customer_id"].startswith("perkville:")
