@@ -34,7 +34,6 @@ from contextlib import closing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import Connection
@@ -1069,7 +1068,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
 
-
-def predicted_total(balances: Mapping[str, Decimal]) -> Decimal:
-    """Sum of a balance map (dry-run summaries)."""
-    return sum(balances.values(), Decimal(0))

@@ -10,7 +10,7 @@ repeated repair never reuses a number), which makes the next reconcile pass.
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -235,12 +235,3 @@ class Reconciler:
             if after.get(m.customer_id, Decimal(0)) != m.perkville_balance
         ]
 
-
-def balances_summary(balances: Mapping[str, Decimal]) -> dict[str, Any]:
-    """Totals of a balance map (used by dry runs and the demo)."""
-    values = list(balances.values())
-    return {
-        "customers": len(values),
-        "total": plain_decimal(sum(values, Decimal(0))),
-        "negative": sum(1 for v in values if v < 0),
-    }

@@ -29,14 +29,6 @@ if TYPE_CHECKING:
 
 Status = Literal["applied", "duplicate", "rejected"]
 
-MIGRATION_EVENTS = (
-    "perkville.points_earned",
-    "perkville.points_redeemed",
-    "perkville.activity",
-    "perkville.transaction_voided",
-    "perkville.balance_migrated",
-    "perkville.balance_adjusted",
-)
 WALLET = "points"
 
 
