@@ -51,6 +51,18 @@ def _backfill(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _checkpoint_offset(db_url: str, business: str) -> int:
+    """Offset of the next transactions page in the unfinished backfill's checkpoint (0 if none)."""
+    engine = create_db_engine(db_url)
+    try:
+        state = StateStore(engine)
+        state.migrate()
+        raw = state.cursors.get(business, "backfill")
+    finally:
+        engine.dispose()
+    return int(json.loads(raw).get("offset", 0)) if raw else 0
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
     db_url: str, tmp_path: Path
@@ -63,6 +75,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
         env = _env(box, db_url)
         rng = random.Random(20261122)
         killed_mid_run = 0
+        offsets: list[int] = []
         for _ in range(TRIALS):
             proc = _backfill(config, env)
             time.sleep(rng.uniform(0.6, 2.4))
@@ -70,6 +83,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_mid_run += 1
             proc.wait()
+            offsets.append(_checkpoint_offset(db_url, str(box.business_ids[0])))
         final = _backfill(config, env)
         out, err = final.communicate(timeout=300)
         assert final.returncode == 0, err
@@ -77,6 +91,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
         assert body["status"] == "succeeded"
         assert body["read"] == body["applied"] + body["duplicate"] + body["skipped"] + body["dead_lettered"]
         assert killed_mid_run >= 3, "the kills came too late to interrupt anything"
+        assert any(offset > 0 for offset in offsets), f"no kill landed mid-history: {offsets}"
 
         engine = create_db_engine(db_url)
         try:
