@@ -10,6 +10,7 @@ persists the outcome, the ledger and the outbox, and shapes the wire results.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import re
@@ -159,7 +160,7 @@ def _check_text(value: Any, field: str, limit: int) -> str:
         raise ValidationError(f"{field} is required and must be a non-empty string", field=field)
     if len(value) > limit:
         raise ValidationError(f"{field} is longer than {limit} characters", field=field)
-    if not storable(value):
+    if not (value.isascii() and "\x00" not in value) and not storable(value):
         raise _unstorable(field)
     return value
 
@@ -223,7 +224,7 @@ def validate_context(context: Any, known_keys: set[str] | None = None) -> dict[s
             if known_keys is not None and len(known_keys) < 1024:
                 known_keys.add(key)
         if type(value) is str:
-            if not storable(value):
+            if not (value.isascii() and "\x00" not in value) and not storable(value):
                 raise _unstorable(f"context.{key}")
         elif type(value) not in _SCALAR_TYPES:
             nested = True
@@ -267,6 +268,24 @@ def _is_retryable(exc: DBAPIError) -> bool:
     if isinstance(exc, OperationalError) and "locked" in str(orig).lower():
         return True
     return False
+
+
+@contextmanager
+def _paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one page (reference counting still frees memory).
+
+    A page allocates many short-lived containers, which trigger thousands of young-generation
+    collections: about a tenth of the ingest's CPU time. The collector is switched back on
+    afterwards if it was on (a thread that finds it paused leaves it to the thread that paused it).
+    """
+    was_enabled = gc.isenabled()
+    if was_enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _RetryPage(Exception):
@@ -960,6 +979,12 @@ class CoreService:
         no write-back outbox rows for the page (for events that came from the system write-back
         would send them to, such as the bridge's Perkville transactions).
         """
+        with _paused_gc():
+            return self._ingest_bulk(space, events, conn, outbox)
+
+    def _ingest_bulk(
+        self, space: str, events: Sequence[EventInput], conn: Connection | None, outbox: bool
+    ) -> list[IngestOutcome]:
         now = self._now()
         outcomes: list[IngestOutcome | None] = [None] * len(events)
         valid: list[_Event] = []
