@@ -1366,15 +1366,28 @@ class CoreService:
         """``wallet → sum of the ledger`` of one customer (an audit of the materialized balance)."""
         c = st.customers
         lg = st.ledger
+        e = st.events
+        r = st.redemptions
         with self._read() as conn:
             row = self._space_row(conn, space)
+            customer_id = conn.execute(
+                select(c.c.id).where(c.c.space_id == row.id, c.c.user_id == user_id)
+            ).scalar()
             sums: dict[str, Decimal] = {}
-            for r in conn.execute(
-                select(lg.c.wallet, lg.c.amount)
-                .join(c, c.c.id == lg.c.customer_id)
-                .where(c.c.space_id == row.id, c.c.user_id == user_id)
-            ):
-                sums[r.wallet] = sums.get(r.wallet, Decimal(0)) + r.amount
+            if customer_id is None:
+                return sums
+            # Through the customer's events and redemptions (the ledger is indexed by those).
+            by_event = (
+                select(lg.c.wallet, lg.c.amount).join(e, e.c.id == lg.c.event_id)
+                .where(e.c.space_id == row.id, e.c.customer_id == customer_id)
+            )
+            by_redemption = (
+                select(lg.c.wallet, lg.c.amount).join(r, r.c.id == lg.c.redemption_id)
+                .where(r.c.customer_id == customer_id)
+            )
+            for query in (by_event, by_redemption):
+                for wallet, amount in conn.execute(query):
+                    sums[wallet] = sums.get(wallet, Decimal(0)) + amount
             return sums
 
     def iter_outbox(self, space: str, *, after_seq: int = 0, limit: int = 500) -> list[OutboxItem]:

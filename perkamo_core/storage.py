@@ -11,6 +11,7 @@ Layout (every row belongs to one Space):
   stored wire result so a duplicate answers with the first outcome; indexed on
   ``(space_id, customer_id, id)`` so the latest events of a customer are an index range scan.
 - ``core_ledger``: every wallet movement (events and redemptions); a balance is its ledger's sum.
+  Indexed by ``event_id`` and ``redemption_id`` (append-only indexes; migration 3).
 - ``core_redemptions`` (``UNIQUE(space_id, transaction_id)``), ``core_usage`` (meters per billing
   period), ``core_outbox`` (applied events and identify calls in commit order for write-back).
 
@@ -250,7 +251,10 @@ ledger = Table(
     Column("event_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("redemption_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
-    Index("ix_core_ledger_customer", "customer_id", "wallet"),
+    # Ledger rows are found through their event or redemption (whose ids only grow, so these
+    # indexes are appended to); an index by customer was rewritten all over on every page.
+    Index("ix_core_ledger_event", "event_id"),
+    Index("ix_core_ledger_redemption", "redemption_id"),
 )
 
 redemptions = Table(
@@ -304,12 +308,23 @@ def _create(tables: list[Table]) -> Any:
     return upgrade
 
 
+def _ledger_indexes_by_entry(conn: Connection) -> None:
+    # IF [NOT] EXISTS: a database created after this change got the new indexes from migration 1.
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_core_ledger_customer")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_core_ledger_event ON core_ledger (event_id)")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_core_ledger_redemption ON core_ledger (redemption_id)"
+    )
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry with explicit
 # DDL (and the table definitions above move with it).
 MIGRATIONS: list[Migration] = [
     Migration(1, "core tables: spaces, keys, program, customers, state, event log, ledger",
               _create(_V1_TABLES)),
     Migration(2, "usage meters and write-back outbox", _create(_V2_TABLES)),
+    Migration(3, "ledger indexed by event and redemption instead of by customer",
+              _ledger_indexes_by_entry),
 ]
 
 

@@ -108,3 +108,19 @@ def test_dump_json_matches_the_standard_library_encoder(value: object) -> None:
 )
 def test_dump_json_cases(value: object, text: str) -> None:
     assert st.dump_json(value) == text
+
+
+def test_migration_3_moves_the_ledger_index_from_customer_to_entry(db_engine: Engine) -> None:
+    assert migrate(db_engine, st.COMPONENT, st.MIGRATIONS[:2]) == [1, 2]
+    with db_engine.begin() as conn:  # what migration 1 created before the ledger index moved
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_core_ledger_event")
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_core_ledger_redemption")
+        conn.exec_driver_sql("CREATE INDEX ix_core_ledger_customer ON core_ledger (customer_id, wallet)")
+    service = make_service(db_engine)  # applies migration 3
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(db_engine).get_indexes("core_ledger")}
+    assert indexes == {"ix_core_ledger_event": ["event_id"],
+                       "ix_core_ledger_redemption": ["redemption_id"]}
+    service.ingest(SPACE, purchase("a", "t1"))
+    service.redeem(SPACE, "a", "free_shipping", "r1")
+    assert service.ledger_sums(SPACE, "a") == {"points": Decimal(10)}
+    assert service.ledger_sums(SPACE, "nobody") == {}
