@@ -364,6 +364,12 @@ def status(
         try:
             state = open_state(engine)
             body = _status_body(state, chosen, limit)
+            from bridge.scheduler import job_statuses
+
+            body["jobs"] = [
+                job for job in job_statuses(engine)
+                if chosen is None or job.get("business_id") == chosen
+            ]
         finally:
             engine.dispose()
     if json_output:
@@ -391,6 +397,15 @@ def status(
     for lease in body["leases"]:
         typer.echo(f"  {lease['name']:<28} {lease['owner']}  until {str(lease['expires_at'])[:19]}"
                    + ("  (expired)" if lease["expired"] else ""))
+    typer.echo("scheduled jobs:")
+    if not body["jobs"]:
+        typer.echo("  (scheduler has not run)")
+    for job in body["jobs"]:
+        typer.echo(
+            f"  {job['job_id']:<36} last ok {str(job.get('last_success_at') or '-')[:19]:<19}"
+            f"  last failure {str(job.get('last_failure_at') or '-')[:19]:<19}"
+            f"  next {str(job.get('next_run_at') or '-')[:19]}"
+        )
     typer.echo("dead letters:")
     if not body["dead_letters"]:
         typer.echo("  (none)")
@@ -524,6 +539,8 @@ def _retry_writeback(ctx: _Context, reason: str | None, ids: list[int] | None, w
     letters = ctx.state.dead_letters.list(ctx.business, reason=reason, ids=ids)
     if not any(d.kind not in IMPORT_KINDS for d in letters) or ctx.bundle.service is None:
         return None
+    if ctx.source is None:
+        common.fail("write-back dead letters need the Perkville connection; check PERKVILLE_* settings")
     from bridge.writeback import Writeback, writeback_config
 
     return Writeback(
