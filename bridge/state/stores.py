@@ -54,9 +54,11 @@ class CursorStore:
             cursors.c.business == business, cursors.c.resource == resource
         )
         if conn is not None:
-            return conn.execute(stmt).scalar()
-        with _read(self._engine) as c:
-            return c.execute(stmt).scalar()
+            value = conn.execute(stmt).scalar()
+        else:
+            with _read(self._engine) as c:
+                value = c.execute(stmt).scalar()
+        return None if value is None else str(value)
 
     def set(
         self, conn: Connection, business: str, resource: str, value: str, run_id: int | None
@@ -153,7 +155,7 @@ class RunRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "run_id": self.id,
             "business": self.business,
             "direction": self.direction,
@@ -605,7 +607,7 @@ class IdMap:
                 with _read(self._engine) as c:
                     rows = list(c.execute(stmt).mappings())
             for row in rows:
-                out[row["perkville_user_id"]] = _to_entry(row)
+                out[row["perkville_user_id"]] = _to_entry(dict(row))
         return out
 
     def customer_owner(self, business: str, customer_id: str, conn: Connection) -> str | None:

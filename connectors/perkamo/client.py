@@ -361,7 +361,8 @@ def _decode_success(response: httpx.Response, method: str, path: str) -> dict[st
 
 
 def _request_id(response: httpx.Response) -> str | None:
-    return response.headers.get("x-perkamo-request-id") or response.headers.get("x-request-id")
+    value = response.headers.get("x-perkamo-request-id") or response.headers.get("x-request-id")
+    return None if value is None else str(value)
 
 
 def _header_int(response: httpx.Response, name: str) -> int | None:

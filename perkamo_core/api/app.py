@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from perkamo_core.api.gate import API_KEY_HEADER, DEFAULT_MAX_BODY_BYTES, STATE_KEY, Gate, RequestMeter
 from perkamo_core.api.ratelimit import FixedWindowLimiter
 from perkamo_core.api.responses import PerkamoJSONResponse, Scope, error_body, error_response, validation_error
+from perkamo_core.models import MAX_USER_ID
 from perkamo_core.api.schemas import (
-    MAX_USER_ID,
     BatchBody,
     ConfigBody,
     EventBody,
@@ -221,7 +221,7 @@ def create_app(
         strict_content_type=False,  # a body without content-type is still read as JSON
     )
     app.add_middleware(
-        Gate,  # type: ignore[arg-type]
+        Gate,
         service=service,
         now=lambda: now_dt().timestamp(),
         limiter=FixedWindowLimiter(rate_limit) if rate_limit else None,
