@@ -19,14 +19,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import Connection, Engine, and_, func, select, text, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -330,7 +330,6 @@ class _Customer:
     state: CustomerState
     dirty: bool = False
     max_day: date | None = None
-    wallets: set[str] = field(default_factory=set)  # wallets moved since the last save
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -1126,8 +1125,6 @@ class CoreService:
             outcome = evaluate(program, cust.state, EngineEvent(ev.event, at, ev.context, txid), zone)
             cust.state = apply_outcome(cust.state, outcome)
             cust.dirty = True
-            if outcome.deltas:
-                cust.wallets.update(d.wallet for d in outcome.deltas)
             day = at.astimezone(zone).date()
             if cust.max_day is None or day > cust.max_day:
                 cust.max_day = day
@@ -1183,9 +1180,9 @@ class CoreService:
         event_counts: Mapping[int, int],
         now: datetime,
     ) -> None:
-        """Write back the state document and the materialized balances of every changed customer."""
+        """Write back the state document (balances, lifetime totals and the rest) of every changed
+        customer; a balance is read from it (and audited against the ledger)."""
         states: list[tuple[Any, ...]] = []
-        balance_rows: list[tuple[Any, ...]] = []
         db_now = self._dbdt(now)
         for cust in customers:
             if not cust.dirty:
@@ -1198,18 +1195,8 @@ class CoreService:
                     program, cust.state, cust.max_day - timedelta(days=STATE_PRUNE_MARGIN_DAYS)
                 )
             states.append((encode_state(cust.state), event_counts.get(cust.id, 0), db_now, cust.id))
-            lifetime = cust.state.lifetime
-            for wallet in sorted(cust.wallets):
-                balance_rows.append((
-                    cust.id, wallet, space.id, str(cust.state.balances.get(wallet, _ZERO)),
-                    str(lifetime.get(wallet, _ZERO)),
-                ))
             cust.dirty = False
-            cust.wallets.clear()
         self._update_states(conn, states)
-        self._many(conn, "INSERT INTO core_balances (customer_id, wallet, space_id, balance, lifetime) "
-                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, wallet) DO UPDATE SET "
-                   "balance = excluded.balance, lifetime = excluded.lifetime", balance_rows)
 
     # --- redeem -----------------------------------------------------------------------------------------
 
@@ -1261,7 +1248,6 @@ class CoreService:
             assert plan.wallet is not None
             cust.state = core_engine.apply_redemption(cust.state, plan)
             cust.dirty = True
-            cust.wallets.add(plan.wallet)
             now = self._now()
             result: dict[str, Any] = _wire({
                 "applied": True,
@@ -1342,24 +1328,22 @@ class CoreService:
         self, space: str, wallet: str = "points", user_ids: Sequence[str] | None = None
     ) -> dict[str, Decimal]:
         """``user_id → balance`` of ``wallet`` (0 for a customer without movements)."""
-        c = st.customers
-        b = st.balances
         with self._read() as conn:
             row = self._space_row(conn, space)
-            stmt = (
-                select(c.c.user_id, b.c.balance)
-                .select_from(c.outerjoin(b, and_(b.c.customer_id == c.c.id, b.c.wallet == wallet)))
-                .where(c.c.space_id == row.id)
-            )
             out: dict[str, Decimal] = {}
+            sql = "SELECT user_id, state FROM core_customers WHERE space_id = ?"
             if user_ids is None:
-                for r in conn.execute(stmt):
-                    out[r.user_id] = r.balance if r.balance is not None else Decimal(0)
-                return out
-            wanted = sorted(set(user_ids))
-            for start in range(0, len(wanted), IN_CHUNK):
-                for r in conn.execute(stmt.where(c.c.user_id.in_(wanted[start:start + IN_CHUNK]))):
-                    out[r.user_id] = r.balance if r.balance is not None else Decimal(0)
+                chunks: Iterable[tuple[str, list[Any]]] = [("", [])]
+            else:
+                wanted = sorted(set(user_ids))
+                chunks = (
+                    (f" AND {where}", params)
+                    for where, params in (self._in("user_id", wanted[i:i + IN_CHUNK])
+                                          for i in range(0, len(wanted), IN_CHUNK))
+                )
+            for where, params in chunks:
+                for user_id, state in self._rows(conn, sql + where, [row.id, *params]):
+                    out[user_id] = _state_balance(state, wallet)
             return out
 
     def ledger_sums(self, space: str, user_id: str) -> dict[str, Decimal]:
@@ -1478,6 +1462,14 @@ def encode_state(state: CustomerState) -> str:
     if state.reward_counts:
         doc["reward_counts"] = state.reward_counts
     return st.dump_json(doc)
+
+
+def _state_balance(text: str, wallet: str) -> Decimal:
+    """The balance of ``wallet`` in a stored state document (0 when it never moved)."""
+    if text == "{}":
+        return _ZERO
+    value = st.load_json_exact(text).get("balances", {}).get(wallet)
+    return _ZERO if value is None else Decimal(value)
 
 
 def decode_state(text: str) -> CustomerState:

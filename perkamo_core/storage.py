@@ -4,9 +4,10 @@ Layout (every row belongs to one Space):
 
 - ``core_spaces``, ``core_api_keys`` (sha256 of the key, never the key), ``core_program_modules``
   (every upload a version, one active per module).
-- ``core_customers``: traits and the engine's compact state document (level, counters,
-  achievements, streaks) plus ``core_balances`` (balance + lifetime per wallet) and
-  ``core_perks`` (unlocked perks), all loadable by customer id for one event or a whole page.
+- ``core_customers``: traits and the engine's compact state document (balances and lifetime
+  totals per wallet, perks, counters, achievements, streaks) plus ``core_perks`` (unlocked perks),
+  all loadable by customer id for one event or a whole page. (``core_balances``, a materialized
+  copy of the balances rewritten on every page, was dropped by migration 4.)
 - ``core_events``: the append-only event log, ``UNIQUE(space_id, transaction_id)``, with the
   stored wire result so a duplicate answers with the first outcome; indexed on
   ``(space_id, customer_id, id)`` so the latest events of a customer are an index range scan.
@@ -200,18 +201,6 @@ customers = Table(
     UniqueConstraint("space_id", "user_id", name="uq_core_customer"),
 )
 
-balances = Table(
-    "core_balances",
-    metadata,
-    Column("customer_id", BigInteger().with_variant(Integer, "sqlite"),
-           ForeignKey("core_customers.id"), primary_key=True),
-    Column("wallet", String(64), primary_key=True),
-    Column("space_id", Integer, nullable=False),
-    Column("balance", DecimalText, nullable=False),
-    Column("lifetime", DecimalText, nullable=False),  # sum of positive movements
-    Index("ix_core_balances_space_wallet", "space_id", "wallet"),
-)
-
 perks = Table(
     "core_perks",
     metadata,
@@ -296,8 +285,7 @@ outbox = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
-_V1_TABLES = [spaces, api_keys, program_modules, customers, balances, perks, events, ledger,
-              redemptions]
+_V1_TABLES = [spaces, api_keys, program_modules, customers, perks, events, ledger, redemptions]
 _V2_TABLES = [usage, outbox]
 
 
@@ -317,6 +305,10 @@ def _ledger_indexes_by_entry(conn: Connection) -> None:
     )
 
 
+def _drop_materialized_balances(conn: Connection) -> None:
+    conn.exec_driver_sql("DROP TABLE IF EXISTS core_balances")
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry with explicit
 # DDL (and the table definitions above move with it).
 MIGRATIONS: list[Migration] = [
@@ -325,6 +317,8 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "usage meters and write-back outbox", _create(_V2_TABLES)),
     Migration(3, "ledger indexed by event and redemption instead of by customer",
               _ledger_indexes_by_entry),
+    Migration(4, "balances read from the customer's state document: core_balances dropped",
+              _drop_materialized_balances),
 ]
 
 

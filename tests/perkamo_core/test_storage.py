@@ -67,8 +67,8 @@ def test_decimal_and_datetime_columns_round_trip_exactly(db_engine: Engine) -> N
     service = make_service(db_engine)
     service.ingest(SPACE, purchase("a", "t1"))
     with db_engine.begin() as conn:
-        conn.execute(st.balances.update().values(balance=Decimal("12345678901234567890.123456789")))
-        value = conn.execute(select(st.balances.c.balance)).scalar_one()
+        conn.execute(st.ledger.update().values(amount=Decimal("12345678901234567890.123456789")))
+        value = conn.execute(select(st.ledger.c.amount)).scalar_one()
         when = conn.execute(select(st.events.c.occurred_at)).scalar_one()
     assert value == Decimal("12345678901234567890.123456789")
     assert when == datetime(2026, 6, 1, 10, tzinfo=UTC)
@@ -124,3 +124,26 @@ def test_migration_3_moves_the_ledger_index_from_customer_to_entry(db_engine: En
     service.redeem(SPACE, "a", "free_shipping", "r1")
     assert service.ledger_sums(SPACE, "a") == {"points": Decimal(10)}
     assert service.ledger_sums(SPACE, "nobody") == {}
+
+
+def test_migration_4_drops_the_materialized_balances_and_balances_come_from_state(
+    db_engine: Engine,
+) -> None:
+    assert migrate(db_engine, st.COMPONENT, st.MIGRATIONS[:3]) == [1, 2, 3]
+    with db_engine.begin() as conn:  # the table migration 1 created before balances moved
+        conn.exec_driver_sql(
+            "CREATE TABLE core_balances (customer_id INTEGER NOT NULL, wallet VARCHAR(64) NOT NULL, "
+            "space_id INTEGER NOT NULL, balance VARCHAR(64) NOT NULL, lifetime VARCHAR(64) NOT NULL, "
+            "PRIMARY KEY (customer_id, wallet))")
+    service = make_service(db_engine)
+    assert "core_balances" not in inspect(db_engine).get_table_names()
+    service.ingest_bulk(SPACE, [purchase("a", "t1"), purchase("a", "t2"), purchase("b", "t3")])
+    service.identify(SPACE, "c", {})
+    service.redeem(SPACE, "a", "free_shipping", "r1")
+    assert service.wallet_balances(SPACE) == {"a": Decimal(60), "b": Decimal(50), "c": Decimal(0)}
+    assert service.wallet_balances(SPACE, user_ids=["b", "c", "ghost"]) == {
+        "b": Decimal(50), "c": Decimal(0)}
+    assert service.wallet_balances(SPACE, wallet="other") == dict.fromkeys("abc", Decimal(0))
+    for user in "abc":
+        assert service.ledger_sums(SPACE, user).get("points", Decimal(0)) == \
+            service.wallet_balances(SPACE)[user]
