@@ -75,21 +75,43 @@ class Target(Protocol):
         ...
 
 
-def _event_input(event: PerkamoEvent) -> Any:
+_EVENT_INPUT_FIELDS = frozenset({"user_id", "event", "transaction_id", "context", "occurred_at"})
+
+
+def _event_inputs(events: Sequence[PerkamoEvent]) -> list[Any]:
+    """``EventInput``s of a page of mapped events, built without a second validation pass.
+
+    The mapping already typed every field and the core validates each item; this is what
+    ``EventInput.model_construct`` does, minus its per-field alias handling (the hot path).
+    """
     from perkamo_core.models import EventInput
 
-    # The mapping already typed every field and the core validates each item: skip a second pass.
-    return EventInput.model_construct(
-        user_id=event.user_id,
-        event=event.event,
-        transaction_id=event.transaction_id,
-        context=_jsonable(event.context),
-        occurred_at=event.occurred_at,
-    )
+    new = EventInput.__new__
+    setter = object.__setattr__
+    out: list[Any] = []
+    for event in events:
+        made = new(EventInput)
+        setter(made, "__dict__", {
+            "user_id": event.user_id,
+            "event": event.event,
+            "transaction_id": event.transaction_id,
+            "context": _jsonable(event.context),
+            "occurred_at": event.occurred_at,
+        })
+        setter(made, "__pydantic_fields_set__", set(_EVENT_INPUT_FIELDS))
+        setter(made, "__pydantic_extra__", None)
+        setter(made, "__pydantic_private__", None)
+        out.append(made)
+    return out
 
 
 def _jsonable(context: Mapping[str, Any]) -> dict[str, Any]:
     """Context values as the wire would carry them (Decimals that are whole become ints)."""
+    for value in context.values():
+        if isinstance(value, Decimal):
+            break
+    else:
+        return dict(context)
     out: dict[str, Any] = {}
     for key, value in context.items():
         if isinstance(value, Decimal):
@@ -170,11 +192,18 @@ class EmbeddedTarget:
         space: str,
         *,
         program_loader: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+        outbox: bool = True,
     ) -> None:
         self.service = service
         self.engine = engine
         self.space = space
         self._program_loader = program_loader
+        # ``outbox=False``: events read from Perkville never go back there, so they need no
+        # write-back outbox rows (with them, write-back reads and skips each one as
+        # ``born_in_perkville``).  A core without the switch records them regardless.
+        self._bulk_options: dict[str, Any] = (
+            {"outbox": False} if not outbox and _accepts(service.ingest_bulk, "outbox") else {}
+        )
 
     def ensure_program(self) -> str:
         self.service.ensure_space(self.space)
@@ -236,7 +265,7 @@ class EmbeddedTarget:
             ev_outcomes: list[Delivery] = []
             if events:
                 outcomes = self.service.ingest_bulk(
-                    self.space, [_event_input(e) for e in events], conn=conn
+                    self.space, _event_inputs(events), conn=conn, **self._bulk_options
                 )
                 for outcome in outcomes:
                     if outcome.error is not None:
@@ -353,6 +382,17 @@ class RemoteTarget:
                 value = value.get("balance", 0)
             out[cid] = Decimal(str(value))
         return out
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` takes a keyword argument ``name``."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _wire(event: PerkamoEvent) -> dict[str, Any]:

@@ -140,5 +140,6 @@ def build_target(settings: Settings, engine: Engine, *, space: str | None = None
         )
     service = core_service(engine)
     return TargetBundle(
-        EmbeddedTarget(service, engine, space or settings.perkamo_space), service=service
+        EmbeddedTarget(service, engine, space or settings.perkamo_space, outbox=False),
+        service=service,
     )

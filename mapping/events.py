@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +26,7 @@ from mapping.records import (
     parse_connection,
     parse_transaction,
 )
-from mapping.types import MappingIssue, MappingResult, PerkamoEvent, Skipped
+from mapping.types import MappingIssue, MappingResult, PerkamoEvent, Skipped, trusted_event, trusted_result
 
 __all__ = [
     "EVENT_ACTIVITY",
@@ -39,6 +39,7 @@ __all__ = [
     "RESERVED_CONTEXT_KEYS",
     "to_adjustment_event",
     "to_events",
+    "to_events_many",
     "to_opening_balance_event",
 ]
 
@@ -99,8 +100,42 @@ def to_events(
     ``customer_ids`` maps Perkville user ids to customer ids (from the id map); without it the
     default strategy ``perkville:{id}`` is used. Never raises on data: problems come back as issues.
     """
-    encode_business_id(business_id)  # a bad parameter fails before any data is read
+    encoded = encode_business_id(business_id)  # a bad parameter fails before any data is read
     zone = c.resolve_timezone(timezone)
+    if type(transaction) is dict:
+        fast = _fast_events(transaction, business_id, encoded, zone, customer_ids)
+        if fast is not None:
+            return fast
+    return _reference_events(transaction, business_id, zone, customer_ids)
+
+
+def to_events_many(
+    transactions: Sequence[Mapping[str, Any]],
+    *,
+    business_id: str | int,
+    timezone: Zone = "UTC",
+    customer_ids: Mapping[str, str] | None = None,
+) -> list[MappingResult]:
+    """``to_events`` of every row, in order, with the per-call set-up (zone, business) done once."""
+    encoded = encode_business_id(business_id)
+    zone = c.resolve_timezone(timezone)
+    out: list[MappingResult] = []
+    append = out.append
+    for raw in transactions:
+        fast = (
+            _fast_events(raw, business_id, encoded, zone, customer_ids) if type(raw) is dict else None
+        )
+        append(fast if fast is not None else _reference_events(raw, business_id, zone, customer_ids))
+    return out
+
+
+def _reference_events(
+    transaction: PerkvilleTransaction | Mapping[str, Any],
+    business_id: str | int,
+    zone: tzinfo,
+    customer_ids: Mapping[str, str] | None,
+) -> MappingResult:
+    """The general (lenient, issue-reporting) path of ``to_events``; the fast path must equal it."""
     if isinstance(transaction, PerkvilleTransaction):
         record: PerkvilleTransaction | None = transaction
         issues: list[MappingIssue] = list(transaction.issues)
@@ -181,6 +216,165 @@ def to_events(
             context=reversal, occurred_at=record.transaction_dt,
         ))
     return MappingResult(events=events, issues=issues)
+
+
+# --- fast path ----------------------------------------------------------------------------------
+# Rows of the usual shape (URI or integer ids, exact enum spellings, integer points, naive
+# ``YYYY-MM-DD HH:MM:SS`` datetimes, ACTIVE or VOID) are mapped here with plain dict access.
+# Anything else — or anything that would raise an issue or a skip — returns ``None`` and goes
+# through ``_reference_events``; a property test holds the two paths equal.
+
+_URI_PREFIXES = {
+    "businesses": "/v2/businesses/", "users": "/v2/users/", "connections": "/v2/connections/",
+    "perks": "/v2/perks/", "locations": "/v2/locations/", "vouchers": "/v2/vouchers/",
+}
+_FAST_STATUSES = frozenset({"ACTIVE", "VOID"})
+_EVENT_OF = {"EARN": EVENT_EARNED, "REDEEM": EVENT_REDEEMED}
+_MAX_INT_POINTS = int(c.MAX_POINTS)
+_BAD = object()
+"""Marks a value the fast path does not read (the reference path decides)."""
+
+
+def _fast_id(raw: dict[str, Any], key: str, alternate: str | None, resource: str) -> Any:
+    """A relation id (``None`` when absent), or ``_BAD`` for anything but ``/v2/{resource}/{digits}/`` or an int."""
+    value = raw.get(key)
+    if value is None:
+        if alternate is not None and alternate in raw:
+            return _BAD
+        return None
+    kind = type(value)
+    if kind is str:
+        prefix = _URI_PREFIXES[resource]
+        if value.startswith(prefix) and value[-1] == "/":
+            middle = value[len(prefix):-1]
+            if middle.isascii() and middle.isdigit():
+                return middle
+        return _BAD
+    if kind is int and -10**30 < value < 10**30:
+        return str(value)
+    return _BAD
+
+
+def _fast_datetime(value: Any, zone: tzinfo) -> datetime | None:
+    """A naive ``YYYY-MM-DD[ T]HH:MM:SS`` string read in ``zone`` as UTC, else ``None``."""
+    if (
+        type(value) is not str or len(value) != 19 or not value.isascii() or value[4] != "-"
+        or value[7] != "-" or value[10] not in " T" or value[13] != ":" or value[16] != ":"
+        or not (value[:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16] + value[17:]).isdigit()
+        or value[11:13] > "23"
+    ):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if zone is UTC:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.replace(tzinfo=zone).astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def _fast_events(
+    raw: dict[str, Any],
+    business_id: str | int,
+    encoded: str,
+    zone: tzinfo,
+    customer_ids: Mapping[str, str] | None,
+) -> MappingResult | None:
+    """The events of a clean, usual-shape row, or ``None`` to use the reference path."""
+    rid = raw.get("transaction_id")
+    if type(rid) is int and -10**30 < rid < 10**30:
+        rid = str(rid)
+    elif not (type(rid) is str and rid and rid.isascii() and rid.isdigit()):
+        return None
+    status = raw.get("transaction_status")
+    classification = raw.get("classification")
+    points = raw.get("points")
+    quantity = raw.get("quantity", None)
+    if (
+        type(status) is not str or status not in _FAST_STATUSES
+        or type(classification) is not str or classification not in _EVENT_OF
+        or type(points) is not int or not -_MAX_INT_POINTS <= points <= _MAX_INT_POINTS
+    ):
+        return None
+    if quantity is None:
+        if "quantity" in raw:
+            return None
+        quantity = 1
+    elif type(quantity) is not int or not 0 <= quantity <= _MAX_INT_POINTS:
+        return None
+    occurred = _fast_datetime(raw.get("transaction_dt"), zone)
+    if occurred is None:
+        return None
+    last_mod = raw.get("last_mod_dt")
+    if last_mod is not None and _fast_datetime(last_mod, zone) is None:
+        return None
+    business = _fast_id(raw, "business", "business_id", "businesses")
+    user = _fast_id(raw, "user", "user_id", "users")
+    perk = _fast_id(raw, "perk", "perk_id", "perks")
+    location = _fast_id(raw, "location", "location_id", "locations")
+    voucher = _fast_id(raw, "voucher", None, "vouchers")
+    connection = _fast_id(raw, "connection", None, "connections")
+    if (
+        user is None or user is _BAD or business is _BAD or perk is _BAD or location is _BAD
+        or voucher is _BAD or connection is _BAD
+    ):
+        return None
+    if business is not None and business != encoded:
+        return None
+    title = raw.get("title")
+    if title is not None:
+        if type(title) is not str:
+            return None
+        title = title.strip() or None
+    source = raw.get("trans_source_id")
+    if source is not None:
+        if type(source) is not str:
+            return None
+        if not source.strip():
+            source = None
+    if customer_ids is not None:
+        customer = customer_ids.get(user)
+        if not customer:
+            return None
+    else:
+        customer = f"perkville:{user}"
+    amount = abs(points) * quantity
+    name = EVENT_ACTIVITY if amount == 0 else _EVENT_OF[classification]
+    context: dict[str, Any] = {
+        "source": "perkville",
+        "classification": classification,
+        "points": points,
+        "quantity": quantity,
+        "amount": amount,
+        "perkville_transaction_id": rid,
+    }
+    if perk is not None:
+        context["perk_id"] = perk
+    if title is not None:
+        context["perk_title"] = title
+    if location is not None:
+        context["location_id"] = location
+    context["perkville_user_id"] = user
+    if voucher is not None:
+        context["voucher_id"] = voucher
+    if source is not None:
+        context["trans_source_id"] = source
+        transaction_id = to_transaction_id(business_id, rid, source)
+    else:
+        transaction_id = f"perkville:{encoded}:txn:{rid}"
+        if len(transaction_id) > 256:
+            return None
+    events = [trusted_event(customer, name, transaction_id, context, occurred)]
+    if status == "VOID":
+        reversal = dict(context, transaction_status="VOID", voided_event=name,
+                        voided_transaction_id=transaction_id)
+        events.append(trusted_event(
+            customer, EVENT_VOIDED, to_void_transaction_id(business_id, rid), reversal, occurred
+        ))
+    return trusted_result(events)
 
 
 def _aware_utc(moment: datetime, name: str) -> datetime:

@@ -58,6 +58,38 @@ class Skipped(BaseModel):
     record_type: str | None = None
 
 
+_set = object.__setattr__
+_EVENT_FIELDS = frozenset({"user_id", "event", "transaction_id", "context", "occurred_at"})
+_RESULT_FIELDS = frozenset({"events", "issues", "skipped"})
+
+
+def trusted_event(
+    user_id: str, event: str, transaction_id: str, context: dict[str, Any], occurred_at: datetime | None
+) -> PerkamoEvent:
+    """A ``PerkamoEvent`` from values already typed by the mapping (no validation; the hot path).
+
+    Equal to ``PerkamoEvent(...)`` of the same values; what ``model_construct`` does, minus its
+    per-field alias handling.
+    """
+    made = PerkamoEvent.__new__(PerkamoEvent)
+    _set(made, "__dict__", {"user_id": user_id, "event": event, "transaction_id": transaction_id,
+                            "context": context, "occurred_at": occurred_at})
+    _set(made, "__pydantic_fields_set__", set(_EVENT_FIELDS))
+    _set(made, "__pydantic_extra__", None)
+    _set(made, "__pydantic_private__", None)
+    return made
+
+
+def trusted_result(events: list[PerkamoEvent]) -> MappingResult:
+    """A ``MappingResult`` holding only ``events`` (no issues, no skips), built without validation."""
+    made = MappingResult.__new__(MappingResult)
+    _set(made, "__dict__", {"events": events, "issues": [], "skipped": []})
+    _set(made, "__pydantic_fields_set__", set(_RESULT_FIELDS))
+    _set(made, "__pydantic_extra__", None)
+    _set(made, "__pydantic_private__", None)
+    return made
+
+
 class PerkamoEvent(BaseModel):
     """One event for ``POST /v1/events`` (or ``CoreService.ingest``), with its deterministic id."""
 

@@ -513,7 +513,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ mutations (API and control)
     def now(self) -> datetime:
-        return self._now().astimezone(UTC)
+        """The clock in whole seconds: Perkville shows datetimes without a fraction, so the
+        sandbox stores them that way too (its order and filters then agree with what it shows;
+        equal times are ordered by id)."""
+        return self._now().astimezone(UTC).replace(microsecond=0)
 
     def add_transaction(
         self,
@@ -729,7 +732,7 @@ class Ledger:
             parsed = None
         if parsed is None:
             raise SandboxError(400, "transaction_dt", "pv_invalid_datetime", "Invalid datetime.")
-        return parsed
+        return parsed.replace(microsecond=0)  # stored as shown (see ``now``)
 
     # ------------------------------------------------------------------ truth
     def true_balances(self, business_id: int) -> dict[int, int]:
