@@ -6,8 +6,9 @@ Layout (every row belongs to one Space):
   (every upload a version, one active per module).
 - ``core_customers``: traits and the engine's compact state document (balances and lifetime
   totals per wallet, perks, counters, achievements, streaks) plus ``core_perks`` (unlocked perks),
-  all loadable by customer id for one event or a whole page. (``core_balances``, a materialized
-  copy of the balances rewritten on every page, was dropped by migration 4.)
+  all loadable by customer id for one event or a whole page. ``core_balances`` (customer,
+  wallet, balance, lifetime) is a view over the state documents since migration 4 (it was a
+  materialized copy rewritten on every page).
 - ``core_events``: the append-only event log, ``UNIQUE(space_id, transaction_id)``, with the
   stored wire result so a duplicate answers with the first outcome; indexed on
   ``(space_id, customer_id, id)`` so the latest events of a customer are an index range scan.
@@ -201,6 +202,20 @@ customers = Table(
     UniqueConstraint("space_id", "user_id", name="uq_core_customer"),
 )
 
+views = MetaData()
+"""Views (created by migrations, never by ``create_all``): read-only, for queries and audits."""
+
+balances = Table(
+    "core_balances",
+    views,
+    Column("customer_id", BigInteger().with_variant(Integer, "sqlite")),
+    Column("wallet", String(64)),
+    Column("space_id", Integer),
+    Column("balance", DecimalText),
+    Column("lifetime", DecimalText),
+)
+"""Balance and lifetime total per customer and wallet, read from the state documents (migration 4)."""
+
 perks = Table(
     "core_perks",
     metadata,
@@ -305,8 +320,26 @@ def _ledger_indexes_by_entry(conn: Connection) -> None:
     )
 
 
-def _drop_materialized_balances(conn: Connection) -> None:
+_BALANCES_VIEW = {
+    "sqlite": (
+        "CREATE VIEW core_balances AS SELECT c.id AS customer_id, b.key AS wallet, "
+        "c.space_id AS space_id, b.value AS balance, "
+        "COALESCE(json_extract(c.state, '$.lifetime.\"' || b.key || '\"'), '0') AS lifetime "
+        "FROM core_customers AS c, json_each(c.state, '$.balances') AS b"
+    ),
+    "postgresql": (
+        "CREATE VIEW core_balances AS SELECT c.id AS customer_id, b.key AS wallet, "
+        "c.space_id AS space_id, b.value AS balance, "
+        "COALESCE((c.state::jsonb -> 'lifetime') ->> b.key, '0') AS lifetime "
+        "FROM core_customers AS c CROSS JOIN LATERAL "
+        "jsonb_each_text(COALESCE(c.state::jsonb -> 'balances', '{}'::jsonb)) AS b(key, value)"
+    ),
+}
+
+
+def _balances_as_view(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE IF EXISTS core_balances")
+    conn.exec_driver_sql(_BALANCES_VIEW[conn.dialect.name])
 
 
 # Append-only: a shipped migration is never edited; schema changes add a new entry with explicit
@@ -317,8 +350,8 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "usage meters and write-back outbox", _create(_V2_TABLES)),
     Migration(3, "ledger indexed by event and redemption instead of by customer",
               _ledger_indexes_by_entry),
-    Migration(4, "balances read from the customer's state document: core_balances dropped",
-              _drop_materialized_balances),
+    Migration(4, "core_balances becomes a view over the customers' state documents",
+              _balances_as_view),
 ]
 
 

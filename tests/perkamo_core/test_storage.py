@@ -126,7 +126,7 @@ def test_migration_3_moves_the_ledger_index_from_customer_to_entry(db_engine: En
     assert service.ledger_sums(SPACE, "nobody") == {}
 
 
-def test_migration_4_drops_the_materialized_balances_and_balances_come_from_state(
+def test_migration_4_turns_core_balances_into_a_view_over_the_state_documents(
     db_engine: Engine,
 ) -> None:
     assert migrate(db_engine, st.COMPONENT, st.MIGRATIONS[:3]) == [1, 2, 3]
@@ -137,6 +137,7 @@ def test_migration_4_drops_the_materialized_balances_and_balances_come_from_stat
             "PRIMARY KEY (customer_id, wallet))")
     service = make_service(db_engine)
     assert "core_balances" not in inspect(db_engine).get_table_names()
+    assert "core_balances" in inspect(db_engine).get_view_names()
     service.ingest_bulk(SPACE, [purchase("a", "t1"), purchase("a", "t2"), purchase("b", "t3")])
     service.identify(SPACE, "c", {})
     service.redeem(SPACE, "a", "free_shipping", "r1")
@@ -147,3 +148,11 @@ def test_migration_4_drops_the_materialized_balances_and_balances_come_from_stat
     for user in "abc":
         assert service.ledger_sums(SPACE, user).get("points", Decimal(0)) == \
             service.wallet_balances(SPACE)[user]
+    with db_engine.connect() as conn:
+        view = {
+            (r.wallet, r.customer_id): (r.balance, r.lifetime)
+            for r in conn.execute(select(st.balances))
+        }
+        ids = dict(conn.execute(select(st.customers.c.user_id, st.customers.c.id)).all())
+    assert view == {("points", ids["a"]): (Decimal(60), Decimal(100)),
+                    ("points", ids["b"]): (Decimal(50), Decimal(50))}
