@@ -542,13 +542,27 @@ class Pipeline:
             params["transaction_status"] = status
         if checkpoint is not None and checkpoint.get("offset"):
             params["offset"] = int(checkpoint["offset"])
-        pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
-        mapped = self._mapped_pages(
-            prefetch(pages),
-            customer_ids,
-            with_cursor=last_mod_window is not None,
-            worker_allowed=last_mod_window is None and status is None,
-        )
+        factory = getattr(self.source, "perkbridge_factory", None)
+        if (
+            factory is not None
+            and last_mod_window is None
+            and status is None
+            and self._want_worker(self.config.map_workers, None)
+        ):
+            # Fetching, decoding and mapping run in a worker process; this one only ingests.
+            mapped: Iterator[tuple[Any, list[_Record]]] = fetched_and_mapped(
+                factory,
+                (self.business, list(order), params),
+                (self.business, self.config.timezone, customer_ids),
+            )
+        else:
+            pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
+            mapped = self._mapped_pages(
+                prefetch(pages),
+                customer_ids,
+                with_cursor=last_mod_window is not None,
+                worker_allowed=last_mod_window is None and status is None,
+            )
         with closing(mapped):
             self._deliver_transaction_pages(
                 mapped, label, checkpoint, last_mod_window, sync_resource
@@ -570,9 +584,8 @@ class Pipeline:
                 stamps = [r.cursor_value for r in records if r.cursor_value is not None]
                 if stamps:
                     high_water = max([*stamps, *([high_water] if high_water else [])])
-            next_offset = int(getattr(page, "offset", 0)) + len(page.objects) + int(
-                getattr(page, "dropped", 0)
-            )
+            size = _page_size(page)
+            next_offset = int(getattr(page, "offset", 0)) + size + int(getattr(page, "dropped", 0))
             state = self._transaction_state(
                 records,
                 checkpoint=checkpoint,
@@ -580,9 +593,7 @@ class Pipeline:
                 cursor=(sync_resource, high_water) if sync_resource and ordered else None,
             )
             self._deliver(records, "transaction", state)
-            self.progress.advance(
-                label, len(page.objects), total=page.meta.get("total_count"), counts=self._counts
-            )
+            self.progress.advance(label, size, total=page.meta.get("total_count"), counts=self._counts)
             if self.stop.is_set():
                 return
         self.progress.done(label, None)
@@ -792,7 +803,7 @@ class Pipeline:
         pending: deque[tuple[Any, Any]] = deque()
         try:
             for page in pages:
-                if executor is None and worker_allowed and self._want_worker(page):
+                if executor is None and worker_allowed and self._want_worker(self.config.map_workers, page):
                     executor = _mapping_executor()
                 if executor is None:
                     yield page, self._map_transactions(page.objects, customer_ids, with_cursor=with_cursor)
@@ -818,10 +829,11 @@ class Pipeline:
             if close is not None:
                 close()
 
-    def _want_worker(self, page: Any) -> bool:
-        workers = self.config.map_workers
+    def _want_worker(self, workers: int | None, page: Any) -> bool:
         if workers is not None:
             return workers > 0
+        if page is None:
+            return False
         total = page.meta.get("total_count") if isinstance(page.meta, Mapping) else None
         return (os.cpu_count() or 1) > 1 and isinstance(total, int) and total >= AUTO_WORKER_ROWS
 
@@ -993,6 +1005,134 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@dataclass(frozen=True)
+class WorkerPage:
+    """What the fetch-and-map worker reports of one page (its rows stay in the worker)."""
+
+    size: int
+    meta: dict[str, Any]
+    offset: int
+    dropped: int
+    ordered: bool
+
+
+def _page_size(page: Any) -> int:
+    size = getattr(page, "size", None)
+    return size if isinstance(size, int) else len(page.objects)
+
+
+# One mapped row as the worker sends it: (record id, events, problem, skipped, raw).  Events are
+# plain tuples and ``raw`` travels only with a problem (the dead letter keeps it).
+_Packed = tuple[str, list[tuple[str, str, str, dict[str, Any], datetime | None]], tuple[str, str] | None, bool, Any]
+
+
+def _pack(records: list[_Record]) -> list[_Packed]:
+    return [
+        (
+            r.record_id,
+            [(e.user_id, e.event, e.transaction_id, e.context, e.occurred_at) for e in r.events],
+            r.problem,
+            r.skipped,
+            r.raw if r.problem is not None else None,
+        )
+        for r in records
+    ]
+
+
+def _unpack(packed: list[_Packed]) -> list[_Record]:
+    from mapping.types import trusted_event
+
+    records: list[_Record] = []
+    for rid, events, problem, skipped, raw in packed:
+        record = _Record("transaction", rid, raw or {})
+        record.events = [trusted_event(*e) for e in events]
+        record.problem = problem
+        record.skipped = skipped
+        records.append(record)
+    return records
+
+
+def fetch_and_map_worker(
+    factory: Callable[[], Any],
+    query: tuple[str, list[str], dict[str, Any]],
+    mapping_args: tuple[str, str, Mapping[str, str] | None],
+    out: Any,
+) -> None:
+    """The worker process: page through the transactions, map each page, send it packed.
+
+    Sends ``("page", WorkerPage, packed)`` per page, then ``("done",)``; on failure
+    ``("error", exception)`` (or its text when it does not pickle).
+    """
+    try:
+        business, order, params = query
+        with closing_client(factory()) as client:
+            for page in client.iter_transactions(business, order_by=order, **params):
+                records = map_transaction_rows(page.objects, *mapping_args, False, True)
+                info = WorkerPage(
+                    len(page.objects), dict(page.meta), int(getattr(page, "offset", 0)),
+                    int(getattr(page, "dropped", 0)), bool(getattr(page, "ordered", True)),
+                )
+                out.put(("page", info, _pack(records)))
+        out.put(("done",))
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent, raised there as SourceError
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@contextmanager
+def closing_client(client: Any) -> Iterator[Any]:
+    try:
+        yield client
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+
+
+def fetched_and_mapped(
+    factory: Callable[[], Any],
+    query: tuple[str, list[str], dict[str, Any]],
+    mapping_args: tuple[str, str, Mapping[str, str] | None],
+    depth: int = 3,
+) -> Iterator[tuple[WorkerPage, list[_Record]]]:
+    """Pages fetched and mapped by a spawned worker process, in order, at most ``depth`` ahead.
+
+    The two processes overlap: while this one ingests and commits page N, the worker fetches,
+    decodes and maps the next ones.  Leaving early (stop, failure) ends the worker.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    channel = context.Queue(maxsize=depth)
+    worker = context.Process(
+        target=fetch_and_map_worker,
+        args=(factory, query, mapping_args, channel),
+        name="perkbridge-fetch-map",
+        daemon=True,
+    )
+    worker.start()
+    try:
+        while True:
+            try:
+                item = channel.get(timeout=5.0)
+            except queue.Empty:
+                if not worker.is_alive():
+                    raise SourceError(
+                        f"the fetch-and-map worker process ended unexpectedly (exit code {worker.exitcode})"
+                    ) from None
+                continue
+            if item[0] == "done":
+                return
+            if item[0] == "error":
+                raise SourceError(f"reading transactions failed in the worker process: {item[1]}")
+            yield item[1], _unpack(item[2])
+    finally:
+        if worker.is_alive():
+            worker.terminate()
+        worker.join(timeout=10)
+        channel.close()
+        channel.cancel_join_thread()
 
 
 def _collect(page: Any, future: Any) -> tuple[Any, list[_Record]]:
