@@ -871,10 +871,21 @@ class Pipeline:
     ) -> None:
         identifies = [r.identify for r in records if r.identify is not None and r.problem is None]
         events = [e for r in records if r.problem is None for e in r.events]
+        before_counts = RunCounts(**self._counts.as_dict())
+        before_kinds = {k: RunCounts(**v.as_dict()) for k, v in self._kinds.items()}
+        before_problems = [r.problem for r in records]
+
+        def restore() -> None:
+            self._counts.__dict__.update(before_counts.as_dict())
+            self._kinds = {k: RunCounts(**v.as_dict()) for k, v in before_kinds.items()}
+            for record, problem in zip(records, before_problems, strict=True):
+                record.problem = problem
 
         def commit(
             conn: Connection, id_outcomes: Sequence[Delivery], ev_outcomes: Sequence[Delivery]
         ) -> None:
+            # The target may run this again after rolling the page back (a conflict): start over.
+            restore()
             self._fence(conn)
             page = RunCounts()
             id_iter = iter(id_outcomes)
@@ -928,14 +939,11 @@ class Pipeline:
                 details={"kinds": {k: v.as_dict() for k, v in self._kinds.items()}},
             )
 
-        before_counts = RunCounts(**self._counts.as_dict())
-        before_kinds = {k: RunCounts(**v.as_dict()) for k, v in self._kinds.items()}
         try:
             self.target.deliver(identifies, events, commit)
         except BaseException:
             # The page's transaction rolled back: so do the in-memory counters.
-            self._counts.__dict__.update(before_counts.as_dict())
-            self._kinds = before_kinds
+            restore()
             raise
 
     def _kind(self, kind: str) -> RunCounts:

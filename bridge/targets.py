@@ -14,6 +14,7 @@ counters and the dead letters:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 Status = Literal["applied", "duplicate", "rejected"]
 
 WALLET = "points"
+CONFLICT_ATTEMPTS = 5
+"""How often the embedded target sends a page whose transaction hit a ``ConflictError``."""
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,10 @@ class EmbeddedTarget:
         *,
         program_loader: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
         outbox: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.service = service
+        self._sleep = sleep
         self.engine = engine
         self.space = space
         self._program_loader = program_loader
@@ -243,7 +248,28 @@ class EmbeddedTarget:
         events: Sequence[PerkamoEvent],
         commit: Commit,
     ) -> None:
-        from perkamo_core.errors import CoreError
+        """One transaction for the page; a ``ConflictError`` (a concurrent writer collided with it,
+        PostgreSQL) rolls it back and the page is sent again with the same ids, a bounded number
+        of times.  ``commit`` must therefore be safe to run again after a rollback."""
+        from perkamo_core.errors import ConflictError
+
+        inputs = _event_inputs(events) if events else []
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                self._deliver_once(identifies, inputs, commit)
+                return
+            except ConflictError as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise TargetError(
+                        f"the page kept conflicting with concurrent writers after {attempt} attempts "
+                        f"(nothing of it was committed; run again): {exc.message}"
+                    ) from exc
+                self._sleep(min(0.05 * 2 ** (attempt - 1), 1.0))
+
+    def _deliver_once(
+        self, identifies: Sequence[IdentifyCall], inputs: Sequence[Any], commit: Commit
+    ) -> None:
+        from perkamo_core.errors import ConflictError, CoreError
 
         with self.engine.begin() as conn:
             id_outcomes: list[Delivery] = []
@@ -253,6 +279,8 @@ class EmbeddedTarget:
                     with conn.begin_nested():
                         self.service.identify_bulk(self.space, items, conn=conn)
                     id_outcomes = [APPLIED] * len(items)
+                except ConflictError:
+                    raise  # the whole transaction is spoiled: roll back, retry the page
                 except CoreError:
                     # One bad item spoils the bulk call: redo them one by one to find it.
                     for item in items:
@@ -260,12 +288,14 @@ class EmbeddedTarget:
                             with conn.begin_nested():
                                 self.service.identify_bulk(self.space, [item], conn=conn)
                             id_outcomes.append(APPLIED)
+                        except ConflictError:
+                            raise
                         except CoreError as exc:
                             id_outcomes.append(Delivery("rejected", exc.code, exc.message))
             ev_outcomes: list[Delivery] = []
-            if events:
+            if inputs:
                 outcomes = self.service.ingest_bulk(
-                    self.space, _event_inputs(events), conn=conn, **self._bulk_options
+                    self.space, inputs, conn=conn, **self._bulk_options
                 )
                 for outcome in outcomes:
                     if outcome.error is not None:
