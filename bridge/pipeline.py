@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection
 
-from bridge.errors import BridgeError, LeaseLostError, RunFailedError, SourceError
+from bridge.errors import BridgeError, ConfigurationError, LeaseLostError, RunFailedError, SourceError
 from bridge.progress import NullProgress, Progress
 from bridge.state import (
     IdMapEntry,
@@ -93,6 +93,9 @@ class RunOptions:
     until: datetime | None = None
     wait: bool = False
     wait_timeout: float | None = None
+    force: bool = False
+    """Run a backfill even though the business already had one of the other mode (see
+    ``Pipeline.check_mode``): only right when the target Space holds nothing of the earlier one."""
 
     @property
     def windowed(self) -> bool:
@@ -201,6 +204,8 @@ class Pipeline:
         with keeper:
             self._keeper = keeper
             self.state.runs.interrupt_stale(self.business, DIRECTION)
+            if options.kind == "backfill" and not options.force:
+                self.check_mode(options.mode)
             self._now = self.clock()
             self._run_id = self.state.runs.start(
                 self.business,
@@ -230,6 +235,46 @@ class Pipeline:
             status = "stopped" if self.stop.is_set() else "succeeded"
             self._finish(summary, status, None, started)
             return summary
+
+    def earlier_mode(self) -> Mode | None:
+        """The mode the business's points already came in by (``None`` before any import).
+
+        Balance: a balance-mode backfill applied something, or a cut-over is recorded.  History:
+        a history-mode backfill applied something, or a sync imported rows with no cut-over (its
+        first pass reads the whole ledger, like a history backfill).
+        """
+        from sqlalchemy import and_, func, select
+
+        from bridge.state.schema import runs
+
+        cutover = self.state.cursors.get(self.business, "cutover")
+        with self.state.engine.connect() as conn:
+            found = conn.execute(
+                select(runs.c.kind, runs.c.mode, func.count())
+                .where(and_(runs.c.business == self.business, runs.c.direction == DIRECTION,
+                            runs.c.applied > 0))
+                .group_by(runs.c.kind, runs.c.mode)
+            ).all()
+        modes = {(kind, mode) for kind, mode, _n in found}
+        if cutover is not None or ("backfill", "balance") in modes:
+            return "balance"
+        if ("backfill", "history") in modes or any(kind == "sync" for kind, _m in modes):
+            return "history"
+        return None
+
+    def check_mode(self, mode: Mode) -> None:
+        """Refuse a backfill whose mode differs from how the business was imported before.
+
+        History after balance (or balance after history) would count the same points twice: the
+        opening balances already carry what the ledger rows before the cut-over add up to.
+        """
+        earlier = self.earlier_mode()
+        if earlier is not None and earlier != mode:
+            raise ConfigurationError(
+                f"business {self.business} was already imported in {earlier} mode; a {mode}-mode "
+                f"backfill on top of it would count points twice (use --force only for a fresh "
+                f"Space)"
+            )
 
     def retry_dead_letters(
         self,
@@ -526,6 +571,7 @@ class Pipeline:
         sync_resource: str | None = None,
         label: str = "transactions",
         status: str | None = None,
+        cutover: datetime | None = None,
     ) -> None:
         self.progress.phase(label)
         customer_ids = self._customer_ids()
@@ -558,15 +604,67 @@ class Pipeline:
         else:
             pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
             mapped = self._mapped_pages(
-                prefetch(pages),
+                # Late voids read single rows from the source: no second reader in the meantime.
+                prefetch(pages) if cutover is None else pages,
                 customer_ids,
                 with_cursor=last_mod_window is not None,
                 worker_allowed=last_mod_window is None and status is None,
             )
+        if cutover is not None:
+            mapped = self._with_late_voids(mapped, cutover, customer_ids)
         with closing(mapped):
             self._deliver_transaction_pages(
                 mapped, label, checkpoint, last_mod_window, sync_resource
             )
+
+    def _with_late_voids(
+        self,
+        mapped: Iterator[tuple[Any, list[_Record]]],
+        cutover: datetime,
+        customer_ids: Mapping[str, str] | None,
+    ) -> Iterator[tuple[Any, list[_Record]]]:
+        """Balance mode: a void after the cut-over of a row from before it becomes its reversal.
+
+        Perkville's ``point_balance`` at the cut-over still held the row, and the opening balance
+        carried it; the void takes it out again.  The ``VOID_REF`` row (dated at the void, so inside
+        the window) names the voided row, which is read and mapped; only its reversal event
+        (``void:`` id) is sent — never the original, which the opening balance already counts.
+        A voided row from after the cut-over is in the window itself and maps as usual.
+        """
+        from mapping.events import EVENT_VOIDED, to_events
+
+        try:
+            for page, records in mapped:
+                for record in records:
+                    if not record.skipped or not isinstance(record.raw, Mapping):
+                        continue
+                    status = str(record.raw.get("transaction_status") or "").upper()
+                    voided = _trailing_id(record.raw.get("voided_transaction"))
+                    if status != "VOID_REF" or voided is None:
+                        continue
+                    original = self._refetch("transaction", voided, {})
+                    if not original:
+                        continue
+                    result = to_events(
+                        original,
+                        business_id=self.business,
+                        timezone=self.config.timezone,
+                        customer_ids=customer_ids,
+                    )
+                    reversal = [e for e in result.events if e.event == EVENT_VOIDED]
+                    if (
+                        result.ok
+                        and len(reversal) == 1
+                        and reversal[0].occurred_at is not None
+                        and reversal[0].occurred_at < cutover
+                    ):
+                        record.skipped = False
+                        record.events = reversal
+                yield page, records
+        finally:
+            close = getattr(mapped, "close", None)
+            if close is not None:
+                close()
 
     def _deliver_transaction_pages(
         self,
@@ -635,6 +733,7 @@ class Pipeline:
             checkpoint=None,
             last_mod_window=(tx_since, start) if tx_since is not None else None,
             sync_resource="transactions" if tx_since is not None else None,
+            cutover=floor,
         )
         if self.stop.is_set():
             return
@@ -1207,6 +1306,14 @@ def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
         close = getattr(pages, "close", None)
         if close is not None:
             close()
+
+
+def _trailing_id(value: Any) -> str | None:
+    """``/v2/transactions/17/`` (or ``17``) → ``"17"``; ``None`` when there is no id."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip().rstrip("/").rsplit("/", 1)[-1]
+    return text if text.isdigit() else None
 
 
 def _no_state(_conn: Connection) -> None:
