@@ -990,41 +990,51 @@ class Pipeline:
             id_iter = iter(id_outcomes)
             ev_iter = iter(ev_outcomes)
             resolved: list[str] = []
+            applied = duplicate = skipped = 0
             for record in records:
-                outcomes: list[Delivery] = []
                 if record.problem is None:
+                    rejected: Delivery | None = None
+                    any_applied = False
                     if record.identify is not None:
-                        outcomes.append(next(id_iter))
-                    outcomes.extend(next(ev_iter) for _ in record.events)
-                rejected = next((o for o in outcomes if not o.ok), None)
-                if record.problem is None and rejected is not None:
-                    record.problem = (
-                        f"rejected_{rejected.reason or 'error'}",
-                        rejected.detail or "the target rejected the record",
-                    )
-                if record.problem is not None:
-                    reason, detail = record.problem
-                    self.state.dead_letters.put(
-                        conn,
-                        business=self.business,
-                        kind=record.kind,
-                        record_id=record.record_id,
-                        raw=record.raw,
-                        reason=reason,
-                        detail=redact(detail, self.config.secrets),
-                        run_id=self._run_id,
-                    )
-                    page.count("dead_lettered")
-                    continue
-                if record.skipped:
-                    page.count("skipped")
-                elif any(o.status == "applied" for o in outcomes):
-                    page.count("applied")
-                elif outcomes:
-                    page.count("duplicate")
-                else:
-                    page.count("duplicate")  # nothing to send: unchanged member
-                resolved.append(record.record_id)
+                        outcome = next(id_iter)
+                        if outcome.status == "rejected":
+                            rejected = outcome
+                        any_applied = outcome.status == "applied"
+                    for _event in record.events:  # consume every outcome of the record
+                        outcome = next(ev_iter)
+                        if outcome.status == "rejected":
+                            rejected = rejected or outcome
+                        elif outcome.status == "applied":
+                            any_applied = True
+                    if rejected is not None:
+                        record.problem = (
+                            f"rejected_{rejected.reason or 'error'}",
+                            rejected.detail or "the target rejected the record",
+                        )
+                    else:
+                        if record.skipped:
+                            skipped += 1
+                        elif any_applied:
+                            applied += 1
+                        else:
+                            duplicate += 1  # all duplicates, or nothing to send (unchanged member)
+                        resolved.append(record.record_id)
+                        continue
+                reason, detail = record.problem
+                self.state.dead_letters.put(
+                    conn,
+                    business=self.business,
+                    kind=record.kind,
+                    record_id=record.record_id,
+                    raw=record.raw,
+                    reason=reason,
+                    detail=redact(detail, self.config.secrets),
+                    run_id=self._run_id,
+                )
+                page.count("dead_lettered")
+            for outcome_name, n in (("applied", applied), ("duplicate", duplicate), ("skipped", skipped)):
+                if n:
+                    page.count(outcome_name, n)
             if self._open_dead_letters and resolved:
                 self.state.dead_letters.resolve(conn, self.business, kind, resolved)
             write_state(conn)
@@ -1233,7 +1243,9 @@ def fetched_and_mapped(
                 return
             if item[0] == "error":
                 raise SourceError(f"reading transactions failed in the worker process: {item[1]}")
-            yield item[1], _unpack(item[2])
+            with _gc_paused():
+                records = _unpack(item[2])
+            yield item[1], records
     finally:
         if worker.is_alive():
             worker.terminate()

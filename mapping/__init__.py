@@ -14,6 +14,7 @@ from mapping.events import (
     RESERVED_CONTEXT_KEYS,
     to_adjustment_event,
     to_events,
+    to_events_many,
     to_opening_balance_event,
 )
 from mapping.ids import (
@@ -125,6 +126,7 @@ __all__ = [
     "to_adjustment_transaction_id",
     "to_customer_id",
     "to_events",
+    "to_events_many",
     "to_identify",
     "to_opening_balance_event",
     "to_opening_transaction_id",
