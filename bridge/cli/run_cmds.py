@@ -178,6 +178,9 @@ def backfill(
     map_workers: int = typer.Option(
         0, "--map-workers", min=0, max=1, help="1: map pages in a worker process (multi-core hosts)."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Allow a backfill in the other mode than an earlier import of this business."
+    ),
     space: str | None = SpaceOpt,
     json_output: bool = JsonOpt,
 ) -> None:
@@ -196,6 +199,7 @@ def backfill(
             since=_parse_when(since, "--since"),
             until=_parse_when(until, "--until"),
             wait=wait,
+            force=force,
         )
         if dry_run:
             from bridge.dryrun import run_dry
