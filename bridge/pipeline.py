@@ -31,7 +31,7 @@ import queue
 import threading
 import time
 from collections import deque
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -612,10 +612,14 @@ class Pipeline:
             )
         if cutover is not None:
             mapped = self._with_late_voids(mapped, cutover, customer_ids)
-        with closing(mapped):
+        try:
             self._deliver_transaction_pages(
                 mapped, label, checkpoint, last_mod_window, sync_resource
             )
+        finally:
+            close = getattr(mapped, "close", None)  # a generator: stop the worker or prefetcher
+            if close is not None:
+                close()
 
     def _with_late_voids(
         self,
@@ -827,21 +831,20 @@ class Pipeline:
             if result.call is None or result.entry is None:
                 record.problem = _first_problem(result.issues, "connection could not be identified")
                 continue
+            call = result.call
             before = known.get(conn_rec.user_id)
-            if before is not None and before.customer_id != result.call.user_id:
+            if before is not None and before.customer_id != call.user_id:
                 # A customer id, once assigned, never changes (a member id that appears later
                 # or an email that changes would otherwise split one member's history in two).
-                result = result.model_copy(
-                    update={"call": result.call.model_copy(update={"user_id": before.customer_id})}
-                )
-                assert result.call is not None
-            digest = traits_hash(result.call.traits)
-            if before is None or before.traits_hash != digest or before.customer_id != result.call.user_id:
-                record.identify = result.call
+                call = call.model_copy(update={"user_id": before.customer_id})
+                result = result.model_copy(update={"call": call})
+            digest = traits_hash(call.traits)
+            if before is None or before.traits_hash != digest or before.customer_id != call.user_id:
+                record.identify = call
             record.entry = IdMapEntry(
                 business=self.business,
                 perkville_user_id=conn_rec.user_id,
-                customer_id=result.call.user_id,
+                customer_id=call.user_id,
                 strategy=self.config.id_strategy,
                 connection_id=conn_rec.connection_id,
                 connection_status=conn_rec.status,
@@ -854,7 +857,7 @@ class Pipeline:
                     business_id=self.business,
                     cutover_at=cutover,
                     timezone=self.config.timezone,
-                    customer_ids={conn_rec.user_id: result.call.user_id},
+                    customer_ids={conn_rec.user_id: call.user_id},
                 )
                 if not opening.ok:
                     record.problem = _first_problem(opening.issues, "opening balance unmappable")

@@ -435,9 +435,11 @@ def _as_mapping(value: Any) -> Mapping[str, Any]:
     if isinstance(value, Mapping):
         return value
     if hasattr(value, "model_dump"):
-        return value.model_dump()  # type: ignore[no-any-return]
+        dumped: Mapping[str, Any] = value.model_dump()
+        return dumped
     if hasattr(value, "__dict__"):
-        return vars(value)
+        attributes: Mapping[str, Any] = vars(value)
+        return attributes
     raise TargetError(f"unexpected response type {type(value).__name__}")
 
 

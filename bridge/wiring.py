@@ -105,7 +105,7 @@ def perkville_client(settings: Settings, **overrides: Any) -> Any:
         raise ConfigurationError(str(exc)) from None
     # How a backfill's worker process opens its own client (same settings; it holds the
     # credentials only in memory, handed over the private pipe to the child it spawns).
-    client.perkbridge_factory = ClientFactory(kwargs)
+    setattr(client, "perkbridge_factory", ClientFactory(kwargs))  # noqa: B010 (not a declared attribute)
     return client
 
 
