@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,31 @@ def make_client(box: Sandbox, **overrides: Any) -> PerkvilleClient:
     return PerkvilleClient(**box.client_kwargs(), **kwargs)
 
 
+def sandbox_settings(box: Sandbox, db_url: str) -> dict[str, str]:
+    """The contract's settings (ARCHITECTURE §5 names) that point perkbridge at ``box`` and ``db_url``."""
+    creds = box.credentials
+    return {
+        "PERKBRIDGE_DATABASE_URL": db_url,
+        "PERKVILLE_API_URL": box.api_url,
+        "PERKVILLE_TOKEN_URL": box.token_url,
+        "PERKVILLE_CLIENT_ID": creds["client_id"],
+        "PERKVILLE_CLIENT_SECRET": creds["client_secret"],
+        "PERKVILLE_USERNAME": creds["username"],
+        "PERKVILLE_PASSWORD": creds["password"],
+        "PERKVILLE_BUSINESS_ID": str(box.business_ids[0]),
+    }
+
+
+def subprocess_env(box: Sandbox, db_url: str, **extra: str) -> dict[str, str]:
+    """This process's environment minus any perkbridge settings, plus ``box``'s and ``extra``."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_"))
+    }
+    env.update(sandbox_settings(box, db_url))
+    env.update(extra)
+    return env
+
+
 @dataclass
 class Bridge:
     """The bridge wired to one sandbox and one database, embedded target."""
@@ -81,19 +108,26 @@ class Bridge:
         ).run(repair=repair)
 
 
-@pytest.fixture
-def bridge(db_url: str, sandbox: Sandbox) -> Iterator[Bridge]:
+@contextmanager
+def open_bridge(box: Sandbox, db_url: str) -> Iterator[Bridge]:
+    """A migrated database and a client for ``box``'s first business, closed on exit."""
     engine = create_db_engine(db_url)
     state = StateStore(engine)
     state.migrate()
     service = CoreService(engine)
     service.migrate()
-    client = make_client(sandbox)
+    client = make_client(box)
     try:
-        yield Bridge(sandbox, engine, state, service, client, str(sandbox.business_ids[0]))
+        yield Bridge(box, engine, state, service, client, str(box.business_ids[0]))
     finally:
         client.close()
         engine.dispose()
+
+
+@pytest.fixture
+def bridge(db_url: str, sandbox: Sandbox) -> Iterator[Bridge]:
+    with open_bridge(sandbox, db_url) as wired:
+        yield wired
 
 
 def checksum(engine: Engine, space: str = SPACE) -> str:

@@ -14,7 +14,7 @@ from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from perkamo_core.models import EventInput
 from perkamo_core.service import CoreService
-from tests.bridge.conftest import MEMBERS, SPACE
+from tests.bridge.conftest import MEMBERS, SPACE, sandbox_settings
 
 
 @pytest.fixture
@@ -22,16 +22,8 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, db_url: str, tmp_
     for key in list(__import__("os").environ):
         if key.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_")):
             monkeypatch.delenv(key)
-    creds = sandbox.credentials
     values = {
-        "PERKBRIDGE_DATABASE_URL": db_url,
-        "PERKVILLE_API_URL": sandbox.api_url,
-        "PERKVILLE_TOKEN_URL": sandbox.token_url,
-        "PERKVILLE_CLIENT_ID": creds["client_id"],
-        "PERKVILLE_CLIENT_SECRET": creds["client_secret"],
-        "PERKVILLE_USERNAME": creds["username"],
-        "PERKVILLE_PASSWORD": creds["password"],
-        "PERKVILLE_BUSINESS_ID": str(sandbox.business_ids[0]),
+        **sandbox_settings(sandbox, db_url),
         "PERKAMO_SPACE": SPACE,
         "PERKBRIDGE_LOG_FORMAT": "plain",
     }

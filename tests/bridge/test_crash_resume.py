@@ -17,28 +17,10 @@ from bridge.state import StateStore
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from perkamo_core.service import CoreService
-from tests.bridge.conftest import SPACE, Bridge, checksum, make_client
+from tests.bridge.conftest import SPACE, Bridge, checksum, make_client, subprocess_env
 
 TRIALS = 6
 CRASH_TRANSACTIONS = 1500
-
-
-def _env(box: Sandbox, db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_"))}
-    creds = box.credentials
-    env.update(
-        PERKBRIDGE_DATABASE_URL=db_url,
-        PERKVILLE_API_URL=box.api_url,
-        PERKVILLE_TOKEN_URL=box.token_url,
-        PERKVILLE_CLIENT_ID=creds["client_id"],
-        PERKVILLE_CLIENT_SECRET=creds["client_secret"],
-        PERKVILLE_USERNAME=creds["username"],
-        PERKVILLE_PASSWORD=creds["password"],
-        PERKVILLE_BUSINESS_ID=str(box.business_ids[0]),
-        PERKAMO_SPACE=SPACE,
-        PERKBRIDGE_LOG_FORMAT="plain",
-    )
-    return env
 
 
 def _backfill(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -72,7 +54,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
     try:
         config = tmp_path / "perkbridge.toml"
         config.write_text("[perkville]\npage_size = 25\nrequests_per_second = 200\n")
-        env = _env(box, db_url)
+        env = subprocess_env(box, db_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
         rng = random.Random(20261122)
         killed_mid_run = 0
         offsets: list[int] = []

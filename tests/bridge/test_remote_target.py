@@ -21,7 +21,7 @@ from bridge.targets import RemoteTarget
 from connectors.perkamo import PerkamoClient
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
-from tests.bridge.conftest import MEMBERS, TRANSACTIONS, make_client
+from tests.bridge.conftest import MEMBERS, TRANSACTIONS, make_client, subprocess_env
 
 REMOTE_SPACE = "remote"
 MIGRATION_PROGRAM = Path(__file__).resolve().parents[2] / "config" / "programs" / "migration.json"
@@ -111,17 +111,9 @@ def test_the_cli_backfills_and_reconciles_a_remote_target(
     db_url: str, sandbox: Sandbox, served: tuple[str, str], tmp_path: Path
 ) -> None:
     base, key = served
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_"))}
-    creds = sandbox.credentials
-    env.update(
-        PERKBRIDGE_DATABASE_URL=db_url,
-        PERKVILLE_API_URL=sandbox.api_url,
-        PERKVILLE_TOKEN_URL=sandbox.token_url,
-        PERKVILLE_CLIENT_ID=creds["client_id"],
-        PERKVILLE_CLIENT_SECRET=creds["client_secret"],
-        PERKVILLE_USERNAME=creds["username"],
-        PERKVILLE_PASSWORD=creds["password"],
-        PERKVILLE_BUSINESS_ID=str(sandbox.business_ids[0]),
+    env = subprocess_env(
+        sandbox,
+        db_url,
         PERKAMO_TARGET="remote",
         PERKAMO_BASE_URL=base,
         PERKAMO_SECRET_KEY=key,

@@ -14,20 +14,13 @@ from bridge.scheduler import (
     run_writeback_job,
 )
 from config import Settings
-from tests.bridge.conftest import MEMBERS, SPACE, Bridge
+from tests.bridge.conftest import MEMBERS, SPACE, Bridge, sandbox_settings
 
 
 def _context(bridge: Bridge, kind: str, db_url: str, **writeback: object) -> JobContext:
-    creds = bridge.box.credentials
     settings = Settings.model_validate(
         {
-            "PERKBRIDGE_DATABASE_URL": db_url,
-            "PERKVILLE_API_URL": bridge.box.api_url,
-            "PERKVILLE_TOKEN_URL": bridge.box.token_url,
-            "PERKVILLE_CLIENT_ID": creds["client_id"],
-            "PERKVILLE_CLIENT_SECRET": creds["client_secret"],
-            "PERKVILLE_USERNAME": creds["username"],
-            "PERKVILLE_PASSWORD": creds["password"],
+            **sandbox_settings(bridge.box, db_url),
             "PERKVILLE_BUSINESS_ID": bridge.business,
             "PERKAMO_SPACE": SPACE,
             "perkville": {"page_size": 50, "requests_per_second": 1000},

@@ -12,13 +12,10 @@ from typing import Any
 
 import pytest
 
-from bridge.state import StateStore
 from bridge.writeback import Writeback, WritebackConfig
 from connectors.perkville.sandbox import Sandbox
-from perkamo_core.db import create_db_engine
 from perkamo_core.models import EventInput
-from perkamo_core.service import CoreService
-from tests.bridge.conftest import SPACE, Bridge, make_client
+from tests.bridge.conftest import SPACE, Bridge, open_bridge
 from tests.bridge.test_writeback import _earn_perk, _load_program, _member, _redeem_perk
 
 VISIT = "visit.checked_in"
@@ -133,17 +130,10 @@ def test_manual_adjustment_in_perkville_flows_in_and_never_back(bridge: Bridge) 
 def two_businesses(db_url: str) -> Iterator[Bridge]:
     box = Sandbox(seed=5, businesses=2, members=12, transactions=120)
     box.start()
-    engine = create_db_engine(db_url)
-    state = StateStore(engine)
-    state.migrate()
-    service = CoreService(engine)
-    service.migrate()
-    client = make_client(box)
     try:
-        yield Bridge(box, engine, state, service, client, str(box.business_ids[0]))
+        with open_bridge(box, db_url) as wired:
+            yield wired
     finally:
-        client.close()
-        engine.dispose()
         box.stop()
 
 
