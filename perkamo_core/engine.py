@@ -14,8 +14,8 @@ are kept only for limits a rule actually has.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation
 from typing import Any, Literal
@@ -426,6 +426,141 @@ class RedemptionPlan:
         return WalletDelta(self.wallet, -self.cost) if self.ok and self.wallet is not None else None
 
 
+# --- fast constructors for the per-event objects ----------------------------------------------
+#
+# A frozen dataclass's generated `__init__` sets every field through `object.__setattr__` (about
+# 0.1 µs a field; `Outcome` has 17). The makers below build the same objects — same class, same
+# field values, equal to what `__init__` builds — by calling each slot's descriptor directly, at
+# about half the cost. The field lists are checked when the module loads: adding a field to one
+# of these classes without updating its maker fails at import instead of leaving a field unset.
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    actual = tuple(f.name for f in fields(cls))
+    if actual != names or hasattr(cls, "__post_init__"):
+        raise AssertionError(f"{cls.__name__} has fields {actual}; update its fast constructor")
+    return tuple(getattr(cls, name).__set__ for name in names)
+
+
+_new = object.__new__
+
+(
+    _o_event,
+    _o_occurred_at,
+    _o_deltas,
+    _o_balances,
+    _o_lifetime,
+    _o_level,
+    _o_previous_level,
+    _o_leveled_up,
+    _o_unlocked,
+    _o_new_perks,
+    _o_new_achievements,
+    _o_counter_increments,
+    _o_last_applied,
+    _o_event_count_increments,
+    _o_achievement_increments,
+    _o_streak_updates,
+    _o_trace,
+) = _slot_setters(
+    Outcome,
+    (
+        "event",
+        "occurred_at",
+        "deltas",
+        "balances",
+        "lifetime",
+        "level",
+        "previous_level",
+        "leveled_up",
+        "unlocked",
+        "new_perks",
+        "new_achievements",
+        "counter_increments",
+        "last_applied",
+        "event_count_increments",
+        "achievement_increments",
+        "streak_updates",
+        "trace",
+    ),
+)
+
+
+def _new_outcome(
+    event: str,
+    occurred_at: datetime,
+    deltas: tuple[WalletDelta, ...],
+    balances: Mapping[str, Decimal],
+    lifetime: Mapping[str, Decimal],
+    level: LevelState | None,
+    previous_level: int | None,
+    leveled_up: bool,
+    unlocked: tuple[Unlock, ...],
+    new_perks: tuple[PerkUnlock, ...],
+    new_achievements: Mapping[str, datetime],
+    counter_increments: Mapping[str, int],
+    last_applied: Mapping[str, datetime],
+    event_count_increments: Mapping[str, int],
+    achievement_increments: tuple[AchievementIncrement, ...],
+    streak_updates: Mapping[str, StreakState],
+    trace: tuple[RuleTrace, ...],
+) -> Outcome:
+    """`Outcome(...)` with the arguments in field order, built faster."""
+    o: Outcome = _new(Outcome)
+    _o_event(o, event)
+    _o_occurred_at(o, occurred_at)
+    _o_deltas(o, deltas)
+    _o_balances(o, balances)
+    _o_lifetime(o, lifetime)
+    _o_level(o, level)
+    _o_previous_level(o, previous_level)
+    _o_leveled_up(o, leveled_up)
+    _o_unlocked(o, unlocked)
+    _o_new_perks(o, new_perks)
+    _o_new_achievements(o, new_achievements)
+    _o_counter_increments(o, counter_increments)
+    _o_last_applied(o, last_applied)
+    _o_event_count_increments(o, event_count_increments)
+    _o_achievement_increments(o, achievement_increments)
+    _o_streak_updates(o, streak_updates)
+    _o_trace(o, trace)
+    return o
+
+
+_d_wallet, _d_amount, _d_rule_id = _slot_setters(WalletDelta, ("wallet", "amount", "rule_id"))
+
+
+def _new_delta(wallet: str, amount: Decimal, rule_id: str | None) -> WalletDelta:
+    """`WalletDelta(wallet, amount, rule_id)`, built faster."""
+    d: WalletDelta = _new(WalletDelta)
+    _d_wallet(d, wallet)
+    _d_amount(d, amount)
+    _d_rule_id(d, rule_id)
+    return d
+
+
+_t_kind, _t_key, _t_applied, _t_reason, _t_amount = _slot_setters(
+    RuleTrace, ("kind", "key", "applied", "reason", "amount")
+)
+
+
+def _new_trace(
+    kind: Literal["rule", "boost", "achievement", "streak", "perk"],
+    key: str,
+    applied: bool,
+    reason: str,
+    amount: Decimal | None = None,
+) -> RuleTrace:
+    """`RuleTrace(kind, key, applied, reason, amount)`, built faster."""
+    t: RuleTrace = _new(RuleTrace)
+    _t_kind(t, kind)
+    _t_key(t, key)
+    _t_applied(t, applied)
+    _t_reason(t, reason)
+    _t_amount(t, amount)
+    return t
+
+
 # --- per-event-type plans, derived once per program -------------------------------------------
 
 
@@ -448,6 +583,7 @@ class _RulePlan:
     cooldown: timedelta | None
     boosts: tuple[CompiledBoost, ...]
     counted: bool  # has a per_day, per_week or lifetime limit
+    guarded: bool  # has an active window, a counted limit or a cooldown (else always eligible)
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,11 +605,14 @@ class _EventPlan:
 class _ProgramPlan:
     wallet_keys: tuple[str, ...]
     quanta: Mapping[str, tuple[Decimal, str]]
+    wallet_quanta: tuple[tuple[str, Decimal, str], ...]  # (key, quantum, rounding) per program wallet
+    has_level: bool
     thresholds: tuple[Decimal, ...]
     level_names: tuple[str, ...] | None
     perks: tuple[Perk, ...]
     trigger_json: Mapping[str, dict[str, Any]]
     level_cache: dict[Decimal, LevelState]  # level objects by raw value; cleared when it grows large
+    events: dict[str, _EventPlan]  # plans of the event types the program mentions, built on first use
 
 
 def _program_plan(program: Program) -> _ProgramPlan:
@@ -485,11 +624,14 @@ def _program_plan(program: Program) -> _ProgramPlan:
     plan = _ProgramPlan(
         wallet_keys=tuple(program.wallet_defs),
         quanta=quanta,
+        wallet_quanta=tuple((k, q, r) for k, (q, r) in quanta.items()),
+        has_level=lv is not None,
         thresholds=tuple(lv.thresholds) if lv else (),
         level_names=tuple(lv.names) if lv and lv.names else None,
         perks=tuple(program.perks.perks),
         trigger_json={p.key: _trigger_json(p) for p in program.perks.perks},
         level_cache={},
+        events={},
     )
     program.engine_cache["__program__"] = plan
     return plan
@@ -511,10 +653,10 @@ _NOTHING_TO_DO = _EventPlan((), (), (), False)
 
 
 def _event_plan(program: Program, event_type: str) -> _EventPlan:
-    key = "event:" + event_type
-    cached = program.engine_cache.get(key)
+    events = _program_plan(program).events
+    cached = events.get(event_type)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     if (
         event_type not in program.rules_by_event
         and event_type not in program.achievements_by_event
@@ -532,6 +674,8 @@ def _event_plan(program: Program, event_type: str) -> _EventPlan:
             and (b.boost.wallets is None or r.wallet in b.boost.wallets)
         )
         lim = r.limits
+        counted = lim.per_day is not None or lim.per_week is not None or lim.lifetime is not None
+        cooldown = timedelta(seconds=lim.cooldown_seconds) if lim.cooldown_seconds else None
         rules.append(
             _RulePlan(
                 rule=cr,
@@ -548,9 +692,12 @@ def _event_plan(program: Program, event_type: str) -> _EventPlan:
                 per_day=lim.per_day,
                 per_week=lim.per_week,
                 lifetime=lim.lifetime,
-                cooldown=timedelta(seconds=lim.cooldown_seconds) if lim.cooldown_seconds else None,
+                cooldown=cooldown,
                 boosts=boosts,
-                counted=lim.per_day is not None or lim.per_week is not None or lim.lifetime is not None,
+                counted=counted,
+                guarded=(
+                    counted or cooldown is not None or r.active_from is not None or r.active_until is not None
+                ),
             )
         )
     achievements = tuple(
@@ -568,7 +715,7 @@ def _event_plan(program: Program, event_type: str) -> _EventPlan:
         or any(r.per_day or r.per_week for r in rules)
     )
     plan = _EventPlan(tuple(rules), achievements, tuple(streaks), needs_local_day)
-    program.engine_cache[key] = plan
+    events[event_type] = plan
     return plan
 
 
@@ -657,17 +804,19 @@ def _quantize(amount: Decimal, quantum: Decimal, rounding: str) -> Decimal:
     return amount.quantize(quantum, rounding=rounding, context=_CTX)
 
 
-def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace]) -> Decimal | None:
+def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace] | None) -> Decimal | None:
     """The rule's boosted, rounded amount, or None (with a trace entry) when it does not apply."""
     ctx = event.context
     if rp.when is not None:
         try:
             ok = rp.when.evaluate_condition(ctx)
         except EvaluationError as exc:
-            trace.append(RuleTrace("rule", rp.rule_id, False, f"condition failed: {exc}"))
+            if trace is not None:
+                trace.append(_new_trace("rule", rp.rule_id, False, f"condition failed: {exc}"))
             return None
         if not ok:
-            trace.append(RuleTrace("rule", rp.rule_id, False, "condition is false"))
+            if trace is not None:
+                trace.append(_new_trace("rule", rp.rule_id, False, "condition is false"))
             return None
     if rp.amount is not None:
         amount = rp.amount
@@ -676,9 +825,10 @@ def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace]) -> D
         try:
             amount = rp.formula.evaluate_number(ctx)
         except EvaluationError as exc:
-            trace.append(RuleTrace("rule", rp.rule_id, False, f"formula failed: {exc}"))
+            if trace is not None:
+                trace.append(_new_trace("rule", rp.rule_id, False, f"formula failed: {exc}"))
             return None
-    if amount > 0 and rp.boosts:
+    if rp.boosts and amount > 0:
         at = event.occurred_at
         for cb in rp.boosts:
             b = cb.boost
@@ -689,29 +839,69 @@ def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace]) -> D
                     if not cb.when.evaluate_condition(ctx):
                         continue
                 except EvaluationError as exc:
-                    trace.append(RuleTrace("boost", b.key, False, f"condition failed: {exc}"))
+                    if trace is not None:
+                        trace.append(_new_trace("boost", b.key, False, f"condition failed: {exc}"))
                     continue
             amount = _CTX.multiply(amount, b.multiplier)
-            trace.append(RuleTrace("boost", b.key, True, f"x{b.multiplier} on {rp.rule_id}"))
+            if trace is not None:
+                trace.append(_new_trace("boost", b.key, True, f"x{b.multiplier} on {rp.rule_id}"))
     try:
-        amount = _quantize(amount, rp.quantum, rp.rounding)
+        amount = amount.quantize(rp.quantum, rp.rounding, _CTX)
     except InvalidOperation:
         amount = MAX_AMOUNT
     if abs(amount) >= MAX_AMOUNT:
-        trace.append(RuleTrace("rule", rp.rule_id, False, "amount out of range"))
+        if trace is not None:
+            trace.append(_new_trace("rule", rp.rule_id, False, "amount out of range"))
         return None
     return amount
 
 
-def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzinfo) -> Outcome:
-    """Apply `program` to one event of a customer in `state`; pure, and bad context data never raises."""
+def _rule_blocked(
+    rp: _RulePlan, state: CustomerState, at: datetime, day: date | None, keys: list[str]
+) -> str | None:
+    """Why a guarded rule does not apply at `at` (active window, limits, cooldown), or None.
+
+    When it applies, `keys` receives the limit counters the application increments.
+    """
+    if rp.active_from is not None and at < rp.active_from:
+        return "not active yet"
+    if rp.active_until is not None and at >= rp.active_until:
+        return "no longer active"
+    if rp.counted:
+        counters = state.counters
+        for name, limit, key in _limit_keys(rp, day):
+            if counters.get(key, 0) >= limit:
+                keys.clear()
+                return f"{name} limit {limit} reached"
+            keys.append(key)
+    if rp.cooldown is not None:
+        last = state.last_applied.get(rp.rule_id)
+        if last is not None and at - last < rp.cooldown:
+            keys.clear()
+            return "cooldown not elapsed"
+    return None
+
+
+def evaluate(
+    program: Program, state: CustomerState, event: EngineEvent, tz: tzinfo, *, trace: bool = True
+) -> Outcome:
+    """Apply `program` to one event of a customer in `state`; pure, and bad context data never raises.
+
+    With `trace=False` the outcome's `trace` is empty and every other field is the same: for
+    callers that never read why rules did or did not apply (it saves building the trace).
+    """
     at = event.occurred_at
     if at.tzinfo is None:
         raise ValueError("EngineEvent.occurred_at must be timezone-aware")
-    plan = _event_plan(program, event.event)
-    pplan = _program_plan(program)
+    pplan = program.engine_cache.get("__program__")
+    if pplan is None:
+        pplan = _program_plan(program)
+    name = event.event
+    plan = pplan.events.get(name)
+    if plan is None:
+        plan = _event_plan(program, name)
     day = _local_day(at, tz) if plan.needs_local_day else None
-    trace: list[RuleTrace] = []
+    tr: list[RuleTrace] | None = [] if trace else None
     deltas: list[WalletDelta] = []
     counter_inc: dict[str, int] = {}
     last_applied: dict[str, datetime] = {}
@@ -719,37 +909,22 @@ def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzi
     lifetime = state.lifetime
     new_bal: dict[str, Decimal] | None = None
     new_life: dict[str, Decimal] | None = None
-    counters = state.counters
 
     for rp in plan.rules:
         rid = rp.rule_id
-        if rp.active_from is not None and at < rp.active_from:
-            trace.append(RuleTrace("rule", rid, False, "not active yet"))
-            continue
-        if rp.active_until is not None and at >= rp.active_until:
-            trace.append(RuleTrace("rule", rid, False, "no longer active"))
-            continue
         keys: list[str] = []
-        if rp.counted:
-            blocked = None
-            for name, limit, key in _limit_keys(rp, day):
-                if counters.get(key, 0) >= limit:
-                    blocked = f"{name} limit {limit} reached"
-                    break
-                keys.append(key)
+        if rp.guarded:
+            blocked = _rule_blocked(rp, state, at, day, keys)
             if blocked is not None:
-                trace.append(RuleTrace("rule", rid, False, blocked))
+                if tr is not None:
+                    tr.append(_new_trace("rule", rid, False, blocked))
                 continue
-        if rp.cooldown is not None:
-            last = state.last_applied.get(rid)
-            if last is not None and at - last < rp.cooldown:
-                trace.append(RuleTrace("rule", rid, False, "cooldown not elapsed"))
-                continue
-        amount = _rule_amount(rp, event, trace)
+        amount = _rule_amount(rp, event, tr)
         if amount is None:
             continue
         if not amount:
-            trace.append(RuleTrace("rule", rid, False, "amount is zero", amount))
+            if tr is not None:
+                tr.append(_new_trace("rule", rid, False, "amount is zero", amount))
             continue
         wallet = rp.wallet
         if new_bal is None:
@@ -758,17 +933,19 @@ def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzi
         if amount < 0 and not rp.allow_negative and current + amount < 0:
             amount = -current if current > 0 else _ZERO
             if not amount:
-                trace.append(RuleTrace("rule", rid, False, "balance is zero; nothing to take"))
+                if tr is not None:
+                    tr.append(_new_trace("rule", rid, False, "balance is zero; nothing to take"))
                 continue
-            trace.append(RuleTrace("rule", rid, True, "applied, clamped to the balance", amount))
-        else:
-            trace.append(RuleTrace("rule", rid, True, "applied", amount))
+            if tr is not None:
+                tr.append(_new_trace("rule", rid, True, "applied, clamped to the balance", amount))
+        elif tr is not None:
+            tr.append(_new_trace("rule", rid, True, "applied", amount))
         new_bal[wallet] = _CTX.add(current, amount)
         if amount > 0:
             if new_life is None:
                 new_life = dict(lifetime)
             new_life[wallet] = _CTX.add(new_life.get(wallet, _ZERO), amount)
-        deltas.append(WalletDelta(wallet, amount, rid))
+        deltas.append(_new_delta(wallet, amount, rid))
         for k in keys:
             counter_inc[k] = counter_inc.get(k, 0) + 1
         if rp.cooldown is not None:
@@ -785,7 +962,7 @@ def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzi
         ach = ap.compiled.achievement
         if ach.key in state.achievements:
             continue
-        progress = _achievement_step(ap, event, trace)
+        progress = _achievement_step(ap, event, tr)
         if progress is None:
             continue
         if ach.window_days:
@@ -804,7 +981,8 @@ def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzi
         if total >= ach.target:
             new_achievements[ach.key] = at
             unlocked_ach.append(Unlock("achievement", ach.key, ach.name))
-            trace.append(RuleTrace("achievement", ach.key, True, "completed", total))
+            if tr is not None:
+                tr.append(_new_trace("achievement", ach.key, True, "completed", total))
 
     # streaks
     streak_updates: dict[str, StreakState] = {}
@@ -815,69 +993,75 @@ def evaluate(program: Program, state: CustomerState, event: EngineEvent, tz: tzi
         if after is not before:
             streak_updates[sd.key] = after
 
-    # event counts
-    count_after = state.event_counts.get(event.event, 0) + 1
-
     # level
-    level = compute_level(program, bal_after, life_after)
-    prev_level = _level_number(program, pplan, balances, lifetime) if level is not None else None
-    leveled_up = level is not None and prev_level is not None and level.level > prev_level
     unlocked: list[Unlock] = []
-    if leveled_up:
-        assert level is not None and prev_level is not None
-        for n in range(prev_level + 1, level.level + 1):
-            unlocked.append(Unlock("level", f"level_{n}", _level_name(pplan, n)))
-    unlocked.extend(unlocked_ach)
+    if pplan.has_level:
+        level = compute_level(program, bal_after, life_after)
+        assert level is not None
+        prev_level: int | None = _level_number(program, pplan, balances, lifetime)
+        assert prev_level is not None
+        leveled_up = level.level > prev_level
+        if leveled_up:
+            for n in range(prev_level + 1, level.level + 1):
+                unlocked.append(Unlock("level", f"level_{n}", _level_name(pplan, n)))
+    else:
+        level, prev_level, leveled_up = None, None, False
+    if unlocked_ach:
+        unlocked.extend(unlocked_ach)
 
     # perks
     new_perks: list[PerkUnlock] = []
-    for perk in pplan.perks:
-        if perk.key in state.perks:
-            continue
-        if _trigger_holds(perk, state, event.event, count_after, life_after, level, new_achievements, streak_updates):
-            new_perks.append(PerkUnlock(perk.key, at, pplan.trigger_json[perk.key]))
-            unlocked.append(Unlock("perk", perk.key, perk.name))
+    if pplan.perks:
+        count_after = state.event_counts.get(name, 0) + 1
+        for perk in pplan.perks:
+            if perk.key in state.perks:
+                continue
+            if _trigger_holds(perk, state, name, count_after, life_after, level, new_achievements, streak_updates):
+                new_perks.append(PerkUnlock(perk.key, at, pplan.trigger_json[perk.key]))
+                unlocked.append(Unlock("perk", perk.key, perk.name))
 
-    wallet_state = _wallet_state(pplan, bal_after)
-    return Outcome(
-        event=event.event,
-        occurred_at=at,
-        deltas=tuple(deltas),
-        balances=wallet_state,
-        lifetime=dict(life_after),
-        level=level,
-        previous_level=prev_level,
-        leveled_up=leveled_up,
-        unlocked=tuple(unlocked),
-        new_perks=tuple(new_perks),
-        new_achievements=new_achievements,
-        counter_increments=counter_inc,
-        last_applied=last_applied,
-        event_count_increments={event.event: 1},
-        achievement_increments=tuple(ach_inc),
-        streak_updates=streak_updates,
-        trace=tuple(trace),
+    return _new_outcome(
+        name,
+        at,
+        tuple(deltas),
+        _wallet_state(pplan, bal_after),
+        dict(life_after),
+        level,
+        prev_level,
+        leveled_up,
+        tuple(unlocked),
+        tuple(new_perks),
+        new_achievements,
+        counter_inc,
+        last_applied,
+        {name: 1},
+        tuple(ach_inc),
+        streak_updates,
+        tuple(tr) if tr is not None else (),
     )
 
 
-def _achievement_step(ap: _AchievementPlan, event: EngineEvent, trace: list[RuleTrace]) -> Decimal | None:
+def _achievement_step(ap: _AchievementPlan, event: EngineEvent, trace: list[RuleTrace] | None) -> Decimal | None:
     ca = ap.compiled
     if ca.when is not None:
         try:
             if not ca.when.evaluate_condition(event.context):
                 return None
         except EvaluationError as exc:
-            trace.append(RuleTrace("achievement", ap.key, False, f"condition failed: {exc}"))
+            if trace is not None:
+                trace.append(_new_trace("achievement", ap.key, False, f"condition failed: {exc}"))
             return None
     if ap.field_expr is None:
         return _ONE
     try:
         value = ap.field_expr.evaluate_number(event.context)
     except EvaluationError as exc:
-        trace.append(RuleTrace("achievement", ap.key, False, f"field failed: {exc}"))
+        if trace is not None:
+            trace.append(_new_trace("achievement", ap.key, False, f"field failed: {exc}"))
         return None
     if abs(value) >= MAX_AMOUNT:
-        trace.append(RuleTrace("achievement", ap.key, False, "field value out of range"))
+        if trace is not None:
+            trace.append(_new_trace("achievement", ap.key, False, "field value out of range"))
         return None
     return value
 

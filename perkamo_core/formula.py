@@ -504,22 +504,164 @@ def _build(tree: tuple[Any, ...], fields: list[str]) -> _Fn:
     raise AssertionError(f"unknown node {kind!r}")  # pragma: no cover - the parser makes only the kinds above
 
 
+# --- the fast path: the same values for the common case, or "undecided" ---------------------------
+#
+# `_build_fast` turns a tree made only of constants, one-segment fields, arithmetic, comparisons
+# and `and`/`or`/`not` into a closure over a plain `dict` context that returns the value the
+# general evaluator would return, or None ("undecided") whenever anything is not plain: the
+# context is not a dict, a field is missing or is not an int / str / bool (or is too large an
+# int), an operand has the wrong type, or a Decimal operation raises. An undecided evaluation is
+# redone by the general evaluator, which then gives the value or raises the error. The fast path
+# never raises (every operation that could is guarded and yields "undecided") and never has side
+# effects beyond the Decimal operations the general path performs too.
+
+_Fast = Callable[[Mapping[str, Any]], Value | None]
+
+
+def _fast_field(key: str) -> _Fast:
+    limit = MAX_CONTEXT_INT_BITS
+
+    def field(ctx: Mapping[str, Any]) -> Value | None:
+        if type(ctx) is not dict:
+            return None
+        raw: Any
+        try:
+            raw = ctx.get(key)
+        except Exception:  # a key object with a hostile __eq__: let the general path decide
+            return None
+        kind = type(raw)
+        if kind is int:
+            return Decimal(raw) if raw.bit_length() <= limit else None
+        if kind is str or kind is bool:
+            return raw  # type: ignore[no-any-return]
+        return None  # missing, null, float, Decimal, nested...: the general path decides
+
+    return field
+
+
+def _fast_arith(op: str, left: _Fast, right: _Fast) -> _Fast:
+    fn = _ARITH[op]
+
+    def arith(ctx: Mapping[str, Any]) -> Value | None:
+        a = left(ctx)
+        if type(a) is not Decimal:
+            return None
+        b = right(ctx)
+        if type(b) is not Decimal:
+            return None
+        try:
+            return fn(a, b)
+        except ArithmeticError:
+            return None
+
+    return arith
+
+
+def _fast_unary(kind: str, operand: _Fast) -> _Fast:
+    minus = DECIMAL_CONTEXT.minus
+
+    def neg(ctx: Mapping[str, Any]) -> Value | None:
+        a = operand(ctx)
+        if type(a) is not Decimal:
+            return None
+        try:
+            return minus(a)
+        except ArithmeticError:
+            return None
+
+    def pos(ctx: Mapping[str, Any]) -> Value | None:
+        a = operand(ctx)
+        return a if type(a) is Decimal else None
+
+    def not_(ctx: Mapping[str, Any]) -> Value | None:
+        a = operand(ctx)
+        return (not a) if type(a) is bool else None
+
+    return {"neg": neg, "pos": pos, "not": not_}[kind]
+
+
+def _fast_compare(op: str, left: _Fast, right: _Fast) -> _Fast:
+    def compare(ctx: Mapping[str, Any]) -> Value | None:
+        a = left(ctx)
+        if a is None:
+            return None
+        b = right(ctx)
+        if b is None:
+            return None
+        if op != "==" and op != "!=" and (type(a) is not type(b) or type(a) is bool):
+            return None  # the general path raises the ordering error
+        return _compare(op, a, b)
+
+    return compare
+
+
+def _fast_logic(kind: str, left: _Fast, right: _Fast) -> _Fast:
+    stop = kind == "or"  # the left value that decides without evaluating the right side
+
+    def logic(ctx: Mapping[str, Any]) -> Value | None:
+        a = left(ctx)
+        if type(a) is not bool:
+            return None
+        if a is stop:
+            return a
+        b = right(ctx)
+        return b if type(b) is bool else None
+
+    return logic
+
+
+def _build_fast(tree: tuple[Any, ...]) -> _Fast | None:
+    """The fast closure for `tree`, or None when it uses anything else (dotted fields, calls)."""
+    kind = tree[0]
+    if kind == "const":
+        value = tree[1]
+        return lambda ctx: value
+    if kind == "field":
+        return _fast_field(tree[1][0]) if len(tree[1]) == 1 else None
+    if kind in ("neg", "pos", "not"):
+        operand = _build_fast(tree[1])
+        return None if operand is None else _fast_unary(kind, operand)
+    if kind in ("bin", "cmp"):
+        left, right = _build_fast(tree[2]), _build_fast(tree[3])
+        if left is None or right is None:
+            return None
+        return _fast_arith(tree[1], left, right) if kind == "bin" else _fast_compare(tree[1], left, right)
+    if kind in ("and", "or"):
+        left, right = _build_fast(tree[1]), _build_fast(tree[2])
+        if left is None or right is None:
+            return None
+        return _fast_logic(kind, left, right)
+    return None
+
+
 class Expression:
     """A compiled expression; evaluate it against an event context as often as needed."""
 
-    __slots__ = ("source", "fields", "node_count", "_fn")
+    __slots__ = ("source", "fields", "node_count", "_fn", "_fast")
 
-    def __init__(self, source: str, fn: _Fn, fields: tuple[str, ...], node_count: int) -> None:
+    def __init__(
+        self, source: str, fn: _Fn, fields: tuple[str, ...], node_count: int, fast: _Fast | None = None
+    ) -> None:
         self.source = source
         self.fields = fields
         self.node_count = node_count
         self._fn = fn
+        self._fast = fast
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
 
     def evaluate(self, context: Mapping[str, Any]) -> Value:
         """The value; raise `EvaluationError` (and nothing else) when it cannot be computed."""
+        fast = self._fast
+        if fast is not None:
+            value = fast(context)
+            if value is not None:
+                return value
+        return self._evaluate(context)
+
+    def _evaluate(self, context: Mapping[str, Any]) -> Value:
+        """The general evaluator (no fast path)."""
         try:
             return self._fn(context)
         except EvaluationError:
@@ -533,14 +675,24 @@ class Expression:
 
     def evaluate_number(self, context: Mapping[str, Any]) -> Decimal:
         """The value, which must be a number."""
-        value = self.evaluate(context)
+        fast = self._fast
+        if fast is not None:
+            value = fast(context)
+            if type(value) is Decimal:
+                return value
+        value = self._evaluate(context)
         if not isinstance(value, Decimal):
             raise EvaluationError(f"formula gave a {_type_name(value)}, not a number")
         return value
 
     def evaluate_condition(self, context: Mapping[str, Any]) -> bool:
         """The value, which must be a boolean."""
-        value = self.evaluate(context)
+        fast = self._fast
+        if fast is not None:
+            value = fast(context)
+            if type(value) is bool:
+                return value
+        value = self._evaluate(context)
         if not isinstance(value, bool):
             raise EvaluationError(f"condition gave a {_type_name(value)}, not true/false")
         return value
@@ -556,4 +708,6 @@ def compile_expression(text: str) -> Expression:
     tree = parser.parse()
     fields: list[str] = []
     fn = _build(tree, fields)
-    return Expression(text, fn, tuple(dict.fromkeys(fields)), parser.nodes)
+    return Expression(
+        text, fn, tuple(dict.fromkeys(fields)), parser.nodes, _build_fast(tree)
+    )
