@@ -81,6 +81,10 @@ class PipelineConfig:
     None = automatic (a worker for histories of ``AUTO_WORKER_ROWS`` or more on a multi-core host).
     A worker only pays off on an otherwise idle multi-core machine; measured under contention it
     did not (see docs/bridge.md)."""
+    group_rows: int = 5000
+    """With a worker and the embedded target: pages the worker has already mapped are delivered
+    together, in one database transaction of up to this many rows (fewer commits, and each
+    customer's state written once per delivery instead of once per page)."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ class _Record:
     kind: str
     record_id: str
     raw: Mapping[str, Any]
-    events: list[PerkamoEvent] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)  # PerkamoEvents, or the core's CheckedEvents
     identify: IdentifyCall | None = None
     skipped: bool = False
     problem: tuple[str, str] | None = None  # (reason, detail) → dead letter
@@ -359,6 +363,7 @@ class Pipeline:
         self._counts = RunCounts()
         self._kinds = {}
         self._open_dead_letters = 0
+        self._prestarted: FetchMapWorker | None = None
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -405,7 +410,29 @@ class Pipeline:
             upper = min(options.until or start, start)
             cutover = start if options.mode == "balance" else None
         self._open_dead_letters = self.state.dead_letters.open_count(self.business)
+        if (
+            options.kind == "backfill"
+            and getattr(self.source, "perkbridge_factory", None) is not None
+            and self._want_worker(self.config.map_workers, None)
+        ):
+            # Started now, the worker's start-up overlaps the reference and members phases.
+            self._prestarted = FetchMapWorker()
+        try:
+            self._run_backfill_or_sync(options, summary, checkpoint, upper, cutover)
+        finally:
+            if self._prestarted is not None:
+                self._prestarted.close()
+                self._prestarted = None
 
+    def _run_backfill_or_sync(
+        self,
+        options: RunOptions,
+        summary: RunSummary,
+        checkpoint: dict[str, Any],
+        upper: datetime,
+        cutover: datetime | None,
+    ) -> None:
+        now = self._now
         self._phase_reference()
         if self.stop.is_set():
             return
@@ -596,10 +623,15 @@ class Pipeline:
             and self._want_worker(self.config.map_workers, None)
         ):
             # Fetching, decoding and mapping run in a worker process; this one only ingests.
+            embedded = getattr(self.target, "kind", None) == "embedded"
+            prestarted, self._prestarted = self._prestarted, None
             mapped: Iterator[tuple[Any, list[_Record]]] = fetched_and_mapped(
                 factory,
                 (self.business, list(order), params),
                 (self.business, self.config.timezone, customer_ids),
+                checked=embedded,
+                group_rows=self.config.group_rows if embedded else 0,
+                worker=prestarted,
             )
         else:
             pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
@@ -800,19 +832,15 @@ class Pipeline:
         from mapping.records import parse_connection
         from mapping.traits import to_identify
 
-        user_ids = []
-        for raw in rows:
-            parsed = parse_connection(raw, timezone=self.config.timezone)
-            if parsed.record is not None:
-                user_ids.append(parsed.record.user_id)
+        parsed_rows = [parse_connection(raw, timezone=self.config.timezone) for raw in rows]
+        user_ids = [p.record.user_id for p in parsed_rows if p.record is not None]
         users = self.state.users.get_many(self.business, user_ids)
         known = self.state.id_map.get_many(self.business, user_ids)
         records: list[_Record] = []
-        for raw in rows:
+        for raw, parsed in zip(rows, parsed_rows, strict=True):
             rid = str(raw.get("connection_id", raw.get("id", "?")))
             record = _Record("connection", rid, raw)
             records.append(record)
-            parsed = parse_connection(raw, timezone=self.config.timezone)
             if parsed.record is None:
                 record.problem = _first_problem(parsed.issues, "unreadable connection")
                 continue
@@ -934,8 +962,8 @@ class Pipeline:
     def _want_worker(self, workers: int | None, page: Any) -> bool:
         if workers is not None:
             return workers > 0
-        if page is None:
-            return False
+        if page is None:  # the fetch-and-map worker of a backfill: any multi-core host
+            return (os.cpu_count() or 1) > 1
         total = page.meta.get("total_count") if isinstance(page.meta, Mapping) else None
         return (os.cpu_count() or 1) > 1 and isinstance(total, int) and total >= AUTO_WORKER_ROWS
 
@@ -1148,29 +1176,48 @@ def _page_size(page: Any) -> int:
 _Packed = tuple[str, list[tuple[str, str, str, dict[str, Any], datetime | None]], tuple[str, str] | None, bool, Any]
 
 
-def _pack(records: list[_Record]) -> list[_Packed]:
-    return [
-        (
-            r.record_id,
-            [(e.user_id, e.event, e.transaction_id, e.context, e.occurred_at) for e in r.events],
-            r.problem,
-            r.skipped,
-            r.raw if r.problem is not None else None,
-        )
-        for r in records
-    ]
+def _pack(records: list[_Record], checked: bool = False) -> list[_Packed]:
+    """Records as the worker sends them.  ``checked``: the events also pass the embedded core's
+    checks here and travel as its ``CheckedEvent``s, which the core ingests without checking
+    again; a record with an event the core would refuse becomes a dead letter as a whole."""
+    if not checked:
+        return [
+            (
+                r.record_id,
+                [(e.user_id, e.event, e.transaction_id, e.context, e.occurred_at) for e in r.events],
+                r.problem,
+                r.skipped,
+                r.raw if r.problem is not None else None,
+            )
+            for r in records
+        ]
+    from bridge.targets import checked_events
+    from perkamo_core.errors import ValidationError
+
+    known: set[str] = set()
+    packed: list[_Packed] = []
+    for r in records:
+        events: list[Any] = []
+        if r.problem is None and r.events:
+            try:
+                events = checked_events(r.events, known)
+            except ValidationError as exc:
+                r.problem = (f"rejected_{exc.code}", exc.message)
+        packed.append((r.record_id, events, r.problem, r.skipped, r.raw if r.problem is not None else None))
+    return packed
 
 
-def _unpack(packed: list[_Packed]) -> list[_Record]:
+def _unpack(packed: list[_Packed], checked: bool = False) -> list[_Record]:
     from mapping.types import trusted_event
 
     records: list[_Record] = []
+    append = records.append
     for rid, events, problem, skipped, raw in packed:
         record = _Record("transaction", rid, raw or {})
-        record.events = [trusted_event(*e) for e in events]
+        record.events = events if checked else [trusted_event(*e) for e in events]
         record.problem = problem
         record.skipped = skipped
-        records.append(record)
+        append(record)
     return records
 
 
@@ -1179,11 +1226,12 @@ def fetch_and_map_worker(
     query: tuple[str, list[str], dict[str, Any]],
     mapping_args: tuple[str, str, Mapping[str, str] | None],
     out: Any,
+    checked: bool = False,
 ) -> None:
     """The worker process: page through the transactions, map each page, send it packed.
 
     Sends ``("page", WorkerPage, packed)`` per page, then ``("done",)``; on failure
-    ``("error", exception)`` (or its text when it does not pickle).
+    ``("error", exception)`` (or its text when it does not pickle).  ``checked``: see ``_pack``.
     """
     try:
         business, order, params = query
@@ -1194,10 +1242,85 @@ def fetch_and_map_worker(
                     len(page.objects), dict(page.meta), int(getattr(page, "offset", 0)),
                     int(getattr(page, "dropped", 0)), bool(getattr(page, "ordered", True)),
                 )
-                out.put(("page", info, _pack(records)))
-        out.put(("done",))
+                _send(out, ("page", info, _pack(records, checked)))
+        _send(out, ("done",))
+    except _ParentGone:
+        return
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, raised there as SourceError
-        out.put(("error", f"{type(exc).__name__}: {exc}"))
+        try:
+            _send(out, ("error", f"{type(exc).__name__}: {exc}"))
+        except _ParentGone:
+            return
+
+
+class _ParentGone(Exception):
+    """The process that started the worker has ended (killed): the worker stops too."""
+
+
+def _send(out: Any, item: Any) -> None:
+    """Put ``item`` on the bounded channel, giving up once the parent process is gone (a killed
+    parent never reads again: without this the worker would wait on a full channel forever)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            out.put(item, timeout=1.0)
+            return
+        except queue.Full:
+            if parent is not None and not parent.is_alive():
+                # Nobody will read what is still buffered: exit without flushing it.
+                out.cancel_join_thread()
+                raise _ParentGone() from None
+
+
+def _worker_main(jobs: Any, out: Any) -> None:
+    """A pre-started worker: wait for its one job (``None``: not needed after all), then run it."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            job = jobs.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+    if job is not None:
+        factory, query, mapping_args, checked = job
+        fetch_and_map_worker(factory, query, mapping_args, out, checked)
+
+
+class FetchMapWorker:
+    """A spawned fetch-and-map worker process, started before it has work.
+
+    Its start-up (a fresh interpreter importing the connector and the mapping, about half a
+    second) overlaps the members phase; :func:`fetched_and_mapped` hands it the transactions job.
+    """
+
+    def __init__(self, depth: int = 12) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.jobs = context.Queue(maxsize=1)
+        self.channel = context.Queue(maxsize=depth)
+        self.process = context.Process(
+            target=_worker_main, args=(self.jobs, self.channel), name="perkbridge-fetch-map", daemon=True
+        )
+        self.process.start()
+
+    def close(self) -> None:
+        """End the process (finished or not) and release its channels."""
+        if self.process.is_alive():
+            try:
+                self.jobs.put_nowait(None)
+            except (queue.Full, ValueError, OSError):
+                pass
+            self.process.terminate()
+        self.process.join(timeout=10)
+        for channel in (self.jobs, self.channel):
+            channel.close()
+            channel.cancel_join_thread()
 
 
 @contextmanager
@@ -1214,47 +1337,77 @@ def fetched_and_mapped(
     factory: Callable[[], Any],
     query: tuple[str, list[str], dict[str, Any]],
     mapping_args: tuple[str, str, Mapping[str, str] | None],
-    depth: int = 3,
+    depth: int = 12,
+    *,
+    checked: bool = False,
+    group_rows: int = 0,
+    worker: FetchMapWorker | None = None,
 ) -> Iterator[tuple[WorkerPage, list[_Record]]]:
     """Pages fetched and mapped by a spawned worker process, in order, at most ``depth`` ahead.
 
     The two processes overlap: while this one ingests and commits page N, the worker fetches,
     decodes and maps the next ones.  Leaving early (stop, failure) ends the worker.
-    """
-    import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
-    channel = context.Queue(maxsize=depth)
-    worker = context.Process(
-        target=fetch_and_map_worker,
-        args=(factory, query, mapping_args, channel),
-        name="perkbridge-fetch-map",
-        daemon=True,
-    )
-    worker.start()
-    try:
+    ``group_rows``: consecutive pages are handed on together, up to ``GROUP_PAGES`` pages until
+    they hold that many rows, so the consumer makes fewer, larger deliveries.  ``checked``: see
+    ``_pack``.  ``worker``: a :class:`FetchMapWorker` started earlier (else one is started now);
+    it is closed when the iteration ends.
+    """
+    handle = worker if worker is not None else FetchMapWorker(depth)
+    channel = handle.channel
+    process = handle.process
+    handle.jobs.put((factory, query, mapping_args, checked))
+
+    def receive() -> Any:
         while True:
             try:
-                item = channel.get(timeout=5.0)
+                return channel.get(timeout=5.0)
             except queue.Empty:
-                if not worker.is_alive():
+                if not process.is_alive():
                     raise SourceError(
-                        f"the fetch-and-map worker process ended unexpectedly (exit code {worker.exitcode})"
+                        f"the fetch-and-map worker process ended unexpectedly (exit code {process.exitcode})"
                     ) from None
-                continue
+
+    try:
+        held: Any = None
+        while True:
+            item = held if held is not None else receive()
+            held = None
             if item[0] == "done":
                 return
             if item[0] == "error":
                 raise SourceError(f"reading transactions failed in the worker process: {item[1]}")
+            group = [item]
+            rows = item[1].size
+            while rows < group_rows and len(group) < GROUP_PAGES:
+                more = receive()
+                if more[0] != "page":
+                    held = more  # "done" or "error": after this group
+                    break
+                group.append(more)
+                rows += more[1].size
             with _gc_paused():
-                records = _unpack(item[2])
-            yield item[1], records
+                records = [r for entry in group for r in _unpack(entry[2], checked)]
+            yield _joined([entry[1] for entry in group]), records
     finally:
-        if worker.is_alive():
-            worker.terminate()
-        worker.join(timeout=10)
-        channel.close()
-        channel.cancel_join_thread()
+        handle.close()
+
+
+GROUP_PAGES = 5
+"""At most this many source pages go into one grouped delivery (a crash re-reads at most these)."""
+
+
+def _joined(pages: list[WorkerPage]) -> WorkerPage:
+    """Consecutive worker pages as one (their rows, drops and offsets are contiguous)."""
+    if len(pages) == 1:
+        return pages[0]
+    return WorkerPage(
+        size=sum(p.size for p in pages),
+        meta=pages[-1].meta,
+        offset=pages[0].offset,
+        dropped=sum(p.dropped for p in pages),
+        ordered=all(p.ordered for p in pages),
+    )
 
 
 def _collect(page: Any, future: Any) -> tuple[Any, list[_Record]]:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError as PydanticValidationError
@@ -310,11 +310,54 @@ class _Space:
                          self.created_at)
 
 
-@dataclass(frozen=True, slots=True)
-class _Event:
+class CheckedEvent(NamedTuple):
+    """An event that :func:`check_event` validated; ``ingest_bulk`` takes it without checking again.
+
+    Made only by :func:`check_event`, in this process or another one (the bridge validates pages
+    in its fetch-and-map worker process and sends these back): it picks up no defaults and no
+    checks of its own. ``occurred_at`` None means "now", which the ingest fills in.
+    """
+
+    user_id: str
+    event: str
+    transaction_id: str
+    context: dict[str, Any]
+    occurred_at: datetime | None
+
+
+def check_event(
+    user_id: Any,
+    event: Any,
+    transaction_id: Any,
+    context: Any,
+    occurred_at: Any,
+    *,
+    known_keys: set[str] | None = None,
+) -> CheckedEvent:
+    """The checks ``ingest`` applies to every event, as a :class:`CheckedEvent`, or a
+    ``ValidationError`` naming the field.
+
+    A missing ``transaction_id`` gets a fresh ``tx_…`` id here, as it would at ingest.
+    ``known_keys`` (the caller's, per page) lets events sharing their context keys check each once.
+    """
+    user = _check_text(user_id, "user_id", MAX_USER_ID)
+    name = _check_text(event, "event", MAX_EVENT)
+    if transaction_id is None:
+        txid = f"tx_{uuid.uuid4()}"
+    else:
+        txid = _check_text(transaction_id, "transaction_id", MAX_TRANSACTION_ID)
+    checked_context = validate_context(context, known_keys)
+    at = None if occurred_at is None else parse_occurred_at(occurred_at, _EPOCH)
+    return CheckedEvent(user, name, txid, checked_context, at)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Event(NamedTuple):
     """A validated event of a page, with its position in the caller's list."""
 
-    index: int
+    position: int
     user_id: str
     event: str
     transaction_id: str
@@ -964,7 +1007,7 @@ class CoreService:
     def ingest_bulk(
         self,
         space: str,
-        events: Sequence[EventInput],
+        events: Sequence[EventInput | CheckedEvent],
         *,
         conn: Connection | None = None,
         outbox: bool = True,
@@ -976,19 +1019,25 @@ class CoreService:
         ``IngestOutcome`` with the ``ValidationError`` and changes nothing. With ``conn`` the page
         runs inside the caller's transaction and is not committed here. ``outbox=False`` records
         no write-back outbox rows for the page (for events that came from the system write-back
-        would send them to, such as the bridge's Perkville transactions).
+        would send them to, such as the bridge's Perkville transactions). A :class:`CheckedEvent`
+        (from :func:`check_event`) is taken as already validated.
         """
         with _paused_gc():
             return self._ingest_bulk(space, events, conn, outbox)
 
     def _ingest_bulk(
-        self, space: str, events: Sequence[EventInput], conn: Connection | None, outbox: bool
+        self, space: str, events: Sequence[EventInput | CheckedEvent], conn: Connection | None, outbox: bool
     ) -> list[IngestOutcome]:
         now = self._now()
         outcomes: list[IngestOutcome | None] = [None] * len(events)
         valid: list[_Event] = []
         known_keys: set[str] = set()
         for index, item in enumerate(events):
+            if type(item) is CheckedEvent:
+                at = item.occurred_at
+                valid.append(_Event(index, item.user_id, item.event, item.transaction_id, item.context,
+                                    now if at is None else at))
+                continue
             try:
                 valid.append(self._validate_event(index, item, now, known_keys))
             except ValidationError as exc:
@@ -996,7 +1045,7 @@ class CoreService:
         if valid:
             results = self._write(lambda c: self._ingest_page(c, space, valid, now, outbox), conn)
             for ev, result in zip(valid, results):
-                outcomes[ev.index] = IngestOutcome(result)
+                outcomes[ev.position] = IngestOutcome(result)
         elif conn is None:
             self.get_space(space)  # an unknown Space is an error even for an all-invalid page
         return [o for o in outcomes if o is not None]
@@ -1013,16 +1062,11 @@ class CoreService:
                 raise ValidationError(f"{where}: {first['msg']}", field=where) from None
         if not isinstance(item, EventInput):
             raise ValidationError("event must be an EventInput object", field="event")
-        user_id = _check_text(item.user_id, "user_id", MAX_USER_ID)
-        name = _check_text(item.event, "event", MAX_EVENT)
-        txid = item.transaction_id
-        if txid is None:
-            txid = f"tx_{uuid.uuid4()}"
-        else:
-            _check_text(txid, "transaction_id", MAX_TRANSACTION_ID)
-        context = validate_context(item.context, known_keys)
-        occurred_at = parse_occurred_at(item.occurred_at, now)
-        return _Event(index, user_id, name, txid, context, occurred_at)
+        checked = check_event(item.user_id, item.event, item.transaction_id, item.context,
+                              item.occurred_at, known_keys=known_keys)
+        at = checked.occurred_at
+        return _Event(index, checked.user_id, checked.event, checked.transaction_id, checked.context,
+                      now if at is None else at)
 
     def _stored_results(
         self, conn: Connection, table: str, space_id: int, txids: Sequence[str]

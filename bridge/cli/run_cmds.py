@@ -175,8 +175,10 @@ def backfill(
     until: str | None = typer.Option(None, "--until", help="Only transactions before T (cursor untouched)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write nothing; predict counts, issues and balances."),
     wait: bool = WaitOpt,
-    map_workers: int = typer.Option(
-        0, "--map-workers", min=0, max=1, help="1: map pages in a worker process (multi-core hosts)."
+    map_workers: int | None = typer.Option(
+        None, "--map-workers", min=0, max=1,
+        help="1: fetch and map pages in a worker process; 0: all in this process. "
+        "Default: 1 on a multi-core host.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Allow a backfill in the other mode than an earlier import of this business."

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bridge.state import StateStore
@@ -23,9 +24,10 @@ TRIALS = 6
 CRASH_TRANSACTIONS = 1500
 
 
-def _backfill(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def _backfill(config: Path, env: dict[str, str], map_workers: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"],
+        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json",
+         "--map-workers", str(map_workers)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -45,9 +47,32 @@ def _checkpoint_offset(db_url: str, business: str) -> int:
     return int(json.loads(raw).get("offset", 0)) if raw else 0
 
 
+def _kill_mid_history(proc: subprocess.Popen[str], db_url: str, business: str, threshold: int) -> bool:
+    """SIGKILL ``proc`` once its checkpoint passed ``threshold`` transactions (False: it ended first).
+
+    The kill is aimed by progress, not by time: with a worker process the start-up takes longer
+    and varies more with the machine's load than the history itself.
+    """
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _checkpoint_offset(db_url, business) >= threshold:
+            os.kill(proc.pid, signal.SIGKILL)
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("map_workers", [0, 1], ids=["in-process", "worker"])
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, map_workers: int
 ) -> None:
     box = Sandbox(seed=5, members=25, transactions=CRASH_TRANSACTIONS)
     box.start()
@@ -58,15 +83,33 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
         rng = random.Random(20261122)
         killed_mid_run = 0
         offsets: list[int] = []
+        business = str(box.business_ids[0])
+        orphans: list[psutil.Process] = []
         for _ in range(TRIALS):
-            proc = _backfill(config, env)
-            time.sleep(rng.uniform(0.6, 2.4))
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_mid_run += 1
+            proc = _backfill(config, env, map_workers)
+            if map_workers:
+                done = _checkpoint_offset(db_url, business)
+                threshold = done + rng.randint(25, 300)
+                children: list[psutil.Process] = []
+                deadline = time.monotonic() + 60
+                while not children and proc.poll() is None and time.monotonic() < deadline:
+                    children = _children(proc.pid)  # the worker starts with the run
+                    time.sleep(0.01)
+                if _kill_mid_history(proc, db_url, business, threshold):
+                    killed_mid_run += 1
+                orphans.extend(children)
+            else:
+                time.sleep(rng.uniform(0.6, 2.4))
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed_mid_run += 1
             proc.wait()
-            offsets.append(_checkpoint_offset(db_url, str(box.business_ids[0])))
-        final = _backfill(config, env)
+            offsets.append(_checkpoint_offset(db_url, business))
+        # A worker whose parent was killed notices and ends (it must not wait on a full channel
+        # forever, holding its memory and the Perkville connection).
+        gone, alive = psutil.wait_procs(orphans, timeout=30)
+        assert not alive, f"worker processes outlived their killed parent: {alive}"
+        final = _backfill(config, env, map_workers)
         out, err = final.communicate(timeout=300)
         assert final.returncode == 0, err
         body = json.loads(out)
