@@ -52,7 +52,7 @@ from bridge.state import (
     utcnow,
 )
 from bridge.targets import Delivery, Target
-from mapping.types import IdentifyCall, MappingIssue, PerkamoEvent
+from mapping.types import IdentifyCall, MappingIssue
 
 Mode = Literal["history", "balance"]
 Kind = Literal["backfill", "sync"]
