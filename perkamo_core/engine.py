@@ -599,6 +599,7 @@ class _EventPlan:
     achievements: tuple[_AchievementPlan, ...]
     streaks: tuple[StreakDef, ...]
     needs_local_day: bool
+    rules_only: bool  # no achievements or streaks for this event, no leveling or perks in the program
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,7 +607,6 @@ class _ProgramPlan:
     wallet_keys: tuple[str, ...]
     quanta: Mapping[str, tuple[Decimal, str]]
     wallet_quanta: tuple[tuple[str, Decimal, str], ...]  # (key, quantum, rounding) per program wallet
-    has_level: bool
     thresholds: tuple[Decimal, ...]
     level_names: tuple[str, ...] | None
     perks: tuple[Perk, ...]
@@ -625,7 +625,6 @@ def _program_plan(program: Program) -> _ProgramPlan:
         wallet_keys=tuple(program.wallet_defs),
         quanta=quanta,
         wallet_quanta=tuple((k, q, r) for k, (q, r) in quanta.items()),
-        has_level=lv is not None,
         thresholds=tuple(lv.thresholds) if lv else (),
         level_names=tuple(lv.names) if lv and lv.names else None,
         perks=tuple(program.perks.perks),
@@ -649,7 +648,7 @@ def _json_number(value: Decimal) -> int | Decimal:
     return value
 
 
-_NOTHING_TO_DO = _EventPlan((), (), (), False)
+_NOTHING_TO_DO = _EventPlan((), (), (), False, False)
 
 
 def _event_plan(program: Program, event_type: str) -> _EventPlan:
@@ -714,7 +713,8 @@ def _event_plan(program: Program, event_type: str) -> _EventPlan:
         or any(a.compiled.achievement.window_days for a in achievements)
         or any(r.per_day or r.per_week for r in rules)
     )
-    plan = _EventPlan(tuple(rules), achievements, tuple(streaks), needs_local_day)
+    rules_only = not achievements and not streaks and program.leveling is None and not program.perks.perks
+    plan = _EventPlan(tuple(rules), achievements, tuple(streaks), needs_local_day, rules_only)
     events[event_type] = plan
     return plan
 
@@ -912,8 +912,9 @@ def evaluate(
 
     for rp in plan.rules:
         rid = rp.rule_id
-        keys: list[str] = []
+        keys: list[str] | None = None
         if rp.guarded:
+            keys = []
             blocked = _rule_blocked(rp, state, at, day, keys)
             if blocked is not None:
                 if tr is not None:
@@ -946,16 +947,71 @@ def evaluate(
                 new_life = dict(lifetime)
             new_life[wallet] = _CTX.add(new_life.get(wallet, _ZERO), amount)
         deltas.append(_new_delta(wallet, amount, rid))
-        for k in keys:
-            counter_inc[k] = counter_inc.get(k, 0) + 1
-        if rp.cooldown is not None:
-            last_applied[rid] = at
+        if keys is not None:
+            for k in keys:
+                counter_inc[k] = counter_inc.get(k, 0) + 1
+            if rp.cooldown is not None:
+                last_applied[rid] = at
 
     bal_after = new_bal if new_bal is not None else balances
     life_after = new_life if new_life is not None else lifetime
-
-    # achievements
     new_achievements: dict[str, datetime] = {}
+    streak_updates: dict[str, StreakState] = {}
+    if plan.rules_only:  # no achievements, streaks, level or perks: skip their (empty) sections
+        level: LevelState | None = None
+        prev_level: int | None = None
+        leveled_up = False
+        unlocked: tuple[Unlock, ...] = ()
+        new_perks: tuple[PerkUnlock, ...] = ()
+        ach_inc: tuple[AchievementIncrement, ...] = ()
+    else:
+        level, prev_level, leveled_up, unlocked, new_perks, ach_inc = _progress(
+            program, pplan, plan, state, event, day, life_after, bal_after, new_achievements, streak_updates, tr
+        )
+    return _new_outcome(
+        name,
+        at,
+        tuple(deltas),
+        _wallet_state(pplan, bal_after),
+        dict(life_after),
+        level,
+        prev_level,
+        leveled_up,
+        unlocked,
+        new_perks,
+        new_achievements,
+        counter_inc,
+        last_applied,
+        {name: 1},
+        ach_inc,
+        streak_updates,
+        tuple(tr) if tr is not None else (),
+    )
+
+
+def _progress(
+    program: Program,
+    pplan: _ProgramPlan,
+    plan: _EventPlan,
+    state: CustomerState,
+    event: EngineEvent,
+    day: date | None,
+    life_after: Mapping[str, Decimal],
+    bal_after: Mapping[str, Decimal],
+    new_achievements: dict[str, datetime],
+    streak_updates: dict[str, StreakState],
+    tr: list[RuleTrace] | None,
+) -> tuple[
+    LevelState | None, int | None, bool, tuple[Unlock, ...], tuple[PerkUnlock, ...], tuple[AchievementIncrement, ...]
+]:
+    """Achievements, streaks, level and perks after the event's movements.
+
+    Fills `new_achievements` and `streak_updates`; returns the level, the previous level number,
+    whether it went up, the unlocks, the new perks and the achievement increments.
+    """
+    at = event.occurred_at
+    name = event.event
+    # achievements
     ach_inc: list[AchievementIncrement] = []
     unlocked_ach: list[Unlock] = []
     for ap in plan.achievements:
@@ -985,7 +1041,6 @@ def evaluate(
                 tr.append(_new_trace("achievement", ach.key, True, "completed", total))
 
     # streaks
-    streak_updates: dict[str, StreakState] = {}
     for sd in plan.streaks:
         assert day is not None
         before = state.streaks.get(sd.key)
@@ -995,50 +1050,28 @@ def evaluate(
 
     # level
     unlocked: list[Unlock] = []
-    if pplan.has_level:
-        level = compute_level(program, bal_after, life_after)
-        assert level is not None
-        prev_level: int | None = _level_number(program, pplan, balances, lifetime)
+    level = compute_level(program, bal_after, life_after)
+    if level is not None:
+        prev_level: int | None = _level_number(program, pplan, state.balances, state.lifetime)
         assert prev_level is not None
         leveled_up = level.level > prev_level
         if leveled_up:
             for n in range(prev_level + 1, level.level + 1):
                 unlocked.append(Unlock("level", f"level_{n}", _level_name(pplan, n)))
     else:
-        level, prev_level, leveled_up = None, None, False
-    if unlocked_ach:
-        unlocked.extend(unlocked_ach)
+        prev_level, leveled_up = None, False
+    unlocked.extend(unlocked_ach)
 
     # perks
     new_perks: list[PerkUnlock] = []
-    if pplan.perks:
-        count_after = state.event_counts.get(name, 0) + 1
-        for perk in pplan.perks:
-            if perk.key in state.perks:
-                continue
-            if _trigger_holds(perk, state, name, count_after, life_after, level, new_achievements, streak_updates):
-                new_perks.append(PerkUnlock(perk.key, at, pplan.trigger_json[perk.key]))
-                unlocked.append(Unlock("perk", perk.key, perk.name))
-
-    return _new_outcome(
-        name,
-        at,
-        tuple(deltas),
-        _wallet_state(pplan, bal_after),
-        dict(life_after),
-        level,
-        prev_level,
-        leveled_up,
-        tuple(unlocked),
-        tuple(new_perks),
-        new_achievements,
-        counter_inc,
-        last_applied,
-        {name: 1},
-        tuple(ach_inc),
-        streak_updates,
-        tuple(tr) if tr is not None else (),
-    )
+    count_after = state.event_counts.get(name, 0) + 1
+    for perk in pplan.perks:
+        if perk.key in state.perks:
+            continue
+        if _trigger_holds(perk, state, name, count_after, life_after, level, new_achievements, streak_updates):
+            new_perks.append(PerkUnlock(perk.key, at, pplan.trigger_json[perk.key]))
+            unlocked.append(Unlock("perk", perk.key, perk.name))
+    return level, prev_level, leveled_up, tuple(unlocked), tuple(new_perks), tuple(ach_inc)
 
 
 def _achievement_step(ap: _AchievementPlan, event: EngineEvent, trace: list[RuleTrace] | None) -> Decimal | None:
@@ -1112,10 +1145,9 @@ def _level_name(pplan: _ProgramPlan, n: int) -> str:
 
 def _wallet_state(pplan: _ProgramPlan, balances: Mapping[str, Decimal]) -> dict[str, Decimal]:
     out: dict[str, Decimal] = {}
-    for key in pplan.wallet_keys:
-        value = balances.get(key, _ZERO)
-        quantum, rounding = pplan.quanta[key]
-        out[key] = value.quantize(quantum, rounding=rounding, context=_CTX)
+    get = balances.get
+    for key, quantum, rounding in pplan.wallet_quanta:
+        out[key] = get(key, _ZERO).quantize(quantum, rounding, _CTX)
     for key, value in balances.items():
         if key not in out:
             out[key] = value
@@ -1195,29 +1227,33 @@ def _shallow_copy(state: CustomerState) -> CustomerState:
 
 def apply_outcome(state: CustomerState, outcome: Outcome) -> CustomerState:
     """A new state with `outcome`'s changes folded in (the input state is not modified)."""
-    new = _shallow_copy(state)
     if outcome.deltas:
-        new.balances = dict(outcome.balances)
-        new.lifetime = dict(outcome.lifetime)
+        balances = dict(outcome.balances)
+        lifetime = dict(outcome.lifetime)
+    else:
+        balances, lifetime = state.balances, state.lifetime
+    perks = state.perks
     if outcome.new_perks:
-        new.perks = {**state.perks, **{p.key: p for p in outcome.new_perks}}
+        perks = {**perks, **{p.key: p for p in outcome.new_perks}}
+    achievements = state.achievements
     if outcome.new_achievements:
-        new.achievements = {**state.achievements, **outcome.new_achievements}
+        achievements = {**achievements, **outcome.new_achievements}
+    counts = state.event_counts
     if outcome.event_count_increments:
-        counts = dict(state.event_counts)
+        counts = dict(counts)
         for k, v in outcome.event_count_increments.items():
             counts[k] = counts.get(k, 0) + v
-        new.event_counts = counts
+    counters = state.counters
     if outcome.counter_increments:
-        counters = dict(state.counters)
+        counters = dict(counters)
         for k, v in outcome.counter_increments.items():
             counters[k] = counters.get(k, 0) + v
-        new.counters = counters
+    last_applied = state.last_applied
     if outcome.last_applied:
-        new.last_applied = {**state.last_applied, **outcome.last_applied}
+        last_applied = {**last_applied, **outcome.last_applied}
+    totals, days = state.achievement_totals, state.achievement_days
     if outcome.achievement_increments:
-        totals = dict(state.achievement_totals)
-        days = dict(state.achievement_days)
+        totals, days = dict(totals), dict(days)
         for inc in outcome.achievement_increments:
             if inc.day is None:
                 totals[inc.key] = _CTX.add(totals.get(inc.key, _ZERO), inc.amount)
@@ -1225,11 +1261,39 @@ def apply_outcome(state: CustomerState, outcome: Outcome) -> CustomerState:
                 buckets = dict(days.get(inc.key, {}))
                 buckets[inc.day] = _CTX.add(buckets.get(inc.day, _ZERO), inc.amount)
                 days[inc.key] = buckets
-        new.achievement_totals = totals
-        new.achievement_days = days
+    streaks = state.streaks
     if outcome.streak_updates:
-        new.streaks = {**state.streaks, **outcome.streak_updates}
+        streaks = {**streaks, **outcome.streak_updates}
+    # The new state shares every dict it did not change with `state` (none is ever mutated).
+    new: CustomerState = _new(CustomerState)  # __init__ without its default-factory checks
+    new.balances = balances
+    new.lifetime = lifetime
+    new.perks = perks
+    new.achievements = achievements
+    new.event_counts = counts
+    new.counters = counters
+    new.last_applied = last_applied
+    new.achievement_totals = totals
+    new.achievement_days = days
+    new.streaks = streaks
+    new.reward_counts = state.reward_counts
     return new
+
+
+_STATE_FIELDS = (
+    "balances",
+    "lifetime",
+    "perks",
+    "achievements",
+    "event_counts",
+    "counters",
+    "last_applied",
+    "achievement_totals",
+    "achievement_days",
+    "streaks",
+    "reward_counts",
+)
+_slot_setters(CustomerState, _STATE_FIELDS)  # apply_outcome sets exactly these: fail at import if they change
 
 
 def prune_state(program: Program, state: CustomerState, today: date) -> CustomerState:

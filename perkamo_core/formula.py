@@ -698,8 +698,11 @@ class Expression:
         return value
 
 
-def compile_expression(text: str) -> Expression:
-    """Parse `text` once; raise `FormulaSyntaxError` (with the position) if it is not valid."""
+def compile_expression(text: str, *, fast: bool = True) -> Expression:
+    """Parse `text` once; raise `FormulaSyntaxError` (with the position) if it is not valid.
+
+    `fast=False` leaves out the fast path (same values and errors, slower): the reference it is tested against.
+    """
     if not isinstance(text, str):
         raise FormulaSyntaxError("expression must be a string", 0)
     if len(text) > MAX_SOURCE_LENGTH:
@@ -709,5 +712,5 @@ def compile_expression(text: str) -> Expression:
     fields: list[str] = []
     fn = _build(tree, fields)
     return Expression(
-        text, fn, tuple(dict.fromkeys(fields)), parser.nodes, _build_fast(tree)
+        text, fn, tuple(dict.fromkeys(fields)), parser.nodes, _build_fast(tree) if fast else None
     )
