@@ -372,7 +372,7 @@ class _Customer:
     traits: dict[str, Any]
     state: CustomerState
     dirty: bool = False
-    max_day: date | None = None
+    latest: datetime | None = None  # the latest occurred_at applied in this page
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -931,7 +931,9 @@ class CoreService:
         """A datetime as the driver stores it (SQLAlchemy's SQLite text format: naive UTC)."""
         if self._postgres:
             return value
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
     # --- identify ------------------------------------------------------------------------------------
 
@@ -1169,9 +1171,8 @@ class CoreService:
             outcome = evaluate(program, cust.state, EngineEvent(ev.event, at, ev.context, txid), zone)
             cust.state = apply_outcome(cust.state, outcome)
             cust.dirty = True
-            day = at.astimezone(zone).date()
-            if cust.max_day is None or day > cust.max_day:
-                cust.max_day = day
+            if cust.latest is None or at > cust.latest:
+                cust.latest = at
             touched[cust.id] = cust
             counts[cust.id] = counts.get(cust.id, 0) + 1
             result = _wire_result(outcome)
@@ -1231,12 +1232,13 @@ class CoreService:
         for cust in customers:
             if not cust.dirty:
                 continue
-            if cust.max_day is not None and (
+            if cust.latest is not None and (
                 len(cust.state.counters) > PRUNE_ABOVE_KEYS
                 or sum(len(d) for d in cust.state.achievement_days.values()) > PRUNE_ABOVE_KEYS
             ):
                 cust.state = core_engine.prune_state(
-                    program, cust.state, cust.max_day - timedelta(days=STATE_PRUNE_MARGIN_DAYS)
+                    program, cust.state,
+                    cust.latest.astimezone(space.zone).date() - timedelta(days=STATE_PRUNE_MARGIN_DAYS)
                 )
             states.append((encode_state(cust.state), event_counts.get(cust.id, 0), db_now, cust.id))
             cust.dirty = False
