@@ -146,7 +146,7 @@ def issue_reason(issue: MappingIssue) -> str:
     return f"bad_{issue.field}" if issue.field else "unmappable"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     """One Perkville record travelling through a page: its id, raw JSON and what it became."""
 
@@ -1213,11 +1213,8 @@ def _unpack(packed: list[_Packed], checked: bool = False) -> list[_Record]:
     records: list[_Record] = []
     append = records.append
     for rid, events, problem, skipped, raw in packed:
-        record = _Record("transaction", rid, raw or {})
-        record.events = events if checked else [trusted_event(*e) for e in events]
-        record.problem = problem
-        record.skipped = skipped
-        append(record)
+        append(_Record("transaction", rid, raw or {},
+                       events if checked else [trusted_event(*e) for e in events], None, skipped, problem))
     return records
 
 

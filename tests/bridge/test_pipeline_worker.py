@@ -55,3 +55,44 @@ def test_a_failing_worker_fails_the_run_with_a_clear_error(bridge: Bridge) -> No
         bridge.pipeline(map_workers=1).run(RunOptions(kind="backfill"))
     assert "worker process" in str(failed.value)
     assert "wrong-password-VALUE" not in str(failed.value)
+
+
+def test_a_row_the_core_refuses_is_dead_lettered_the_same_with_and_without_the_worker(
+    bridge: Bridge,
+) -> None:
+    """The worker runs the core's event checks: a refused row becomes the same dead letter."""
+    ledger = bridge.box.ledger
+    victim = next(t for t in ledger.txns.values() if t.status == "ACTIVE" and t.points)
+    victim.title = "Purchase\x00 (per $10)"  # NUL: neither database can store it
+    _with_factory(bridge)
+    summary = bridge.pipeline(map_workers=1).run(RunOptions(kind="backfill"))
+    assert summary.status == "succeeded" and summary.counts.balanced
+    assert summary.counts.dead_lettered == 1
+    (letter,) = bridge.state.dead_letters.list(bridge.business)
+    assert letter.record_id == str(victim.id)
+    assert letter.reason == "rejected_invalid_text"
+    assert "context.perk_title" in letter.detail
+    assert letter.raw["title"] == victim.title  # the raw row travelled back from the worker
+    after_worker = checksum(bridge.engine)
+
+    again = bridge.pipeline(map_workers=0).run(RunOptions(kind="backfill"))
+    assert again.counts.applied == 0 and again.counts.dead_lettered == 1
+    (letter_again,) = [d for d in bridge.state.dead_letters.list(bridge.business) if d.record_id == str(victim.id)]
+    assert letter_again.reason == "rejected_invalid_text"
+    assert checksum(bridge.engine) == after_worker
+
+
+def test_joined_pages_cover_the_rows_drops_and_offsets_of_their_parts() -> None:
+    from bridge.pipeline import WorkerPage, _joined
+
+    pages = [
+        WorkerPage(size=25, meta={"total_count": 90}, offset=0, dropped=0, ordered=True),
+        WorkerPage(size=23, meta={"total_count": 90}, offset=25, dropped=2, ordered=True),
+        WorkerPage(size=25, meta={"total_count": 91}, offset=50, dropped=0, ordered=False),
+    ]
+    joined = _joined(pages)
+    assert (joined.size, joined.offset, joined.dropped, joined.ordered) == (73, 0, 2, False)
+    assert joined.meta == {"total_count": 91}  # the latest page's view of the source
+    # The next offset after the group is the one after its last page.
+    assert joined.offset + joined.size + joined.dropped == pages[-1].offset + pages[-1].size + pages[-1].dropped
+    assert _joined(pages[:1]) is pages[0]
