@@ -1168,7 +1168,8 @@ class CoreService:
             first_in_page[txid] = pos
             cust = customers[ev.user_id]
             at = ev.occurred_at
-            outcome = evaluate(program, cust.state, EngineEvent(ev.event, at, ev.context, txid), zone)
+            outcome = evaluate(program, cust.state, EngineEvent(ev.event, at, ev.context, txid), zone,
+                               trace=False)  # no caller reads the trace of an ingest
             cust.state = apply_outcome(cust.state, outcome)
             cust.dirty = True
             if cust.latest is None or at > cust.latest:
