@@ -4,8 +4,8 @@ rules-only programs against the general path, fast-built outcomes and states aga
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import FrozenInstanceError, fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,7 +141,8 @@ def _observable(outcome: Outcome) -> tuple[Any, ...]:
             return (type(v).__name__, tuple(norm(getattr(v, f.name)) for f in fields(v)))
         return v
 
-    return norm(outcome)
+    observed: tuple[Any, ...] = norm(outcome)
+    return observed
 
 
 @settings(max_examples=80, deadline=None)
@@ -189,3 +191,31 @@ def test_rules_only_plans_are_recognised() -> None:
     assert plan.rules_only and not plan.rules[0].guarded
     assert not engine_module._event_plan(MIGRATION_GENERAL, "perkville.points_earned").rules_only
     assert not engine_module._event_plan(RICH_PROGRAM, "buy").rules_only
+
+
+_AT = datetime(2026, 6, 1, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: EngineEvent("buy", _AT, {"n": 1}, "t1"), ("buy", _AT, {"n": 1}, "t1")),
+        (lambda: EngineEvent(event="buy", occurred_at=_AT, transaction_id="t1"), ("buy", _AT, {}, "t1")),
+        (lambda: EngineEvent("buy", _AT), ("buy", _AT, {}, None)),
+        (lambda: EngineEvent("buy", _AT, None), ("buy", _AT, None, None)),  # type: ignore[arg-type]  # kept as given
+        (lambda: replace(EngineEvent("buy", _AT, {"n": 1}), event="sell"), ("sell", _AT, {"n": 1}, None)),
+    ],
+    ids=["positional", "keywords", "defaults", "explicit-none", "replace"],
+)
+def test_engine_event_construction(build: Callable[[], EngineEvent], expected: tuple[Any, ...]) -> None:
+    ev = build()
+    assert (ev.event, ev.occurred_at, ev.context, ev.transaction_id) == expected
+    assert ev == EngineEvent(*expected)
+    assert [f.name for f in fields(EngineEvent)] == ["event", "occurred_at", "context", "transaction_id"]
+
+
+def test_engine_event_stays_frozen_and_default_contexts_are_not_shared() -> None:
+    first, second = EngineEvent("a", _AT), EngineEvent("a", _AT)
+    assert first.context == {} and first.context is not second.context
+    with pytest.raises(FrozenInstanceError):
+        first.event = "b"  # type: ignore[misc]
