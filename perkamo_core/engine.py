@@ -996,7 +996,7 @@ def evaluate(
         at,
         tuple(deltas),
         _wallet_state(pplan, bal_after),
-        dict(life_after),
+        new_life if new_life is not None else dict(lifetime),  # never the state's own dict
         level,
         prev_level,
         leveled_up,
