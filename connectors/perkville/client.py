@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
+from itertools import islice
 from typing import Any
 from urllib.parse import urljoin
 
@@ -66,13 +68,6 @@ class _Bound:
     high: datetime | None = None
     high_inclusive: bool = False
 
-    def excludes(self, value: datetime) -> bool:
-        if self.low is not None and (value < self.low or (self.low_strict and value == self.low)):
-            return True
-        if self.high is not None and (value > self.high or (not self.high_inclusive and value == self.high)):
-            return True
-        return False
-
 
 @dataclass
 class _StreamGuard:
@@ -84,6 +79,15 @@ class _StreamGuard:
     id_field: str = "id"
     ordered: bool = True
     last_key: tuple[Any, ...] | None = None
+    # Raw ``business`` strings already compared with ``business`` (rows repeat the same URI).
+    business_seen: dict[str, bool] = field(default_factory=dict)
+
+
+# Order key part of a missing or unreadable ``*_dt`` value: before every real moment.
+_NO_MOMENT = float("-inf")
+# Where an order field's value comes from: a parsed bound value (index >= 0), a fresh parse, or raw.
+_PARSE, _RAW = -1, -2
+_BUSINESS_SEEN_MAX = 64
 
 
 class PerkvilleClient:
@@ -403,10 +407,56 @@ class PerkvilleClient:
     def _apply_guard(
         self, guard: _StreamGuard, objects: list[Mapping[str, Any]], spath: str
     ) -> tuple[list[dict[str, Any]], int]:
+        """Drop the rows outside the asked filters, then check the order and sort the page if it is broken.
+
+        A filter is checked in the order the bounds were asked, then the business; the first one a
+        row violates is the one warned about. Each ``*_dt`` value is parsed once: an order field
+        that is also a bound reuses the value the filter parsed. Rows are passed on as decoded:
+        each page's JSON is decoded afresh and nothing else holds it, so only a row that is not a
+        plain dict is copied.
+        """
+        tz = self.tz
+        parse = parse_perkville_datetime
+        bounds = [(name, b.low, b.low_strict, b.high, b.high_inclusive) for name, b in guard.bounds.items()]
+        positions = {name: index for index, (name, *_) in enumerate(bounds)}
+        sources = [
+            (name, descending, positions.get(name, _PARSE) if name.endswith("_dt") else _RAW)
+            for name, descending in guard.order
+        ]
+        carry = any(source >= 0 for _, _, source in sources)
+        business = guard.business
+        seen = guard.business_seen
         kept: list[dict[str, Any]] = []
+        carried: list[list[datetime | None]] = []
         dropped = 0
         for row in objects:
-            reason = self._outside(guard, row)
+            reason: str | None = None
+            values: list[datetime | None] = []
+            for name, low, low_strict, high, high_inclusive in bounds:
+                try:
+                    value = parse(row.get(name), tz)
+                except ValueError:
+                    value = None  # unparseable values are the mapping's problem, not a filter signal
+                values.append(value)
+                if value is not None and (
+                    (low is not None and (value <= low if low_strict else value < low))
+                    or (high is not None and (value > high if high_inclusive else value >= high))
+                ):
+                    reason = name
+                    break
+            if reason is None and business is not None:
+                raw = row.get("business")
+                if raw is not None:
+                    if type(raw) is str:
+                        same = seen.get(raw)
+                        if same is None:
+                            same = _trailing_id(raw) == business
+                            if len(seen) < _BUSINESS_SEEN_MAX:
+                                seen[raw] = same
+                    else:
+                        same = _trailing_id(raw) == business
+                    if not same:
+                        reason = "business"
             if reason is not None:
                 dropped += 1
                 self._warn_once(
@@ -417,11 +467,13 @@ class PerkvilleClient:
                     spath,
                 )
                 continue
-            kept.append(dict(row))
+            kept.append(row if type(row) is dict else dict(row))
+            if carry:
+                carried.append(values)
         self.stats["dropped_rows"] += dropped
         if guard.order and kept:
-            keys = [self._order_key(guard, row) for row in kept]
-            in_order = all(keys[i] <= keys[i + 1] for i in range(len(keys) - 1))
+            keys = self._order_keys(guard, kept, sources, carried)
+            in_order = all(map(operator.le, keys, islice(keys, 1, None)))
             if guard.last_key is not None and keys[0] < guard.last_key:
                 in_order = False
             if not in_order:
@@ -439,36 +491,50 @@ class PerkvilleClient:
             guard.last_key = keys[-1] if guard.last_key is None else max(guard.last_key, keys[-1])
         return kept, dropped
 
-    def _outside(self, guard: _StreamGuard, row: Mapping[str, Any]) -> str | None:
-        """The name of the filter ``row`` violates, or None."""
-        for name, window in guard.bounds.items():
-            try:
-                value = parse_perkville_datetime(row.get(name), self.tz)
-            except ValueError:
-                continue  # unparseable values are the mapping's problem, not a filter signal
-            if value is not None and window.excludes(value):
-                return name
-        if guard.business is not None and row.get("business") is not None:
-            if _trailing_id(row.get("business")) != guard.business:
-                return "business"
-        return None
+    def _order_keys(
+        self,
+        guard: _StreamGuard,
+        rows: list[dict[str, Any]],
+        sources: list[tuple[str, bool, int]],
+        carried: list[list[datetime | None]],
+    ) -> list[tuple[Any, ...]]:
+        """One sort key per row: each order field (a ``*_dt`` as its timestamp), then the row id.
 
-    def _order_key(self, guard: _StreamGuard, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        parts: list[Any] = []
-        for name, descending in guard.order:
-            value = row.get(name)
-            number: Any
-            if name.endswith("_dt"):
-                try:
-                    value = parse_perkville_datetime(value, self.tz)
-                except ValueError:
-                    value = None
-                number = value.timestamp() if value is not None else float("-inf")
+        ``*_dt`` values that are null or unreadable sort first (``-inf``); descending fields negate
+        numbers only (text keeps its ascending order, as it always has). Ties fall to the id.
+        Built column by column; ``*_dt`` fields not parsed by a filter are parsed row by row first,
+        so a value that cannot be read at all fails on the same row and field as it always did.
+        """
+        tz = self.tz
+        to_parse = [name for name, _, source in sources if source == _PARSE]
+        parsed: list[Sequence[datetime | None]] = []
+        if len(to_parse) == 1:
+            parsed = [[_moment_or_none(row.get(to_parse[0]), tz) for row in rows]]
+        elif to_parse:  # row by row, then turned into columns
+            parsed = list(zip(*[[_moment_or_none(row.get(name), tz) for name in to_parse] for row in rows]))
+        columns: list[list[Any]] = []
+        parse_index = 0
+        for name, descending, source in sources:
+            if source == _RAW:
+                column = [(1, v) if type(v) is int else _sortable(v) for v in [row.get(name) for row in rows]]
+                columns.append([_negate(part) for part in column] if descending else column)
+                continue
+            if source == _PARSE:
+                values = parsed[parse_index]
+                parse_index += 1
             else:
-                number = _sortable(value)
-            parts.append(_negate(number) if descending else number)
-        parts.append(_sortable(_row_id(row, guard.id_field)))
-        return tuple(parts)
+                values = [moments[source] for moments in carried]
+            stamps = [_NO_MOMENT if v is None else v.timestamp() for v in values]
+            columns.append([-stamp for stamp in stamps] if descending else stamps)
+        id_field = guard.id_field
+        columns.append(
+            [
+                (1, ident) if type(ident) is int else _sortable(_row_id(row, id_field))
+                for row in rows
+                for ident in (row.get(id_field),)
+            ]
+        )
+        return list(zip(*columns, strict=True))
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key in self._warned:
@@ -701,6 +767,14 @@ def _trailing_id(value: object) -> str:
     """``25``, ``"25"`` or ``"/v2/businesses/25/"`` → ``"25"``."""
     text = str(value).rstrip("/")
     return text.rsplit("/", 1)[-1]
+
+
+def _moment_or_none(value: object, tz: tzinfo) -> datetime | None:
+    """A row's ``*_dt`` value parsed, or None when null or unreadable (the mapping reports those)."""
+    try:
+        return parse_perkville_datetime(value, tz)
+    except ValueError:
+        return None
 
 
 def _uri(resource: str, value: object) -> str:

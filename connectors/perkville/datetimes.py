@@ -16,6 +16,13 @@ _DATETIME = re.compile(
     \s*$""",
     re.VERBOSE,
 )
+# The shapes Perkville itself sends (naive local time, or UTC with ``Z``/``±00:00``), ASCII digits
+# only. Every string this matches is one ``_DATETIME`` accepts, and ``datetime.fromisoformat``
+# reads it field for field the same way, so it may skip the tolerant path.
+_CANONICAL = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(Z|[+-]00:00)?"
+).fullmatch
+_from_iso = datetime.fromisoformat
 
 
 def to_tzinfo(tz: str | tzinfo) -> tzinfo:
@@ -52,7 +59,23 @@ def parse_perkville_datetime(value: object, tz: str | tzinfo = "UTC") -> datetim
     """
     if value is None:
         return None
-    zone = to_tzinfo(tz)
+    zone = tz if isinstance(tz, tzinfo) else to_tzinfo(tz)
+    if type(value) is str and (match := _CANONICAL(value)) is not None:
+        # The fast path for the canonical shapes. Invalid ones (month 13, hour 25, 9999-12-31
+        # read west of UTC) fall through, so errors keep the tolerant path's type and message.
+        try:
+            if match.lastindex is not None:  # Z or ±00:00: fromisoformat gives the UTC singleton
+                return _from_iso(value)
+            if zone is UTC:  # appending the offset is cheaper than .replace(tzinfo=UTC)
+                return _from_iso(value + "+00:00")
+            return _from_iso(value).replace(tzinfo=zone).astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass
+    return _parse_tolerant(value, zone)
+
+
+def _parse_tolerant(value: object, zone: tzinfo) -> datetime | None:
+    """The reference reading of every accepted shape (see ``parse_perkville_datetime``)."""
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, date):
