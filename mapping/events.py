@@ -336,6 +336,7 @@ def _fast_mapper(
     locations = _IdCache("locations")
     vouchers = _IdCache("vouchers")
     connections = _IdCache("connections")
+    customers: dict[str, Any] = {}  # perkville user id → customer id ("" when the map has none)
     txn_prefix = f"{PERKVILLE_PREFIX}{encoded}:txn:"
     void_prefix = f"{PERKVILLE_PREFIX}{encoded}:void:"
     src_prefix = f"{PERKVILLE_PREFIX}{encoded}:src:"
@@ -406,12 +407,13 @@ def _fast_mapper(
                 return None
             if not source.strip():
                 source = None
-        if customer_ids is not None:
-            customer = customer_ids.get(user)
-            if not customer:
-                return None
-        else:
-            customer = f"perkville:{user}"
+        customer = customers.get(user)
+        if customer is None:
+            customer = (customer_ids.get(user) or "") if customer_ids is not None else f"perkville:{user}"
+            if len(customers) < _CACHE_LIMIT:
+                customers[user] = customer
+        if not customer:
+            return None
         amount = abs(points) * quantity
         name = EVENT_ACTIVITY if amount == 0 else _EVENT_OF[classification]
         context: dict[str, Any] = {
