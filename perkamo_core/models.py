@@ -74,7 +74,7 @@ class ApiKeyInfo:
     environment: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IngestOutcome:
     """One item of a bulk ingest: the wire result, or the typed error that rejected the item."""
 

@@ -324,6 +324,11 @@ class CheckedEvent(NamedTuple):
     context: dict[str, Any]
     occurred_at: datetime | None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled by ``tuple.__new__`` directly: a page crosses from the bridge's worker
+        # process without one call of the generated Python ``__new__`` per event.
+        return (tuple.__new__, (CheckedEvent, tuple(self)))
+
 
 def check_event(
     user_id: Any,
@@ -1034,11 +1039,11 @@ class CoreService:
         outcomes: list[IngestOutcome | None] = [None] * len(events)
         valid: list[_Event] = []
         known_keys: set[str] = set()
+        make = tuple.__new__
         for index, item in enumerate(events):
             if type(item) is CheckedEvent:
-                at = item.occurred_at
-                valid.append(_Event(index, item.user_id, item.event, item.transaction_id, item.context,
-                                    now if at is None else at))
+                user_id, name, txid, context, at = item
+                valid.append(make(_Event, (index, user_id, name, txid, context, now if at is None else at)))
                 continue
             try:
                 valid.append(self._validate_event(index, item, now, known_keys))
@@ -1153,11 +1158,13 @@ class CoreService:
             conn, st.events, "id", len({ev.transaction_id for ev in page} - stored.keys())
         ))
         db_now = self._dbdt(now)
+        dbdt = self._dbdt
+        sqlite_text = not self._postgres
+        space_id = space.id
         evaluate = core_engine.evaluate
         apply_outcome = core_engine.apply_outcome
         dump = st.dump_json
-        for pos, ev in enumerate(page):
-            txid = ev.transaction_id
+        for pos, (_, user_id, name, txid, context, at) in enumerate(page):
             if txid in stored:
                 results[pos] = _as_duplicate(stored[txid])
                 duplicates += 1
@@ -1166,27 +1173,28 @@ class CoreService:
                 duplicates += 1
                 continue  # filled from the first occurrence below
             first_in_page[txid] = pos
-            cust = customers[ev.user_id]
-            at = ev.occurred_at
-            outcome = evaluate(program, cust.state, EngineEvent(ev.event, at, ev.context, txid), zone,
+            cust = customers[user_id]
+            outcome = evaluate(program, cust.state, EngineEvent(name, at, context, txid), zone,
                                trace=False)  # no caller reads the trace of an ingest
             cust.state = apply_outcome(cust.state, outcome)
             cust.dirty = True
             if cust.latest is None or at > cust.latest:
                 cust.latest = at
-            touched[cust.id] = cust
-            counts[cust.id] = counts.get(cust.id, 0) + 1
+            cid = cust.id
+            touched[cid] = cust
+            counts[cid] = counts.get(cid, 0) + 1
             result = _wire_result(outcome)
             results[pos] = result
             event_id = next(event_ids)
-            db_at = self._dbdt(at)
-            event_rows.append((event_id, space.id, cust.id, txid, ev.event, dump(ev.context), db_at,
+            # (SQLite text of a UTC datetime inline: what _dbdt gives, without the call)
+            db_at = at.isoformat(" ", "microseconds")[:26] if sqlite_text and at.tzinfo is UTC else dbdt(at)
+            event_rows.append((event_id, space_id, cid, txid, name, dump(context), db_at,
                                db_now, dump(result)))
             for d in outcome.deltas:
                 if d.amount:
-                    ledger_rows.append((space.id, cust.id, d.wallet, str(d.amount), event_id, db_now))
+                    ledger_rows.append((space_id, cid, d.wallet, str(d.amount), event_id, db_now))
             for perk in outcome.new_perks:
-                perk_rows.append((cust.id, perk.key, self._dbdt(perk.unlocked_at),
+                perk_rows.append((cid, perk.key, dbdt(perk.unlocked_at),
                                   dump(dict(perk.trigger))))
         for pos, ev in enumerate(page):
             if results[pos] is None:
