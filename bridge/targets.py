@@ -317,13 +317,15 @@ class EmbeddedTarget:
                 outcomes = self.service.ingest_bulk(
                     self.space, inputs, conn=conn, **self._bulk_options
                 )
+                append = ev_outcomes.append
                 for outcome in outcomes:
+                    result = outcome.result
                     if outcome.error is not None:
-                        ev_outcomes.append(
-                            Delivery("rejected", outcome.error.code, outcome.error.message)
-                        )
+                        append(Delivery("rejected", outcome.error.code, outcome.error.message))
+                    elif result is not None and "error" not in result:  # the usual case, inline
+                        append(DUPLICATE if result.get("duplicate") else APPLIED)
                     else:
-                        ev_outcomes.append(_outcome_from_result(outcome.result))
+                        append(_outcome_from_result(result))
             commit(conn, id_outcomes, ev_outcomes)
 
     def balances(self, customer_ids: Sequence[str]) -> dict[str, Decimal]:
