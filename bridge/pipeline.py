@@ -78,10 +78,9 @@ class PipelineConfig:
     secrets: tuple[str, ...] = ()
     target_kind: str = "embedded"
     map_workers: int | None = 0
-    """Mapping worker processes for backfills: 0 = in-process (default), 1 = one spawned worker,
-    None = automatic (a worker for histories of ``AUTO_WORKER_ROWS`` or more on a multi-core host).
-    A worker only pays off on an otherwise idle multi-core machine; measured under contention it
-    did not (see docs/bridge.md)."""
+    """Worker processes for a backfill's transactions: 0 = in-process (the default here), 1 = a
+    fetch-and-map worker, None = automatic (a worker on a multi-core host; what the CLI uses).
+    See docs/bridge.md, "The fetch-and-map worker"."""
     group_rows: int = 5000
     """With a worker and the embedded target: pages the worker has already mapped are delivered
     together, in one database transaction of up to this many rows (fewer commits, and each
