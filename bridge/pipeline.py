@@ -710,6 +710,23 @@ class Pipeline:
         last_mod_window: tuple[datetime | None, datetime | None] | None,
         sync_resource: str | None,
     ) -> None:
+        # What exists now (modules, the id map, the members' data) lives for the whole phase: out of
+        # the collector's way, so each full collection scans only what the pages make, and each
+        # delivery runs with the collector paused (its objects die by reference counting).
+        gc.freeze()
+        try:
+            self._deliver_pages(mapped, label, checkpoint, last_mod_window, sync_resource)
+        finally:
+            gc.unfreeze()
+
+    def _deliver_pages(
+        self,
+        mapped: Iterator[tuple[Any, list[_Record]]],
+        label: str,
+        checkpoint: dict[str, Any] | None,
+        last_mod_window: tuple[datetime | None, datetime | None] | None,
+        sync_resource: str | None,
+    ) -> None:
         high_water: datetime | None = None
         ordered = True
         for page, records in mapped:
@@ -726,7 +743,8 @@ class Pipeline:
                 next_offset=next_offset,
                 cursor=(sync_resource, high_water) if sync_resource and ordered else None,
             )
-            self._deliver(records, "transaction", state)
+            with _gc_paused():
+                self._deliver(records, "transaction", state)
             self.progress.advance(label, size, total=page.meta.get("total_count"), counts=self._counts)
             if self.stop.is_set():
                 return
@@ -1272,6 +1290,12 @@ def _send(out: Any, item: Any) -> None:
 def _worker_main(jobs: Any, out: Any) -> None:
     """A pre-started worker: wait for its one job (``None``: not needed after all), then run it."""
     try:
+        # Lower priority than the parent: on a busy machine the process that holds the database
+        # transaction gets the CPU first (the worker has time to spare and only runs ahead).
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):
+        pass  # not on this OS, or not allowed: same priority, only slower under load
+    try:
         job = jobs.recv()  # EOFError: the parent closed its end or ended
     except (EOFError, OSError):
         return
@@ -1296,6 +1320,10 @@ def _widen_pipe(connection: Any) -> None:
         fcntl.fcntl(connection.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
     except (ImportError, OSError, ValueError):
         pass  # another OS, or a lower limit: the default buffer works, only slower
+
+
+WORKER_NICENESS = 10
+"""How much lower the fetch-and-map worker's scheduling priority is than its parent's."""
 
 
 class FetchMapWorker:
