@@ -866,7 +866,7 @@ class Pipeline:
             user = users.get(conn_rec.user_id)
             result = to_identify(
                 user,
-                connection=raw,
+                connection=conn_rec,  # parsed above (its issues travel with it)
                 external_member=self._member_of(conn_rec.user_id, user),
                 locations=self._locations,
                 strategy=self.config.id_strategy,  # type: ignore[arg-type]

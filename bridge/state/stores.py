@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import IO, Any
 
+import orjson
 from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 
 from bridge.state.schema import as_utc, cursors, dead_letters, id_map, runs, staged_users, utcnow
@@ -709,7 +710,7 @@ class StagedUsers:
                 {
                     "business": business,
                     "perkville_user_id": uid,
-                    "raw": json.dumps(raw, default=str, ensure_ascii=False),
+                    "raw": _raw_json(raw),
                     "updated_at": now,
                 }
                 for uid, raw in users.items()
@@ -734,5 +735,20 @@ class StagedUsers:
                 with _read(self._engine) as c:
                     rows = list(c.execute(stmt))
             for uid, raw in rows:
-                out[uid] = json.loads(raw)
+                out[uid] = _parse_raw(raw)
         return out
+
+
+def _raw_json(raw: Mapping[str, Any]) -> str:
+    """A staged record as compact JSON (orjson; what it refuses goes through the standard library)."""
+    try:
+        return orjson.dumps(raw, default=str).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(raw, default=str, ensure_ascii=False)
+
+
+def _parse_raw(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # e.g. an integer beyond 64 bits
+        return json.loads(text)
