@@ -713,9 +713,13 @@ class Pipeline:
         # What exists now (modules, the id map, the members' data) lives for the whole phase: out of
         # the collector's way, so each full collection scans only what the pages make, and each
         # delivery runs with the collector paused (its objects die by reference counting).
+        from perkamo_core.db import WalCheckpointer
+
         gc.freeze()
         try:
-            self._deliver_pages(mapped, label, checkpoint, last_mod_window, sync_resource)
+            # SQLite: the WAL is checkpointed by a thread, not inside the page commits.
+            with WalCheckpointer(self.state.engine):
+                self._deliver_pages(mapped, label, checkpoint, last_mod_window, sync_resource)
         finally:
             gc.unfreeze()
 
