@@ -649,9 +649,7 @@ class Pipeline:
                 mapped, label, checkpoint, last_mod_window, sync_resource
             )
         finally:
-            close = getattr(mapped, "close", None)  # a generator: stop the worker or prefetcher
-            if close is not None:
-                close()
+            _close_quietly(mapped)  # a generator: stop the worker or prefetcher
 
     def _with_late_voids(
         self,
@@ -698,9 +696,7 @@ class Pipeline:
                         record.events = reversal
                 yield page, records
         finally:
-            close = getattr(mapped, "close", None)
-            if close is not None:
-                close()
+            _close_quietly(mapped)
 
     def _deliver_transaction_pages(
         self,
@@ -977,9 +973,7 @@ class Pipeline:
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
-            close = getattr(pages, "close", None)
-            if close is not None:
-                close()
+            _close_quietly(pages)
 
     def _want_worker(self, workers: int | None, page: Any) -> bool:
         if workers is not None:
@@ -1381,14 +1375,19 @@ class FetchMapWorker:
         self._pages.close()
 
 
+def _close_quietly(thing: Any) -> None:
+    """Call ``thing.close()`` if it has one (generators, pagers, clients)."""
+    close = getattr(thing, "close", None)
+    if close is not None:
+        close()
+
+
 @contextmanager
 def closing_client(client: Any) -> Iterator[Any]:
     try:
         yield client
     finally:
-        close = getattr(client, "close", None)
-        if close is not None:
-            close()
+        _close_quietly(client)
 
 
 def fetched_and_mapped(
@@ -1516,9 +1515,7 @@ def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
             except queue.Empty:
                 pass
         thread.join()
-        close = getattr(pages, "close", None)
-        if close is not None:
-            close()
+        _close_quietly(pages)
 
 
 def _trailing_id(value: Any) -> str | None:

@@ -1014,7 +1014,7 @@ class CoreService:
     def ingest_bulk(
         self,
         space: str,
-        events: Sequence[EventInput | CheckedEvent],
+        events: Sequence[EventInput | CheckedEvent | Mapping[str, Any]],
         *,
         conn: Connection | None = None,
         outbox: bool = True,
@@ -1033,7 +1033,11 @@ class CoreService:
             return self._ingest_bulk(space, events, conn, outbox)
 
     def _ingest_bulk(
-        self, space: str, events: Sequence[EventInput | CheckedEvent], conn: Connection | None, outbox: bool
+        self,
+        space: str,
+        events: Sequence[EventInput | CheckedEvent | Mapping[str, Any]],
+        conn: Connection | None,
+        outbox: bool,
     ) -> list[IngestOutcome]:
         now = self._now()
         outcomes: list[IngestOutcome | None] = [None] * len(events)

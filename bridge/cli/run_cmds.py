@@ -600,20 +600,7 @@ def idmap(
         try:
             state = open_state(engine)
             if json_output and csv_file is None:
-                print_json(
-                    [
-                        {
-                            "business": e.business,
-                            "perkville_user_id": e.perkville_user_id,
-                            "customer_id": e.customer_id,
-                            "strategy": e.strategy,
-                            "connection_id": e.connection_id,
-                            "connection_status": e.connection_status,
-                            "perkville_balance": e.perkville_balance,
-                        }
-                        for e in state.id_map.iter_all(chosen)
-                    ]
-                )
+                print_json([e.exported() for e in state.id_map.iter_all(chosen)])
             elif csv_file is None:
                 state.id_map.export_csv(chosen, sys.stdout)
             else:

@@ -538,6 +538,10 @@ class IdMapEntry:
     traits_hash: str | None = None
     adjustments: int = 0
 
+    def exported(self) -> dict[str, Any]:
+        """The entry as ``id-map export`` shows it (the columns of ``ID_MAP_CSV_COLUMNS``)."""
+        return {column: getattr(self, column) for column in ID_MAP_CSV_COLUMNS}
+
 
 ID_MAP_CSV_COLUMNS = (
     "business",
@@ -659,12 +663,7 @@ class IdMap:
         writer.writerow(ID_MAP_CSV_COLUMNS)
         n = 0
         for entry in self.iter_all(business):
-            writer.writerow(
-                [
-                    "" if getattr(entry, col) is None else str(getattr(entry, col))
-                    for col in ID_MAP_CSV_COLUMNS
-                ]
-            )
+            writer.writerow(["" if v is None else str(v) for v in entry.exported().values()])
             n += 1
         return n
 

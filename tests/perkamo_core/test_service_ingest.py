@@ -88,6 +88,18 @@ def count(engine: Engine, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
+def assert_refused_writing_nothing(
+    engine: Engine, service: CoreService, event: EventInput, field: str
+) -> None:
+    """``ingest`` refuses ``event`` with a 400 naming ``field``, and no event or customer exists."""
+    with pytest.raises(ValidationError) as raised:
+        service.ingest(SPACE, event)
+    assert raised.value.field == field
+    assert raised.value.status == 400
+    assert count(engine, st.events) == 0
+    assert count(engine, st.customers) == 0
+
+
 @pytest.fixture
 def service(db_engine: Engine) -> CoreService:
     return make_service(db_engine)
@@ -238,7 +250,7 @@ def test_usage_counts_events_identifies_and_requests(service: CoreService) -> No
 
 
 def test_bulk_accepts_plain_mappings_and_reports_type_errors(service: CoreService) -> None:
-    outcomes = service.ingest_bulk(SPACE, [  # type: ignore[list-item]
+    outcomes = service.ingest_bulk(SPACE, [
         {"user_id": "a", "event": "purchase.completed", "transaction_id": "m1"},
         {"user_id": 42, "event": "purchase.completed"},
         {"event": "purchase.completed"},
