@@ -81,7 +81,7 @@ class PipelineConfig:
     """Worker processes for a backfill's transactions: 0 = in-process (the default here), 1 = a
     fetch-and-map worker, None = automatic (a worker on a multi-core host; what the CLI uses).
     See docs/bridge.md, "The fetch-and-map worker"."""
-    group_rows: int = 5000
+    group_rows: int = 10_000
     """With a worker and the embedded target: pages the worker has already mapped are delivered
     together, in one database transaction of up to this many rows (fewer commits, and each
     customer's state written once per delivery instead of once per page)."""
@@ -1246,24 +1246,28 @@ def fetch_and_map_worker(
     Sends ``("page", WorkerPage, packed)`` per page, then ``("done",)``; on failure
     ``("error", exception)`` (or its text when it does not pickle).  ``checked``: see ``_pack``.
     """
+    sender = _Sender(out, SEND_AHEAD)
     try:
         business, order, params = query
         with closing_client(factory()) as client:
-            # A thread waits for the next page while this one is mapped and sent: the source
-            # serves page N+1 while the worker maps page N.
+            # A thread waits for the next page while this one is mapped, and another one writes
+            # the mapped pages to the parent: the source serves page N+1 while the worker maps
+            # page N, and neither waits while the parent is busy in its database transaction.
             for page in prefetch(client.iter_transactions(business, order_by=order, **params)):
                 records = map_transaction_rows(page.objects, *mapping_args, False, True)
                 info = WorkerPage(
                     len(page.objects), dict(page.meta), int(getattr(page, "offset", 0)),
                     int(getattr(page, "dropped", 0)), bool(getattr(page, "ordered", True)),
                 )
-                _send(out, ("page", info, _pack(records, checked)))
-        _send(out, ("done",))
+                sender.send(("page", info, _pack(records, checked)))
+        sender.send(("done",))
+        sender.close()
     except _ParentGone:
         return
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, raised there as SourceError
         try:
-            _send(out, ("error", f"{type(exc).__name__}: {exc}"))
+            sender.send(("error", f"{type(exc).__name__}: {exc}"))
+            sender.close()
         except _ParentGone:
             return
 
@@ -1272,17 +1276,55 @@ class _ParentGone(Exception):
     """The process that started the worker has ended (killed): the worker stops too."""
 
 
-def _send(out: Any, item: Any) -> None:
-    """Send ``item`` to the parent over the pipe; ``_ParentGone`` once nobody reads it any more.
+class _Sender:
+    """Writes the worker's messages to the parent from a thread, up to ``ahead`` of them queued.
 
+    The parent takes pages in groups and spends a while in its database transaction between two
+    groups; the queue lets the worker go on mapping meanwhile instead of waiting on a full pipe.
     The worker holds only the pipe's write end, so when the parent dies (even by SIGKILL) the
-    write fails instead of waiting forever.  A full pipe blocks: that is the back-pressure.
+    write fails and :meth:`send` raises ``_ParentGone`` instead of waiting forever.
     """
-    data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-    try:
-        out.send_bytes(data)
-    except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
-        raise _ParentGone() from None
+
+    def __init__(self, out: Any, ahead: int) -> None:
+        self._out = out
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=ahead)
+        self._gone = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="perkbridge-send", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            try:
+                self._out.send_bytes(data)
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                self._gone.set()
+                return
+
+    def send(self, item: Any) -> None:
+        """Queue ``item`` for the parent (pickled here); blocks while ``ahead`` are waiting."""
+        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        while not self._gone.is_set():
+            try:
+                self._queue.put(data, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _ParentGone()
+
+    def close(self) -> None:
+        """Wait until everything queued is written; ``_ParentGone`` if the parent stopped reading."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        if self._gone.is_set():
+            raise _ParentGone()
 
 
 def _worker_main(jobs: Any, out: Any) -> None:
@@ -1437,8 +1479,12 @@ def fetched_and_mapped(
         handle.close()
 
 
-GROUP_PAGES = 5
+GROUP_PAGES = 10
 """At most this many source pages go into one grouped delivery (a crash re-reads at most these)."""
+
+SEND_AHEAD = 2 * GROUP_PAGES
+"""Mapped pages the worker holds ready for the parent, beyond what the pipe's buffer holds: two
+groups, so it maps the next group while the parent delivers one."""
 
 
 def _joined(pages: list[WorkerPage]) -> WorkerPage:

@@ -96,3 +96,47 @@ def test_joined_pages_cover_the_rows_drops_and_offsets_of_their_parts() -> None:
     # The next offset after the group is the one after its last page.
     assert joined.offset + joined.size + joined.dropped == pages[-1].offset + pages[-1].size + pages[-1].dropped
     assert _joined(pages[:1]) is pages[0]
+
+
+def test_the_worker_sender_delivers_every_message_in_order_before_close_returns() -> None:
+    import multiprocessing
+    import pickle
+
+    from bridge.pipeline import _Sender
+
+    read, write = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    received: list[Any] = []
+    try:
+        sender = _Sender(write, ahead=3)
+        for n in range(3):  # the queue holds these while nobody reads
+            sender.send(("page", n, "x" * 1000))
+        for n in range(3, 40):
+            sender.send(("page", n, "x" * 1000))
+            received.append(pickle.loads(read.recv_bytes()))
+        sender.send(("done",))
+        while len(received) < 41:
+            received.append(pickle.loads(read.recv_bytes()))
+        sender.close()
+    finally:
+        read.close()
+        write.close()
+    assert [m[1] for m in received[:-1]] == list(range(40))
+    assert received[-1] == ("done",)
+
+
+def test_the_worker_sender_stops_with_parent_gone_when_nobody_reads_any_more() -> None:
+    import multiprocessing
+
+    from bridge.pipeline import _ParentGone, _Sender
+
+    read, write = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    read.close()  # the parent ended: its end of the pipe is closed
+    sender = _Sender(write, ahead=2)
+    try:
+        with pytest.raises(_ParentGone):
+            for n in range(50):  # never more than the queue and one failed write
+                sender.send(("page", n, "x" * 1000))
+        with pytest.raises(_ParentGone):
+            sender.close()
+    finally:
+        write.close()
