@@ -364,6 +364,7 @@ class Pipeline:
         self._kinds = {}
         self._open_dead_letters = 0
         self._prestarted: FetchMapWorker | None = None
+        self._early_job: tuple[tuple[str, list[str], dict[str, Any]], Mapping[str, str]] | None = None
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -433,6 +434,11 @@ class Pipeline:
         cutover: datetime | None,
     ) -> None:
         now = self._now
+        since = options.since
+        if options.mode == "balance" and cutover is not None:
+            since = max(since, cutover) if since else cutover
+        if options.kind == "backfill":
+            self._start_worker_early((since, upper), checkpoint or None)
         self._phase_reference()
         if self.stop.is_set():
             return
@@ -449,9 +455,6 @@ class Pipeline:
             )
             if self.stop.is_set():
                 return
-        since = options.since
-        if options.mode == "balance" and cutover is not None:
-            since = max(since, cutover) if since else cutover
         self._phase_transactions(
             transaction_window=(since, upper),
             checkpoint=checkpoint or None,
@@ -589,19 +592,14 @@ class Pipeline:
         self.progress.done("members", f"{len(handled)} members")
         return handled
 
-    def _phase_transactions(
+    def _transactions_query(
         self,
-        *,
         transaction_window: tuple[datetime | None, datetime | None],
         checkpoint: dict[str, Any] | None,
         last_mod_window: tuple[datetime | None, datetime | None] | None = None,
-        sync_resource: str | None = None,
-        label: str = "transactions",
         status: str | None = None,
-        cutover: datetime | None = None,
-    ) -> None:
-        self.progress.phase(label)
-        customer_ids = self._customer_ids()
+    ) -> tuple[str, list[str], dict[str, Any]]:
+        """``(business, order_by, filters)`` of the transactions a phase reads."""
         since, until = transaction_window
         params: dict[str, Any] = {
             "transaction_dt_gte": since,
@@ -615,6 +613,46 @@ class Pipeline:
             params["transaction_status"] = status
         if checkpoint is not None and checkpoint.get("offset"):
             params["offset"] = int(checkpoint["offset"])
+        return self.business, list(order), params
+
+    def _start_worker_early(
+        self,
+        transaction_window: tuple[datetime | None, datetime | None],
+        checkpoint: dict[str, Any] | None,
+    ) -> None:
+        """Give the pre-started worker its transactions job before the members phase, if it can
+        map them already: it then reads and maps the first pages while this process imports the
+        members, instead of starting when they are done.
+
+        Only under the ``perkville_user`` id strategy, where the members phase adds nothing but
+        default ids (``perkville:{id}``, what the map answers for an unknown user anyway) and keeps
+        the ids already assigned: the map as it is now maps every row as the final one will.  The
+        transactions phase checks that (``_same_ids``) and starts a fresh worker if it is not so.
+        """
+        factory = getattr(self.source, "perkbridge_factory", None)
+        if self._prestarted is None or factory is None or self.config.id_strategy != "perkville_user":
+            return
+        query = self._transactions_query(transaction_window, checkpoint)
+        customer_ids = self._customer_ids()
+        embedded = getattr(self.target, "kind", None) == "embedded"
+        self._prestarted.start((factory, query, (self.business, self.config.timezone, customer_ids), embedded))
+        self._early_job = (query, customer_ids)
+
+    def _phase_transactions(
+        self,
+        *,
+        transaction_window: tuple[datetime | None, datetime | None],
+        checkpoint: dict[str, Any] | None,
+        last_mod_window: tuple[datetime | None, datetime | None] | None = None,
+        sync_resource: str | None = None,
+        label: str = "transactions",
+        status: str | None = None,
+        cutover: datetime | None = None,
+    ) -> None:
+        self.progress.phase(label)
+        customer_ids = self._customer_ids()
+        query = self._transactions_query(transaction_window, checkpoint, last_mod_window, status)
+        _, order, params = query
         factory = getattr(self.source, "perkbridge_factory", None)
         if (
             factory is not None
@@ -625,13 +663,22 @@ class Pipeline:
             # Fetching, decoding and mapping run in a worker process; this one only ingests.
             embedded = getattr(self.target, "kind", None) == "embedded"
             prestarted, self._prestarted = self._prestarted, None
+            early, self._early_job = self._early_job, None
+            if prestarted is not None and early is not None and not (
+                early[0] == query and _same_ids(early[1], customer_ids)
+            ):
+                # The early job no longer matches (the members phase assigned other ids): its
+                # pages are discarded with it, and a fresh worker reads them again.
+                prestarted.close()
+                prestarted = None
             mapped: Iterator[tuple[Any, list[_Record]]] = fetched_and_mapped(
                 factory,
-                (self.business, list(order), params),
+                query,
                 (self.business, self.config.timezone, customer_ids),
                 checked=embedded,
                 group_rows=self.config.group_rows if embedded else 0,
                 worker=prestarted,
+                job_sent=prestarted is not None and early is not None,
             )
         else:
             pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
@@ -1114,6 +1161,14 @@ class DefaultCustomerIds(dict[str, str]):
         return found if found is not None else f"perkville:{key}"
 
 
+def _same_ids(before: Mapping[str, str], after: Mapping[str, str]) -> bool:
+    """Whether two id maps give every Perkville user the same customer id (each answers its own
+    default for users it does not hold: ``DefaultCustomerIds``)."""
+    return all(before.get(k) == v for k, v in after.items()) and all(
+        after.get(k) == v for k, v in before.items()
+    )
+
+
 AUTO_WORKER_ROWS = 50_000
 """A history at least this long gets a mapping worker process when ``map_workers`` is automatic."""
 
@@ -1440,6 +1495,7 @@ def fetched_and_mapped(
     checked: bool = False,
     group_rows: int = 0,
     worker: FetchMapWorker | None = None,
+    job_sent: bool = False,
 ) -> Iterator[tuple[WorkerPage, list[_Record]]]:
     """Pages fetched and mapped by a spawned worker process, in order, a few pages ahead.
 
@@ -1449,10 +1505,11 @@ def fetched_and_mapped(
     ``group_rows``: consecutive pages are handed on together, up to ``GROUP_PAGES`` pages until
     they hold that many rows, so the consumer makes fewer, larger deliveries.  ``checked``: see
     ``_pack``.  ``worker``: a :class:`FetchMapWorker` started earlier (else one is started now);
-    it is closed when the iteration ends.
+    it is closed when the iteration ends; ``job_sent``: it already has this very job.
     """
     handle = worker if worker is not None else FetchMapWorker()
-    handle.start((factory, query, mapping_args, checked))
+    if not (job_sent and worker is not None):
+        handle.start((factory, query, mapping_args, checked))
     receive = handle.receive
     try:
         held: Any = None

@@ -9,7 +9,7 @@ import pytest
 from bridge.errors import RunFailedError
 from bridge.pipeline import RunOptions
 from bridge.wiring import ClientFactory
-from tests.bridge.conftest import Bridge, checksum, event_count
+from tests.bridge.conftest import SPACE, Bridge, checksum, event_count
 
 
 def _with_factory(bridge: Bridge, **overrides: Any) -> None:
@@ -140,3 +140,77 @@ def test_the_worker_sender_stops_with_parent_gone_when_nobody_reads_any_more() -
             sender.close()
     finally:
         write.close()
+
+
+def _record_order(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Which came first: the worker's job, or the members phase."""
+    from bridge.pipeline import FetchMapWorker, Pipeline
+
+    order: list[str] = []
+    start, connections = FetchMapWorker.start, Pipeline._phase_connections
+
+    def spy_start(self: Any, job: Any) -> None:
+        order.append("job")
+        start(self, job)
+
+    def spy_connections(self: Any, *args: Any, **kwargs: Any) -> Any:
+        order.append("members")
+        return connections(self, *args, **kwargs)
+
+    monkeypatch.setattr(FetchMapWorker, "start", spy_start)
+    monkeypatch.setattr(Pipeline, "_phase_connections", spy_connections)
+    return order
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [("perkville_user", ["job", "members"]), ("external_member", ["members", "job"])],
+    ids=["default-ids:early", "member-ids:after-members"],
+)
+def test_the_worker_gets_its_job_before_the_members_only_when_their_ids_cannot_change_it(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch, strategy: str, expected: list[str]
+) -> None:
+    order = _record_order(monkeypatch)
+    _with_factory(bridge)
+    summary = bridge.pipeline(map_workers=1, id_strategy=strategy).run(RunOptions(kind="backfill"))
+    assert summary.status == "succeeded" and summary.counts.balanced
+    assert order == expected
+    after_worker = checksum(bridge.engine)
+    again = bridge.pipeline(map_workers=0, id_strategy=strategy).run(RunOptions(kind="backfill"))
+    assert again.counts.applied == 0
+    assert checksum(bridge.engine) == after_worker
+
+
+def test_an_early_job_mapped_with_ids_the_members_phase_changed_is_thrown_away(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.pipeline import DefaultCustomerIds, Pipeline
+
+    victim = next(t for t in bridge.box.ledger.txns.values() if t.status == "ACTIVE" and t.points)
+    user = str(victim.user_id)
+    real = Pipeline._customer_ids
+    calls: list[int] = []
+
+    def changing(self: Any) -> Any:
+        # The first call (the early job) sees the default id; later ones an id assigned meanwhile.
+        ids = real(self)
+        calls.append(len(calls))
+        return ids if len(calls) == 1 else DefaultCustomerIds({**ids, user: f"custom:{user}"})
+
+    monkeypatch.setattr(Pipeline, "_customer_ids", changing)
+    order = _record_order(monkeypatch)
+    _with_factory(bridge)
+    summary = bridge.pipeline(map_workers=1).run(RunOptions(kind="backfill"))
+    assert summary.status == "succeeded" and summary.counts.balanced
+    assert order == ["job", "members", "job"]  # the early worker was closed, a fresh one started
+    balances = bridge.service.wallet_balances(SPACE)
+    assert f"custom:{user}" in balances  # the rows were mapped with the final ids
+
+
+def test_same_ids_compares_what_each_map_answers_for_every_user() -> None:
+    from bridge.pipeline import DefaultCustomerIds, _same_ids
+
+    assert _same_ids(DefaultCustomerIds({}), DefaultCustomerIds({"7": "perkville:7"}))
+    assert _same_ids(DefaultCustomerIds({"7": "m-7"}), DefaultCustomerIds({"7": "m-7", "8": "perkville:8"}))
+    assert not _same_ids(DefaultCustomerIds({}), DefaultCustomerIds({"7": "m-7"}))
+    assert not _same_ids(DefaultCustomerIds({"7": "m-7"}), DefaultCustomerIds({}))
