@@ -81,7 +81,7 @@ class PipelineConfig:
     """Worker processes for a backfill's transactions: 0 = in-process (the default here), 1 = a
     fetch-and-map worker, None = automatic (a worker on a multi-core host; what the CLI uses).
     See docs/bridge.md, "The fetch-and-map worker"."""
-    group_rows: int = 10_000
+    group_rows: int = 20_000
     """With a worker and the embedded target: pages the worker has already mapped are delivered
     together, in one database transaction of up to this many rows (fewer commits, and each
     customer's state written once per delivery instead of once per page)."""
@@ -1536,7 +1536,7 @@ def fetched_and_mapped(
         handle.close()
 
 
-GROUP_PAGES = 10
+GROUP_PAGES = 20
 """At most this many source pages go into one grouped delivery (a crash re-reads at most these)."""
 
 SEND_AHEAD = 2 * GROUP_PAGES
