@@ -532,11 +532,20 @@ class Pipeline:
         """Stage users (raw) for the connections phase; returns the ids seen."""
         self.progress.phase("users")
         seen: set[str] = set()
-        pages = self.source.iter_users(
+        # The next page is requested while this one is staged (``prefetch``).
+        pages = prefetch(self.source.iter_users(
             business=self.business,
             last_mod_dt_gte=since,
             last_mod_dt_lt=upper if since is not None else None,
-        )
+        ))
+        try:
+            self._stage_users(pages, seen)
+        finally:
+            _close_quietly(pages)
+        self.progress.done("users", f"{len(seen)} users")
+        return seen
+
+    def _stage_users(self, pages: Iterable[Any], seen: set[str]) -> None:
         for page in pages:
             batch: dict[str, Mapping[str, Any]] = {}
             for raw in page.objects:
@@ -551,8 +560,6 @@ class Pipeline:
             self.progress.advance("users", len(page.objects), total=page.meta.get("total_count"))
             if self.stop.is_set():
                 break
-        self.progress.done("users", f"{len(seen)} users")
-        return seen
 
     def _phase_connections(
         self,
@@ -568,20 +575,24 @@ class Pipeline:
         self.progress.phase("members")
         handled: set[str] = set()
         if pages is None:
-            pages = self.source.iter_connections(
+            # The next page is requested while this one is mapped and delivered.
+            pages = prefetch(self.source.iter_connections(
                 self.business,
                 last_mod_dt_gte=since,
                 last_mod_dt_lt=upper if since is not None else None,
-            )
-        for page in pages:
-            records = self._map_connections(page.objects, mode=mode, cutover=cutover)
-            handled.update(r.entry.perkville_user_id for r in records if r.entry is not None)
-            self._deliver(records, "connection", self._connection_state(records))
-            self.progress.advance(
-                "members", len(page.objects), total=page.meta.get("total_count"), counts=self._counts
-            )
-            if self.stop.is_set():
-                return handled
+            ))
+        try:
+            for page in pages:
+                records = self._map_connections(page.objects, mode=mode, cutover=cutover)
+                handled.update(r.entry.perkville_user_id for r in records if r.entry is not None)
+                self._deliver(records, "connection", self._connection_state(records))
+                self.progress.advance(
+                    "members", len(page.objects), total=page.meta.get("total_count"), counts=self._counts
+                )
+                if self.stop.is_set():
+                    return handled
+        finally:
+            _close_quietly(pages)
         if checkpoint is not None:
             checkpoint["members_done"] = True
             with self.state.engine.begin() as conn:
