@@ -1474,6 +1474,13 @@ class FetchMapWorker:
                 f"the fetch-and-map worker process ended unexpectedly (exit code {self.process.exitcode})"
             )
 
+    def ready(self) -> bool:
+        """Whether a message is already waiting (:meth:`receive` would not block)."""
+        try:
+            return bool(self._pages.poll(0))
+        except (EOFError, OSError):
+            return True  # it ended: receive() says how
+
     def close(self) -> None:
         """End the process (finished or not) and release the pipes."""
         if self.process.is_alive():
@@ -1524,6 +1531,7 @@ def fetched_and_mapped(
     receive = handle.receive
     try:
         held: Any = None
+        first = True
         while True:
             item = held if held is not None else receive()
             held = None
@@ -1533,13 +1541,16 @@ def fetched_and_mapped(
                 raise SourceError(f"reading transactions failed in the worker process: {item[1]}")
             group = [item]
             rows = item[1].size
-            while rows < group_rows and len(group) < GROUP_PAGES:
+            # The first delivery takes the pages that are here already instead of waiting for a
+            # full group (the worker, a few pages ahead, keeps mapping while it is ingested).
+            while rows < group_rows and len(group) < GROUP_PAGES and (not first or handle.ready()):
                 more = receive()
                 if more[0] != "page":
                     held = more  # "done" or "error": after this group
                     break
                 group.append(more)
                 rows += more[1].size
+            first = False
             with _gc_paused():
                 records = [r for entry in group for r in _unpack(entry[2], checked)]
             yield _joined([entry[1] for entry in group]), records

@@ -214,3 +214,46 @@ def test_same_ids_compares_what_each_map_answers_for_every_user() -> None:
     assert _same_ids(DefaultCustomerIds({"7": "m-7"}), DefaultCustomerIds({"7": "m-7", "8": "perkville:8"}))
     assert not _same_ids(DefaultCustomerIds({}), DefaultCustomerIds({"7": "m-7"}))
     assert not _same_ids(DefaultCustomerIds({"7": "m-7"}), DefaultCustomerIds({}))
+
+
+class _FakeWorker:
+    """Messages as a worker would send them; ``ready`` says whether the next one has arrived."""
+
+    def __init__(self, pages: int, here_at_start: int) -> None:
+        from bridge.pipeline import WorkerPage
+
+        self.messages: list[Any] = [
+            ("page", WorkerPage(size=1, meta={}, offset=n, dropped=0, ordered=True), [(f"r{n}", [], None, True, None)])
+            for n in range(pages)
+        ] + [("done",)]
+        self.arrived = here_at_start
+        self.closed = False
+
+    def start(self, job: Any) -> None:
+        raise AssertionError("the job was sent already")
+
+    def ready(self) -> bool:
+        return self.arrived > 0
+
+    def receive(self) -> Any:
+        self.arrived = max(self.arrived - 1, 0)
+        return self.messages.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_first_delivery_takes_the_pages_already_here_and_later_ones_fill_up() -> None:
+    from bridge.pipeline import GROUP_PAGES, fetched_and_mapped
+
+    fake = _FakeWorker(pages=3 + 2 * GROUP_PAGES, here_at_start=3)
+    groups: list[list[str]] = []
+    for _, records in fetched_and_mapped(
+        lambda: None, ("b", [], {}), ("b", "UTC", None),
+        group_rows=10 * GROUP_PAGES, worker=fake, job_sent=True,  # type: ignore[arg-type]
+    ):
+        groups.append([r.record_id for r in records])
+        fake.arrived = 0  # while a delivery is ingested the rest arrives, but is never "here" yet
+    assert [len(g) for g in groups] == [3, GROUP_PAGES, GROUP_PAGES]
+    assert [r for g in groups for r in g] == [f"r{n}" for n in range(3 + 2 * GROUP_PAGES)]
+    assert fake.closed
