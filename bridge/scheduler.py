@@ -714,6 +714,20 @@ def build_scheduler(
     return scheduler
 
 
+def create_jobstore_table(engine: Engine, table: str) -> None:
+    """Create the job store's table (if missing) in a writing transaction, before the scheduler
+    starts.
+
+    APScheduler would create it itself on ``start()``, through the job store's engine, whose SQLite
+    transactions begin ``DEFERRED``: its "does the table exist?" read followed by the
+    ``CREATE TABLE`` then has to turn a read transaction into a write one, which SQLite refuses at
+    once ("database is locked", no busy wait) when another connection wrote in between.  The
+    project engine's ``BEGIN IMMEDIATE`` takes the write lock first (waiting its turn), so the
+    check and the creation cannot be overtaken; the job store then finds the table there.
+    """
+    SQLAlchemyJobStore(engine=engine, tablename=table).jobs_t.create(engine, checkfirst=True)
+
+
 def remove_stale_jobs(engine: Engine, table: str, keep: Sequence[str]) -> list[str]:
     """Delete stored jobs this configuration no longer defines (a business was dropped)."""
     with engine.begin() as conn:
@@ -806,6 +820,7 @@ def run_scheduler(
         # Both are dispatched from the executor thread, never blocking the scheduler loop.
         EVENT_JOB_EXECUTED | EVENT_JOB_ERROR,
     )
+    create_jobstore_table(engine, jobstore_table(slot))
     keep = list(build_triggers(settings).keys())
     for removed in remove_stale_jobs(engine, jobstore_table(slot), keep):
         log.info("removed job %s: its business is no longer configured", removed)
