@@ -9,7 +9,8 @@
 It prints both rates (transactions per second of wall time), their ratio, the backfill's peak
 RSS (and its fetch-and-map worker process's), the load average before and after, and
 the CPU seconds the backfill's processes used per 1,000 transactions — a figure that does not
-depend on what else the machine is doing.  Targets: ratio >= 0.25, peak RSS <= 250 MB.
+depend on what else the machine is doing — and the CPU seconds the sandbox used serving the raw
+pull and the backfill (on a small machine all three share the cores).  Targets: ratio >= 0.25, peak RSS <= 250 MB.
 
     .venv/bin/python bench/backfill.py                       # 200,000 transactions, the CLI's defaults
     .venv/bin/python bench/backfill.py --map-workers 0       # everything in one process
