@@ -170,8 +170,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the path of a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable; check its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _unknown_section(name: str, config_file: str | Path) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), _SECTIONS, n=1)
+    hint = f" (did you mean [{close[0]}]?)" if close else ""
+    return (
+        f"config file {config_file}: unknown section [{name}]{hint}; "
+        f"valid sections: {', '.join(f'[{s}]' for s in _SECTIONS)}"
+    )
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -202,6 +219,8 @@ def load_settings(
         raw = _read_toml(Path(config_file))
         for key, value in raw.items():
             lowered = key.lower()
+            if isinstance(value, dict) and lowered not in _SECTIONS:
+                raise ConfigError(_unknown_section(key, config_file))
             file_values[lowered if lowered in _SECTIONS else key.upper()] = value
     env_values = {key.upper(): value for key, value in env.items()}
     merged: dict[str, Any] = dict(file_values)
