@@ -17,7 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -157,6 +166,23 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
+    @field_validator("perkville_api_url", "perkville_token_url", "perkamo_base_url")
+    @classmethod
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        # A URL that cannot be requested is configuration, found now, not after a retry budget.
+        from urllib.parse import urlsplit
+
+        example = Settings.model_fields[str(info.field_name)].default
+        try:
+            parts = urlsplit(value.strip())
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(f"must be an http(s) URL with a host, such as {example}")
+        return value.strip()
+
     def timezone_info(self) -> Any:
         """The ``ZoneInfo`` of ``PERKVILLE_TIMEZONE``."""
         from zoneinfo import ZoneInfo
@@ -236,6 +262,7 @@ def load_settings(
         return Settings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

@@ -118,10 +118,12 @@ def config_errors() -> Iterator[None]:
 
 
 @contextmanager
-def database_errors() -> Iterator[None]:
-    """Re-raise a database failure inside the block as the bridge's one-line error (no SQL, no
-    parameters, no password); a closed stdout and exits pass through untouched."""
-    from bridge.errors import database_error
+def translated_errors() -> Iterator[None]:
+    """Re-raise a database failure, or a Perkville URL that cannot be requested, inside the block
+    as the bridge's one-line error (no SQL, no parameters, no password); a closed stdout and exits
+    pass through untouched."""
+    from bridge.errors import ConfigurationError, database_error
+    from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
 
     try:
         yield
@@ -129,9 +131,16 @@ def database_errors() -> Iterator[None]:
         raise
     except Exception as exc:
         problem = database_error(exc, _database_url())
-        if problem is None:
-            raise
-        raise problem from None
+        if problem is not None:
+            raise problem from None
+        cause: BaseException | None = exc
+        for _ in range(20):  # a chain is short; the bound guards against a cycle
+            if cause is None or isinstance(cause, PerkvilleConfigError):
+                break
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, PerkvilleConfigError):
+            raise ConfigurationError(str(cause)) from None
+        raise
 
 
 def _database_url() -> str | None:

@@ -29,7 +29,7 @@ def _errors() -> Iterator[None]:
     from config import ConfigError
 
     try:
-        with common.database_errors():
+        with common.translated_errors():
             yield
     except (typer.Exit, BrokenPipeError):
         raise  # a closed stdout ends quietly at the root group
