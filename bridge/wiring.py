@@ -105,6 +105,23 @@ def perkville_client(settings: Settings, **overrides: Any) -> Any:
         "backoff_max": tuning.backoff_max_seconds,
     }
     kwargs.update(overrides)
+    if not kwargs["access_token"]:
+        missing = [
+            name
+            for name, key in (
+                ("PERKVILLE_CLIENT_ID", "client_id"),
+                ("PERKVILLE_CLIENT_SECRET", "client_secret"),
+                ("PERKVILLE_USERNAME", "username"),
+                ("PERKVILLE_PASSWORD", "password"),
+            )
+            if not kwargs[key]
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"Perkville credentials missing: {', '.join(missing)} not set (environment or the "
+                "--config file's lower-case keys); set them for the password grant, or set "
+                "PERKVILLE_ACCESS_TOKEN instead"
+            )
     try:
         client = PerkvilleClient(**kwargs)
     except PerkvilleConfigError as exc:

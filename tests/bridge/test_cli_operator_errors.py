@@ -222,3 +222,53 @@ def test_closed_stdout_ends_quietly_with_exit_0(tmp_path: Path, args: list[str])
     done = _cli_with_closed_stdout(args, env)
     assert done.stderr.decode() == ""
     assert done.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "unset",
+    [
+        pytest.param(("PERKVILLE_CLIENT_SECRET",), id="secret"),
+        pytest.param(("PERKVILLE_USERNAME", "PERKVILLE_PASSWORD"), id="user-and-password"),
+        pytest.param(("PERKVILLE_CLIENT_ID", "PERKVILLE_CLIENT_SECRET", "PERKVILLE_USERNAME", "PERKVILLE_PASSWORD"),
+                     id="all"),
+    ],
+)
+def test_missing_credentials_name_exactly_the_missing_settings(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, unset: tuple[str, ...]
+) -> None:
+    env.setenv("PERKBRIDGE_DATABASE_URL", f"sqlite:///{tmp_path / 'perkbridge.db'}")
+    for name in unset:
+        env.delenv(name)
+    code, _, err = run(capsys, "backfill")
+    assert code == 3, err
+    assert_one_clean_line(err, f"Perkville credentials missing: {', '.join(unset)} not set", "PERKVILLE_ACCESS_TOKEN")
+    named = {n for n in ("PERKVILLE_CLIENT_ID", "PERKVILLE_CLIENT_SECRET", "PERKVILLE_USERNAME", "PERKVILLE_PASSWORD")
+             if n in err.split(" not set")[0]}
+    assert named == set(unset)
+
+
+def test_schedule_status_to_a_pipe_is_not_cut_to_80_columns(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], db_url: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from bridge.scheduler import finish_job_run, job_id, prepare_database, start_job_run
+    from perkamo_core.db import create_db_engine
+
+    engine = create_db_engine(db_url)
+    try:
+        prepare_database(engine)
+        now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        job = job_id("sync", "business-with-a-long-identifier-0123456789")
+        run_id = start_job_run(engine, job, "worker-with-a-long-host-name.example.internal:4242", now)
+        error = "Perkville answered HTTP 503 on GET /v2/transactions/ " + "and kept answering it " * 6 + "END"
+        finish_job_run(engine, run_id, job, "failure", now, error)
+    finally:
+        engine.dispose()
+    env.setenv("PERKBRIDGE_DATABASE_URL", db_url)
+    code, out, err = run(capsys, "schedule", "--status")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if job in line]
+    assert len(rows) == 1, out
+    assert error in rows[0]
+    assert "worker-with-a-long-host-name.example.internal:4242" in rows[0]
