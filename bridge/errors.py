@@ -10,11 +10,18 @@
     ├── TargetError                  the Perkamo target failed as a whole (not one record)
     └── RunFailedError               a run stopped; the run log holds the secret-free reason
 
+``database_error`` translates SQLAlchemy and driver errors into these at the CLI's seam: a database
+that cannot be opened, reached or written is a ``ConfigurationError`` naming
+``PERKBRIDGE_DATABASE_URL``; never the SQL, its parameters or the URL's password.
+
 Per-record problems are never exceptions: they become dead letters and the run goes on.
 Messages never contain tokens, keys, passwords or URLs with query strings.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 
 class BridgeError(Exception):
@@ -56,3 +63,88 @@ class RunFailedError(BridgeError):
     def __init__(self, message: str, *, run_id: int | None = None) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+VALID_DATABASE_URLS = "sqlite:///path/to/file.db or postgresql+psycopg://user@host:5432/dbname"
+
+# (pattern in the driver's lower-cased message, what is wrong, what to do); first match wins.
+_DATABASE_PROBLEMS: tuple[tuple[str, str, str], ...] = (
+    ("unable to open database file", "cannot open the database file",
+     "check that its directory exists and is writable"),
+    ("file is not a database", "the file is not a SQLite database",
+     "point it at a perkbridge database or at a new file"),
+    ("readonly database", "the database is read-only (read-only mount, immutable file or mode=ro)",
+     "give a writable database"),
+    ("read-only", "the database is read-only", "give a writable database"),
+    ("disk is full", "the disk holding the database is full", "free space and run again"),
+    ("disk i/o error", "the database file cannot be read or written (disk I/O error)",
+     "check the disk and the file"),
+    ("password authentication failed", "the database server refused the user or password",
+     "check the credentials in the URL"),
+    (r'fatal:\s+(database|role) "[^"]*" does not exist', "the database or role does not exist on the server",
+     "create it first"),
+    ("connection refused", "cannot connect to the database server (connection refused)",
+     "check host and port and that the server is running"),
+    ("could not translate host name", "the database host name does not resolve", "check the host"),
+    ("name or service not known", "the database host name does not resolve", "check the host"),
+    ("timeout", "the database server did not answer in time",
+     "check host and port and that the server is running"),
+    ("connection failed", "cannot connect to the database server",
+     "check host and port and that the server is running"),
+    ("could not connect", "cannot connect to the database server",
+     "check host and port and that the server is running"),
+)
+
+
+def describe_database(url: str) -> str:
+    """Where ``url`` points, without password or query string: ``sqlite file X`` or ``host:port/db``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL is described by the caller
+        return "an unparsable URL"
+    if parsed.get_backend_name() == "sqlite":
+        name = parsed.database or ":memory:"
+        if name.startswith("file:"):
+            name = name[len("file:"):].split("?", 1)[0]
+        return f"sqlite file {name}"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.get_backend_name()} {parsed.host or 'localhost'}{port}/{parsed.database or ''}"
+
+
+def database_error(exc: BaseException, url: str | None = None) -> BridgeError | None:
+    """The bridge's error for a database failure anywhere in ``exc``'s chain, else ``None``.
+
+    The message names ``PERKBRIDGE_DATABASE_URL``, says what is wrong and what to do; it never
+    carries the SQL, its bound parameters (member data) or the URL's password.
+    """
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    from perkamo_core.db import UnsupportedDatabaseError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ArgumentError, NoSuchModuleError, UnsupportedDatabaseError)):
+            return ConfigurationError(
+                f"PERKBRIDGE_DATABASE_URL is not a usable database URL; use {VALID_DATABASE_URLS}"
+            )
+        if isinstance(current, DBAPIError):
+            return _classify_dbapi_error(current, url)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _classify_dbapi_error(exc: Any, url: str | None) -> BridgeError:
+    where = f" ({describe_database(url)})" if url else ""
+    driver_text = str(getattr(exc, "orig", None) or "").lower()
+    for fragment, what, todo in _DATABASE_PROBLEMS:
+        if re.search(fragment, driver_text):
+            return ConfigurationError(f"PERKBRIDGE_DATABASE_URL{where}: {what}; {todo}")
+    kind = type(getattr(exc, "orig", None) or exc).__name__
+    return BridgeError(
+        f"database error ({kind}) on PERKBRIDGE_DATABASE_URL{where}; "
+        "check the database and run the command again"
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from bridge.errors import ConfigurationError
+from bridge.errors import VALID_DATABASE_URLS, ConfigurationError, database_error
 from bridge.pipeline import PipelineConfig
 from bridge.state import StateStore
 from bridge.targets import EmbeddedTarget, RemoteTarget, Target
@@ -63,7 +63,13 @@ def open_engine(settings: Settings) -> Engine:
     try:
         return create_db_engine(settings.database_url)
     except Exception as exc:  # noqa: BLE001 - a bad URL is a configuration problem
-        raise ConfigurationError(f"PERKBRIDGE_DATABASE_URL is not usable: {type(exc).__name__}") from None
+        problem = database_error(exc, settings.database_url)
+        if isinstance(problem, ConfigurationError):
+            raise problem from None
+        raise ConfigurationError(
+            f"PERKBRIDGE_DATABASE_URL is not usable ({exc if isinstance(exc, ValueError) else type(exc).__name__}); "
+            f"use {VALID_DATABASE_URLS}"
+        ) from None
 
 
 def open_state(engine: Engine) -> StateStore:
@@ -99,6 +105,23 @@ def perkville_client(settings: Settings, **overrides: Any) -> Any:
         "backoff_max": tuning.backoff_max_seconds,
     }
     kwargs.update(overrides)
+    if not kwargs["access_token"]:
+        missing = [
+            name
+            for name, key in (
+                ("PERKVILLE_CLIENT_ID", "client_id"),
+                ("PERKVILLE_CLIENT_SECRET", "client_secret"),
+                ("PERKVILLE_USERNAME", "username"),
+                ("PERKVILLE_PASSWORD", "password"),
+            )
+            if not kwargs[key]
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"Perkville credentials missing: {', '.join(missing)} not set (environment or the "
+                "--config file's lower-case keys); set them for the password grant, or set "
+                "PERKVILLE_ACCESS_TOKEN instead"
+            )
     try:
         client = PerkvilleClient(**kwargs)
     except PerkvilleConfigError as exc:

@@ -17,7 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -157,6 +166,23 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
+    @field_validator("perkville_api_url", "perkville_token_url", "perkamo_base_url")
+    @classmethod
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        # A URL that cannot be requested is configuration, found now, not after a retry budget.
+        from urllib.parse import urlsplit
+
+        example = Settings.model_fields[str(info.field_name)].default
+        try:
+            parts = urlsplit(value.strip())
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(f"must be an http(s) URL with a host, such as {example}")
+        return value.strip()
+
     def timezone_info(self) -> Any:
         """The ``ZoneInfo`` of ``PERKVILLE_TIMEZONE``."""
         from zoneinfo import ZoneInfo
@@ -170,8 +196,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the path of a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable; check its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _unknown_section(name: str, config_file: str | Path) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), _SECTIONS, n=1)
+    hint = f" (did you mean [{close[0]}]?)" if close else ""
+    return (
+        f"config file {config_file}: unknown section [{name}]{hint}; "
+        f"valid sections: {', '.join(f'[{s}]' for s in _SECTIONS)}"
+    )
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -202,6 +245,8 @@ def load_settings(
         raw = _read_toml(Path(config_file))
         for key, value in raw.items():
             lowered = key.lower()
+            if isinstance(value, dict) and lowered not in _SECTIONS:
+                raise ConfigError(_unknown_section(key, config_file))
             file_values[lowered if lowered in _SECTIONS else key.upper()] = value
     env_values = {key.upper(): value for key, value in env.items()}
     merged: dict[str, Any] = dict(file_values)
@@ -217,6 +262,7 @@ def load_settings(
         return Settings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

@@ -30,6 +30,10 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+class UnsupportedDatabaseError(ValueError):
+    """The URL names a backend other than SQLite or PostgreSQL."""
+
+
 def create_db_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
     """Create an engine for ``url`` with this project's connection settings."""
     url = normalize_url(url)
@@ -40,7 +44,7 @@ def create_db_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Eng
         return create_engine(
             url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
-    raise ValueError(
+    raise UnsupportedDatabaseError(
         f"unsupported database backend {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
 

@@ -8,12 +8,39 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from bridge.cli import common
 
+
+class _RootGroup(TyperGroup):
+    """The one seam every command leaves through: a closed stdout ends quietly (exit 0), and a
+    database failure becomes the one-line ``PERKBRIDGE_DATABASE_URL`` error (exit 3)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)  # --help prints from here
+        except BrokenPipeError:
+            common.silence_stdout()
+            raise typer.Exit(common.EXIT_OK) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            common.silence_stdout()
+            raise typer.Exit(common.EXIT_OK) from None
+        except (typer.Exit, typer.Abort):
+            raise  # already reported; its __context__ may be the error it reported
+        except Exception as exc:
+            common.fail_database(exc)  # re-raises anything that is not a database error
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     name="perkbridge",
     help="Migrate a loyalty program from Perkville to Perkamo and keep both in step.",
     no_args_is_help=True,
@@ -46,10 +73,23 @@ def version() -> None:
     typer.echo(dist_version("perkbridge"))
 
 
+def _rich_broken_pipe(console: Any) -> None:
+    # rich's default exits 1 by itself; hand the closed pipe to the root group instead, so
+    # that tables and --help end like every other output (quietly, exit 0).
+    console.quiet = True
+    raise BrokenPipeError
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    from rich.console import Console
+
+    Console.on_broken_pipe = _rich_broken_pipe  # type: ignore[method-assign,assignment]
     args = list(sys.argv[1:] if argv is None else argv)
     config_file, args = common.extract_config_option(args)
     common.STATE.config_file = config_file or os.environ.get("PERKBRIDGE_CONFIG")
     common.STATE._settings = None
-    app(args=args, prog_name="perkbridge")
+    try:
+        app(args=args, prog_name="perkbridge")
+    finally:
+        common.flush_stdout_quietly()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +52,29 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone (``| head``), so that no later write
+    or the interpreter's final flush fails with ``BrokenPipeError``."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file (a test's capture): nothing will flush to a closed pipe
+
+
+def flush_stdout_quietly() -> None:
+    """Flush stdout at exit; a reader that went away is not an error."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+    except (OSError, ValueError):
+        pass
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
@@ -90,6 +115,49 @@ def config_errors() -> Iterator[None]:
         yield
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise a database failure, or a Perkville URL that cannot be requested, inside the block
+    as the bridge's one-line error (no SQL, no parameters, no password); a closed stdout and exits
+    pass through untouched."""
+    from bridge.errors import ConfigurationError, database_error
+    from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
+
+    try:
+        yield
+    except (typer.Exit, BrokenPipeError):
+        raise
+    except Exception as exc:
+        problem = database_error(exc, _database_url())
+        if problem is not None:
+            raise problem from None
+        cause: BaseException | None = exc
+        for _ in range(20):  # a chain is short; the bound guards against a cycle
+            if cause is None or isinstance(cause, PerkvilleConfigError):
+                break
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, PerkvilleConfigError):
+            raise ConfigurationError(str(cause)) from None
+        raise
+
+
+def _database_url() -> str | None:
+    try:
+        return STATE.settings().database_url
+    except BaseException:  # noqa: BLE001 - the settings may be what is broken
+        return None
+
+
+def fail_database(exc: BaseException) -> NoReturn:
+    """Exit with the one-line database error for ``exc`` (3 configuration, 1 otherwise)."""
+    from bridge.errors import ConfigurationError, database_error
+
+    problem = database_error(exc, _database_url())
+    if problem is None:
+        raise exc
+    fail(problem.message, EXIT_CONFIG if isinstance(problem, ConfigurationError) else EXIT_FAILURE)
 
 
 def extract_config_option(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bridge.cli import common
-from perkamo_core.db import create_db_engine
+from perkamo_core.db import UnsupportedDatabaseError, create_db_engine
 from perkamo_core.errors import (
     CoreError,
     NotFoundError,
@@ -48,11 +48,8 @@ def core_errors() -> Iterator[None]:
         common.fail(exc.message, common.EXIT_FAILURE)
     except CoreError as exc:
         common.fail(exc.message, common.EXIT_FAILURE)
-    except (ArgumentError, OperationalError) as exc:
-        common.fail(
-            f"cannot use the database configured in PERKBRIDGE_DATABASE_URL: {type(exc).__name__}",
-            common.EXIT_CONFIG,
-        )
+    except (ArgumentError, DBAPIError) as exc:
+        common.fail_database(exc)
 
 
 @contextmanager
@@ -62,7 +59,9 @@ def open_service() -> Iterator[CoreService]:
     url = common.settings().database_url
     try:
         engine = create_db_engine(url)
-    except (ValueError, ArgumentError) as exc:
+    except (ArgumentError, UnsupportedDatabaseError) as exc:
+        common.fail_database(exc)
+    except ValueError as exc:
         common.fail(f"PERKBRIDGE_DATABASE_URL: {exc}", common.EXIT_CONFIG)
     try:
         service = CoreService(engine)

@@ -29,9 +29,10 @@ def _errors() -> Iterator[None]:
     from config import ConfigError
 
     try:
-        yield
-    except typer.Exit:
-        raise
+        with common.translated_errors():
+            yield
+    except (typer.Exit, BrokenPipeError):
+        raise  # a closed stdout ends quietly at the root group
     except (ConfigurationError, ConfigError) as exc:
         fail(redact(str(exc), _secrets()), EXIT_CONFIG)
     except LeaseHeldError as exc:
@@ -195,11 +196,18 @@ def backfill(
         chosen_mode = mode or settings.sync.mode
         if chosen_mode not in ("history", "balance"):
             fail(f"--mode must be history or balance, not {chosen_mode!r}", EXIT_USAGE)
+        since_at, until_at = _parse_when(since, "--since"), _parse_when(until, "--until")
+        if since_at is not None and until_at is not None and since_at >= until_at:
+            fail(
+                f"--since {since} is not before --until {until}: the window is empty; "
+                "give a --since earlier than --until",
+                EXIT_USAGE,
+            )
         options = RunOptions(
             kind="backfill",
             mode=chosen_mode,  # type: ignore[arg-type]
-            since=_parse_when(since, "--since"),
-            until=_parse_when(until, "--until"),
+            since=since_at,
+            until=until_at,
             wait=wait,
             force=force,
         )

@@ -119,4 +119,7 @@ def _print_status(engine: Engine, json_output: bool) -> None:
             str(row.get("last_error") or ""),
             fmt(row.get("next_run_at")),
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=100_000)  # a pipe or a file gets whole rows, never cut to 80 columns
+    console.print(table)

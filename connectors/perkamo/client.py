@@ -231,7 +231,8 @@ class PerkamoClient:
             try:
                 response = self._http.send(request)
             except httpx.TransportError as exc:
-                if attempt >= attempts:
+                # A URL that cannot be requested (PERKAMO_BASE_URL) never succeeds on a retry.
+                if attempt >= attempts or isinstance(exc, httpx.UnsupportedProtocol):
                     raise PerkamoConnectionError(
                         f"Perkamo API unreachable for {method} {path} after {attempt} attempts: "
                         f"{type(exc).__name__}",

@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     from authlib.integrations.base_client.errors import OAuthError
     from authlib.integrations.httpx_client import OAuth2Client
 
-from connectors.perkville.errors import AuthError, RetriableError
+from connectors.perkville.errors import AuthError, ConfigurationError, RetriableError
 
 log = logging.getLogger("connectors.perkville")
 
@@ -167,6 +167,11 @@ class TokenSource:
             raise AuthError(
                 f"the Perkville token endpoint answered HTTP {status} without an OAuth2 error body; "
                 "check PERKVILLE_TOKEN_URL and the client id/secret"
+            ) from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise ConfigurationError(
+                f"PERKVILLE_TOKEN_URL cannot be requested ({type(exc).__name__}); "
+                "give an http(s) URL such as https://www.perkville.com/api/token/"
             ) from None
         except httpx.TransportError as exc:
             raise RetriableError(

@@ -249,6 +249,11 @@ class PerkvilleClient:
                     json=dict(body) if body is not None else None,
                     headers={"Authorization": self._auth.authorization()},
                 )
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise ConfigurationError(
+                    f"PERKVILLE_API_URL cannot be requested ({type(exc).__name__}); "
+                    "give an http(s) URL such as https://api.perkville.com/v2/"
+                ) from None
             except httpx.TransportError as exc:
                 failures = self._retry(failures, method, spath, f"network error ({type(exc).__name__})", None)
                 continue

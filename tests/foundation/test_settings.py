@@ -90,3 +90,68 @@ def test_secret_values_never_appear_in_errors() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"PERKVILLE_PASSWORD": "hunter2", "PERKAMO_TARGET": "nope"})
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "suggestion"),
+    [
+        pytest.param("writebak", "[writeback]", id="writebak"),
+        pytest.param("perkvile", "[perkville]", id="perkvile"),
+        pytest.param("nothing_alike", None, id="no-suggestion"),
+    ],
+)
+def test_unknown_toml_section_is_named_with_the_valid_ones(
+    tmp_path: Path, section: str, suggestion: str | None
+) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text(f"[{section}]\nenabled = true\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    message = str(info.value)
+    assert f"unknown section [{section}]" in message
+    assert "valid sections: [writeback], [sync], [perkville], [schedule], [serve]" in message
+    assert "\n" not in message
+    if suggestion is None:
+        assert "did you mean" not in message
+    else:
+        assert f"did you mean {suggestion}?" in message
+
+
+def test_config_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory; give the path of a TOML file"):
+        load_settings(tmp_path, environ={})
+
+
+def test_config_file_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("name", ["PERKVILLE_API_URL", "PERKVILLE_TOKEN_URL", "PERKAMO_BASE_URL"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("notaurl", id="no-scheme"),
+        pytest.param("ftp://files.example/v2/", id="not-http"),
+        pytest.param("https://", id="no-host"),
+        pytest.param("http://host:port/", id="bad-port"),
+    ],
+)
+def test_unusable_service_urls_are_configuration_errors(name: str, value: str) -> None:
+    secret_query = "?token=s3cret-in-query"
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={name: value + secret_query})
+    message = str(info.value)
+    assert f"{name}: must be an http(s) URL with a host, such as https://" in message
+    assert "s3cret-in-query" not in message
+    assert "Value error" not in message
+
+
+def test_service_urls_over_http_and_https_are_accepted() -> None:
+    settings = load_settings(
+        environ={"PERKVILLE_API_URL": "http://127.0.0.1:8080/v2/", "PERKAMO_BASE_URL": "https://p.example"}
+    )
+    assert settings.perkville_api_url == "http://127.0.0.1:8080/v2/"
+    assert settings.perkamo_base_url == "https://p.example"

@@ -483,3 +483,16 @@ def test_invalid_traits_are_rejected_before_sending(
 def test_constructor_rejects_a_missing_key() -> None:
     with pytest.raises(PerkamoInputError):
         PerkamoClient("")
+
+
+def test_a_base_url_that_cannot_be_requested_is_not_retried() -> None:
+    from connectors.perkamo.client import PerkamoClient
+    from connectors.perkamo.errors import PerkamoConnectionError
+
+    sleeps: list[float] = []
+    client = PerkamoClient("sk_test_s3cret", base_url="ftp://perkamo.example", max_retries=5, sleep=sleeps.append)
+    with pytest.raises(PerkamoConnectionError) as info:
+        client.identify("u1", {"a": 1})
+    assert info.value.attempts == 1
+    assert "UnsupportedProtocol" in str(info.value)
+    assert sleeps == []

@@ -165,3 +165,32 @@ def test_backoff_is_capped() -> None:
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header, now=40.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("api_url", "token_url", "setting"),
+    [
+        pytest.param("ftp://files.example/v2/", "https://unused.example/token/", "PERKVILLE_API_URL", id="api"),
+        pytest.param("https://unused.example/v2/", "ftp://files.example/token/", "PERKVILLE_TOKEN_URL", id="token"),
+    ],
+)
+def test_a_url_that_cannot_be_requested_fails_at_once_without_retries(
+    api_url: str, token_url: str, setting: str
+) -> None:
+    from connectors.perkville import PerkvilleClient
+    from connectors.perkville.errors import ConfigurationError
+
+    sleeps: list[float] = []
+    client = PerkvilleClient(
+        api_url, token_url, client_id="c", client_secret="cs-s3cret", username="u", password="pw-s3cret",
+        access_token="tok-s3cret" if setting == "PERKVILLE_API_URL" else None,
+        requests_per_second=None, sleep=sleeps.append,
+    )
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            next(iter(client.iter_businesses()))
+    finally:
+        client.close()
+    assert f"{setting} cannot be requested (UnsupportedProtocol)" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert sleeps == []
