@@ -421,7 +421,7 @@ def test_batch_applies_valid_items_and_reports_invalid_ones_in_order(api: TestCl
         {"user_id": 7, "event": "page.viewed", "transaction_id": "pageview_03"},
         "not an event",
         {"user_id": "customer_123", "event": "purchase.completed", "transaction_id": "order_1"},
-        {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_01"},
+        {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_01", "context": {"path": "/pricing"}},
         {"user_id": "customer_\u0000", "event": "page.viewed", "transaction_id": "pageview_04"},
         {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_05", "context": {"n": "\ud800"}},
     ]
