@@ -380,6 +380,7 @@ def _document_errors(app: FastAPI) -> None:
         "401": "Missing or invalid API key, or a bad signature",
         "403": "API key does not match the Space or lacks the scope",
         "404": "Resource not found",
+        "409": "transaction_id reused for another payload, or concurrent writers kept colliding",
         "429": "Rate or usage limit exceeded",
     }
     for path, operations in schema.get("paths", {}).items():
