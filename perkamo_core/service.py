@@ -902,8 +902,10 @@ class CoreService:
         *,
         create: bool,
         traits: bool = False,
+        created: set[str] | None = None,
     ) -> dict[str, _Customer]:
-        """Customers by user id, locked for this transaction; missing ones created when ``create``.
+        """Customers by user id, locked for this transaction; missing ones created when ``create``
+        (the user ids this transaction inserted are added to ``created``).
 
         PostgreSQL: ids are resolved first, then the rows are locked ``FOR UPDATE`` in ascending id
         order, so two writers of overlapping customer sets always lock in the same order.
@@ -913,13 +915,17 @@ class CoreService:
             found = self._select_customers_by_user(conn, space_id, wanted)
             missing = [u for u in wanted if u not in found]
             if missing and create:
-                self._create_customers(conn, space_id, missing)
+                inserted = self._create_customers(conn, space_id, missing)
+                if created is not None:
+                    created.update(inserted)
                 found.update(self._select_customers_by_user(conn, space_id, missing))
             return found
         ids = self._customer_ids(conn, space_id, wanted)
         missing = [u for u in wanted if u not in ids]
         if missing and create:
-            self._create_customers(conn, space_id, missing)
+            inserted = self._create_customers(conn, space_id, missing)
+            if created is not None:
+                created.update(inserted)
             ids.update(self._customer_ids(conn, space_id, missing))
         columns = "id, user_id, state" + (", traits" if traits else "")
         lock = " FOR UPDATE" if self._postgres else ""
@@ -938,15 +944,25 @@ class CoreService:
                 )
         return out
 
-    def _create_customers(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> None:
+    def _create_customers(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> set[str]:
+        """Insert the missing customers; the user ids this transaction inserted (not a concurrent
+        writer's, which a PostgreSQL ``ON CONFLICT DO NOTHING`` skips)."""
         now = self._dbdt(self._now())
-        self._many(
-            conn,
-            "INSERT INTO core_customers (space_id, user_id, traits, state, event_count, "
-            "created_at, updated_at) VALUES (?, ?, '{}', '{}', 0, ?, ?) "
-            "ON CONFLICT (space_id, user_id) DO NOTHING",
-            [(space_id, u, now, now) for u in user_ids],
-        )
+        rows = [(space_id, u, now, now) for u in user_ids]
+        insert = ("INSERT INTO core_customers (space_id, user_id, traits, state, event_count, "
+                  "created_at, updated_at) VALUES ")
+        group = "(?, ?, '{}', '{}', 0, ?, ?)"
+        tail = " ON CONFLICT (space_id, user_id) DO NOTHING"
+        if not self._postgres:
+            self._many(conn, insert + group + tail, rows)
+            return set(user_ids)  # the transaction holds the write lock: no one else inserts
+        inserted: set[str] = set()
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start:start + 1000]
+            statement = insert + ",".join([group] * len(chunk)) + tail + " RETURNING user_id"
+            result = conn.exec_driver_sql(self._q(statement), tuple(v for row in chunk for v in row))
+            inserted.update(row[0] for row in result)
+        return inserted
 
     def _select_customers_by_user(
         self, conn: Connection, space_id: int, user_ids: Sequence[str]
@@ -1287,8 +1303,10 @@ class CoreService:
                 stored[txid] = _StoredEvent(first, None)
         # New customers are created only for events that may apply (a duplicate creates nobody).
         new_users = {ev.user_id for ev in page if ev.transaction_id not in stored} - customers.keys()
+        created: set[str] = set()
         if new_users:
-            customers.update(self._load_customers(conn, space.id, sorted(new_users), create=True))
+            customers.update(self._load_customers(conn, space.id, sorted(new_users), create=True,
+                                                  created=created))
 
         results: list[dict[str, Any] | CoreError | None] = [None] * len(page)
         first_in_page: dict[str, tuple[int, str]] = {}  # txid -> (position, fingerprint)
@@ -1368,8 +1386,8 @@ class CoreService:
             applied = results[first_pos]
             assert isinstance(applied, dict)
             results[pos] = _as_duplicate(applied)
-        unused = [customers[u].id for u in new_users if customers[u].id not in touched]
-        if unused:  # created for events that were refused: a refused event records nothing
+        unused = [customers[u].id for u in created if customers[u].id not in touched]
+        if unused:  # created here for events that were refused: a refused event records nothing
             where, params = self._in("id", unused)
             conn.exec_driver_sql(self._q(f"DELETE FROM core_customers WHERE {where}"), tuple(params))
 
