@@ -144,6 +144,19 @@ def _jsonable(context: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+CONFLICT_CODE = "transaction_id_conflict"
+"""The core's code for a transaction_id reused with another payload (409; a dead letter here)."""
+
+
+def echo_ids(events: Sequence[Any]) -> frozenset[str]:
+    """The ids of a page's events that are write-backs coming home: a Perkville row with
+    ``trans_source_id`` ``perkamo:{T}`` maps to the Perkamo id T, whose event Perkamo already holds
+    in its own shape (another event name and context): a duplicate, not a conflict."""
+    from mapping.ids import is_perkville_transaction_id
+
+    return frozenset(e.transaction_id for e in events if not is_perkville_transaction_id(e.transaction_id))
+
+
 def _outcome_from_result(result: Mapping[str, Any] | None) -> Delivery:
     if result is None:
         return Delivery("rejected", "rejected", "no result")
@@ -229,6 +242,7 @@ class EmbeddedTarget:
         self._bulk_options: dict[str, Any] = (
             {"outbox": False} if not outbox and _accepts(service.ingest_bulk, "outbox") else {}
         )
+        self._echo_option = _accepts(service.ingest_bulk, "echo_ids")
 
     def ensure_program(self) -> str:
         self.service.ensure_space(self.space)
@@ -274,9 +288,11 @@ class EmbeddedTarget:
         from perkamo_core.errors import ConflictError
 
         inputs = _event_inputs(events) if events else []
+        echoes = echo_ids(events)
+        options = dict(self._bulk_options, echo_ids=echoes) if echoes and self._echo_option else self._bulk_options
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                self._deliver_once(identifies, inputs, commit)
+                self._deliver_once(identifies, inputs, commit, options)
                 return
             except ConflictError as exc:
                 if attempt == CONFLICT_ATTEMPTS:
@@ -287,7 +303,8 @@ class EmbeddedTarget:
                 self._sleep(min(0.05 * 2 ** (attempt - 1), 1.0))
 
     def _deliver_once(
-        self, identifies: Sequence[IdentifyCall], inputs: Sequence[Any], commit: Commit
+        self, identifies: Sequence[IdentifyCall], inputs: Sequence[Any], commit: Commit,
+        options: Mapping[str, Any],
     ) -> None:
         from perkamo_core.errors import ConflictError, CoreError
 
@@ -314,9 +331,7 @@ class EmbeddedTarget:
                             id_outcomes.append(Delivery("rejected", exc.code, exc.message))
             ev_outcomes: list[Delivery] = []
             if inputs:
-                outcomes = self.service.ingest_bulk(
-                    self.space, inputs, conn=conn, **self._bulk_options
-                )
+                outcomes = self.service.ingest_bulk(self.space, inputs, conn=conn, **options)
                 append = ev_outcomes.append
                 for outcome in outcomes:
                     result = outcome.result
@@ -406,7 +421,12 @@ class RemoteTarget:
             raise TargetError(
                 f"event batch answered {len(results)} results for {len(chunk)} events"
             )
-        return [_outcome_from_result(r) for r in results]
+        echoes = echo_ids(chunk)
+        outcomes = [_outcome_from_result(r) for r in results]
+        return [
+            DUPLICATE if o.reason == CONFLICT_CODE and e.transaction_id in echoes else o
+            for e, o in zip(chunk, outcomes, strict=True)
+        ]
 
     def _batch_error(self, chunk: Sequence[PerkamoEvent], exc: Exception) -> list[Delivery]:
         """A refused batch: a 4xx blames the items (split to find them); anything else the target."""

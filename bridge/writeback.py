@@ -427,23 +427,25 @@ class Writeback:
         ingest = getattr(self.outbox, "ingest", None)
         if ingest is None:
             return
+        from perkamo_core.errors import TransactionIdConflictError
         from perkamo_core.models import EventInput
 
         context = item.context or {}
-        ingest(
-            self.config.space,
-            EventInput(
-                user_id=item.user_id,
-                event=REDEMPTION_ECHO_EVENT,
-                transaction_id=item.transaction_id,
-                context={
-                    "reward_key": context.get("reward_key"),
-                    "cost": context.get("cost"),
-                    "source": "perkbridge-writeback",
-                },
-                occurred_at=item.occurred_at,
-            ),
+        marker = EventInput(
+            user_id=item.user_id,
+            event=REDEMPTION_ECHO_EVENT,
+            transaction_id=item.transaction_id,
+            context={
+                "reward_key": context.get("reward_key"),
+                "cost": context.get("cost"),
+                "source": "perkbridge-writeback",
+            },
+            occurred_at=item.occurred_at,
         )
+        try:
+            ingest(self.config.space, marker)
+        except TransactionIdConflictError:
+            pass  # the core holds the id as a redemption (ids are unique across both): guarded
 
     def _event_perks(self, item: Any) -> Mapping[str, int | str]:
         """``event_perks``, with ``reward.redeemed:{reward_key}`` winning for that reward."""

@@ -21,7 +21,8 @@ from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any, Literal
 
-from perkamo_core.formula import EvaluationError, Expression, compile_expression
+from perkamo_core.formula import EvaluationError, Expression, NumberRangeError, compile_expression
+from perkamo_core.limits import MAX_AMOUNT, wallet_limit
 from perkamo_core.program import (
     ROUNDING_MODES,
     AchievementDef,
@@ -75,8 +76,8 @@ __all__ = [
 _CTX = Context(prec=60, traps=[InvalidOperation])
 """Balances and totals: 60 significant digits, so sums of bounded amounts never round silently."""
 
-MAX_AMOUNT = Decimal("1e24")
-"""Movements and achievement steps must stay below this in absolute value (else traced, not applied)."""
+# MAX_AMOUNT (perkamo_core.limits): achievement steps stay below it; wallet values below
+# ``wallet_limit(quantum)``. Beyond either the event is rejected (``Outcome.rejection``).
 
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
@@ -397,6 +398,9 @@ class Outcome:
     achievement_increments: tuple[AchievementIncrement, ...]
     streak_updates: Mapping[str, StreakState]
     trace: tuple[RuleTrace, ...]
+    rejection: str | None = None
+    """Why the event cannot be applied at all (a wallet could not hold its result exactly, or a
+    context number is out of range); then nothing else is set and nothing may be recorded."""
 
     @property
     def changed_wallets(self) -> frozenset[str]:
@@ -485,6 +489,7 @@ _e_event, _e_occurred_at, _e_context, _e_transaction_id = _slot_setters(
     _o_achievement_increments,
     _o_streak_updates,
     _o_trace,
+    _o_rejection,
 ) = _slot_setters(
     Outcome,
     (
@@ -505,6 +510,7 @@ _e_event, _e_occurred_at, _e_context, _e_transaction_id = _slot_setters(
         "achievement_increments",
         "streak_updates",
         "trace",
+        "rejection",
     ),
 )
 
@@ -527,6 +533,7 @@ def _new_outcome(
     achievement_increments: tuple[AchievementIncrement, ...],
     streak_updates: Mapping[str, StreakState],
     trace: tuple[RuleTrace, ...],
+    rejection: str | None = None,
 ) -> Outcome:
     """`Outcome(...)` with the arguments in field order, built faster."""
     o: Outcome = _new(Outcome)
@@ -547,6 +554,7 @@ def _new_outcome(
     _o_achievement_increments(o, achievement_increments)
     _o_streak_updates(o, streak_updates)
     _o_trace(o, trace)
+    _o_rejection(o, rejection)
     return o
 
 
@@ -593,6 +601,7 @@ class _RulePlan:
     rule_id: str
     wallet: str
     quantum: Decimal
+    limit: Decimal  # |movement|, balance and lifetime total stay below (limits.wallet_limit)
     rounding: str
     allow_negative: bool
     amount: Decimal | None
@@ -704,6 +713,7 @@ def _event_plan(program: Program, event_type: str) -> _EventPlan:
                 rule_id=cr.rule_id,
                 wallet=r.wallet,
                 quantum=wallet.quantum,
+                limit=wallet_limit(wallet.quantum),
                 rounding=ROUNDING_MODES[wallet.rounding],
                 allow_negative=wallet.allow_negative,
                 amount=r.amount,
@@ -827,12 +837,26 @@ def _quantize(amount: Decimal, quantum: Decimal, rounding: str) -> Decimal:
     return amount.quantize(quantum, rounding=rounding, context=_CTX)
 
 
+class _Rejected(Exception):
+    """Inside `evaluate`: the event cannot be applied (see `Outcome.rejection`); never escapes it."""
+
+
+def _out_of_range(rule_id: str, what: str, exc: NumberRangeError) -> _Rejected:
+    return _Rejected(f"rule {rule_id!r}: {what}: {exc}")
+
+
 def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace] | None) -> Decimal | None:
-    """The rule's boosted, rounded amount, or None (with a trace entry) when it does not apply."""
+    """The rule's boosted, rounded amount, or None (with a trace entry) when it does not apply.
+
+    Raises `_Rejected` when a number is beyond range: a context number the formula or condition
+    cannot hold, or an amount the rule's wallet cannot hold exactly (`limits`).
+    """
     ctx = event.context
     if rp.when is not None:
         try:
             ok = rp.when.evaluate_condition(ctx)
+        except NumberRangeError as exc:
+            raise _out_of_range(rp.rule_id, "condition", exc) from None
         except EvaluationError as exc:
             if trace is not None:
                 trace.append(_new_trace("rule", rp.rule_id, False, f"condition failed: {exc}"))
@@ -847,6 +871,8 @@ def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace] | Non
         assert rp.formula is not None
         try:
             amount = rp.formula.evaluate_number(ctx)
+        except NumberRangeError as exc:
+            raise _out_of_range(rp.rule_id, "formula", exc) from None
         except EvaluationError as exc:
             if trace is not None:
                 trace.append(_new_trace("rule", rp.rule_id, False, f"formula failed: {exc}"))
@@ -861,6 +887,8 @@ def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace] | Non
                 try:
                     if not cb.when.evaluate_condition(ctx):
                         continue
+                except NumberRangeError as exc:
+                    raise _out_of_range(rp.rule_id, f"boost {b.key!r} condition", exc) from None
                 except EvaluationError as exc:
                     if trace is not None:
                         trace.append(_new_trace("boost", b.key, False, f"condition failed: {exc}"))
@@ -870,13 +898,19 @@ def _rule_amount(rp: _RulePlan, event: EngineEvent, trace: list[RuleTrace] | Non
                 trace.append(_new_trace("boost", b.key, True, f"x{b.multiplier} on {rp.rule_id}"))
     try:
         amount = amount.quantize(rp.quantum, rp.rounding, _CTX)
-    except InvalidOperation:
-        amount = MAX_AMOUNT
-    if abs(amount) >= MAX_AMOUNT:
-        if trace is not None:
-            trace.append(_new_trace("rule", rp.rule_id, False, "amount out of range"))
-        return None
+    except InvalidOperation:  # more digits than the context holds: far beyond the limit
+        amount = rp.limit
+    if abs(amount) >= rp.limit:
+        raise _beyond_wallet(rp, "the amount", amount)
     return amount
+
+
+def _beyond_wallet(rp: _RulePlan, what: str, value: Decimal) -> _Rejected:
+    shown = f"{value:.6E}" if value.adjusted() >= 21 else str(value)
+    return _Rejected(
+        f"rule {rp.rule_id!r}: {what} {shown} on wallet {rp.wallet!r} is beyond what it holds "
+        f"exactly (at most 15 significant digits: |value| < {rp.limit.normalize():f})"
+    )
 
 
 def _rule_blocked(
@@ -910,6 +944,9 @@ def evaluate(
 ) -> Outcome:
     """Apply `program` to one event of a customer in `state`; pure, and bad context data never raises.
 
+    A number beyond range (a context number a formula cannot hold, a movement, balance or
+    lifetime total a wallet cannot hold exactly: `perkamo_core.limits`) gives an outcome with
+    `rejection` set and nothing else: the event must not be recorded.
     With `trace=False` the outcome's `trace` is empty and every other field is the same: for
     callers that never read why rules did or did not apply (it saves building the trace).
     """
@@ -925,6 +962,28 @@ def evaluate(
         plan = _event_plan(program, name)
     day = _local_day(at, tz) if plan.needs_local_day else None
     tr: list[RuleTrace] | None = [] if trace else None
+    try:
+        return _evaluate(program, pplan, plan, state, event, day, tr)
+    except _Rejected as exc:
+        # Nothing changes: no movement, no counter, no progress; the caller records nothing.
+        return _new_outcome(
+            name, at, (), _wallet_state(pplan, state.balances), dict(state.lifetime), None, None, False,
+            (), (), {}, {}, {}, {}, (), {}, tuple(tr) if tr is not None else (), str(exc),
+        )
+
+
+def _evaluate(
+    program: Program,
+    pplan: _ProgramPlan,
+    plan: _EventPlan,
+    state: CustomerState,
+    event: EngineEvent,
+    day: date | None,
+    tr: list[RuleTrace] | None,
+) -> Outcome:
+    """`evaluate` once the plans are known; raises `_Rejected` when the event cannot apply."""
+    at = event.occurred_at
+    name = event.event
     deltas: list[WalletDelta] = []
     counter_inc: dict[str, int] = {}
     last_applied: dict[str, datetime] = {}
@@ -964,11 +1023,17 @@ def evaluate(
                 tr.append(_new_trace("rule", rid, True, "applied, clamped to the balance", amount))
         elif tr is not None:
             tr.append(_new_trace("rule", rid, True, "applied", amount))
-        new_bal[wallet] = _CTX.add(current, amount)
+        after = _CTX.add(current, amount)
+        if abs(after) >= rp.limit:
+            raise _beyond_wallet(rp, "the balance after", after)
+        new_bal[wallet] = after
         if amount > 0:
             if new_life is None:
                 new_life = dict(lifetime)
-            new_life[wallet] = _CTX.add(new_life.get(wallet, _ZERO), amount)
+            total = _CTX.add(new_life.get(wallet, _ZERO), amount)
+            if total >= rp.limit:
+                raise _beyond_wallet(rp, "the lifetime total after", total)
+            new_life[wallet] = total
         deltas.append(_new_delta(wallet, amount, rid))
         if keys is not None:
             for k in keys:
@@ -1116,9 +1181,10 @@ def _achievement_step(ap: _AchievementPlan, event: EngineEvent, trace: list[Rule
             trace.append(_new_trace("achievement", ap.key, False, f"field failed: {exc}"))
         return None
     if abs(value) >= MAX_AMOUNT:
-        if trace is not None:
-            trace.append(_new_trace("achievement", ap.key, False, "field value out of range"))
-        return None
+        raise _Rejected(
+            f"achievement {ap.key!r}: the field value {value:.6E} is beyond range "
+            f"(at most 15 significant digits)"
+        )
     return value
 
 
@@ -1250,6 +1316,8 @@ def _shallow_copy(state: CustomerState) -> CustomerState:
 
 def apply_outcome(state: CustomerState, outcome: Outcome) -> CustomerState:
     """A new state with `outcome`'s changes folded in (the input state is not modified)."""
+    if outcome.rejection is not None:
+        return state  # a rejected event changes nothing
     if outcome.deltas:
         balances = dict(outcome.balances)
         lifetime = dict(outcome.lifetime)

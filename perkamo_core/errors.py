@@ -10,6 +10,8 @@
     ├── PermissionDeniedError (403)               key lacks the scope or belongs to another Space
     ├── NotFoundError (404)                       Space, customer, reward or API key does not exist
     ├── ConflictError (409)                       concurrent writers kept colliding after retries
+    ├── TransactionIdConflictError (409)          code "transaction_id_conflict": the id is taken
+    │                                             by another event or redemption (not a replay)
     └── RateLimitedError (429)                    rate or usage limit exceeded; retry later
 
 Messages say what failed and for which id; they never contain API keys or other secrets.
@@ -97,6 +99,14 @@ class ConflictError(CoreError):
 
     status = 409
     default_code = "conflict"
+
+
+class TransactionIdConflictError(CoreError):
+    """A ``transaction_id`` reused for a different payload (another customer, event, context or
+    reward); like Stripe's idempotency keys.  The message tells nothing of the first use."""
+
+    status = 409
+    default_code = "transaction_id_conflict"
 
 
 class RateLimitedError(CoreError):

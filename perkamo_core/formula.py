@@ -39,6 +39,7 @@ __all__ = [
     "Expression",
     "FormulaError",
     "FormulaSyntaxError",
+    "NumberRangeError",
     "Value",
     "compile_expression",
     "to_value",
@@ -82,6 +83,15 @@ class FormulaSyntaxError(FormulaError):
 
 class EvaluationError(FormulaError):
     """Evaluation failed (missing field, type error, division by zero, out of range)."""
+
+
+class NumberRangeError(EvaluationError):
+    """A number is beyond what evaluation holds exactly: a context number too large or not
+    finite, or a result the Decimal context cannot represent (overflow, too many digits).
+
+    Unlike a missing field, this is bad input rather than a rule that does not apply: the
+    engine rejects the event instead of skipping the rule.
+    """
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -332,17 +342,17 @@ def to_value(raw: object, path: str = "value") -> Value:
         return raw
     if isinstance(raw, int):
         if raw.bit_length() > MAX_CONTEXT_INT_BITS:
-            raise EvaluationError(f"field {path!r} is too large a number")
+            raise NumberRangeError(f"field {path!r} is too large a number")
         return Decimal(raw)
     if isinstance(raw, float):
         if not math.isfinite(raw):
-            raise EvaluationError(f"field {path!r} is not a finite number")
+            raise NumberRangeError(f"field {path!r} is not a finite number")
         return Decimal(repr(raw))
     if isinstance(raw, Decimal):
         if not raw.is_finite():
-            raise EvaluationError(f"field {path!r} is not a finite number")
+            raise NumberRangeError(f"field {path!r} is not a finite number")
         if len(raw.as_tuple().digits) > 60 or abs(raw.adjusted()) > 100_000:
-            raise EvaluationError(f"field {path!r} is too large a number")
+            raise NumberRangeError(f"field {path!r} is too large a number")
         return raw
     if raw is None:
         raise EvaluationError(f"field {path!r} is null")
@@ -394,6 +404,8 @@ def _bool(v: Value, what: str) -> bool:
 
 
 def _floordiv(a: Decimal, b: Decimal) -> Decimal:
+    if not b:
+        raise EvaluationError("division by zero")
     ctx = DECIMAL_CONTEXT
     q = ctx.divide_int(a, b)
     if (a < 0) != (b < 0) and ctx.remainder(a, b) != 0:
@@ -402,6 +414,8 @@ def _floordiv(a: Decimal, b: Decimal) -> Decimal:
 
 
 def _mod(a: Decimal, b: Decimal) -> Decimal:
+    if not b:
+        raise EvaluationError("division by zero")
     ctx = DECIMAL_CONTEXT
     r = ctx.remainder(a, b)
     if r != 0 and (r < 0) != (b < 0):
@@ -668,8 +682,10 @@ class Expression:
             raise
         except DivisionByZero:
             raise EvaluationError("division by zero") from None
-        except ArithmeticError as exc:  # InvalidOperation, Overflow and friends from the Decimal context
-            raise EvaluationError(f"arithmetic error ({type(exc).__name__})") from None
+        except ArithmeticError as exc:  # Overflow, too many digits (InvalidOperation) from the Decimal context
+            if _is_zero_division(exc):  # 0/0, 0//0, x%0 signal DivisionUndefined/DivisionByZero inside InvalidOperation
+                raise EvaluationError("division by zero") from None
+            raise NumberRangeError(f"arithmetic error ({type(exc).__name__})") from None
         except Exception as exc:  # a last guard: evaluation of untrusted context must never crash ingest
             raise EvaluationError(f"evaluation failed ({type(exc).__name__})") from None
 
@@ -696,6 +712,13 @@ class Expression:
         if not isinstance(value, bool):
             raise EvaluationError(f"condition gave a {_type_name(value)}, not true/false")
         return value
+
+
+def _is_zero_division(exc: ArithmeticError) -> bool:
+    if isinstance(exc, ZeroDivisionError):
+        return True
+    signals = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    return any(isinstance(sig, type) and issubclass(sig, ZeroDivisionError) for sig in signals)
 
 
 def compile_expression(text: str, *, fast: bool = True) -> Expression:

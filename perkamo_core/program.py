@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from perkamo_core.errors import ProgramValidationError
 from perkamo_core.formula import Expression, FormulaSyntaxError, compile_expression
+from perkamo_core.limits import held_exactly, wallet_limit
 
 __all__ = [
     "MODULE_NAMES",
@@ -506,9 +507,19 @@ class Program:
                 raise _error(path, f"unknown wallet {key!r}; define it in the wallets module")
             wallet_defs[key] = Wallet(key=key)
 
+        def need_held(value: Decimal, key: str, path: str) -> None:
+            quantum = wallet_defs[key].quantum
+            if not held_exactly(value, quantum):
+                raise _error(path, (
+                    f"{value} is beyond what wallet {key!r} holds exactly "
+                    f"(at most 15 significant digits: |value| < {wallet_limit(quantum).normalize():f})"
+                ))
+
         rules_by_event: dict[str, list[CompiledRule]] = {}
         for i, rule in enumerate(events.rules):
             need_wallet(rule.wallet, f"events.rules[{i}].wallet")
+            if rule.amount is not None:
+                need_held(rule.amount, rule.wallet, f"events.rules[{i}].amount")
             compiled = CompiledRule(
                 rule_id=rule.key if rule.key is not None else f"{rule.event}#{i}",
                 index=i,
@@ -547,6 +558,7 @@ class Program:
                     raise _error(f"{path}.achievement", f"unknown achievement {trig.achievement!r}")
         for i, reward in enumerate(perks.rewards):
             need_wallet(reward.wallet, f"perks.rewards[{i}].wallet")
+            need_held(reward.cost, reward.wallet, f"perks.rewards[{i}].cost")
 
         achievements_by_event: dict[str, list[CompiledAchievement]] = {}
         for i, ach in enumerate(achievements.achievements):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import gc
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -25,6 +26,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -41,8 +43,10 @@ from perkamo_core.errors import (
     InsufficientBalanceError,
     NotFoundError,
     ProgramValidationError,
+    TransactionIdConflictError,
     ValidationError,
 )
+from perkamo_core.limits import OCCURRED_AT_END, OCCURRED_AT_MIN, OCCURRED_AT_RANGE
 from perkamo_core.models import (
     ENVIRONMENTS,
     MAX_EVENT,
@@ -62,6 +66,7 @@ from perkamo_core.program import MODULE_NAMES, Program
 
 T = TypeVar("T")
 _ZERO = Decimal(0)
+_log = logging.getLogger(__name__)
 
 MAX_WRITE_ATTEMPTS = 6
 """A write transaction that hits a serialization failure, deadlock or lock timeout is retried."""
@@ -113,6 +118,88 @@ def _wire(value: Any) -> Any:
     return value
 
 
+# --- payload fingerprints -------------------------------------------------------------------------
+#
+# A transaction_id names one business action. Its payload is (user_id, event, context): the same
+# id with the same payload is a replay (``duplicate: true``); with another payload it is a
+# conflict (409 ``transaction_id_conflict``). ``occurred_at`` is not part of it: the SDKs default
+# it to the time of the call, so an application retrying an action sends a later one, and the
+# bridge derives it from PERKVILLE_TIMEZONE, which an operator may correct between runs.
+# Numbers compare by value: 1, 1.0 and Decimal("1.00") are the same number.
+
+_FP_NATIVE = frozenset({str, bool, type(None)})
+_FP_INT_MIN, _FP_INT_MAX = -(2**63), 2**64 - 1  # integers orjson writes itself
+_FP_EXACT_INT = 10**30  # integral numbers below this are written as integers, others normalized
+
+
+def _fp_number(value: Decimal) -> Any:
+    if value.is_finite() and value == value.to_integral_value() and abs(value) < _FP_EXACT_INT:
+        return _fp_int(int(value))
+    return orjson.Fragment(str(value.normalize()))
+
+
+def _fp_int(value: int) -> Any:
+    if _FP_INT_MIN <= value <= _FP_INT_MAX:
+        return value
+    if abs(value) < _FP_EXACT_INT:
+        return orjson.Fragment(str(value))
+    return orjson.Fragment(str(Decimal(value).normalize()))
+
+
+def _fp_canonical(value: Any) -> Any:
+    kind = type(value)
+    if kind in _FP_NATIVE:
+        return value
+    if kind is int:
+        return _fp_int(value)
+    if kind is float:
+        return _fp_number(Decimal(repr(value)))
+    if isinstance(value, Decimal):
+        return _fp_number(value)
+    if isinstance(value, Mapping):
+        return {k: _fp_canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_fp_canonical(v) for v in value]
+    if isinstance(value, int):
+        return _fp_int(int(value))
+    return str(value)  # validated contexts hold nothing else
+
+
+def payload_fingerprint(user_id: str, event: str, context: Mapping[str, Any]) -> str:
+    """The sha256 (hex) of the canonical ``[user_id, event, context]``: keys sorted, numbers by
+    value, text as given. Equal for a replay of the same action, different for another payload."""
+    flat = True
+    for value in context.values():
+        kind = type(value)
+        if kind is int:
+            if not _FP_INT_MIN <= value <= _FP_INT_MAX:
+                flat = False
+                break
+        elif kind not in _FP_NATIVE:
+            flat = False
+            break
+    body = orjson.dumps(
+        [user_id, event, context if flat else _fp_canonical(context)], option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(body).hexdigest()
+
+
+def transaction_id_conflict(transaction_id: str) -> TransactionIdConflictError:
+    """The 409 for a ``transaction_id`` already used for another payload (it names nothing of it)."""
+    return TransactionIdConflictError(
+        f"transaction_id {transaction_id[:80]!r} was already used for a different payload "
+        "(another customer, event, context or reward); use a new transaction_id for a new action",
+        field="transaction_id",
+    )
+
+
+class _StoredEvent(NamedTuple):
+    """What a page needs of an event already stored under one of its transaction ids."""
+
+    result: dict[str, Any]
+    fingerprint: str | None  # None: a redemption holds the id
+
+
 def parse_occurred_at(value: datetime | str | None, now: datetime) -> datetime:
     """An aware UTC datetime from an ISO-8601 string/datetime (naive = UTC); ``now`` when absent."""
     if value is None:
@@ -133,7 +220,16 @@ def parse_occurred_at(value: datetime | str | None, now: datetime) -> datetime:
         raise ValidationError("occurred_at must be an ISO-8601 date-time", field="occurred_at")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        utc = parsed.astimezone(UTC)
+    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-14:00 is past year 9999 in UTC
+        utc = None
+    if utc is None or not OCCURRED_AT_MIN <= utc < OCCURRED_AT_END:
+        raise ValidationError(
+            f"occurred_at {str(value)[:64]!r} is out of range: it must be from {OCCURRED_AT_RANGE} in UTC",
+            code="occurred_at_out_of_range", field="occurred_at",
+        )
+    return utc
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -806,8 +902,10 @@ class CoreService:
         *,
         create: bool,
         traits: bool = False,
+        created: set[str] | None = None,
     ) -> dict[str, _Customer]:
-        """Customers by user id, locked for this transaction; missing ones created when ``create``.
+        """Customers by user id, locked for this transaction; missing ones created when ``create``
+        (the user ids this transaction inserted are added to ``created``).
 
         PostgreSQL: ids are resolved first, then the rows are locked ``FOR UPDATE`` in ascending id
         order, so two writers of overlapping customer sets always lock in the same order.
@@ -817,13 +915,17 @@ class CoreService:
             found = self._select_customers_by_user(conn, space_id, wanted)
             missing = [u for u in wanted if u not in found]
             if missing and create:
-                self._create_customers(conn, space_id, missing)
+                inserted = self._create_customers(conn, space_id, missing)
+                if created is not None:
+                    created.update(inserted)
                 found.update(self._select_customers_by_user(conn, space_id, missing))
             return found
         ids = self._customer_ids(conn, space_id, wanted)
         missing = [u for u in wanted if u not in ids]
         if missing and create:
-            self._create_customers(conn, space_id, missing)
+            inserted = self._create_customers(conn, space_id, missing)
+            if created is not None:
+                created.update(inserted)
             ids.update(self._customer_ids(conn, space_id, missing))
         columns = "id, user_id, state" + (", traits" if traits else "")
         lock = " FOR UPDATE" if self._postgres else ""
@@ -842,15 +944,25 @@ class CoreService:
                 )
         return out
 
-    def _create_customers(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> None:
+    def _create_customers(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> set[str]:
+        """Insert the missing customers; the user ids this transaction inserted (not a concurrent
+        writer's, which a PostgreSQL ``ON CONFLICT DO NOTHING`` skips)."""
         now = self._dbdt(self._now())
-        self._many(
-            conn,
-            "INSERT INTO core_customers (space_id, user_id, traits, state, event_count, "
-            "created_at, updated_at) VALUES (?, ?, '{}', '{}', 0, ?, ?) "
-            "ON CONFLICT (space_id, user_id) DO NOTHING",
-            [(space_id, u, now, now) for u in user_ids],
-        )
+        rows = [(space_id, u, now, now) for u in user_ids]
+        insert = ("INSERT INTO core_customers (space_id, user_id, traits, state, event_count, "
+                  "created_at, updated_at) VALUES ")
+        group = "(?, ?, '{}', '{}', 0, ?, ?)"
+        tail = " ON CONFLICT (space_id, user_id) DO NOTHING"
+        if not self._postgres:
+            self._many(conn, insert + group + tail, rows)
+            return set(user_ids)  # the transaction holds the write lock: no one else inserts
+        inserted: set[str] = set()
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start:start + 1000]
+            statement = insert + ",".join([group] * len(chunk)) + tail + " RETURNING user_id"
+            result = conn.exec_driver_sql(self._q(statement), tuple(v for row in chunk for v in row))
+            inserted.update(row[0] for row in result)
+        return inserted
 
     def _select_customers_by_user(
         self, conn: Connection, space_id: int, user_ids: Sequence[str]
@@ -1018,19 +1130,26 @@ class CoreService:
         *,
         conn: Connection | None = None,
         outbox: bool = True,
+        echo_ids: Collection[str] = (),
     ) -> list[IngestOutcome]:
         """Ingest a page of events (any size) with work per page, not per row; results in input order.
 
-        A duplicate ``transaction_id`` (stored, or earlier in the same page) answers with the first
-        application's result, ``applied: false, duplicate: true``. An invalid item gets an
-        ``IngestOutcome`` with the ``ValidationError`` and changes nothing. With ``conn`` the page
+        A replayed ``transaction_id`` (stored, or earlier in the same page) with the same payload
+        (:func:`payload_fingerprint`) answers with the first application's result,
+        ``applied: false, duplicate: true``; with another payload, or when a redemption holds the
+        id, the item gets a ``TransactionIdConflictError`` (409). An invalid item gets an
+        ``IngestOutcome`` with the ``ValidationError`` (an amount its wallet cannot hold exactly:
+        code ``amount_out_of_range``) and changes nothing. ``echo_ids`` are ids the page brings
+        back from the system write-back sent them to (the bridge's Perkville rows whose
+        ``trans_source_id`` is ``perkamo:{id}``): such an id, stored as an event or a redemption,
+        is a duplicate whatever the payload, which that system records in its own shape. With ``conn`` the page
         runs inside the caller's transaction and is not committed here. ``outbox=False`` records
         no write-back outbox rows for the page (for events that came from the system write-back
         would send them to, such as the bridge's Perkville transactions). A :class:`CheckedEvent`
         (from :func:`check_event`) is taken as already validated.
         """
         with _paused_gc():
-            return self._ingest_bulk(space, events, conn, outbox)
+            return self._ingest_bulk(space, events, conn, outbox, echo_ids)
 
     def _ingest_bulk(
         self,
@@ -1038,6 +1157,7 @@ class CoreService:
         events: Sequence[EventInput | CheckedEvent | Mapping[str, Any]],
         conn: Connection | None,
         outbox: bool,
+        echo_ids: Collection[str],
     ) -> list[IngestOutcome]:
         now = self._now()
         outcomes: list[IngestOutcome | None] = [None] * len(events)
@@ -1054,9 +1174,11 @@ class CoreService:
             except ValidationError as exc:
                 outcomes[index] = IngestOutcome(None, exc)
         if valid:
-            results = self._write(lambda c: self._ingest_page(c, space, valid, now, outbox), conn)
-            for ev, result in zip(valid, results):
-                outcomes[ev.position] = IngestOutcome(result)
+            results = self._write(lambda c: self._ingest_page(c, space, valid, now, outbox, echo_ids), conn)
+            for ev, result in zip(valid, results, strict=True):
+                outcomes[ev.position] = (
+                    IngestOutcome(None, result) if isinstance(result, CoreError) else IngestOutcome(result)
+                )
         elif conn is None:
             self.get_space(space)  # an unknown Space is an error even for an all-invalid page
         return [o for o in outcomes if o is not None]
@@ -1095,9 +1217,39 @@ class CoreService:
                 found[txid] = st.load_json(result)
         return found
 
-    def _existing_events(self, conn: Connection, space_id: int, txids: Sequence[str]) -> dict[str, Any]:
-        """Stored wire results of the given transaction ids (the duplicates of this page)."""
-        return self._stored_results(conn, "core_events", space_id, txids)
+    def _existing_events(
+        self, conn: Connection, space_id: int, txids: Sequence[str]
+    ) -> dict[str, _StoredEvent]:
+        """The events stored under the given transaction ids: their result and fingerprint.
+
+        A row from before migration 5 has no stored fingerprint: it is computed from the row's
+        stored customer, event and context, so such rows are held to the same rule.
+        """
+        found: dict[str, _StoredEvent] = {}
+        legacy: list[str] = []
+        for start in range(0, len(txids), IN_CHUNK):
+            chunk = list(txids[start:start + IN_CHUNK])
+            where, params = self._in("transaction_id", chunk)
+            for txid, result, fingerprint in self._rows(
+                conn,
+                "SELECT transaction_id, result, fingerprint FROM core_events "
+                f"WHERE space_id = ? AND {where}",
+                [space_id, *params],
+            ):
+                found[txid] = _StoredEvent(st.load_json(result), fingerprint)
+                if fingerprint is None:
+                    legacy.append(txid)
+        for start in range(0, len(legacy), IN_CHUNK):
+            where, params = self._in("e.transaction_id", legacy[start:start + IN_CHUNK])
+            for txid, user_id, event, context in self._rows(
+                conn,
+                "SELECT e.transaction_id, c.user_id, e.event, e.context FROM core_events AS e "
+                f"JOIN core_customers AS c ON c.id = e.customer_id WHERE e.space_id = ? AND {where}",
+                [space_id, *params],
+            ):
+                fingerprint = payload_fingerprint(user_id, event, st.load_json(context))
+                found[txid] = found[txid]._replace(fingerprint=fingerprint)
+        return found
 
     def _existing_redemptions(
         self, conn: Connection, space_id: int, txids: Sequence[str]
@@ -1134,24 +1286,31 @@ class CoreService:
 
     def _ingest_page(
         self, conn: Connection, space_slug: str, page: Sequence[_Event], now: datetime,
-        outbox: bool = True,
-    ) -> list[dict[str, Any]]:
+        outbox: bool = True, echo_ids: Collection[str] = (),
+    ) -> list[dict[str, Any] | CoreError]:
+        """The page's wire results in order; an event that cannot apply gets its error instead
+        and records nothing (a reused ``transaction_id`` with another payload, an amount its
+        wallet cannot hold exactly, an unexpected failure of that event alone)."""
         space = self._space_row(conn, space_slug)
         zone = space.zone
         program = self._program_for(conn, space.id)
         customers = self._load_customers(conn, space.id, [ev.user_id for ev in page], create=False)
         txids = sorted({ev.transaction_id for ev in page})
-        stored = self._existing_events(conn, space.id, txids)
+        stored: dict[str, _StoredEvent] = self._existing_events(conn, space.id, txids)
         if len(stored) < len(txids):
-            stored.update(self._existing_redemptions(
-                conn, space.id, [t for t in txids if t not in stored]))
-        # New customers are created only for events that will apply (a duplicate creates nobody).
+            for txid, first in self._existing_redemptions(
+                    conn, space.id, [t for t in txids if t not in stored]).items():
+                stored[txid] = _StoredEvent(first, None)
+        # New customers are created only for events that may apply (a duplicate creates nobody).
         new_users = {ev.user_id for ev in page if ev.transaction_id not in stored} - customers.keys()
+        created: set[str] = set()
         if new_users:
-            customers.update(self._load_customers(conn, space.id, sorted(new_users), create=True))
+            customers.update(self._load_customers(conn, space.id, sorted(new_users), create=True,
+                                                  created=created))
 
-        results: list[dict[str, Any] | None] = [None] * len(page)
-        first_in_page: dict[str, int] = {}
+        results: list[dict[str, Any] | CoreError | None] = [None] * len(page)
+        first_in_page: dict[str, tuple[int, str]] = {}  # txid -> (position, fingerprint)
+        replays: list[tuple[int, int]] = []  # (position, position of the first in this page)
         duplicates = 0
         event_rows: list[tuple[Any, ...]] = []
         ledger_rows: list[tuple[Any, ...]] = []
@@ -1168,18 +1327,41 @@ class CoreService:
         evaluate = core_engine.evaluate
         apply_outcome = core_engine.apply_outcome
         dump = st.dump_json
+        fingerprint_of = payload_fingerprint
         for pos, (_, user_id, name, txid, context, at) in enumerate(page):
-            if txid in stored:
-                results[pos] = _as_duplicate(stored[txid])
-                duplicates += 1
+            fingerprint = fingerprint_of(user_id, name, context)
+            known = stored.get(txid)
+            if known is not None:
+                if known.fingerprint == fingerprint or txid in echo_ids:
+                    # A replay; or an event born here coming home from the system write-back
+                    # sent it to, in that system's shape.
+                    results[pos] = _as_duplicate(known.result)
+                    duplicates += 1
+                else:
+                    results[pos] = transaction_id_conflict(txid)
                 continue
-            if txid in first_in_page:
-                duplicates += 1
-                continue  # filled from the first occurrence below
-            first_in_page[txid] = pos
+            seen = first_in_page.get(txid)
+            if seen is not None:
+                if seen[1] == fingerprint:
+                    duplicates += 1
+                    replays.append((pos, seen[0]))  # answered with the first's result below
+                else:
+                    results[pos] = transaction_id_conflict(txid)
+                continue
             cust = customers[user_id]
-            outcome = evaluate(program, cust.state, EngineEvent(name, at, context, txid), zone,
-                               trace=False)  # no caller reads the trace of an ingest
+            try:
+                outcome = evaluate(program, cust.state, EngineEvent(name, at, context, txid), zone,
+                                   trace=False)  # no caller reads the trace of an ingest
+            except Exception:  # a defect must fail only its own event, never the page
+                _log.exception("evaluating event %s of Space %s failed", txid[:80], space.slug)
+                results[pos] = CoreError("the event could not be evaluated; retry with the same transaction_id")
+                continue
+            if outcome.rejection is not None:
+                results[pos] = ValidationError(
+                    f"{outcome.rejection}; nothing was recorded", code="amount_out_of_range", field="context",
+                )
+                continue
+            first_in_page[txid] = (pos, fingerprint)
             cust.state = apply_outcome(cust.state, outcome)
             cust.dirty = True
             if cust.latest is None or at > cust.latest:
@@ -1193,23 +1375,26 @@ class CoreService:
             # (SQLite text of a UTC datetime inline: what _dbdt gives, without the call)
             db_at = at.isoformat(" ", "microseconds")[:26] if sqlite_text and at.tzinfo is UTC else dbdt(at)
             event_rows.append((event_id, space_id, cid, txid, name, dump(context), db_at,
-                               db_now, dump(result)))
+                               db_now, dump(result), fingerprint))
             for d in outcome.deltas:
                 if d.amount:
                     ledger_rows.append((space_id, cid, d.wallet, str(d.amount), event_id, db_now))
             for perk in outcome.new_perks:
                 perk_rows.append((cid, perk.key, dbdt(perk.unlocked_at),
                                   dump(dict(perk.trigger))))
-        for pos, ev in enumerate(page):
-            if results[pos] is None:
-                first = results[first_in_page[ev.transaction_id]]
-                assert first is not None
-                results[pos] = _as_duplicate(first)
+        for pos, first_pos in replays:
+            applied = results[first_pos]
+            assert isinstance(applied, dict)
+            results[pos] = _as_duplicate(applied)
+        unused = [customers[u].id for u in created if customers[u].id not in touched]
+        if unused:  # created here for events that were refused: a refused event records nothing
+            where, params = self._in("id", unused)
+            conn.exec_driver_sql(self._q(f"DELETE FROM core_customers WHERE {where}"), tuple(params))
 
         if event_rows:
             self._many(conn, "INSERT INTO core_events (id, space_id, customer_id, transaction_id, "
-                       "event, context, occurred_at, recorded_at, result) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", event_rows)
+                       "event, context, occurred_at, recorded_at, result, fingerprint) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", event_rows)
             self._many(conn, "INSERT INTO core_ledger (space_id, customer_id, wallet, amount, "
                        "event_id, redemption_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?)",
                        ledger_rows)
@@ -1277,23 +1462,23 @@ class CoreService:
             self._lock_outbox(conn, row.id)
             r = st.redemptions
             previous = conn.execute(
-                select(r.c.result).where(r.c.space_id == row.id, r.c.transaction_id == transaction_id)
+                select(r.c.result, r.c.customer_id, r.c.reward_key)
+                .where(r.c.space_id == row.id, r.c.transaction_id == transaction_id)
             ).first()
+            cust = customers.get(user_id)
             if previous is not None:
+                # A replay is the same customer redeeming the same reward; anything else reuses
+                # the id for another action and learns nothing of the first.
+                if cust is None or previous.customer_id != cust.id or previous.reward_key != reward_key:
+                    raise transaction_id_conflict(transaction_id)
                 return _as_duplicate(previous.result)
             e = st.events
             event = conn.execute(
-                select(e.c.result).where(e.c.space_id == row.id, e.c.transaction_id == transaction_id)
+                select(e.c.id).where(e.c.space_id == row.id, e.c.transaction_id == transaction_id)
             ).first()
             if event is not None:
                 # Transaction ids are unique per Space across events and redemptions.
-                return {
-                    "applied": False, "duplicate": True, "transaction_id": transaction_id,
-                    "reward": None, "effect": None, "delta": event.result.get("delta", []),
-                    "wallet_state": event.result.get("wallet_state", {}),
-                    "level": event.result.get("level"),
-                }
-            cust = customers.get(user_id)
+                raise transaction_id_conflict(transaction_id)
             if cust is None:
                 raise NotFoundError(f"customer {user_id!r} does not exist in Space {row.slug!r}",
                                     field="user_id")

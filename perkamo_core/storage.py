@@ -44,6 +44,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -239,6 +240,10 @@ events = Table(
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("recorded_at", UTCDateTime, nullable=False),
     Column("result", JSONText, nullable=False),  # the wire result of the first application
+    # sha256 of the canonical (user_id, event, context) (``service.payload_fingerprint``): a
+    # reused transaction_id with another payload is a conflict, not a duplicate. NULL on rows
+    # written before migration 5 (their fingerprint is computed from the stored payload).
+    Column("fingerprint", String(64), nullable=True),
     UniqueConstraint("space_id", "transaction_id", name="uq_core_event_txid"),
     Index("ix_core_events_customer_seq", "space_id", "customer_id", "id"),
 )
@@ -342,6 +347,14 @@ def _balances_as_view(conn: Connection) -> None:
     conn.exec_driver_sql(_BALANCES_VIEW[conn.dialect.name])
 
 
+def _event_fingerprints(conn: Connection) -> None:
+    # A database created after this change got the columns from migration 1 (create_all of the
+    # current table). Nullable, no default: existing rows keep NULL and cost nothing to migrate.
+    present = {column["name"] for column in inspect(conn).get_columns("core_events")}
+    if "fingerprint" not in present:
+        conn.exec_driver_sql("ALTER TABLE core_events ADD COLUMN fingerprint VARCHAR(64)")
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry with explicit
 # DDL (and the table definitions above move with it).
 MIGRATIONS: list[Migration] = [
@@ -352,6 +365,8 @@ MIGRATIONS: list[Migration] = [
               _ledger_indexes_by_entry),
     Migration(4, "core_balances becomes a view over the customers' state documents",
               _balances_as_view),
+    Migration(5, "events keep the fingerprint of their payload (a reused transaction_id with "
+              "another payload is a conflict)", _event_fingerprints),
 ]
 
 

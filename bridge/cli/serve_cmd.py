@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Any
 
 import typer
@@ -38,6 +40,36 @@ def _display_url(database_url: str) -> str:
         return "<database url>"
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (bound as uvicorn binds it); ``OSError`` when it cannot be had.
+
+    ``serve`` binds before it announces anything, so a busy port is reported instead of a
+    "serving on" line followed by a failure.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # from here connections queue until uvicorn accepts them
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot serve on {where}: the port is already in use; stop the other server or choose another --port"
+    if exc.errno == errno.EACCES:
+        return f"cannot serve on {where}: permission denied; choose a --port above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"cannot serve on {where}: no such local address; check --host"
+    return f"cannot serve on {where}: {exc.strerror or type(exc).__name__}"
+
+
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to ``app``."""
 
@@ -54,14 +86,20 @@ def register(app: typer.Typer) -> None:
 
         cfg = common.settings()
         try:
+            listener = bind_listener(host, port)
+        except OSError as exc:
+            common.fail(_bind_error(host, port, exc), common.EXIT_FAILURE)
+        try:
             api = build_app(
                 cfg.database_url,
                 rate_limit=cfg.serve.rate_limit_per_minute,
                 require_signatures=cfg.serve.require_signatures,
             )
         except ValueError as exc:
+            listener.close()
             common.fail(f"cannot open the database {_display_url(cfg.database_url)}: {exc}", common.EXIT_CONFIG)
-        url = f"http://{host}:{port}"
+        port = listener.getsockname()[1]  # the port the system chose for --port 0
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         if as_json:
             common.print_json(
                 {
@@ -75,4 +113,5 @@ def register(app: typer.Typer) -> None:
             )
         else:
             typer.echo(f"perkbridge serve: Perkamo v1 API on {url} (database {_display_url(cfg.database_url)})", err=True)
-        uvicorn.run(api, host=host, port=port, access_log=access_log, log_level=log_level)
+        config = uvicorn.Config(api, host=host, port=port, access_log=access_log, log_level=log_level)
+        uvicorn.Server(config).run(sockets=[listener])

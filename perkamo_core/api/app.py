@@ -56,16 +56,25 @@ _EVENT_ADAPTER = TypeAdapter(EventBody)
 def batch_results(items: Sequence[IngestOutcome], transaction_ids: Sequence[str | None]) -> dict[str, Any]:
     """The ``POST /v1/events:batch`` answer: one entry per input item, in input order.
 
-    A valid item's entry is its event result; an invalid one's is ``{"transaction_id", "error"}``.
+    A valid item's entry is its event result.  A refused one's is a full event result that
+    changed nothing (``applied: false``, ``duplicate: false``, empty ``delta``/``unlocked``,
+    ``wallet_state: {}``, ``level: null``: the official SDKs parse every item as a result) plus
+    its ``transaction_id`` and ``error: {"message", "code", "field"?}``; it reveals no state.
     """
     results: list[dict[str, Any]] = []
     for outcome, transaction_id in zip(items, transaction_ids, strict=True):
         if outcome.error is not None or outcome.result is None:
             error = outcome.error or CoreError("the event was not processed")
-            results.append({"transaction_id": transaction_id, "error": error_body(error)})
+            results.append({**_NOTHING_APPLIED, "transaction_id": transaction_id, "error": error_body(error)})
         else:
             results.append(outcome.result)
     return {"results": results}
+
+
+_NOTHING_APPLIED: dict[str, Any] = {
+    "applied": False, "duplicate": False, "delta": [], "leveled_up": False, "unlocked": [],
+    "wallet_state": {}, "level": None,
+}
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -371,6 +380,7 @@ def _document_errors(app: FastAPI) -> None:
         "401": "Missing or invalid API key, or a bad signature",
         "403": "API key does not match the Space or lacks the scope",
         "404": "Resource not found",
+        "409": "transaction_id reused for another payload, or concurrent writers kept colliding",
         "429": "Rate or usage limit exceeded",
     }
     for path, operations in schema.get("paths", {}).items():

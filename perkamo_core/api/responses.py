@@ -78,11 +78,24 @@ def validation_error(errors: Sequence[Mapping[str, Any]], prefix: str = "") -> V
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "malformed JSON")
         return ValidationError(f"request body is not valid JSON: {detail}", code="invalid_json")
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "path", "query", "header")]
-    field = ".".join(location)
+    location = list(first.get("loc", ()))
+    if location and location[0] in ("body", "path", "query", "header"):
+        location = location[1:]  # FastAPI's "where": only the first part (a field may be named "body")
+    field = error_location(location)
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if not field:
         message = "the request body must be a JSON object (content-type: application/json)"
     return ValidationError(f"{field}: {message}" if field else message, field=field or None)
+
+
+def error_location(parts: Sequence[Any]) -> str:
+    """A pydantic error location as a path: ``("wallets", 0, "name")`` becomes ``wallets[0].name``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out

@@ -61,7 +61,9 @@ class EventWriter:
             self._running = False
 
     def _apply(self, batch: list[tuple[str, EventInput, Any]]) -> list[IngestOutcome | BaseException]:
-        """One ``ingest_bulk`` per Space; a Space whose bulk fails fails only its own events."""
+        """One ``ingest_bulk`` per Space; when a bulk fails as a whole, its events are written one by
+        one, so a failure is answered only to the request that caused it (no request fails because
+        another one shared its transaction)."""
         outcomes: list[IngestOutcome | BaseException] = [CoreError("the event was not processed")] * len(batch)
         by_space: dict[str, list[int]] = {}
         for index, (space, _, _) in enumerate(batch):
@@ -72,10 +74,16 @@ class EventWriter:
                     space, [batch[i][1] for i in indexes]
                 )
             except Exception as exc:
-                results = [exc] * len(indexes)
+                results = [self._apply_one(space, batch[i][1]) for i in indexes] if len(indexes) > 1 else [exc]
             for index, outcome in zip(indexes, results, strict=True):
                 outcomes[index] = outcome
         return outcomes
+
+    def _apply_one(self, space: str, event: EventInput) -> IngestOutcome | BaseException:
+        try:
+            return self._service.ingest_bulk(space, [event])[0]
+        except Exception as exc:
+            return exc
 
     def close(self) -> None:
         if self._executor is not None:

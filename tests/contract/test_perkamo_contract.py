@@ -175,15 +175,17 @@ def test_batch_results_in_input_order_with_per_item_errors(target: PerkamoTarget
         {"user_id": "u1", "event": "page.viewed", "transaction_id": "pv_1", "context": {"path": "/pricing"}},
         {"user_id": "u1", "event": "page.viewed", "transaction_id": "pv_2", "occurred_at": "not a date"},
         {"user_id": "u1", "event": "purchase.completed", "transaction_id": "order_1"},
-        {"user_id": "u1", "event": "page.viewed", "transaction_id": "pv_1"},
+        {"user_id": "u1", "event": "page.viewed", "transaction_id": "pv_1", "context": {"path": "/pricing"}},
+        {"user_id": "u2", "event": "page.viewed", "transaction_id": "pv_1", "context": {"path": "/pricing"}},
     ]
     results = target.batch(events)["results"]
-    assert [item.get("applied") for item in results] == [True, None, True, False]
-    assert results[1]["transaction_id"] == "pv_2"
+    assert [item.get("applied") for item in results] == [True, False, True, False, False]
+    assert results[1]["transaction_id"] == "pv_2" and results[1]["duplicate"] is False
     assert results[1]["error"]["code"] == "invalid_request"
     assert results[1]["error"]["field"] == "occurred_at"
     assert results[2]["wallet_state"] == {"points": 51}
     assert results[3]["duplicate"] is True
+    assert results[4]["error"]["code"] == "transaction_id_conflict" and results[4]["wallet_state"] == {}
     assert target.customer("u1")["wallets"] == {"points": 51}
 
 

@@ -189,7 +189,11 @@ def test_seed_curl_examples_against_perkbridge_serve(served: tuple[str, str]) ->
 
     status, identified, _ = _curl(_reference_curl("/v1/identify"), base_url, key)
     assert status == 200, identified
-    status, replay, _ = _curl(_reference_curl("/v1/events"), base_url, key)
+    # The reference's event reuses the quickstart's transaction_id with another context (no
+    # order_id): not a replay but a reused id, 409; the quickstart's own body replays.
+    status, reused, _ = _curl(_reference_curl("/v1/events"), base_url, key)
+    assert status == 409 and reused["code"] == "transaction_id_conflict", reused
+    status, replay, _ = _curl(QUICKSTART_EVENT, base_url, key)
     assert status == 200 and replay["duplicate"] is True
     status, batch, _ = _curl(_reference_curl("/v1/events:batch"), base_url, key)
     assert status == 200 and [item["applied"] for item in batch["results"]] == [True]  # type: ignore[index, union-attr]

@@ -117,6 +117,27 @@ def test_identify_emit_customer_and_their_errors(db_url: str) -> None:
     assert "nobody" in missing.stderr
 
 
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_emit_with_an_out_of_range_occurred_at_is_one_line_and_exit_2(db_url: str, moment: str) -> None:
+    result = invoke(db_url, "emit", "u1", "page.viewed", "--occurred-at", moment, "--txid", "t-1")
+    assert result.exit_code == common.EXIT_USAGE
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: occurred_at ") and "out of range" in line and "1970-01-01" in line
+    assert "Traceback" not in result.output and "Overflow" not in result.output
+    # Nothing was recorded: the same id applies once corrected.
+    fixed = invoke(db_url, "emit", "u1", "page.viewed", "--occurred-at", "2026-06-01T10:00:00Z", "--txid", "t-1")
+    assert fixed.exit_code == 0 and json.loads(fixed.stdout)["applied"] is True
+
+
+def test_emit_with_a_reused_transaction_id_is_one_line_and_exit_1(db_url: str) -> None:
+    assert invoke(db_url, "emit", "u1", "page.viewed", "--txid", "t-9").exit_code == 0
+    other = invoke(db_url, "emit", "u2", "page.viewed", "--txid", "t-9")
+    assert other.exit_code == common.EXIT_FAILURE and other.stdout == ""
+    (line,) = other.stderr.splitlines()
+    assert "already used for a different payload" in line and "u1" not in line
+
+
 def test_unusable_database_url_is_a_configuration_error(tmp_path: Path) -> None:
     result = invoke("mysql://nobody@localhost/x", "customer", "u1")
     assert result.exit_code == common.EXIT_CONFIG

@@ -64,6 +64,7 @@ def test_two_single_event_writers_on_one_customer(db_engine: Engine) -> None:
 def test_two_bulk_writers_with_overlapping_customers_in_opposite_order(db_engine: Engine) -> None:
     make_service(db_engine)
     users = [f"u{i}" for i in range(6)]
+    shared: list[str] = []
 
     def writer(prefix: str, order: list[str]) -> Callable[[], None]:
         service = CoreService(db_engine)
@@ -73,10 +74,15 @@ def test_two_bulk_writers_with_overlapping_customers_in_opposite_order(db_engine
                 page.append(EventInput(user_id=order[0], event="purchase.completed",
                                        transaction_id=f"both:{i}"))
                 outcomes = service.ingest_bulk(SPACE, page)
-                assert all(o.ok for o in outcomes)
+                assert all(o.ok for o in outcomes[:-1])
+                # The shared id carries another customer in each writer: the one that comes
+                # second gets a conflict, not the other customer's result.
+                last = outcomes[-1]
+                shared.append("applied" if last.ok else last.error.code if last.error else "?")
         return work
 
     run_together(writer("a", users), writer("b", list(reversed(users))))
+    assert sorted(shared) == ["applied"] * ROUNDS + ["transaction_id_conflict"] * ROUNDS
 
     balances = CoreService(db_engine).wallet_balances(SPACE)
     # Each writer gave every user one event per round; each shared id applied once, to the

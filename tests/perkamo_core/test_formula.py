@@ -16,6 +16,7 @@ from perkamo_core.formula import (
     MAX_SOURCE_LENGTH,
     EvaluationError,
     FormulaSyntaxError,
+    NumberRangeError,
     compile_expression,
 )
 
@@ -152,7 +153,7 @@ def test_limits_are_syntax_errors(source: str) -> None:
         ("{{order}} + 1", "is a dict"),
         ("1 / {{zero}}", "division by zero"),
         ("1 // 0", "division by zero"),
-        ("1 % 0", "arithmetic error"),
+        ("1 % 0", "division by zero"),
         ("{{currency}} + 1", "needs a number"),
         ("{{currency}} < 1", "cannot order"),
         ("{{member}} < true", "cannot order"),
@@ -171,6 +172,29 @@ def test_evaluation_errors(source: str, message: str) -> None:
     with pytest.raises(EvaluationError) as info:
         compile_expression(source).evaluate(CTX)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "context", "out_of_range"),
+    [
+        pytest.param("{{n}}", {"n": 10**400}, True, id="huge-int"),
+        pytest.param("{{n}}", {"n": Decimal("1e200000")}, True, id="huge-decimal"),
+        pytest.param("{{n}} * {{n}} * {{n}}", {"n": Decimal("1e400000")}, True, id="overflow"),
+        pytest.param("round({{n}} * {{n}}, 2)", {"n": 10**40}, True, id="too-many-digits"),
+        pytest.param("{{n}} / 0", {"n": 1}, False, id="division-by-zero"),
+        pytest.param("{{n}} / {{n}}", {"n": 0}, False, id="zero-by-zero"),
+        pytest.param("{{n}} // 0", {"n": 0}, False, id="floor-division-by-zero"),
+        pytest.param("{{n}} % 0", {"n": 1}, False, id="modulo-zero"),
+        pytest.param("{{missing}}", {}, False, id="missing"),
+    ],
+)
+def test_only_numbers_beyond_range_are_number_range_errors(
+    source: str, context: dict[str, object], out_of_range: bool
+) -> None:
+    for fast in (True, False):
+        with pytest.raises(EvaluationError) as info:
+            compile_expression(source, fast=fast).evaluate(context)
+        assert isinstance(info.value, NumberRangeError) is out_of_range, info.value
 
 
 def test_number_and_condition_helpers_check_the_type() -> None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from perkamo_core import storage as st
-from perkamo_core.errors import NotFoundError, ValidationError
+from perkamo_core.errors import NotFoundError, TransactionIdConflictError, ValidationError
 from perkamo_core.models import EventInput
 from perkamo_core.service import CoreService
 
@@ -136,9 +136,10 @@ def test_bulk_results_in_input_order_with_duplicates_in_page_and_in_db(service: 
     assert service.wallet_balances(SPACE) == {"a": Decimal(100), "b": Decimal(50)}
 
 
-def test_a_duplicate_under_another_user_creates_no_customer(service: CoreService) -> None:
+def test_an_id_reused_under_another_user_is_a_conflict_and_creates_no_customer(service: CoreService) -> None:
     service.ingest(SPACE, purchase("a", "t1"))
-    assert service.ingest(SPACE, purchase("b", "t1"))["duplicate"] is True
+    with pytest.raises(TransactionIdConflictError):
+        service.ingest(SPACE, purchase("b", "t1"))
     with pytest.raises(NotFoundError):
         service.customer(SPACE, "b")
 

@@ -1,4 +1,9 @@
-"""Transaction ids are unique per Space across events and redemptions (no double deduction)."""
+"""Transaction ids are unique per Space across events and redemptions (no double deduction).
+
+A redemption's id coming back as an event is a duplicate when the caller names it an echo
+(``echo_ids``: the written-back redemption returning from Perkville); anywhere else it is the id
+reused for another action, a 409 ``transaction_id_conflict``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from perkamo_core import storage as st
+from perkamo_core.errors import TransactionIdConflictError
 from perkamo_core.models import EventInput
 from perkamo_core.service import CoreService
 from tests.perkamo_core.test_service_ingest import SEED_PROGRAM, SPACE, count, make_service, purchase
@@ -44,7 +50,9 @@ def test_event_with_a_redemptions_id_is_a_duplicate_and_changes_nothing(
     redeemed = service.redeem(SPACE, "a", "free_shipping", "r1")
     before = rows(db_engine)
 
-    result = service.ingest(SPACE, echo("a", "r1"))
+    (outcome,) = service.ingest_bulk(SPACE, [echo("a", "r1")], echo_ids={"r1"})
+    result = outcome.result
+    assert result is not None
 
     assert result["applied"] is False and result["duplicate"] is True
     assert result["delta"] == redeemed["delta"]
@@ -55,29 +63,44 @@ def test_event_with_a_redemptions_id_is_a_duplicate_and_changes_nothing(
     assert service.usage(SPACE)["meters"]["duplicates"] == 1
 
 
+def test_an_api_event_with_a_redemptions_id_is_a_conflict_and_changes_nothing(
+    service: CoreService, db_engine: Engine
+) -> None:
+    service.redeem(SPACE, "a", "free_shipping", "r1")
+    before = rows(db_engine)
+    with pytest.raises(TransactionIdConflictError) as info:
+        service.ingest(SPACE, echo("a", "r1"))
+    assert info.value.status == 409 and "free_shipping" not in info.value.message
+    assert rows(db_engine) == before
+
+
+@pytest.mark.parametrize("echoed", [True, False], ids=["echo", "not-an-echo"])
 @pytest.mark.parametrize("user", ["a", "someone-else"], ids=["same-user", "other-user"])
 def test_bulk_page_with_a_redemptions_id_applies_only_the_others(
-    service: CoreService, db_engine: Engine, user: str
+    service: CoreService, db_engine: Engine, user: str, echoed: bool
 ) -> None:
     service.redeem(SPACE, "a", "free_shipping", "r1")
 
-    outcomes = service.ingest_bulk(SPACE, [purchase("b", "t2"), echo(user, "r1"), echo("a", "e3", 5)])
+    page = [purchase("b", "t2"), echo(user, "r1"), echo("a", "e3", 5)]
+    outcomes = service.ingest_bulk(SPACE, page, echo_ids={"r1"} if echoed else ())
 
-    assert [(o.result or {}).get("applied") for o in outcomes] == [True, False, True]
-    assert [(o.result or {}).get("duplicate") for o in outcomes] == [False, True, False]
+    assert [(o.result or {}).get("applied") for o in outcomes] == [True, False if echoed else None, True]
+    if not echoed:
+        assert outcomes[1].error is not None and outcomes[1].error.code == "transaction_id_conflict"
+    else:
+        assert outcomes[1].result is not None and outcomes[1].result["duplicate"] is True
     assert service.wallet_balances(SPACE) == {"a": Decimal(5), "b": Decimal(50)}
     assert count(db_engine, st.customers) == 2  # the duplicate creates nobody
 
 
-def test_redeem_with_an_events_id_is_a_duplicate_and_changes_nothing(
+def test_redeem_with_an_events_id_is_a_conflict_and_changes_nothing(
     service: CoreService, db_engine: Engine
 ) -> None:
     before = rows(db_engine)
 
-    result = service.redeem(SPACE, "a", "free_shipping", "t1")
+    with pytest.raises(TransactionIdConflictError):
+        service.redeem(SPACE, "a", "free_shipping", "t1")
 
-    assert result["applied"] is False and result["duplicate"] is True
-    assert result["transaction_id"] == "t1"
     assert rows(db_engine) == before
     assert service.wallet_balances(SPACE) == {"a": Decimal(50)}
     assert service.usage(SPACE)["meters"]["redemptions"] == 0
@@ -104,17 +127,23 @@ def test_concurrent_redeem_and_event_with_one_id_apply_once(db_engine: Engine) -
     def redeemer() -> None:
         service = CoreService(db_engine)
         for i in range(rounds):
-            applied.append(service.redeem(SPACE, "a", "free_shipping", f"x{i}")["applied"])
+            try:
+                applied.append(service.redeem(SPACE, "a", "free_shipping", f"x{i}")["applied"])
+            except TransactionIdConflictError:
+                applied.append(False)
 
     def ingester() -> None:
         service = CoreService(db_engine)
         for i in range(rounds):
             # Another customer's event with the same id: no shared row lock, only the id clash.
-            applied.append(service.ingest(SPACE, echo("b", f"x{i}", 1))["applied"])
+            try:
+                applied.append(service.ingest(SPACE, echo("b", f"x{i}", 1))["applied"])
+            except TransactionIdConflictError:
+                applied.append(False)
 
     run_together(redeemer, ingester)
 
-    assert applied.count(True) == rounds  # one of each pair
+    assert applied.count(True) == rounds  # one of each pair; the other is a conflict
     balances = setup.wallet_balances(SPACE)
     redeemed = count(db_engine, st.redemptions)
     assert balances["a"] == Decimal(50 * rounds - 40 * redeemed)

@@ -156,3 +156,26 @@ def test_migration_4_turns_core_balances_into_a_view_over_the_state_documents(
         ids = dict(conn.execute(select(st.customers.c.user_id, st.customers.c.id)).all())
     assert view == {("points", ids["a"]): (Decimal(60), Decimal(100)),
                     ("points", ids["b"]): (Decimal(50), Decimal(50))}
+
+
+def test_migration_5_adds_the_payload_fingerprint_and_older_rows_obey_the_conflict_rule(
+    db_engine: Engine,
+) -> None:
+    from perkamo_core.errors import TransactionIdConflictError
+
+    service = make_service(db_engine)
+    service.ingest_bulk(SPACE, [purchase("a", "t1"), purchase("b", "t2")])
+    with db_engine.begin() as conn:  # the database as it was before migration 5, with its rows
+        conn.exec_driver_sql("ALTER TABLE core_events DROP COLUMN fingerprint")
+        conn.exec_driver_sql(
+            "DELETE FROM schema_migrations WHERE component = 'perkamo_core' AND version = 5")
+    assert st.migrate_core(db_engine) == [5]
+    with db_engine.connect() as conn:
+        assert list(conn.execute(select(st.events.c.fingerprint))) == [(None,), (None,)]
+    assert service.ingest(SPACE, purchase("a", "t1"))["duplicate"] is True
+    with pytest.raises(TransactionIdConflictError):
+        service.ingest(SPACE, purchase("a", "t2"))
+    service.ingest(SPACE, purchase("c", "t3"))
+    with db_engine.connect() as conn:
+        stored = dict(conn.execute(select(st.events.c.transaction_id, st.events.c.fingerprint)).all())
+    assert stored["t1"] is None and stored["t3"] is not None and len(stored["t3"]) == 64

@@ -382,6 +382,35 @@ def test_unknown_config_module_is_400_and_a_known_one_applies(api: TestClient, k
     _assert_error(api.post("/v1/admin/config/events", json={"body": invalid}, headers=headers), 400)
 
 
+@pytest.mark.parametrize(
+    ("payload", "field", "message"),
+    [
+        pytest.param({"wallets": [{}]}, "body", "body: Field required", id="module-without-envelope"),
+        pytest.param({"body": []}, "body", "body: Input should be a valid dictionary", id="body-not-object"),
+        pytest.param({"body": {}, "active": "yes"}, "active", "active: Input should be a valid boolean", id="active"),
+        pytest.param({"body": {"wallets": [{"name": "Points"}]}}, "wallets.wallets[0].key",
+                     "wallets.wallets[0].key: Field required", id="module-field"),
+        pytest.param({"body": {"wallets": [{"key": "points", "name": "P", "precision": "x"}]}},
+                     "wallets.wallets[0].precision", None, id="module-type"),
+    ],
+)
+def test_an_invalid_config_object_names_the_wrong_field(
+    api: TestClient, keys: Keys, payload: dict[str, Any], field: str, message: str | None
+) -> None:
+    body = _assert_error(_post(api, "/v1/admin/config/wallets", keys.full, payload), 400)
+    assert body["field"] == field
+    assert "must be a JSON object" not in body["message"]
+    assert body["message"].startswith(f"{field}: ")
+    if message is not None:
+        assert body["message"] == message
+
+
+@pytest.mark.parametrize("payload", [b"[]", b'"x"', b"7"])
+def test_a_config_body_that_is_not_an_object_says_so(api: TestClient, keys: Keys, payload: bytes) -> None:
+    body = _assert_error(_post(api, "/v1/admin/config/wallets", keys.full, payload), 400)
+    assert "must be a JSON object" in body["message"] and "field" not in body
+
+
 # -- batch ---------------------------------------------------------------------------------------
 
 
@@ -392,7 +421,7 @@ def test_batch_applies_valid_items_and_reports_invalid_ones_in_order(api: TestCl
         {"user_id": 7, "event": "page.viewed", "transaction_id": "pageview_03"},
         "not an event",
         {"user_id": "customer_123", "event": "purchase.completed", "transaction_id": "order_1"},
-        {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_01"},
+        {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_01", "context": {"path": "/pricing"}},
         {"user_id": "customer_\u0000", "event": "page.viewed", "transaction_id": "pageview_04"},
         {"user_id": "customer_123", "event": "page.viewed", "transaction_id": "pageview_05", "context": {"n": "\ud800"}},
     ]
