@@ -1,0 +1,207 @@
+"""Sync against a Perkville whose clock or zone is not the bridge's: nothing is lost, nothing doubled.
+
+The sandbox runs its own clock hours behind or ahead of this machine's, or shows its naive times in
+a zone other than ``PERKVILLE_TIMEZONE``.  Backfill, then new activity, edits and voids at the
+source, then sync: every member reconciles exactly, in history and balance mode, on both databases.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bridge.pipeline import Pipeline, PipelineConfig, RunOptions, RunSummary
+from bridge.progress import NullProgress
+from bridge.source_clock import to_stamp
+from connectors.perkville.sandbox import Sandbox
+from tests.bridge.conftest import SPACE, Bridge, open_bridge
+from tests.bridge.test_cli import cli_env, run  # noqa: F401 - cli_env is a fixture
+
+HOURS = 3600
+
+CLOCKS = [
+    pytest.param(-5 * HOURS, "UTC", "UTC", id="source-5h-behind"),
+    pytest.param(5 * HOURS, "UTC", "UTC", id="source-5h-ahead"),
+    # Los Angeles' naive times read as UTC: the source looks 8 hours behind.
+    pytest.param(0, "America/Los_Angeles", "UTC", id="zone-la-read-as-utc"),
+    # Tokyo's naive times read as Chicago's: the source looks 15 hours ahead.
+    pytest.param(0, "Asia/Tokyo", "America/Chicago", id="zone-tokyo-read-as-chicago"),
+]
+
+
+def _earn_perks(box: Sandbox) -> list[int]:
+    return sorted(p["perk_id"] for p in box.ledger.perks.values() if p["classification"] == "EARN" and p["points"])
+
+
+def _connections(box: Sandbox) -> list[int]:
+    return sorted(box.ledger.businesses[box.business_ids[0]].connection_ids)
+
+
+def _activity(box: Sandbox, count: int, start: int = 0) -> list[int]:
+    """``count`` earns spread over the members; returns their transaction ids."""
+    perks, members = _earn_perks(box), _connections(box)
+    return [
+        box.add_transaction(
+            perk=perks[(start + n) % len(perks)], connection=members[(start + n) % len(members)],
+            quantity=1 + n % 3,
+        )["transaction_id"]
+        for n in range(count)
+    ]
+
+
+def _redeem_once(box: Sandbox) -> None:
+    """One redemption by the member with the most points (as a member spending them would)."""
+    ledger = box.ledger
+    richest = max(_connections(box), key=lambda c: (ledger.aggregates[c].balance, c))
+    cheapest = min(
+        (p for p in ledger.perks.values() if p["classification"] == "REDEEM"), key=lambda p: p["points"]
+    )
+    assert ledger.aggregates[richest].balance >= cheapest["points"]
+    box.add_transaction(perk=cheapest["perk_id"], connection=richest)
+
+
+def _as_bridge_reads(moment: datetime, source_zone: str, bridge_zone: str) -> str:
+    """A sandbox time as the bridge keeps it: the naive text the sandbox shows, read in the
+    bridge's zone (ISO-8601 UTC, the cursors' form)."""
+    text = moment.astimezone(ZoneInfo(source_zone)).strftime("%Y-%m-%d %H:%M:%S")
+    stamp = to_stamp(text, bridge_zone)
+    assert stamp is not None
+    return stamp.isoformat()
+
+
+def _newest_at_source(box: Sandbox) -> dict[str, datetime]:
+    ledger = box.ledger
+    business = ledger.businesses[box.business_ids[0]]
+    connections = [ledger.connections[c] for c in business.connection_ids]
+    users = {c["user"] for c in connections}
+    return {
+        "users": max(ledger.users[u]["last_mod_dt"] for u in users),
+        "connections": max(c["last_mod_dt"] for c in connections),
+        "transactions": max(t.last_mod for t in business.txns),
+    }
+
+
+def _assert_exact(bridge: Bridge) -> None:
+    report = bridge.reconcile()
+    assert report.ok, report.to_json()
+    truth = bridge.box.true_balances()
+    assert report.checked == report.matched == len(truth)
+    got = bridge.service.wallet_balances(SPACE, "points")
+    assert {u: got.get(f"perkville:{u}", Decimal(0)) for u in truth} == {
+        u: Decimal(b) for u, b in truth.items()
+    }
+
+
+@pytest.mark.parametrize("mode", ["history", "balance"])
+@pytest.mark.parametrize(("offset", "source_zone", "bridge_zone"), CLOCKS)
+def test_sync_after_a_backfill_reconciles_exactly_whatever_the_sources_clock(
+    db_url: str, mode: str, offset: int, source_zone: str, bridge_zone: str
+) -> None:
+    box = Sandbox(seed=31, members=12, transactions=200, timezone=source_zone, clock_offset=offset)
+    box.start()
+    try:
+        with open_bridge(box, db_url, timezone=bridge_zone) as bridge:
+            def run_once(kind: str) -> RunSummary:
+                summary = bridge.pipeline(timezone=bridge_zone).run(RunOptions(kind=kind, mode=mode))  # type: ignore[arg-type]
+                assert summary.status == "succeeded" and summary.counts.balanced
+                assert summary.counts.dead_lettered == 0
+                return summary
+
+            # Activity just before the backfill, stamped around the source's "now": a balance
+            # cut-over on this machine's clock would replay it on top of the opening balances
+            # (source ahead) or drop what comes next (source behind).
+            early = _activity(box, 6)
+            run_once("backfill")
+            _assert_exact(bridge)
+
+            new = _activity(box, 40, start=3)
+            _redeem_once(box)
+            box.void_transaction(new[0])  # a new row, voided
+            box.void_transaction(early[1])  # a row from before the backfill (the cut-over)
+            old = min(t.id for t in box.ledger.txns.values() if t.status == "ACTIVE" and t.points)
+            box.void_transaction(old)  # a row from the generated history
+            members = _connections(box)
+            box.ledger.set_connection_status(members[2], "INACTIVE")
+            edited_user = box.ledger.connections[members[5]]["user"]
+            box.update_user(edited_user, first_name="Renamed")
+
+            sync = run_once("sync")
+            assert sync.kinds["transaction"]["applied"] >= 43  # 41 new rows and 2 voided ones
+            _assert_exact(bridge)
+            inactive = bridge.service.customer(SPACE, f"perkville:{box.ledger.connections[members[2]]['user']}")
+            assert inactive["traits"]["perkville_connection_status"] == "INACTIVE"
+            renamed = bridge.service.customer(SPACE, f"perkville:{edited_user}")
+            assert renamed["traits"]["first_name"] == "Renamed"
+
+            # Every cursor is the newest change read, in the source's clock as the bridge reads it.
+            expected = {
+                r: _as_bridge_reads(moment, source_zone, bridge_zone)
+                for r, moment in _newest_at_source(box).items()
+            }
+            stored = {c.resource: c.value for c in bridge.state.cursors.all(bridge.business)}
+            assert {r: stored[r] for r in expected} == expected
+            record = bridge.state.runs.get(sync.run_id)
+            assert record is not None
+            assert record.details["cursors"] == expected == record.details["signposts"]
+
+            quiet = run_once("sync")
+            assert quiet.counts.applied == 0
+            _assert_exact(bridge)
+    finally:
+        box.stop()
+
+
+class _StopAfterFirstPage(NullProgress):
+    """Asks the run to stop once the first page of transactions is delivered (its cursor moved)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def advance(self, name: str, n: int, **_: object) -> None:
+        if name == "transactions":
+            self.pipeline.stop.set()
+
+
+def test_status_shows_lag_in_the_sources_clock_while_rows_are_unread(
+    bridge: Bridge, cli_env: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811 - the fixture
+) -> None:
+    box = bridge.box
+    box.set_clock(-6 * HOURS)  # on this machine's clock the new rows would look six hours old
+    bridge.backfill("history")
+    code, body, err = run(capsys, cli_env, "status", "--json")
+    assert code == 0, err
+    lag = {c["resource"]: c["lag_seconds"] for c in body["cursors"]}
+    assert lag == {"users": 0.0, "connections": 0.0, "transactions": 0.0}
+
+    for n in range(120):  # more than two pages of 50, a second apart on the source's clock
+        box.set_clock(-6 * HOURS + n)
+        _activity(box, 1, start=n)
+    pipeline = Pipeline(
+        state=bridge.state, source=bridge.client, target=bridge.target,
+        config=PipelineConfig(business=bridge.business),
+    )
+    pipeline.progress = _StopAfterFirstPage(pipeline)
+    stopped = pipeline.run(RunOptions(kind="sync"))
+    assert stopped.status == "stopped" and stopped.kinds["transaction"]["read"] == 50
+
+    code, body, err = run(capsys, cli_env, "status", "--json")
+    assert code == 0, err
+    cursors: dict[str, Any] = {c["resource"]: c for c in body["cursors"]}
+    newest = max(t.last_mod for t in box.ledger.txns.values())
+    tx = cursors["transactions"]
+    assert tx["source_newest"] == newest.isoformat()
+    assert tx["value"] < tx["source_newest"]
+    behind = (newest - datetime.fromisoformat(tx["value"])).total_seconds()
+    assert tx["lag_seconds"] == behind > 0
+
+    pipeline.stop.clear()
+    pipeline.progress = NullProgress()
+    pipeline.run(RunOptions(kind="sync"))
+    code, body, err = run(capsys, cli_env, "status", "--json")
+    assert {c["resource"]: c["lag_seconds"] for c in body["cursors"]}["transactions"] == 0.0
+    assert bridge.reconcile().ok
