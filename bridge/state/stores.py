@@ -95,10 +95,18 @@ class CursorStore:
         return None if row is None else _to_cursor(row)
 
     def observe(self, conn: Connection, business: str, resource: str, source_newest: str) -> None:
-        """Record the source's newest change for an existing cursor (its value stays)."""
+        """Record the source's newest change for an existing cursor (its value stays).
+
+        A cursor with none (kept on the bridge's own clock by an earlier version) keeps its NULL,
+        which tells sync to replace it.
+        """
         conn.execute(
             update(cursors)
-            .where(cursors.c.business == business, cursors.c.resource == resource)
+            .where(
+                cursors.c.business == business,
+                cursors.c.resource == resource,
+                cursors.c.source_newest.is_not(None),
+            )
             .values(source_newest=source_newest)
         )
 

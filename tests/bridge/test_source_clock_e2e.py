@@ -7,17 +7,20 @@ source, then sync: every member reconciles exactly, in history and balance mode,
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import update
 
 from bridge.pipeline import Pipeline, PipelineConfig, RunOptions, RunSummary
 from bridge.progress import NullProgress
 from bridge.source_clock import to_stamp
+from bridge.state.schema import cursors
 from connectors.perkville.sandbox import Sandbox
 from tests.bridge.conftest import SPACE, Bridge, open_bridge
 from tests.bridge.test_cli import cli_env, run  # noqa: F401 - cli_env is a fixture
@@ -205,3 +208,57 @@ def test_status_shows_lag_in_the_sources_clock_while_rows_are_unread(
     code, body, err = run(capsys, cli_env, "status", "--json")
     assert {c["resource"]: c["lag_seconds"] for c in body["cursors"]}["transactions"] == 0.0
     assert bridge.reconcile().ok
+
+
+def test_cursors_an_older_version_kept_on_this_machines_clock_are_read_past_once(bridge: Bridge) -> None:
+    box = bridge.box
+    box.set_clock(-5 * HOURS)
+    bridge.backfill("history")
+    # What an earlier version left: every sync cursor at its own wall-clock start, hours past
+    # anything the source (five hours behind) stamps next.
+    wall = datetime.now(UTC).replace(microsecond=0).isoformat()
+    with bridge.engine.begin() as conn:
+        conn.execute(update(cursors).values(value=wall, source_newest=None))
+    _activity(box, 10)
+
+    summary = bridge.sync()
+    assert any("reads everything once" in note for note in summary.notes), summary.notes
+    _assert_exact(bridge)
+    stored = {c.resource: c for c in bridge.state.cursors.all(bridge.business)}
+    newest = _newest_at_source(box)
+    for resource in ("users", "connections", "transactions"):
+        assert stored[resource].value == newest[resource].isoformat() == stored[resource].source_newest
+
+    again = bridge.sync()
+    assert not any("reads everything once" in note for note in again.notes)
+    assert again.counts.applied == 0
+
+
+def test_a_backfill_checkpoint_from_an_older_version_resumes_and_leaves_sync_to_read_everything(
+    bridge: Bridge,
+) -> None:
+    box = bridge.box
+    box.set_clock(5 * HOURS)
+    pipeline = Pipeline(
+        state=bridge.state, source=bridge.client, target=bridge.target,
+        config=PipelineConfig(business=bridge.business),
+    )
+    pipeline.progress = _StopAfterFirstPage(pipeline)
+    assert pipeline.run(RunOptions(kind="backfill")).status == "stopped"
+    # An earlier version's checkpoint: a pinned upper bound on this machine's clock, no signposts.
+    raw = bridge.state.cursors.get(bridge.business, "backfill")
+    assert raw is not None
+    saved = json.loads(raw)
+    saved.pop("signposts")
+    saved["until"] = datetime.now(UTC).replace(microsecond=0).isoformat()
+    with bridge.engine.begin() as conn:
+        bridge.state.cursors.set(conn, bridge.business, "backfill", json.dumps(saved), None)
+    _activity(box, 10)  # dated past that bound by the source's clock, five hours ahead
+
+    resumed = bridge.backfill("history")
+    assert any("reads everything once" in note for note in resumed.notes), resumed.notes
+    assert {c.resource for c in bridge.state.cursors.all(bridge.business)} == set()
+    _assert_exact(bridge)
+    _activity(box, 5, start=10)
+    bridge.sync()
+    _assert_exact(bridge)
