@@ -844,10 +844,11 @@ class Pipeline:
                     if not isinstance(record.raw, Mapping):
                         continue
                     status = str(record.raw.get("transaction_status") or "").upper()
-                    if status != "VOID_REF" and record.problem is None and cutover.carries(
+                    if cutover.carries(
                         to_stamp(record.raw.get("transaction_dt"), tz), record.raw.get("transaction_id")
                     ):
-                        record.skipped, record.events = True, []
+                        if record.problem is None:  # a void among them too: already in the balance
+                            record.skipped, record.events = True, []
                         continue
                     if not record.skipped:
                         continue

@@ -262,3 +262,33 @@ def test_a_backfill_checkpoint_from_an_older_version_resumes_and_leaves_sync_to_
     _activity(box, 5, start=10)
     bridge.sync()
     _assert_exact(bridge)
+
+
+def test_the_balance_cut_over_splits_its_last_second_by_row_id(db_url: str) -> None:
+    """Everything happens in one second of the source's clock: the rows (and a void) from before
+    the backfill are in the opening balances, the ones recorded after it in that same second are
+    replayed, and a later void of an earlier row is reversed, once."""
+    frozen = datetime(2026, 12, 5, 12, 0, 0, tzinfo=UTC)
+    box = Sandbox(seed=31, members=12, transactions=200, now=lambda: frozen)
+    box.start()
+    try:
+        with open_bridge(box, db_url) as bridge:
+            before = _activity(box, 4)
+            box.void_transaction(before[0])  # voided before the backfill: the balance is net of it
+            summary = bridge.backfill("balance")
+            assert summary.kinds.get("transaction", {}).get("applied", 0) == 0
+            _assert_exact(bridge)
+            cutover = bridge.state.cursors.get(bridge.business, "cutover")
+            last = max(box.transaction_ids())
+            assert cutover == f"2026-12-05T12:00:01+00:00|{last}"
+
+            after = _activity(box, 4, start=4)  # the same second, higher ids
+            box.void_transaction(before[1])  # a row carried by the opening balance, voided now
+            box.void_transaction(after[0])
+            sync = bridge.sync()
+            # Replayed: the four new rows (one of them now VOID) and the reversal of before[1].
+            assert sync.kinds["transaction"]["applied"] == 5
+            _assert_exact(bridge)
+            assert bridge.sync().counts.applied == 0
+    finally:
+        box.stop()
