@@ -9,16 +9,20 @@ State written per page — cursor or checkpoint, run counters, dead letters, id 
 by the target's ``commit`` callback: inside the embedded core's transaction (exactly-once) or
 after every remote acknowledgement (effectively-once with stable ``transaction_id``s).
 
-Cursors (``bridge_cursors``; all values ISO-8601 UTC or JSON):
+Cursors (``bridge_cursors``; all values ISO-8601 UTC or JSON), every time in them in the
+source's own clock (``bridge.source_clock``), never this machine's:
 
-- ``backfill`` — the checkpoint of an unfinished backfill: its pinned upper bound, mode,
-  cut-over and the offset of the next transactions page.  A new backfill resumes from it; a
-  finished backfill deletes it and sets the sync cursors below to its upper bound.
+- ``backfill`` — the checkpoint of an unfinished backfill: mode, cut-over, the signposts (the
+  newest ``last_mod_dt`` per resource when it started) and the offset of the next transactions
+  page.  A new backfill resumes from it; a finished backfill deletes it and sets the sync cursors
+  below to its signposts.
 - ``users``, ``connections``, ``transactions`` — ``last_mod_dt`` high-water marks of incremental
-  sync.  A pass reads ``[cursor − overlap, run start)``; the cursor never moves past the run's
-  start.  Transactions additionally re-read the look-back window (``transaction_dt`` within
-  ``lookback_days``) for rows that turned ``VOID``, so late voids are reversed even if Perkville
-  did not touch ``last_mod_dt``.
+  sync: the newest stamp actually read (``source_clock.next_cursor``).  A pass reads from
+  ``cursor − overlap`` on.  Transactions additionally re-read the look-back window
+  (``transaction_dt`` within ``lookback_days`` of the source's newest change) for rows that
+  turned ``VOID``, so late voids are reversed even if Perkville did not touch ``last_mod_dt``.
+  Each row also keeps the source's newest change the last run saw (``source_newest``): status's
+  lag is the difference.
 """
 
 from __future__ import annotations
@@ -35,13 +39,22 @@ from collections import deque
 from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection
 
 from bridge.errors import BridgeError, ConfigurationError, LeaseLostError, RunFailedError, SourceError
 from bridge.progress import NullProgress, Progress
+from bridge.source_clock import (
+    SYNC_RESOURCES,
+    CutOver,
+    lookback_start,
+    newest,
+    next_cursor,
+    to_row_id,
+    to_stamp,
+)
 from bridge.state import (
     IdMapEntry,
     LeaseKeeper,
@@ -365,6 +378,11 @@ class Pipeline:
         self._open_dead_letters = 0
         self._prestarted: FetchMapWorker | None = None
         self._early_job: tuple[tuple[str, list[str], dict[str, Any]], Mapping[str, str]] | None = None
+        self._signposts: dict[str, datetime | None] = {}
+        self._read_newest: dict[str, datetime] = {}  # newest last_mod_dt read per resource
+        self._ordered: dict[str, bool] = {}  # whether that resource was read in last_mod_dt order
+        self._cursors_before: dict[str, datetime | None] = {}
+        self._clock_details: dict[str, Any] = {}
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -386,30 +404,32 @@ class Pipeline:
                 status,
                 error=summary.error,
                 secrets=self.config.secrets,
-                details={"kinds": summary.kinds, "notes": summary.notes},
+                details={"kinds": summary.kinds, "notes": summary.notes, **self._clock_details},
             )
         except Exception:  # noqa: BLE001 - the database may be what failed; the caller reports
             pass
 
     def _run_phases(self, options: RunOptions, summary: RunSummary) -> None:
-        # Perkville datetimes have whole seconds: so do our bounds, cut-over and cursors.
-        now = self._now
-        start = now.replace(microsecond=0)
+        # Every bound, cut-over and cursor comes from the source's own stamps (its clock, read in
+        # PERKVILLE_TIMEZONE), never from this machine's clock: see bridge.source_clock.
+        self._signposts = self._read_signposts()
         checkpoint: dict[str, Any] = {}
+        upper: datetime | None = None
         if options.kind == "backfill" and not options.windowed:
-            checkpoint = self._load_checkpoint(options, start)
-            upper = _parse_iso(checkpoint["until"])
-            cutover = _parse_iso(checkpoint["cutover"]) if checkpoint.get("cutover") else None
+            # No upper bound: rows recorded while it runs come after the ones it has read in
+            # (transaction_dt, id) order, so a resumed offset still points at the same row.
+            checkpoint = self._load_checkpoint(options)
+            cutover = CutOver.from_text(checkpoint["cutover"]) if checkpoint.get("cutover") else None
             if checkpoint.get("resumed"):
                 note = (
                     f"resuming the unfinished backfill from transaction offset "
-                    f"{checkpoint.get('offset', 0)} (window up to {checkpoint['until']})"
+                    f"{checkpoint.get('offset', 0)}"
                 )
                 summary.notes.append(note)
                 self.progress.note(note)
         else:
-            upper = min(options.until or start, start)
-            cutover = start if options.mode == "balance" else None
+            upper = options.until
+            cutover = self._cutover() if options.kind == "backfill" and options.mode == "balance" else None
         self._open_dead_letters = self.state.dead_letters.open_count(self.business)
         if (
             options.kind == "backfill"
@@ -430,28 +450,29 @@ class Pipeline:
         options: RunOptions,
         summary: RunSummary,
         checkpoint: dict[str, Any],
-        upper: datetime,
-        cutover: datetime | None,
+        upper: datetime | None,
+        cutover: CutOver | None,
     ) -> None:
-        now = self._now
         since = options.since
         if options.mode == "balance" and cutover is not None:
-            since = max(since, cutover) if since else cutover
+            # Rows of the cut-over's last second recorded after it are left to sync.
+            since = max(since, cutover.at) if since else cutover.at
         if options.kind == "backfill":
             self._start_worker_early((since, upper), checkpoint or None)
         self._phase_reference()
         if self.stop.is_set():
             return
         if options.kind == "sync":
-            self._phase_sync(options, now, summary)
+            self._phase_sync(options, summary)
             return
         if not checkpoint.get("members_done"):
-            self._phase_users(None, upper)
+            self._phase_users(None)
             self._load_external_members()
             if self.stop.is_set():
                 return
             self._phase_connections(
-                None, upper, mode=options.mode, cutover=cutover, checkpoint=checkpoint or None
+                None, mode=options.mode, cutover=cutover.at if cutover else None,
+                checkpoint=checkpoint or None,
             )
             if self.stop.is_set():
                 return
@@ -462,28 +483,55 @@ class Pipeline:
         if self.stop.is_set():
             return
         if checkpoint:
-            with self.state.engine.begin() as conn:
-                self._fence(conn)
-                self.state.cursors.delete(conn, self.business, "backfill")
-                for resource in ("users", "connections", "transactions"):
-                    self.state.cursors.set(conn, self.business, resource, _iso(upper), self._run_id)
-                if cutover is not None:
-                    # Sync must never replay what the opening balances already carry.
-                    self.state.cursors.set(conn, self.business, "cutover", _iso(cutover), self._run_id)
+            self._seed_sync_cursors(checkpoint, cutover, summary)
+
+    def _seed_sync_cursors(
+        self, checkpoint: Mapping[str, Any], cutover: CutOver | None, summary: RunSummary
+    ) -> None:
+        """A finished backfill: the sync cursors start at the signposts of its first attempt.
+
+        Everything the source held then was read (some of it later, as it was by then); what
+        changed since carries a newer stamp, which sync reads.  A checkpoint written by an
+        earlier version has no signposts (its bounds were on this machine's clock): the sync
+        cursors are removed instead, so the next sync reads everything once.
+        """
+        signposts = checkpoint.get("signposts")
+        seeded: dict[str, str] = {}
+        with self.state.engine.begin() as conn:
+            self._fence(conn)
+            self.state.cursors.delete(conn, self.business, "backfill")
+            for resource in SYNC_RESOURCES:
+                value = signposts.get(resource) if isinstance(signposts, Mapping) else None
+                if value is not None:
+                    self._set_cursor(conn, resource, _parse_iso(value))
+                    seeded[resource] = value
+                elif not isinstance(signposts, Mapping):
+                    self.state.cursors.delete(conn, self.business, resource)
+            if cutover is not None:
+                # Sync must never replay what the opening balances already carry.
+                self.state.cursors.set(conn, self.business, "cutover", cutover.to_text(), self._run_id)
+        self._clock_details["cursors"] = seeded
+        if not isinstance(signposts, Mapping):
+            note = "the resumed backfill began under an older version: the next sync reads everything once"
+            summary.notes.append(note)
+            self.progress.note(note)
 
     # ------------------------------------------------------------------------- checkpoint
 
-    def _load_checkpoint(self, options: RunOptions, start: datetime) -> dict[str, Any]:
+    def _load_checkpoint(self, options: RunOptions) -> dict[str, Any]:
         raw = self.state.cursors.get(self.business, "backfill")
         if raw:
             saved = json.loads(raw)
             if saved.get("mode") == options.mode:
                 saved["resumed"] = True
                 return dict(saved)
+        cutover = self._cutover() if options.mode == "balance" else None
         checkpoint: dict[str, Any] = {
             "mode": options.mode,
-            "until": _iso(start),
-            "cutover": _iso(start) if options.mode == "balance" else None,
+            "cutover": cutover.to_text() if cutover is not None else None,
+            "signposts": {
+                r: _iso(v) if v is not None else None for r, v in self._signposts.items()
+            },
             "offset": 0,
             "members_done": False,
         }
@@ -497,6 +545,62 @@ class Pipeline:
     def _fence(self, conn: Connection) -> None:
         if self._keeper is not None:
             self._keeper.fence(conn)
+
+    # --------------------------------------------------------------- the source's clock
+
+    def _read_signposts(self) -> dict[str, datetime | None]:
+        """The newest ``last_mod_dt`` of each synced resource as the run starts (one request
+        each), in the source's clock; recorded on the cursors for status's lag and the run log.
+
+        A server that ignores ``order_by`` answers some other row, which is older: that only
+        keeps the cursors of unordered passes lower (more is read again), and the balance-mode
+        cut-over does not rely on it (``_cutover``).
+        """
+        found: dict[str, datetime | None] = {}
+        for resource in SYNC_RESOURCES:
+            page = self.source.fetch_newest(resource, self.business)
+            found[resource] = newest(
+                [to_stamp(row.get("last_mod_dt"), self.config.timezone) for row in page.objects]
+            )
+        seen = {r: _iso(v) for r, v in found.items() if v is not None}
+        if seen:
+            with self.state.engine.begin() as conn:
+                self._fence(conn)
+                for resource, value in seen.items():
+                    self.state.cursors.observe(conn, self.business, resource, value)
+        self._clock_details["signposts"] = seen
+        return found
+
+    def _cutover(self) -> CutOver:
+        """The balance-mode cut-over, on the source's clock: just after the newest row by
+        ``(transaction_dt, transaction_id)`` Perkville holds as the run starts (``CutOver``).
+
+        The newest row is asked for, then confirmed by asking for every row from its second on,
+        so a server that ignores ``order_by`` still gives the right answer (in a few more
+        requests).  With no transactions at all: the newest change of any resource; with no
+        data at all, the epoch (everything later is replayed).
+        """
+        tz = self.config.timezone
+
+        def top(rows: Iterable[Mapping[str, Any]]) -> tuple[datetime, int] | None:
+            keys = [
+                (stamp, to_row_id(row.get("transaction_id")) or -1)
+                for row in rows
+                if (stamp := to_stamp(row.get("transaction_dt"), tz)) is not None
+            ]
+            return max(keys, default=None)
+
+        found = top(self.source.fetch_newest("transactions", self.business, field="transaction_dt").objects)
+        while found is not None:
+            rows: list[Mapping[str, Any]] = []
+            for page in self.source.iter_transactions(self.business, transaction_dt_gte=found[0]):
+                rows.extend(page.objects)
+            beyond = top(rows)
+            if beyond is None or beyond <= found:
+                return CutOver.after(found[0], found[1] if found[1] >= 0 else None)
+            found = beyond
+        others = newest(list(self._signposts.values()))
+        return CutOver(others if others is not None else datetime(1970, 1, 1, tzinfo=UTC))
 
     # ---------------------------------------------------------------------------- phases
 
@@ -528,16 +632,12 @@ class Pipeline:
             self.progress.advance("reference", len(page.objects))
         self.progress.done("reference", f"{len(self._locations)} locations, {perks} perks")
 
-    def _phase_users(self, since: datetime | None, upper: datetime) -> set[str]:
+    def _phase_users(self, since: datetime | None) -> set[str]:
         """Stage users (raw) for the connections phase; returns the ids seen."""
         self.progress.phase("users")
         seen: set[str] = set()
         # The next page is requested while this one is staged (``prefetch``).
-        pages = prefetch(self.source.iter_users(
-            business=self.business,
-            last_mod_dt_gte=since,
-            last_mod_dt_lt=upper if since is not None else None,
-        ))
+        pages = prefetch(self.source.iter_users(business=self.business, last_mod_dt_gte=since))
         try:
             self._stage_users(pages, seen)
         finally:
@@ -553,6 +653,7 @@ class Pipeline:
                 if uid is None:
                     continue
                 batch[str(uid)] = raw
+            self._note_read("users", page.objects)
             if batch:
                 with self.state.engine.begin() as conn:
                     self.state.users.put(conn, self.business, batch)
@@ -564,25 +665,26 @@ class Pipeline:
     def _phase_connections(
         self,
         since: datetime | None,
-        upper: datetime,
         *,
         mode: Mode,
         cutover: datetime | None,
         checkpoint: dict[str, Any] | None,
         pages: Iterator[Any] | None = None,
     ) -> set[str]:
-        """Identify every connected member; returns the Perkville user ids handled."""
+        """Identify every connected member; returns the Perkville user ids handled.
+
+        Only the phase's own read (``pages`` None) counts towards the connections cursor.
+        """
         self.progress.phase("members")
         handled: set[str] = set()
+        tracked = pages is None
         if pages is None:
             # The next page is requested while this one is mapped and delivered.
-            pages = prefetch(self.source.iter_connections(
-                self.business,
-                last_mod_dt_gte=since,
-                last_mod_dt_lt=upper if since is not None else None,
-            ))
+            pages = prefetch(self.source.iter_connections(self.business, last_mod_dt_gte=since))
         try:
             for page in pages:
+                if tracked:
+                    self._note_read("connections", page.objects)
                 records = self._map_connections(page.objects, mode=mode, cutover=cutover)
                 handled.update(r.entry.perkville_user_id for r in records if r.entry is not None)
                 self._deliver(records, "connection", self._connection_state(records))
@@ -602,6 +704,14 @@ class Pipeline:
                 )
         self.progress.done("members", f"{len(handled)} members")
         return handled
+
+    def _note_read(self, resource: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Keep the newest ``last_mod_dt`` read of ``resource`` (its cursor's candidate)."""
+        tz = self.config.timezone
+        found = newest([to_stamp(row.get("last_mod_dt"), tz) for row in rows])
+        before = self._read_newest.get(resource)
+        if found is not None and (before is None or found > before):
+            self._read_newest[resource] = found
 
     def _transactions_query(
         self,
@@ -658,7 +768,7 @@ class Pipeline:
         sync_resource: str | None = None,
         label: str = "transactions",
         status: str | None = None,
-        cutover: datetime | None = None,
+        cutover: CutOver | None = None,
     ) -> None:
         self.progress.phase(label)
         customer_ids = self._customer_ids()
@@ -712,7 +822,7 @@ class Pipeline:
     def _with_late_voids(
         self,
         mapped: Iterator[tuple[Any, list[_Record]]],
-        cutover: datetime,
+        cutover: CutOver,
         customer_ids: Mapping[str, str] | None,
     ) -> Iterator[tuple[Any, list[_Record]]]:
         """Balance mode: a void after the cut-over of a row from before it becomes its reversal.
@@ -721,16 +831,27 @@ class Pipeline:
         carried it; the void takes it out again.  The ``VOID_REF`` row (dated at the void, so inside
         the window) names the voided row, which is read and mapped; only its reversal event
         (``void:`` id) is sent — never the original, which the opening balance already counts.
-        A voided row from after the cut-over is in the window itself and maps as usual.
+        A voided row from after the cut-over is in the window itself and maps as usual.  A row of
+        the cut-over's last second that the opening balances carry (``CutOver.carries``) is
+        skipped.
         """
         from mapping.events import EVENT_VOIDED, to_events
 
+        tz = self.config.timezone
         try:
             for page, records in mapped:
                 for record in records:
-                    if not record.skipped or not isinstance(record.raw, Mapping):
+                    if not isinstance(record.raw, Mapping):
                         continue
                     status = str(record.raw.get("transaction_status") or "").upper()
+                    if cutover.carries(
+                        to_stamp(record.raw.get("transaction_dt"), tz), record.raw.get("transaction_id")
+                    ):
+                        if record.problem is None:  # a void among them too: already in the balance
+                            record.skipped, record.events = True, []
+                        continue
+                    if not record.skipped:
+                        continue
                     voided = _trailing_id(record.raw.get("voided_transaction"))
                     if status != "VOID_REF" or voided is None:
                         continue
@@ -747,8 +868,9 @@ class Pipeline:
                     if (
                         result.ok
                         and len(reversal) == 1
-                        and reversal[0].occurred_at is not None
-                        and reversal[0].occurred_at < cutover
+                        and cutover.carries(
+                            to_stamp(original.get("transaction_dt"), tz), original.get("transaction_id")
+                        )
                     ):
                         record.skipped = False
                         record.events = reversal
@@ -787,19 +909,24 @@ class Pipeline:
     ) -> None:
         high_water: datetime | None = None
         ordered = True
+        before = self._cursors_before.get(sync_resource) if sync_resource else None
         for page, records in mapped:
             if last_mod_window is not None:
                 ordered = ordered and bool(getattr(page, "ordered", True))
-                stamps = [r.cursor_value for r in records if r.cursor_value is not None]
-                if stamps:
-                    high_water = max([*stamps, *([high_water] if high_water else [])])
+                high_water = newest([high_water, *(r.cursor_value for r in records)])
+            if sync_resource:
+                if high_water is not None:
+                    self._read_newest[sync_resource] = high_water
+                self._ordered[sync_resource] = ordered
             size = _page_size(page)
             next_offset = int(getattr(page, "offset", 0)) + size + int(getattr(page, "dropped", 0))
+            # In last_mod_dt order the cursor follows the pages; otherwise it moves at the end.
+            moved = next_cursor(before, high_water, None, ordered=True) if ordered else None
             state = self._transaction_state(
                 records,
                 checkpoint=checkpoint,
                 next_offset=next_offset,
-                cursor=(sync_resource, high_water) if sync_resource and ordered else None,
+                cursor=(sync_resource, moved) if sync_resource and moved != before else None,
             )
             with _gc_paused():
                 self._deliver(records, "transaction", state)
@@ -808,25 +935,38 @@ class Pipeline:
                 return
         self.progress.done(label, None)
 
-    def _phase_sync(self, options: RunOptions, start: datetime, summary: RunSummary) -> None:
+    def _phase_sync(self, options: RunOptions, summary: RunSummary) -> None:
         overlap = timedelta(seconds=self.config.overlap_seconds)
-
-        def window(resource: str) -> datetime | None:
-            value = self.state.cursors.get(self.business, resource)
-            return None if value is None else _parse_iso(value) - overlap
-
-        if self.state.cursors.get(self.business, "transactions") is None:
+        entries = {r: self.state.cursors.entry(self.business, r) for r in SYNC_RESOURCES}
+        legacy = any(e is not None and e.source_newest is None for e in entries.values())
+        if legacy:
+            # Written by an earlier version from this machine's clock: they may stand past rows
+            # the source stamped earlier.  Read everything once (idempotent ids) and start over.
+            entries = dict.fromkeys(SYNC_RESOURCES)
+            note = "the sync cursors were on this machine's clock (older version): this pass reads everything once"
+            summary.notes.append(note)
+            self.progress.note(note)
+        elif entries["transactions"] is None:
             note = "no sync cursor yet: this first pass reads everything (like a backfill)"
             summary.notes.append(note)
             self.progress.note(note)
+        self._cursors_before = {
+            r: _parse_iso(e.value) if e is not None else None for r, e in entries.items()
+        }
+
+        def window(resource: str) -> datetime | None:
+            value = self._cursors_before[resource]
+            return None if value is None else value - overlap
+
         users_since = window("users")
-        changed_users = self._phase_users(users_since, start)
-        if self.config.id_strategy == "external_member":
-            self._load_external_members()
+        changed_users = self._phase_users(users_since)
+        # Members re-identified here get the same traits as in a backfill (membership traits
+        # come from the external member records), else their traits hash flips on every pass.
+        self._load_external_members()
         if self.stop.is_set():
             return
         handled = self._phase_connections(
-            window("connections"), start, mode=options.mode, cutover=None, checkpoint=None
+            window("connections"), mode=options.mode, cutover=None, checkpoint=None
         )
         if self.stop.is_set():
             return
@@ -835,36 +975,49 @@ class Pipeline:
             for uid in sorted(changed_users - handled):
                 pages = self.source.iter_connections(self.business, user_id=uid)
                 self._phase_connections(
-                    None, start, mode=options.mode, cutover=None, checkpoint=None, pages=pages
+                    None, mode=options.mode, cutover=None, checkpoint=None, pages=pages
                 )
         tx_since = window("transactions")
         cutover_text = self.state.cursors.get(self.business, "cutover")
-        floor = _parse_iso(cutover_text) if cutover_text else None
+        cutover = CutOver.from_text(cutover_text) if cutover_text else None
         self._phase_transactions(
-            transaction_window=(floor, None if tx_since is not None else start),
+            transaction_window=(cutover.floor if cutover else None, None),
             checkpoint=None,
-            last_mod_window=(tx_since, start) if tx_since is not None else None,
-            sync_resource="transactions" if tx_since is not None else None,
-            cutover=floor,
+            last_mod_window=(tx_since, None),
+            sync_resource="transactions",
+            cutover=cutover,
         )
         if self.stop.is_set():
             return
-        if tx_since is not None and self.config.lookback_days > 0:
-            lookback = start - timedelta(days=self.config.lookback_days)
-            if floor is not None:
-                lookback = max(lookback, floor)
+        signpost = self._signposts.get("transactions")
+        if tx_since is not None and self.config.lookback_days > 0 and signpost is not None:
             self._phase_transactions(
-                transaction_window=(lookback, start),
+                transaction_window=(
+                    lookback_start(signpost, self.config.lookback_days, cutover.at if cutover else None),
+                    None,
+                ),
                 checkpoint=None,
                 label="late voids",
                 status="VOID",
             )
         if self.stop.is_set():
             return
+        moved: dict[str, str] = {}
         with self.state.engine.begin() as conn:
             self._fence(conn)
-            for resource in ("users", "connections", "transactions"):
-                self.state.cursors.set(conn, self.business, resource, _iso(start), self._run_id)
+            for resource in SYNC_RESOURCES:
+                value = next_cursor(
+                    self._cursors_before[resource],
+                    self._read_newest.get(resource),
+                    self._signposts.get(resource),
+                    ordered=self._ordered.get(resource, False),
+                )
+                if value is not None:
+                    self._set_cursor(conn, resource, value)
+                    moved[resource] = _iso(value)
+                elif legacy:
+                    self.state.cursors.delete(conn, self.business, resource)
+        self._clock_details["cursors"] = moved
 
     # --------------------------------------------------------------------------- mapping
 
@@ -1066,9 +1219,17 @@ class Pipeline:
                     conn, self.business, "backfill", json.dumps(_stored(checkpoint)), self._run_id
                 )
             if cursor is not None and cursor[1] is not None:
-                self.state.cursors.set(conn, self.business, cursor[0], _iso(cursor[1]), self._run_id)
+                self._set_cursor(conn, cursor[0], cursor[1])
 
         return write
+
+    def _set_cursor(self, conn: Connection, resource: str, value: datetime) -> None:
+        """Store a sync cursor with the source's newest change this run saw (status's lag)."""
+        seen = self._signposts.get(resource)
+        self.state.cursors.set(
+            conn, self.business, resource, _iso(value), self._run_id,
+            source_newest=_iso(max(seen, value) if seen is not None else value),
+        )
 
     def _deliver(
         self, records: list[_Record], kind: str, write_state: Callable[[Connection], None]
@@ -1197,7 +1358,6 @@ def map_transaction_rows(
     ``keep_raw=False`` leaves ``raw`` empty so a worker does not send the rows back; the caller
     re-attaches them (``_collect``).
     """
-    from connectors.perkville.datetimes import parse_perkville_datetime
     from mapping.events import to_events_many
 
     with _gc_paused():
@@ -1211,10 +1371,7 @@ def map_transaction_rows(
             record = _Record("transaction", str(rid), raw if keep_raw else {})
             append(record)
             if with_cursor:
-                try:
-                    record.cursor_value = parse_perkville_datetime(raw.get("last_mod_dt"), timezone)
-                except ValueError:
-                    record.cursor_value = None
+                record.cursor_value = to_stamp(raw.get("last_mod_dt"), timezone)
             if result.issues and not result.ok:
                 record.problem = _first_problem(result.issues, "transaction unmappable")
             elif result.skipped and not result.events:

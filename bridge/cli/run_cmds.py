@@ -438,6 +438,7 @@ def _safe_url(url: str) -> str:
 
 
 def _status_body(state: Any, business: str | None, limit: int) -> dict[str, Any]:
+    from bridge.source_clock import lag_seconds
     from bridge.state import utcnow
 
     now = utcnow()
@@ -448,10 +449,15 @@ def _status_body(state: Any, business: str | None, limit: int) -> dict[str, Any]
             "resource": cursor.resource,
             "value": cursor.value,
             "updated_at": cursor.updated_at,
+            "source_newest": cursor.source_newest,
         }
+        # Lag is in the source's clock: its newest change when the last run looked, minus the
+        # cursor (never this machine's clock, which says nothing about what the source holds).
         try:
-            moment = datetime.fromisoformat(cursor.value)
-            item["lag_seconds"] = max((now - moment).total_seconds(), 0.0)
+            item["lag_seconds"] = lag_seconds(
+                datetime.fromisoformat(cursor.value),
+                datetime.fromisoformat(cursor.source_newest) if cursor.source_newest else None,
+            )
         except ValueError:
             item["lag_seconds"] = None
         cursors.append(item)

@@ -26,6 +26,12 @@ def register(app: typer.Typer) -> None:
         timezone: str = typer.Option(
             "UTC", "--timezone", help="Zone of the naive datetimes the sandbox serves."
         ),
+        clock_offset: float = typer.Option(
+            0.0,
+            "--clock-offset",
+            help="Run the sandbox's clock SECONDS ahead of this machine's (negative: behind).",
+            metavar="SECONDS",
+        ),
         json_output: bool = typer.Option(
             False, "--json", help="Print the URLs and credentials as one JSON line."
         ),
@@ -43,6 +49,7 @@ def register(app: typer.Typer) -> None:
                 transactions=transactions,
                 timezone=timezone,
                 redeem_sign=redeem_sign,
+                clock_offset=clock_offset,
             )
             box.start(host, port)
         except ValueError as exc:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
 )
 
 from perkamo_core.migrations import Migration
@@ -31,6 +32,10 @@ cursors = Table(
     Column("value", String(400), nullable=False),
     Column("run_id", Integer, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The source's newest ``last_mod_dt`` the last run saw for this resource (the signpost), in the
+    # source's clock like the value: status measures lag as this minus the value.  NULL on rows
+    # written before cursors came from the source's own stamps (migration 2).
+    Column("source_newest", String(64), nullable=True),
 )
 
 runs = Table(
@@ -120,7 +125,19 @@ def _v1(conn: Connection) -> None:
         table.create(conn)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),)
+def _v2(conn: Connection) -> None:
+    # A database created after this change got the column from migration 1 (which creates the
+    # tables as defined above); an older one gets it now.  Its NULLs mark cursors kept on the
+    # bridge's own clock by earlier versions.
+    if "source_newest" not in {c["name"] for c in inspect(conn).get_columns("bridge_cursors")}:
+        conn.exec_driver_sql("ALTER TABLE bridge_cursors ADD COLUMN source_newest VARCHAR(64)")
+
+
+# Append-only: a shipped migration is never edited; schema changes add a new entry.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
+    Migration(2, "cursors record the source's newest change (lag in the source's clock)", _v2),
+)
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""
 
 

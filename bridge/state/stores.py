@@ -41,6 +41,8 @@ class Cursor:
     value: str
     run_id: int | None
     updated_at: datetime
+    source_newest: str | None = None
+    """The source's newest change the last run saw (same clock and form as ``value``)."""
 
 
 class CursorStore:
@@ -62,20 +64,50 @@ class CursorStore:
         return None if value is None else str(value)
 
     def set(
-        self, conn: Connection, business: str, resource: str, value: str, run_id: int | None
+        self,
+        conn: Connection,
+        business: str,
+        resource: str,
+        value: str,
+        run_id: int | None,
+        *,
+        source_newest: str | None = None,
     ) -> None:
-        upsert(
-            conn,
-            cursors,
-            {
-                "business": business,
-                "resource": resource,
-                "value": value,
-                "run_id": run_id,
-                "updated_at": self._clock(),
-            },
-            keys=("business", "resource"),
-            update=("value", "run_id", "updated_at"),
+        """Store ``value``; ``source_newest`` (when given) also replaces the source's newest change."""
+        row = {
+            "business": business,
+            "resource": resource,
+            "value": value,
+            "run_id": run_id,
+            "updated_at": self._clock(),
+        }
+        columns = ["value", "run_id", "updated_at"]
+        if source_newest is not None:
+            row["source_newest"] = source_newest
+            columns.append("source_newest")
+        upsert(conn, cursors, row, keys=("business", "resource"), update=columns)
+
+    def entry(self, business: str, resource: str) -> Cursor | None:
+        """The whole cursor row (value and the source's newest change), or None."""
+        stmt = select(cursors).where(cursors.c.business == business, cursors.c.resource == resource)
+        with _read(self._engine) as c:
+            row = c.execute(stmt).mappings().first()
+        return None if row is None else _to_cursor(row)
+
+    def observe(self, conn: Connection, business: str, resource: str, source_newest: str) -> None:
+        """Record the source's newest change for an existing cursor (its value stays).
+
+        A cursor with none (kept on the bridge's own clock by an earlier version) keeps its NULL,
+        which tells sync to replace it.
+        """
+        conn.execute(
+            update(cursors)
+            .where(
+                cursors.c.business == business,
+                cursors.c.resource == resource,
+                cursors.c.source_newest.is_not(None),
+            )
+            .values(source_newest=source_newest)
         )
 
     def delete(self, conn: Connection, business: str, resource: str) -> None:
@@ -88,16 +120,18 @@ class CursorStore:
         if business is not None:
             stmt = stmt.where(cursors.c.business == business)
         with _read(self._engine) as c:
-            return [
-                Cursor(
-                    business=r["business"],
-                    resource=r["resource"],
-                    value=r["value"],
-                    run_id=r["run_id"],
-                    updated_at=as_utc(r["updated_at"]),  # type: ignore[arg-type]
-                )
-                for r in c.execute(stmt).mappings()
-            ]
+            return [_to_cursor(r) for r in c.execute(stmt).mappings()]
+
+
+def _to_cursor(row: Mapping[str, Any]) -> Cursor:
+    return Cursor(
+        business=row["business"],
+        resource=row["resource"],
+        value=row["value"],
+        run_id=row["run_id"],
+        updated_at=as_utc(row["updated_at"]),  # type: ignore[arg-type]
+        source_newest=row["source_newest"],
+    )
 
 
 # --------------------------------------------------------------------------------------- run log

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import islice
 from typing import Any
 from urllib.parse import urljoin
@@ -274,7 +274,9 @@ class PerkvilleClient:
                 reauthed = True
                 continue
             if status == 429 or status >= 500:
-                wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+                wait = parse_retry_after(
+                    response.headers.get("Retry-After"), now=_server_now(response) or self._clock()
+                )
                 failures = self._retry(failures, method, spath, f"HTTP {status}", wait)
                 continue
             if status >= 400:
@@ -615,6 +617,25 @@ class PerkvilleClient:
             params["order_by"] = [order_by] if isinstance(order_by, str) else list(order_by)
         return self.iter_pages("transactions/", self._params(business, params))
 
+    def fetch_newest(
+        self, resource: str, business: object = None, *, field: str = "last_mod_dt", **params: Any
+    ) -> Page:
+        """One request: the (at most two) rows of ``resource`` with the highest ``field``.
+
+        Asks ``order_by=-field,-id``; ``page.ordered`` is False when the two rows show the server
+        ignoring that order (they are then just rows it holds, not the newest).  An empty page:
+        nothing matches.  The values stay as Perkville sent them (its clock, its zone).
+        """
+        name = resource.strip("/")
+        query = dict(params)
+        query["order_by"] = [f"-{field}", f"-{ID_FIELDS.get(name, 'id')}"]
+        pages = self.iter_pages(f"{name}/", self._params(business, query), page_size=2)
+        first = next(pages, None)
+        close = getattr(pages, "close", None)  # a generator: let it finish now
+        if close is not None:
+            close()
+        return first or Page(objects=[], meta={}, path=f"{name}/")
+
     def iter_external_members(self, business: object = None, **params: Any) -> Iterator[Page]:
         """External member records; yields nothing (after one warning) if the endpoint does not exist."""
         if not self._external_members_enabled:
@@ -772,6 +793,20 @@ def _trailing_id(value: object) -> str:
     """``25``, ``"25"`` or ``"/v2/businesses/25/"`` → ``"25"``."""
     text = str(value).rstrip("/")
     return text.rsplit("/", 1)[-1]
+
+
+def _server_now(response: httpx.Response) -> float | None:
+    """The server's ``Date`` (epoch seconds), so an HTTP-date ``Retry-After`` is read on the
+    server's own clock: a server whose clock is off still gets waited for as long as it asked."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        moment = parsedate_to_datetime(response.headers.get("Date", ""))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _moment_or_none(value: object, tz: tzinfo) -> datetime | None:

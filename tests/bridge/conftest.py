@@ -109,14 +109,14 @@ class Bridge:
 
 
 @contextmanager
-def open_bridge(box: Sandbox, db_url: str) -> Iterator[Bridge]:
+def open_bridge(box: Sandbox, db_url: str, **client_overrides: Any) -> Iterator[Bridge]:
     """A migrated database and a client for ``box``'s first business, closed on exit."""
     engine = create_db_engine(db_url)
     state = StateStore(engine)
     state.migrate()
     service = CoreService(engine)
     service.migrate()
-    client = make_client(box)
+    client = make_client(box, **client_overrides)
     try:
         yield Bridge(box, engine, state, service, client, str(box.business_ids[0]))
     finally:

@@ -58,6 +58,42 @@ def test_cursor_set_get_overwrite_delete(store: StateStore) -> None:
     assert store.cursors.get("25", "transactions") is None
 
 
+def test_a_cursor_keeps_the_sources_newest_change_apart_from_its_value(store: StateStore) -> None:
+    with store.engine.begin() as conn:
+        store.cursors.set(conn, "25", "transactions", "2026-12-05T01:00:00+00:00", 1,
+                          source_newest="2026-12-05T02:00:00+00:00")
+        store.cursors.observe(conn, "25", "users", "2026-12-05T02:00:00+00:00")  # no row: nothing
+    with store.engine.begin() as conn:
+        store.cursors.set(conn, "25", "transactions", "2026-12-05T01:30:00+00:00", 2)  # value only
+    entry = store.cursors.entry("25", "transactions")
+    assert entry is not None and entry.value == "2026-12-05T01:30:00+00:00"
+    assert entry.source_newest == "2026-12-05T02:00:00+00:00"
+    with store.engine.begin() as conn:
+        store.cursors.observe(conn, "25", "transactions", "2026-12-05T03:00:00+00:00")
+    assert [c.source_newest for c in store.cursors.all("25")] == ["2026-12-05T03:00:00+00:00"]
+    assert store.cursors.entry("25", "users") is None
+
+
+def test_migration_2_adds_source_newest_to_an_older_database(store: StateStore) -> None:
+    """A database from before migration 2: its cursors survive, with no source_newest (NULL)."""
+    from sqlalchemy import delete
+
+    from perkamo_core.migrations import schema_migrations
+
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE bridge_cursors DROP COLUMN source_newest")
+        conn.execute(delete(schema_migrations).where(
+            schema_migrations.c.component == "bridge", schema_migrations.c.version == 2))
+        conn.exec_driver_sql(
+            "INSERT INTO bridge_cursors (business, resource, value, run_id, updated_at) "
+            "VALUES ('25', 'transactions', '2026-12-05T02:09:21+00:00', 1, '2026-12-05 02:09:21')"
+        )
+    assert store.migrate() == [2]
+    entry = store.cursors.entry("25", "transactions")
+    assert entry is not None and entry.value == "2026-12-05T02:09:21+00:00" and entry.source_newest is None
+    assert store.migrate() == []
+
+
 def test_cursor_write_rolls_back_with_its_transaction(store: StateStore) -> None:
     with pytest.raises(RuntimeError), store.engine.begin() as conn:
         store.cursors.set(conn, "25", "transactions", "v", 1)

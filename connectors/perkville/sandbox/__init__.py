@@ -6,7 +6,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.perkville.sandbox.server import (
@@ -15,6 +15,7 @@ from connectors.perkville.sandbox.server import (
     Behaviour,
     Faults,
     SandboxServer,
+    render,
     render_txn,
 )
 from connectors.perkville.sandbox.state import ALL_SCOPES, Ledger, SandboxError
@@ -26,7 +27,9 @@ class Sandbox:
     """A Perkville-v2-compatible API served from memory on a loopback port.
 
     ``Sandbox(seed=0, businesses=1, members=200, transactions=2000)`` generates the same data for
-    the same arguments. ``start()`` returns the base URL once the server listens; ``api_url`` and
+    the same arguments. ``timezone`` is the zone its naive datetimes are shown (and its filters
+    read) in; ``clock_offset`` sets its own clock that many seconds ahead of the real one
+    (negative: behind), like a Perkville whose server clock is off. ``start()`` returns the base URL once the server listens; ``api_url`` and
     ``token_url`` are what a ``PerkvilleClient`` needs, ``credentials`` the password-grant test
     credentials. Faults and behaviours can be switched from Python or over HTTP (``/_sandbox/``).
     """
@@ -42,6 +45,7 @@ class Sandbox:
         redeem_sign: str = "positive",
         void_ratio: float = 0.02,
         now: Callable[[], datetime] | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         if businesses < 1 or members < 1 or transactions < 0:
             raise ValueError("need at least one business and one member, and transactions >= 0")
@@ -55,6 +59,7 @@ class Sandbox:
             redeem_sign=redeem_sign,
             void_ratio=void_ratio,
             now=now,
+            clock_offset=clock_offset,
         )
         rng = random.Random(f"credentials-{seed}")
         self.credentials: dict[str, str] = {
@@ -166,6 +171,11 @@ class Sandbox:
             self._server.behaviour = new
         return new
 
+    def set_clock(self, offset_seconds: float) -> None:
+        """Set the sandbox's clock ``offset_seconds`` from the real one (negative = behind)."""
+        with self.ledger.lock:
+            self.ledger.clock_offset = timedelta(seconds=offset_seconds)
+
     def issue_token(self, scopes: list[str] | None = None) -> str:
         """A valid bearer token without the password grant (for ``access_token=`` tests)."""
         return self.server.issue_token(frozenset(scopes) if scopes is not None else None)
@@ -198,6 +208,12 @@ class Sandbox:
         reversal = self.ledger.void_transaction(transaction_id, at)
         with self.ledger.lock:
             return render_txn(reversal, self._server or _Renderer(self.ledger))  # type: ignore[arg-type]
+
+    def update_user(self, user_id: int, **changes: Any) -> dict[str, Any]:
+        """Edit a user's profile (its ``last_mod_dt`` moves to the sandbox's now)."""
+        record = self.ledger.update_user(user_id, **changes)
+        with self.ledger.lock:
+            return render("users", record, self._server or _Renderer(self.ledger))  # type: ignore[arg-type]
 
     def true_balances(self, business_id: int | None = None) -> dict[int, int]:
         """``{user_id: balance}`` for a business, computed from the sandbox's own ledger."""

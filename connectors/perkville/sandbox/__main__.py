@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=2000)
     parser.add_argument("--redeem-sign", choices=("positive", "negative"), default="positive")
     parser.add_argument("--timezone", default="UTC")
+    parser.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args(argv)
     sandbox = Sandbox(
         seed=args.seed,
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         transactions=args.transactions,
         timezone=args.timezone,
         redeem_sign=args.redeem_sign,
+        clock_offset=args.clock_offset,
     )
     sandbox.start(args.host, args.port)
     # One JSON line on stdout: the URLs and the (test-only) credentials, for the parent process.

@@ -403,6 +403,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header, from the sandbox's own (possibly offset) clock."""
+        if timestamp is None:
+            return format_datetime(self.server.ledger.now(), usegmt=True)
+        return super().date_time_string(timestamp)
+
     # -- plumbing
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -505,7 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
             if style == "seconds":
                 headers["Retry-After"] = str(seconds)
             elif style == "http-date":
-                when = datetime.now(UTC) + timedelta(seconds=seconds)
+                when = self.server.ledger.now() + timedelta(seconds=seconds)
                 headers["Retry-After"] = format_datetime(when, usegmt=True)
             self._send(
                 429,
@@ -757,6 +763,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, asdict(server.faults))
         elif path == "faults" and method == "GET":
             self._send(200, asdict(server.faults))
+        elif path == "clock" and method in ("GET", "POST"):
+            if method == "POST":
+                try:
+                    offset = float(body.get("offset_seconds", 0)) if isinstance(body, dict) else None
+                except (TypeError, ValueError):
+                    offset = None
+                if offset is None or offset != offset or abs(offset) == float("inf"):
+                    raise SandboxError(400, "offset_seconds", "invalid", "offset_seconds must be a number.")
+                with ledger.lock:
+                    ledger.clock_offset = timedelta(seconds=offset)
+            self._send(200, {"offset_seconds": ledger.clock_offset.total_seconds(),
+                             "now": _fmt_dt(ledger.now(), server)})
         elif path == "behaviour" and method == "POST":
             server.behaviour = _update(server.behaviour, body)
             self._send(200, asdict(server.behaviour))

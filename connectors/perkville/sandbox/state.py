@@ -172,6 +172,7 @@ class Ledger:
         redeem_sign: str = "positive",
         void_ratio: float = 0.02,
         now: Callable[[], datetime] | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         if redeem_sign not in ("positive", "negative"):
             raise ValueError("redeem_sign must be 'positive' or 'negative'")
@@ -179,6 +180,9 @@ class Ledger:
         self.tz: tzinfo = to_tzinfo(timezone_name)
         self.redeem_sign = redeem_sign
         self._now = now or (lambda: datetime.now(UTC))
+        self.clock_offset = timedelta(seconds=clock_offset)
+        """How far the sandbox's own clock is from the real one (negative = behind): every time it
+        stamps (``last_mod_dt``, new rows' ``transaction_dt``, voids, the HTTP ``Date``) uses it."""
         self.version = 0
         self.rng = random.Random(seed)
         self.businesses: dict[int, Business] = {}
@@ -513,10 +517,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ mutations (API and control)
     def now(self) -> datetime:
-        """The clock in whole seconds: Perkville shows datetimes without a fraction, so the
-        sandbox stores them that way too (its order and filters then agree with what it shows;
-        equal times are ordered by id)."""
-        return self._now().astimezone(UTC).replace(microsecond=0)
+        """The sandbox's own clock (``clock_offset`` from the real one) in whole seconds: Perkville
+        shows datetimes without a fraction, so the sandbox stores them that way too (its order and
+        filters then agree with what it shows; equal times are ordered by id)."""
+        return (self._now() + self.clock_offset).astimezone(UTC).replace(microsecond=0)
 
     def add_transaction(
         self,
@@ -611,7 +615,7 @@ class Ledger:
                 points=per_unit,
                 quantity=quantity,
                 dt=when,
-                last_mod=max(now, when),
+                last_mod=now,  # the moment of the change on the server's clock, however it is dated
                 trans_source_id=trans_source_id,
                 title=perk_record["title"],
                 voucher_id=self._next_id("voucher") if perk_record["classification"] == "REDEEM" else None,
@@ -633,6 +637,20 @@ class Ledger:
                 )
             when = self._parse_dt(at) if at is not None else self.now()
             return self._void(txn, when)
+
+    def update_user(self, user_id: int, **changes: Any) -> dict[str, Any]:
+        """Edit a user's profile fields (``first_name``, ``phone_number``, ...) as a member would."""
+        with self.lock:
+            record = self.users.get(user_id)
+            if record is None:
+                raise SandboxError(404, "user", "pv_not_found", "User not found.")
+            unknown = set(changes) - (set(record) - {"user_id", "connections", "last_mod_dt"})
+            if unknown:
+                raise SandboxError(400, sorted(unknown)[0], "pv_invalid_field", "Not an editable field.")
+            record.update(changes)
+            record["last_mod_dt"] = self.now()
+            self.version += 1
+            return record
 
     def set_connection_status(self, connection_id: int, status: str) -> dict[str, Any]:
         with self.lock:
