@@ -27,16 +27,11 @@ source's own clock (``bridge.source_clock``), never this machine's:
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-import os
-import pickle
 import queue
 import threading
 import time
-from collections import deque
-from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,7 +61,7 @@ from bridge.state import (
     utcnow,
 )
 from bridge.targets import Delivery, Target
-from mapping.types import IdentifyCall, MappingIssue
+from mapping.types import IdentifyCall, MappingIssue, PerkamoEvent
 
 Mode = Literal["history", "balance"]
 Kind = Literal["backfill", "sync"]
@@ -90,14 +85,6 @@ class PipelineConfig:
     lease_seconds: int = 120
     secrets: tuple[str, ...] = ()
     target_kind: str = "embedded"
-    map_workers: int | None = 0
-    """Worker processes for a backfill's transactions: 0 = in-process (the default here), 1 = a
-    fetch-and-map worker, None = automatic (a worker on a multi-core host; what the CLI uses).
-    See docs/bridge.md, "The fetch-and-map worker"."""
-    group_rows: int = 20_000
-    """With a worker and the embedded target: pages the worker has already mapped are delivered
-    together, in one database transaction of up to this many rows (fewer commits, and each
-    customer's state written once per delivery instead of once per page)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +153,7 @@ class _Record:
     kind: str
     record_id: str
     raw: Mapping[str, Any]
-    events: list[Any] = field(default_factory=list)  # PerkamoEvents, or the core's CheckedEvents
+    events: list[PerkamoEvent] = field(default_factory=list)
     identify: IdentifyCall | None = None
     skipped: bool = False
     problem: tuple[str, str] | None = None  # (reason, detail) → dead letter
@@ -376,8 +363,6 @@ class Pipeline:
         self._counts = RunCounts()
         self._kinds = {}
         self._open_dead_letters = 0
-        self._prestarted: FetchMapWorker | None = None
-        self._early_job: tuple[tuple[str, list[str], dict[str, Any]], Mapping[str, str]] | None = None
         self._signposts: dict[str, datetime | None] = {}
         self._read_newest: dict[str, datetime] = {}  # newest last_mod_dt read per resource
         self._ordered: dict[str, bool] = {}  # whether that resource was read in last_mod_dt order
@@ -431,19 +416,7 @@ class Pipeline:
             upper = options.until
             cutover = self._cutover() if options.kind == "backfill" and options.mode == "balance" else None
         self._open_dead_letters = self.state.dead_letters.open_count(self.business)
-        if (
-            options.kind == "backfill"
-            and getattr(self.source, "perkbridge_factory", None) is not None
-            and self._want_worker(self.config.map_workers, None)
-        ):
-            # Started now, the worker's start-up overlaps the reference and members phases.
-            self._prestarted = FetchMapWorker()
-        try:
-            self._run_backfill_or_sync(options, summary, checkpoint, upper, cutover)
-        finally:
-            if self._prestarted is not None:
-                self._prestarted.close()
-                self._prestarted = None
+        self._run_backfill_or_sync(options, summary, checkpoint, upper, cutover)
 
     def _run_backfill_or_sync(
         self,
@@ -457,8 +430,6 @@ class Pipeline:
         if options.mode == "balance" and cutover is not None:
             # Rows of the cut-over's last second recorded after it are left to sync.
             since = max(since, cutover.at) if since else cutover.at
-        if options.kind == "backfill":
-            self._start_worker_early((since, upper), checkpoint or None)
         self._phase_reference()
         if self.stop.is_set():
             return
@@ -736,29 +707,6 @@ class Pipeline:
             params["offset"] = int(checkpoint["offset"])
         return self.business, list(order), params
 
-    def _start_worker_early(
-        self,
-        transaction_window: tuple[datetime | None, datetime | None],
-        checkpoint: dict[str, Any] | None,
-    ) -> None:
-        """Give the pre-started worker its transactions job before the members phase, if it can
-        map them already: it then reads and maps the first pages while this process imports the
-        members, instead of starting when they are done.
-
-        Only under the ``perkville_user`` id strategy, where the members phase adds nothing but
-        default ids (``perkville:{id}``, what the map answers for an unknown user anyway) and keeps
-        the ids already assigned: the map as it is now maps every row as the final one will.  The
-        transactions phase checks that (``_same_ids``) and starts a fresh worker if it is not so.
-        """
-        factory = getattr(self.source, "perkbridge_factory", None)
-        if self._prestarted is None or factory is None or self.config.id_strategy != "perkville_user":
-            return
-        query = self._transactions_query(transaction_window, checkpoint)
-        customer_ids = self._customer_ids()
-        embedded = getattr(self.target, "kind", None) == "embedded"
-        self._prestarted.start((factory, query, (self.business, self.config.timezone, customer_ids), embedded))
-        self._early_job = (query, customer_ids)
-
     def _phase_transactions(
         self,
         *,
@@ -774,42 +722,13 @@ class Pipeline:
         customer_ids = self._customer_ids()
         query = self._transactions_query(transaction_window, checkpoint, last_mod_window, status)
         _, order, params = query
-        factory = getattr(self.source, "perkbridge_factory", None)
-        if (
-            factory is not None
-            and last_mod_window is None
-            and status is None
-            and self._want_worker(self.config.map_workers, None)
-        ):
-            # Fetching, decoding and mapping run in a worker process; this one only ingests.
-            embedded = getattr(self.target, "kind", None) == "embedded"
-            prestarted, self._prestarted = self._prestarted, None
-            early, self._early_job = self._early_job, None
-            if prestarted is not None and early is not None and not (
-                early[0] == query and _same_ids(early[1], customer_ids)
-            ):
-                # The early job no longer matches (the members phase assigned other ids): its
-                # pages are discarded with it, and a fresh worker reads them again.
-                prestarted.close()
-                prestarted = None
-            mapped: Iterator[tuple[Any, list[_Record]]] = fetched_and_mapped(
-                factory,
-                query,
-                (self.business, self.config.timezone, customer_ids),
-                checked=embedded,
-                group_rows=self.config.group_rows if embedded else 0,
-                worker=prestarted,
-                job_sent=prestarted is not None and early is not None,
-            )
-        else:
-            pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
-            mapped = self._mapped_pages(
-                # Late voids read single rows from the source: no second reader in the meantime.
-                prefetch(pages) if cutover is None else pages,
-                customer_ids,
-                with_cursor=last_mod_window is not None,
-                worker_allowed=last_mod_window is None and status is None,
-            )
+        pages = self.source.iter_transactions(self.business, order_by=list(order), **params)
+        mapped = self._mapped_pages(
+            # Late voids read single rows from the source: no second reader in the meantime.
+            prefetch(pages) if cutover is None else pages,
+            customer_ids,
+            with_cursor=last_mod_window is not None,
+        )
         if cutover is not None:
             mapped = self._with_late_voids(mapped, cutover, customer_ids)
         try:
@@ -817,7 +736,7 @@ class Pipeline:
                 mapped, label, checkpoint, last_mod_window, sync_resource
             )
         finally:
-            _close_quietly(mapped)  # a generator: stop the worker or prefetcher
+            _close_quietly(mapped)  # a generator: stop the prefetcher
 
     def _with_late_voids(
         self,
@@ -891,13 +810,9 @@ class Pipeline:
         # delivery runs with the collector paused (its objects die by reference counting).
         from perkamo_core.db import WalCheckpointer
 
-        gc.freeze()
-        try:
-            # SQLite: the WAL is checkpointed by a thread, not inside the page commits.
-            with WalCheckpointer(self.state.engine):
-                self._deliver_pages(mapped, label, checkpoint, last_mod_window, sync_resource)
-        finally:
-            gc.unfreeze()
+        # SQLite: the WAL is checkpointed by a thread, not inside the page commits.
+        with WalCheckpointer(self.state.engine):
+            self._deliver_pages(mapped, label, checkpoint, last_mod_window, sync_resource)
 
     def _deliver_pages(
         self,
@@ -918,7 +833,7 @@ class Pipeline:
                 if high_water is not None:
                     self._read_newest[sync_resource] = high_water
                 self._ordered[sync_resource] = ordered
-            size = _page_size(page)
+            size = len(page.objects)
             next_offset = int(getattr(page, "offset", 0)) + size + int(getattr(page, "dropped", 0))
             # In last_mod_dt order the cursor follows the pages; otherwise it moves at the end.
             moved = next_cursor(before, high_water, None, ordered=True) if ordered else None
@@ -928,8 +843,7 @@ class Pipeline:
                 next_offset=next_offset,
                 cursor=(sync_resource, moved) if sync_resource and moved != before else None,
             )
-            with _gc_paused():
-                self._deliver(records, "transaction", state)
+            self._deliver(records, "transaction", state)
             self.progress.advance(label, size, total=page.meta.get("total_count"), counts=self._counts)
             if self.stop.is_set():
                 return
@@ -1150,49 +1064,13 @@ class Pipeline:
         customer_ids: Mapping[str, str] | None,
         *,
         with_cursor: bool,
-        worker_allowed: bool,
     ) -> Iterator[tuple[Any, list[_Record]]]:
-        """Pages with their mapped records, in order.
-
-        With a mapping worker (``map_workers``; ``None`` = automatic for large histories on a
-        machine with more than one core) page N+1 is mapped in a separate process while page N
-        is delivered.  Mapping is pure, so where it runs changes nothing but the wall time.
-        """
-        executor: Any = None
-        pending: deque[tuple[Any, Any]] = deque()
+        """Pages with their mapped records, in order."""
         try:
             for page in pages:
-                if executor is None and worker_allowed and self._want_worker(self.config.map_workers, page):
-                    executor = _mapping_executor()
-                if executor is None:
-                    yield page, self._map_transactions(page.objects, customer_ids, with_cursor=with_cursor)
-                    continue
-                future = executor.submit(
-                    map_transaction_rows,
-                    page.objects,
-                    self.business,
-                    self.config.timezone,
-                    customer_ids,
-                    with_cursor,
-                    False,
-                )
-                pending.append((page, future))
-                if len(pending) > 1:
-                    yield _collect(*pending.popleft())
-            while pending:
-                yield _collect(*pending.popleft())
+                yield page, self._map_transactions(page.objects, customer_ids, with_cursor=with_cursor)
         finally:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
             _close_quietly(pages)
-
-    def _want_worker(self, workers: int | None, page: Any) -> bool:
-        if workers is not None:
-            return workers > 0
-        if page is None:  # the fetch-and-map worker of a backfill: any multi-core host
-            return (os.cpu_count() or 1) > 1
-        total = page.meta.get("total_count") if isinstance(page.meta, Mapping) else None
-        return (os.cpu_count() or 1) > 1 and isinstance(total, int) and total >= AUTO_WORKER_ROWS
 
     # -------------------------------------------------------------------------- delivery
 
@@ -1333,318 +1211,31 @@ class DefaultCustomerIds(dict[str, str]):
         return found if found is not None else f"perkville:{key}"
 
 
-def _same_ids(before: Mapping[str, str], after: Mapping[str, str]) -> bool:
-    """Whether two id maps give every Perkville user the same customer id (each answers its own
-    default for users it does not hold: ``DefaultCustomerIds``)."""
-    return all(before.get(k) == v for k, v in after.items()) and all(
-        after.get(k) == v for k, v in before.items()
-    )
-
-
-AUTO_WORKER_ROWS = 50_000
-"""A history at least this long gets a mapping worker process when ``map_workers`` is automatic."""
-
-
 def map_transaction_rows(
     rows: Sequence[Mapping[str, Any]],
     business: str,
     timezone: str,
     customer_ids: Mapping[str, str] | None,
     with_cursor: bool,
-    keep_raw: bool = True,
 ) -> list[_Record]:
-    """Map raw transaction rows to records (pure; also what the mapping worker process runs).
-
-    ``keep_raw=False`` leaves ``raw`` empty so a worker does not send the rows back; the caller
-    re-attaches them (``_collect``).
-    """
+    """Map raw transaction rows to records (pure)."""
     from mapping.events import to_events_many
 
-    with _gc_paused():
-        results = to_events_many(
-            rows, business_id=business, timezone=timezone, customer_ids=customer_ids
-        )
-        records: list[_Record] = []
-        append = records.append
-        for raw, result in zip(rows, results, strict=True):
-            rid = raw.get("transaction_id", raw.get("id", "?")) if isinstance(raw, Mapping) else "?"
-            record = _Record("transaction", str(rid), raw if keep_raw else {})
-            append(record)
-            if with_cursor:
-                record.cursor_value = to_stamp(raw.get("last_mod_dt"), timezone)
-            if result.issues and not result.ok:
-                record.problem = _first_problem(result.issues, "transaction unmappable")
-            elif result.skipped and not result.events:
-                record.skipped = True
-            else:
-                record.events = result.events
-    return records
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a page is mapped (it makes no cycles; the
-    collector's passes over the freshly made objects cost about as much as the mapping)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@dataclass(frozen=True)
-class WorkerPage:
-    """What the fetch-and-map worker reports of one page (its rows stay in the worker)."""
-
-    size: int
-    meta: dict[str, Any]
-    offset: int
-    dropped: int
-    ordered: bool
-
-
-def _page_size(page: Any) -> int:
-    size = getattr(page, "size", None)
-    return size if isinstance(size, int) else len(page.objects)
-
-
-# One mapped row as the worker sends it: (record id, events, problem, skipped, raw).  Events are
-# plain tuples and ``raw`` travels only with a problem (the dead letter keeps it).
-_Packed = tuple[str, list[tuple[str, str, str, dict[str, Any], datetime | None]], tuple[str, str] | None, bool, Any]
-
-
-def _pack(records: list[_Record], checked: bool = False) -> list[_Packed]:
-    """Records as the worker sends them.  ``checked``: the events also pass the embedded core's
-    checks here and travel as its ``CheckedEvent``s, which the core ingests without checking
-    again; a record with an event the core would refuse becomes a dead letter as a whole."""
-    if not checked:
-        return [
-            (
-                r.record_id,
-                [(e.user_id, e.event, e.transaction_id, e.context, e.occurred_at) for e in r.events],
-                r.problem,
-                r.skipped,
-                r.raw if r.problem is not None else None,
-            )
-            for r in records
-        ]
-    from bridge.targets import checked_events
-    from perkamo_core.errors import ValidationError
-
-    known: set[str] = set()
-    packed: list[_Packed] = []
-    for r in records:
-        events: list[Any] = []
-        if r.problem is None and r.events:
-            try:
-                events = checked_events(r.events, known)
-            except ValidationError as exc:
-                r.problem = (f"rejected_{exc.code}", exc.message)
-        packed.append((r.record_id, events, r.problem, r.skipped, r.raw if r.problem is not None else None))
-    return packed
-
-
-def _unpack(packed: list[_Packed], checked: bool = False) -> list[_Record]:
-    from mapping.types import trusted_event
-
+    results = to_events_many(rows, business_id=business, timezone=timezone, customer_ids=customer_ids)
     records: list[_Record] = []
-    append = records.append
-    for rid, events, problem, skipped, raw in packed:
-        append(_Record("transaction", rid, raw or {},
-                       events if checked else [trusted_event(*e) for e in events], None, skipped, problem))
+    for raw, result in zip(rows, results, strict=True):
+        rid = raw.get("transaction_id", raw.get("id", "?")) if isinstance(raw, Mapping) else "?"
+        record = _Record("transaction", str(rid), raw)
+        records.append(record)
+        if with_cursor:
+            record.cursor_value = to_stamp(raw.get("last_mod_dt"), timezone)
+        if result.issues and not result.ok:
+            record.problem = _first_problem(result.issues, "transaction unmappable")
+        elif result.skipped and not result.events:
+            record.skipped = True
+        else:
+            record.events = result.events
     return records
-
-
-def fetch_and_map_worker(
-    factory: Callable[[], Any],
-    query: tuple[str, list[str], dict[str, Any]],
-    mapping_args: tuple[str, str, Mapping[str, str] | None],
-    out: Any,
-    checked: bool = False,
-) -> None:
-    """The worker process: page through the transactions, map each page, send it packed.
-
-    Sends ``("page", WorkerPage, packed)`` per page, then ``("done",)``; on failure
-    ``("error", exception)`` (or its text when it does not pickle).  ``checked``: see ``_pack``.
-    """
-    sender = _Sender(out, SEND_AHEAD)
-    try:
-        business, order, params = query
-        with closing_client(factory()) as client:
-            # A thread waits for the next page while this one is mapped, and another one writes
-            # the mapped pages to the parent: the source serves page N+1 while the worker maps
-            # page N, and neither waits while the parent is busy in its database transaction.
-            for page in prefetch(client.iter_transactions(business, order_by=order, **params)):
-                records = map_transaction_rows(page.objects, *mapping_args, False, True)
-                info = WorkerPage(
-                    len(page.objects), dict(page.meta), int(getattr(page, "offset", 0)),
-                    int(getattr(page, "dropped", 0)), bool(getattr(page, "ordered", True)),
-                )
-                sender.send(("page", info, _pack(records, checked)))
-        sender.send(("done",))
-        sender.close()
-    except _ParentGone:
-        return
-    except BaseException as exc:  # noqa: BLE001 - handed to the parent, raised there as SourceError
-        try:
-            sender.send(("error", f"{type(exc).__name__}: {exc}"))
-            sender.close()
-        except _ParentGone:
-            return
-
-
-class _ParentGone(Exception):
-    """The process that started the worker has ended (killed): the worker stops too."""
-
-
-class _Sender:
-    """Writes the worker's messages to the parent from a thread, up to ``ahead`` of them queued.
-
-    The parent takes pages in groups and spends a while in its database transaction between two
-    groups; the queue lets the worker go on mapping meanwhile instead of waiting on a full pipe.
-    The worker holds only the pipe's write end, so when the parent dies (even by SIGKILL) the
-    write fails and :meth:`send` raises ``_ParentGone`` instead of waiting forever.
-    """
-
-    def __init__(self, out: Any, ahead: int) -> None:
-        self._out = out
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=ahead)
-        self._gone = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="perkbridge-send", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            data = self._queue.get()
-            if data is None:
-                return
-            try:
-                self._out.send_bytes(data)
-            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
-                self._gone.set()
-                return
-
-    def send(self, item: Any) -> None:
-        """Queue ``item`` for the parent (pickled here); blocks while ``ahead`` are waiting."""
-        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        while not self._gone.is_set():
-            try:
-                self._queue.put(data, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _ParentGone()
-
-    def close(self) -> None:
-        """Wait until everything queued is written; ``_ParentGone`` if the parent stopped reading."""
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
-        if self._gone.is_set():
-            raise _ParentGone()
-
-
-def _worker_main(jobs: Any, out: Any) -> None:
-    """A pre-started worker: wait for its one job (``None``: not needed after all), then run it."""
-    try:
-        # Lower priority than the parent: on a busy machine the process that holds the database
-        # transaction gets the CPU first (the worker has time to spare and only runs ahead).
-        os.nice(WORKER_NICENESS)
-    except (AttributeError, OSError):
-        pass  # not on this OS, or not allowed: same priority, only slower under load
-    try:
-        job = jobs.recv()  # EOFError: the parent closed its end or ended
-    except (EOFError, OSError):
-        return
-    if job is not None:
-        factory, query, mapping_args, checked = job
-        fetch_and_map_worker(factory, query, mapping_args, out, checked)
-
-
-PIPE_BYTES = 1 << 20
-"""Kernel buffer asked for on the worker's pipe (Linux; the system's maximum by default).
-
-A mapped page pickles to about 200 KB.  With the default 64 KB buffer every page crosses in
-pieces, each waiting for both processes to be scheduled, and the two stall each other; with
-1 MB the worker writes whole pages ahead while the parent is busy in its database transaction.
-"""
-
-
-def _widen_pipe(connection: Any) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(connection.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-    except (ImportError, OSError, ValueError):
-        pass  # another OS, or a lower limit: the default buffer works, only slower
-
-
-WORKER_NICENESS = 10
-"""How much lower the fetch-and-map worker's scheduling priority is than its parent's."""
-
-
-class FetchMapWorker:
-    """A spawned fetch-and-map worker process, started before it has work.
-
-    Its start-up (a fresh interpreter importing the connector and the mapping, about half a
-    second) overlaps the members phase; :func:`fetched_and_mapped` hands it the transactions job.
-    Parent and worker talk over two one-way pipes: the job goes down one, pickled pages come up
-    the other.  Each side holds only its own ends, so either one's death shows on the other.
-    """
-
-    def __init__(self) -> None:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        jobs_read, self._jobs = context.Pipe(duplex=False)
-        self._pages, pages_write = context.Pipe(duplex=False)
-        _widen_pipe(pages_write)
-        self.process = context.Process(
-            target=_worker_main, args=(jobs_read, pages_write), name="perkbridge-fetch-map", daemon=True
-        )
-        self.process.start()
-        jobs_read.close()  # the worker's ends: only the worker may hold them now
-        pages_write.close()
-
-    def start(self, job: tuple[Any, ...]) -> None:
-        self._jobs.send(job)
-
-    def receive(self, timeout: float = 5.0) -> Any:
-        """The worker's next message; ``SourceError`` if it ended without saying so."""
-        while True:
-            try:
-                if self._pages.poll(timeout):
-                    return pickle.loads(self._pages.recv_bytes())
-            except (EOFError, OSError):
-                pass  # its end closed: it ended
-            else:
-                if self.process.is_alive():
-                    continue
-            self.process.join(timeout=1)
-            raise SourceError(
-                f"the fetch-and-map worker process ended unexpectedly (exit code {self.process.exitcode})"
-            )
-
-    def ready(self) -> bool:
-        """Whether a message is already waiting (:meth:`receive` would not block)."""
-        try:
-            return bool(self._pages.poll(0))
-        except (EOFError, OSError):
-            return True  # it ended: receive() says how
-
-    def close(self) -> None:
-        """End the process (finished or not) and release the pipes."""
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join(timeout=10)
-        self._jobs.close()
-        self._pages.close()
 
 
 def _close_quietly(thing: Any) -> None:
@@ -1652,103 +1243,6 @@ def _close_quietly(thing: Any) -> None:
     close = getattr(thing, "close", None)
     if close is not None:
         close()
-
-
-@contextmanager
-def closing_client(client: Any) -> Iterator[Any]:
-    try:
-        yield client
-    finally:
-        _close_quietly(client)
-
-
-def fetched_and_mapped(
-    factory: Callable[[], Any],
-    query: tuple[str, list[str], dict[str, Any]],
-    mapping_args: tuple[str, str, Mapping[str, str] | None],
-    *,
-    checked: bool = False,
-    group_rows: int = 0,
-    worker: FetchMapWorker | None = None,
-    job_sent: bool = False,
-) -> Iterator[tuple[WorkerPage, list[_Record]]]:
-    """Pages fetched and mapped by a spawned worker process, in order, a few pages ahead.
-
-    The two processes overlap: while this one ingests and commits page N, the worker fetches,
-    decodes and maps the next ones.  Leaving early (stop, failure) ends the worker.
-
-    ``group_rows``: consecutive pages are handed on together, up to ``GROUP_PAGES`` pages until
-    they hold that many rows, so the consumer makes fewer, larger deliveries.  ``checked``: see
-    ``_pack``.  ``worker``: a :class:`FetchMapWorker` started earlier (else one is started now);
-    it is closed when the iteration ends; ``job_sent``: it already has this very job.
-    """
-    handle = worker if worker is not None else FetchMapWorker()
-    if not (job_sent and worker is not None):
-        handle.start((factory, query, mapping_args, checked))
-    receive = handle.receive
-    try:
-        held: Any = None
-        first = True
-        while True:
-            item = held if held is not None else receive()
-            held = None
-            if item[0] == "done":
-                return
-            if item[0] == "error":
-                raise SourceError(f"reading transactions failed in the worker process: {item[1]}")
-            group = [item]
-            rows = item[1].size
-            # The first delivery takes the pages that are here already instead of waiting for a
-            # full group (the worker, a few pages ahead, keeps mapping while it is ingested).
-            while rows < group_rows and len(group) < GROUP_PAGES and (not first or handle.ready()):
-                more = receive()
-                if more[0] != "page":
-                    held = more  # "done" or "error": after this group
-                    break
-                group.append(more)
-                rows += more[1].size
-            first = False
-            with _gc_paused():
-                records = [r for entry in group for r in _unpack(entry[2], checked)]
-            yield _joined([entry[1] for entry in group]), records
-    finally:
-        handle.close()
-
-
-GROUP_PAGES = 20
-"""At most this many source pages go into one grouped delivery (a crash re-reads at most these)."""
-
-SEND_AHEAD = 2 * GROUP_PAGES
-"""Mapped pages the worker holds ready for the parent, beyond what the pipe's buffer holds: two
-groups, so it maps the next group while the parent delivers one."""
-
-
-def _joined(pages: list[WorkerPage]) -> WorkerPage:
-    """Consecutive worker pages as one (their rows, drops and offsets are contiguous)."""
-    if len(pages) == 1:
-        return pages[0]
-    return WorkerPage(
-        size=sum(p.size for p in pages),
-        meta=pages[-1].meta,
-        offset=pages[0].offset,
-        dropped=sum(p.dropped for p in pages),
-        ordered=all(p.ordered for p in pages),
-    )
-
-
-def _collect(page: Any, future: Any) -> tuple[Any, list[_Record]]:
-    records: list[_Record] = future.result()
-    for record, raw in zip(records, page.objects, strict=True):
-        record.raw = raw
-    return page, records
-
-
-def _mapping_executor() -> Any:
-    """One spawned worker process (never forked: this process holds threads and connections)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
 
 _DONE = object()

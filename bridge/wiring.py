@@ -126,25 +126,7 @@ def perkville_client(settings: Settings, **overrides: Any) -> Any:
         client = PerkvilleClient(**kwargs)
     except PerkvilleConfigError as exc:
         raise ConfigurationError(str(exc)) from None
-    # How a backfill's worker process opens its own client (same settings; it holds the
-    # credentials only in memory, handed over the private pipe to the child it spawns).
-    setattr(client, "perkbridge_factory", ClientFactory(kwargs))  # noqa: B010 (not a declared attribute)
     return client
-
-
-class ClientFactory:
-    """A picklable recipe for a ``PerkvilleClient`` (for the fetch-and-map worker process)."""
-
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        self._kwargs = dict(kwargs)
-
-    def __repr__(self) -> str:  # never show the credentials it carries
-        return "ClientFactory(...)"
-
-    def __call__(self) -> Any:
-        from connectors.perkville import PerkvilleClient
-
-        return PerkvilleClient(**self._kwargs)
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,11 +175,6 @@ def backfill(
     until: str | None = typer.Option(None, "--until", help="Only transactions before T (cursor untouched)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write nothing; predict counts, issues and balances."),
     wait: bool = WaitOpt,
-    map_workers: int | None = typer.Option(
-        None, "--map-workers", min=0, max=1,
-        help="1: fetch and map pages in a worker process; 0: all in this process. "
-        "Default: 1 on a multi-core host.",
-    ),
     force: bool = typer.Option(
         False, "--force", help="Allow a backfill in the other mode than an earlier import of this business."
     ),
@@ -229,9 +223,7 @@ def backfill(
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            pipeline = ctx.pipeline(progress)
-            pipeline.config = replace(pipeline.config, map_workers=map_workers)
-            summary = pipeline.run(options)
+            summary = ctx.pipeline(progress).run(options)
         finally:
             _close(progress)
             ctx.close()
