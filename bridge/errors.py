@@ -65,6 +65,15 @@ class RunFailedError(BridgeError):
         self.run_id = run_id
 
 
+def describe_failure(exc: BaseException) -> str:
+    """One line for the run log and the operator: a bridge error's own message, else the
+    exception's type and text (callers redact secrets)."""
+    if isinstance(exc, BridgeError):
+        return exc.message
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
 VALID_DATABASE_URLS = "sqlite:///path/to/file.db or postgresql+psycopg://user@host:5432/dbname"
 
 # (pattern in the driver's lower-cased message, what is wrong, what to do); first match wins.

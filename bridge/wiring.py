@@ -7,7 +7,7 @@ same code with the same objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -16,6 +16,9 @@ from bridge.pipeline import PipelineConfig
 from bridge.state import StateStore
 from bridge.targets import EmbeddedTarget, RemoteTarget, Target
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from connectors.perkville import PerkvilleClient
 
 
 def secret_values(settings: Settings) -> tuple[str, ...]:
@@ -78,7 +81,7 @@ def open_state(engine: Engine) -> StateStore:
     return state
 
 
-def perkville_client(settings: Settings, **overrides: Any) -> Any:
+def perkville_client(settings: Settings, **overrides: Any) -> PerkvilleClient:
     """A ``PerkvilleClient`` from the settings (credentials, tuning, timezone)."""
     from connectors.perkville import PerkvilleClient
     from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError

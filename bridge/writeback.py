@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from bridge.errors import RunFailedError
+from bridge.sources import PerkvilleWriter
 from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact, utcnow
 from config import Settings
 from mapping.writeback import to_perkville_transaction
@@ -59,16 +60,6 @@ class OutboxSource(Protocol):
     """What write-back reads: the embedded core's ``iter_outbox``."""
 
     def iter_outbox(self, space: str, *, after_seq: int = 0, limit: int = 500) -> list[Any]: ...
-
-
-class PerkvilleWriter(Protocol):
-    """What write-back calls on Perkville (``connectors.perkville.PerkvilleClient``)."""
-
-    def award_points(self, **kwargs: Any) -> Any: ...
-
-    def upsert_external_member(
-        self, member: Mapping[str, Any], *, external_member_id: object = None
-    ) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)

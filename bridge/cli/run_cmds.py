@@ -124,6 +124,7 @@ class _Context:
         from bridge.pipeline import Pipeline
         from bridge.wiring import pipeline_config
 
+        assert self.source is not None, "opened with need_source=False"
         return Pipeline(
             state=self.state,
             source=self.source,

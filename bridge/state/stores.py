@@ -348,6 +348,16 @@ class RunLog:
             row = c.execute(stmt).mappings().first()
             return None if row is None else _to_run(row)
 
+    def kinds_applied(self, business: str, direction: str) -> set[tuple[str, str | None]]:
+        """The ``(kind, mode)`` pairs of the business's runs that applied anything."""
+        stmt = (
+            select(runs.c.kind, runs.c.mode)
+            .where(runs.c.business == business, runs.c.direction == direction, runs.c.applied > 0)
+            .group_by(runs.c.kind, runs.c.mode)
+        )
+        with _read(self._engine) as c:
+            return {(kind, mode) for kind, mode in c.execute(stmt).all()}
+
 
 def _to_run(row: Mapping[str, Any]) -> RunRecord:
     details = json.loads(row["details"]) if row["details"] else {}

@@ -1,0 +1,58 @@
+"""Run under a lease: the one way a run takes its business's lease and records its outcome.
+
+``leased`` holds ``{direction}:{business}`` for the block (``LeaseHeldError`` when someone else
+runs it), renews it from a thread and marks runs a dead holder left ``running`` as interrupted.
+``recorded`` turns what ends a run into its run-log row: an operator's Ctrl-C → ``interrupted``;
+anything else → ``failed`` with a one-line, redacted description, re-raised as
+``RunFailedError`` naming the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from bridge.errors import RunFailedError, describe_failure
+from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact
+
+Finish = Callable[[str, str | None], None]
+"""Records a run's end in the run log: ``(status, error or None)``."""
+
+
+@contextmanager
+def leased(
+    state: StateStore,
+    business: str,
+    direction: str,
+    *,
+    lease_seconds: int,
+    wait: bool = False,
+    timeout: float | None = None,
+) -> Iterator[LeaseKeeper]:
+    """Hold the business's lease for ``direction`` while the block runs (fence writes with it)."""
+    ttl = timedelta(seconds=lease_seconds)
+    lease = state.leases.acquire(
+        lease_name(business, direction), new_owner_id(), ttl, wait=wait, timeout=timeout
+    )
+    with LeaseKeeper(state.leases, lease, ttl) as keeper:
+        state.runs.interrupt_stale(business, direction)
+        yield keeper
+
+
+@contextmanager
+def recorded(run_id: int, finish: Finish, *, what: str, secrets: tuple[str, ...] = ()) -> Iterator[None]:
+    """Record how the block ends in run ``run_id`` (``finish``); a failure becomes ``RunFailedError``.
+
+    ``what`` names the run in the error (``run``, ``write-back run``). The block records its own
+    success: only it knows whether it finished or was stopped.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        finish("interrupted", "interrupted by the operator")
+        raise
+    except BaseException as exc:
+        message = redact(describe_failure(exc), secrets)
+        finish("failed", message)
+        raise RunFailedError(f"{what} {run_id} failed: {message}", run_id=run_id) from exc
