@@ -9,6 +9,7 @@ anything else → ``failed`` with a one-line, redacted description, re-raised as
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -29,11 +30,15 @@ def leased(
     lease_seconds: int,
     wait: bool = False,
     timeout: float | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[LeaseKeeper]:
-    """Hold the business's lease for ``direction`` while the block runs (fence writes with it)."""
+    """Hold the business's lease for ``direction`` while the block runs (fence writes with it).
+
+    ``wait``: poll while someone else holds it, up to ``timeout`` seconds or until ``stop``.
+    """
     ttl = timedelta(seconds=lease_seconds)
     lease = state.leases.acquire(
-        lease_name(business, direction), new_owner_id(), ttl, wait=wait, timeout=timeout
+        lease_name(business, direction), new_owner_id(), ttl, wait=wait, timeout=timeout, stop=stop
     )
     with LeaseKeeper(state.leases, lease, ttl) as keeper:
         state.runs.interrupt_stale(business, direction)

@@ -518,50 +518,51 @@ def run_writeback_job(context: JobContext) -> Any:
 
 
 def run_reconcile_job(context: JobContext) -> Any:
-    """The scheduled reconcile (report only, no repair): what ``perkbridge reconcile`` runs."""
+    """The scheduled reconcile: under the business's import lease, a sync pass, then the
+    comparison, then (``schedule.reconcile_repair``) adjustments for what still differs
+    (``bridge.usecases.reconcile``). A sync of the business that is running is waited for, up to
+    ``misfire_grace_seconds``."""
+    from bridge.errors import LeaseHeldError
+    from bridge.pipeline import Pipeline
     from bridge.reconcile import Reconciler
-    from bridge.wiring import build_target, open_state, perkville_client
+    from bridge.usecases import reconcile
+    from bridge.wiring import build_target, open_state, perkville_client, pipeline_config
     from bridge.writeback import space_for
-
-    from datetime import timedelta
-
-    from bridge.state import LeaseKeeper, lease_name, new_owner_id
 
     settings, engine = context.settings, context.engine
     state = open_state(engine)
-    # Compare only while no sync of this business is half-way through a pass (a mid-pass
-    # comparison would report members whose new rows are not applied yet): hold its lease.
-    ttl = timedelta(seconds=settings.schedule.lease_seconds)
-    name, owner = lease_name(context.business_id, "import"), new_owner_id()
-    deadline = time.monotonic() + settings.schedule.misfire_grace_seconds
-    while (lease := state.leases.try_acquire(name, owner, ttl)) is None:
-        # A sync is running: wait for it (a stop request ends the wait at once).
-        if time.monotonic() >= deadline:
-            raise JobSkipped(f"{name} stayed busy for {settings.schedule.misfire_grace_seconds} s")
-        if context.stop.wait(1.0):
-            return {"status": "stopped"}
     bundle = build_target(settings, engine, space=space_for(settings, context.business_id))
     client = perkville_client(settings)
     try:
-        with LeaseKeeper(state.leases, lease, ttl):
-            report = Reconciler(
-                state=state,
-                source=client,
-                target=bundle.target,
-                business=context.business_id,
-                timezone=settings.perkville_timezone,
-                id_strategy=settings.sync.id_strategy,
-                lease_seconds=settings.schedule.lease_seconds,
-            ).run(repair=False)
+        pipeline = Pipeline(
+            state=state, source=client, target=bundle.target,
+            config=pipeline_config(settings, context.business_id), stop=context.stop,
+        )
+        reconciler = Reconciler(
+            state=state, source=client, target=bundle.target, business=context.business_id,
+            timezone=settings.perkville_timezone, id_strategy=settings.sync.id_strategy,
+        )
+        try:
+            report = reconcile(
+                pipeline, reconciler, mode=settings.sync.mode, sync_first=True,
+                repair=settings.schedule.reconcile_repair, wait=True,
+                timeout=settings.schedule.misfire_grace_seconds, stop=context.stop,
+            )
+        except LeaseHeldError as exc:
+            if context.stop.is_set():
+                return {"status": "stopped"}
+            raise JobSkipped(
+                f"{exc.name} stayed busy for {settings.schedule.misfire_grace_seconds} s"
+            ) from None
     finally:
         client.close()
         bundle.close()
     body: dict[str, Any] = report.to_json()
     if not report.ok:
         # A mismatch is a failed job: it shows as the job's last failure in status.
+        left = len(report.remaining) + len(report.pending) if report.repair_attempted else len(report.mismatches)
         raise ReconcileMismatch(
-            f"reconcile of business {context.business_id}: {len(report.mismatches)} "
-            f"mismatched of {report.checked}"
+            f"reconcile of business {context.business_id}: {left} mismatched of {report.checked}"
         )
     return body
 

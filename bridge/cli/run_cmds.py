@@ -312,8 +312,12 @@ def reconcile(
     space: str | None = SpaceOpt,
     json_output: bool = JsonOpt,
 ) -> None:
-    """Perkville balance vs Perkamo wallet, member by member; exit 1 on any mismatch."""
+    """Perkville balance vs Perkamo wallet, member by member; exit 1 on any mismatch.
+
+    With --repair it syncs first under the business's import lease, then adjusts what still differs.
+    """
     from bridge.reconcile import Reconciler
+    from bridge.usecases import reconcile as reconcile_business
 
     with _errors():
         settings = common.settings()
@@ -321,16 +325,19 @@ def reconcile(
         progress = _progress(json_output)
         handle = csv_file.open("w", newline="", encoding="utf-8") if csv_file else None
         try:
-            report = Reconciler(
+            reconciler = Reconciler(
                 state=ctx.state,
                 source=ctx.source,
                 target=ctx.bundle.target,
                 business=ctx.business,
                 timezone=settings.perkville_timezone,
                 id_strategy=settings.sync.id_strategy,
-                lease_seconds=settings.schedule.lease_seconds,
                 progress=progress,
-            ).run(repair=repair, csv_out=handle, wait=wait)
+            )
+            report = reconcile_business(
+                ctx.pipeline(progress), reconciler, mode=settings.sync.mode, repair=repair,
+                csv_out=handle, wait=wait,
+            )
         finally:
             if handle is not None:
                 handle.close()
@@ -348,8 +355,13 @@ def reconcile(
                 )
             if len(report.mismatches) > 50:
                 typer.echo(f"  … {len(report.mismatches) - 50} more (use --csv FILE or --json)")
-        if repair:
+        if report.repair_attempted:
             typer.echo(f"repaired {report.repaired}; still mismatched {len(report.remaining)}")
+            if report.pending:
+                typer.echo(
+                    f"  {len(report.pending)} members got new rows while they were checked: not "
+                    "repaired now; the next reconcile checks them again"
+                )
         if report.unreadable:
             typer.echo(f"  {report.unreadable} connections had no readable point_balance")
     if not report.ok:

@@ -61,6 +61,8 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    applied_to: frozenset[str] = frozenset()
+    """Customer ids that got an applied event in this run (not part of the JSON)."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"run_id": self.run_id, "status": self.status, **self.counts.as_dict()}

@@ -90,37 +90,41 @@ class Pipeline(Phases):
 
     def run(self, options: RunOptions) -> RunSummary:
         """One run under the (business, import) lease; raises ``LeaseHeldError`` if busy."""
-        started = time.monotonic()
-        self._reset()
         with leased(
             self.state, self.business, DIRECTION, lease_seconds=self.config.lease_seconds,
             wait=options.wait, timeout=options.wait_timeout,
         ) as keeper:
-            self._keeper = keeper
-            if options.kind == "backfill" and not options.force:
-                checkpoints.check_mode(self.state, self.business, options.mode)
-            self._now = self.clock()
-            self._run_id = self.state.runs.start(
-                self.business,
-                direction=DIRECTION,
-                kind=options.kind,
-                mode=options.mode,
-                target=self.config.target_kind,
-                owner=keeper.owner,
-                details=self._window_details(options),
-                started_at=self._now,
-            )
-            summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
-            with recorded(
-                self._run_id, lambda status, error: self._finish(summary, status, error, started),
-                what="run", secrets=self.config.secrets,
-            ):
-                note = self.target.ensure_program()
-                summary.notes.append(note)
-                self.progress.note(note)
-                self._run_phases(options, summary)
-            self._finish(summary, "stopped" if self.stop.is_set() else "succeeded", None, started)
-            return summary
+            return self.run_leased(options, keeper)
+
+    def run_leased(self, options: RunOptions, keeper: LeaseKeeper) -> RunSummary:
+        """One run under a lease the caller holds (``reconcile --repair`` syncs under its own)."""
+        started = time.monotonic()
+        self._reset()
+        self._keeper = keeper
+        if options.kind == "backfill" and not options.force:
+            checkpoints.check_mode(self.state, self.business, options.mode)
+        self._now = self.clock()
+        self._run_id = self.state.runs.start(
+            self.business,
+            direction=DIRECTION,
+            kind=options.kind,
+            mode=options.mode,
+            target=self.config.target_kind,
+            owner=keeper.owner,
+            details=self._window_details(options),
+            started_at=self._now,
+        )
+        summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
+        with recorded(
+            self._run_id, lambda status, error: self._finish(summary, status, error, started),
+            what="run", secrets=self.config.secrets,
+        ):
+            note = self.target.ensure_program()
+            summary.notes.append(note)
+            self.progress.note(note)
+            self._run_phases(options, summary)
+        self._finish(summary, "stopped" if self.stop.is_set() else "succeeded", None, started)
+        return summary
 
     def retry_dead_letters(
         self,
@@ -212,6 +216,7 @@ class Pipeline(Phases):
         self._ordered = {}  # whether that resource was read in last_mod_dt order
         self._cursors_before = {}
         self._clock_details = {}
+        self._applied_to: set[str] = set()
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -225,6 +230,7 @@ class Pipeline(Phases):
         summary.status = status
         summary.seconds = time.monotonic() - started
         summary.kinds = {k: v.as_dict() for k, v in self._kinds.items()}
+        summary.applied_to = frozenset(self._applied_to)
         if error is not None:
             summary.error = redact(error, self.config.secrets)
         try:
@@ -288,6 +294,7 @@ class Pipeline(Phases):
         for page in committed:
             self._kinds.setdefault(kind, RunCounts()).add(page.counts)
             self._counts.add(page.counts)
+            self._applied_to.update(page.applied_to)
 
 
 def _no_state(_conn: Connection, _page: PageTally) -> None:

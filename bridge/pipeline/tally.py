@@ -33,6 +33,8 @@ class PageTally:
     dead_letters: tuple[DeadLetter, ...]
     delivered: tuple[PageRecord, ...]
     """Applied, duplicate or skipped: their open dead letters (if any) are resolved."""
+    applied_to: frozenset[str] = frozenset()
+    """Customer ids of the delivered records' applied events."""
 
 
 def tally(
@@ -50,23 +52,26 @@ def tally(
     counts = RunCounts()
     dead: list[DeadLetter] = []
     delivered: list[PageRecord] = []
+    applied_to: set[str] = set()
     applied = duplicate = skipped = 0
     for record in records:
         problem = record.problem
         if problem is None:
             rejected: Delivery | None = None
             any_applied = False
+            customers: list[str] = []
             if record.identify is not None:
                 outcome = next(id_iter)
                 if outcome.status == "rejected":
                     rejected = outcome
                 any_applied = outcome.status == "applied"
-            for _event in record.events:  # consume every outcome of the record
+            for event in record.events:  # consume every outcome of the record
                 outcome = next(ev_iter)
                 if outcome.status == "rejected":
                     rejected = rejected or outcome
                 elif outcome.status == "applied":
                     any_applied = True
+                    customers.append(event.user_id)
             if rejected is None:
                 if record.skipped:
                     skipped += 1
@@ -75,6 +80,7 @@ def tally(
                 else:
                     duplicate += 1
                 delivered.append(record)
+                applied_to.update(customers)
                 continue
             problem = (
                 f"rejected_{rejected.reason or 'error'}",
@@ -85,4 +91,4 @@ def tally(
     for name, n in (("applied", applied), ("duplicate", duplicate), ("skipped", skipped)):
         if n:
             counts.count(name, n)
-    return PageTally(counts, tuple(dead), tuple(delivered))
+    return PageTally(counts, tuple(dead), tuple(delivered), frozenset(applied_to))

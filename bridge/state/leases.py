@@ -129,15 +129,18 @@ class LeaseStore:
         wait: bool = False,
         timeout: float | None = None,
         poll_seconds: float = 1.0,
+        stop: threading.Event | None = None,
     ) -> Lease:
-        """Take ``name`` or raise ``LeaseHeldError``; with ``wait`` poll until it frees (or ``timeout``)."""
+        """Take ``name`` or raise ``LeaseHeldError``; with ``wait`` poll until it frees (or
+        ``timeout``, or ``stop`` is set: a stopping scheduler does not wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             lease = self.try_acquire(name, owner, ttl)
             if lease is not None:
                 return lease
             holder = self.holder(name)
-            if not wait or (deadline is not None and time.monotonic() >= deadline):
+            stopped = stop is not None and stop.is_set()
+            if not wait or stopped or (deadline is not None and time.monotonic() >= deadline):
                 who = holder.owner if holder else "another runner"
                 until = holder.expires_at.isoformat(timespec="seconds") if holder else "?"
                 raise LeaseHeldError(
@@ -146,7 +149,10 @@ class LeaseStore:
                     name=name,
                     owner=holder.owner if holder else None,
                 )
-            time.sleep(poll_seconds)
+            if stop is not None:
+                stop.wait(poll_seconds)
+            else:
+                time.sleep(poll_seconds)
 
     def renew(self, name: str, owner: str, ttl: timedelta) -> bool:
         """Extend our lease; ``False`` if it is no longer ours."""

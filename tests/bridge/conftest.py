@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from bridge.pipeline import Pipeline, PipelineConfig, RunOptions, RunSummary
+from bridge.pipeline import Mode, Pipeline, PipelineConfig, RunOptions, RunSummary
 from bridge.reconcile import Reconciler, ReconcileReport
 from bridge.state import StateStore
 from bridge.targets import EmbeddedTarget
+from bridge.usecases import reconcile
 from connectors.perkville import PerkvilleClient
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
@@ -102,10 +103,12 @@ class Bridge:
     def sync(self, **options: Any) -> RunSummary:
         return self.pipeline().run(RunOptions(kind="sync", **options))
 
-    def reconcile(self, *, repair: bool = False) -> ReconcileReport:
-        return Reconciler(
+    def reconcile(self, *, repair: bool = False, mode: Mode = "history") -> ReconcileReport:
+        """Read-only comparison; with ``repair`` the use case: sync, compare, adjust."""
+        reconciler = Reconciler(
             state=self.state, source=self.client, target=self.target, business=self.business
-        ).run(repair=repair)
+        )
+        return reconcile(self.pipeline(), reconciler, mode=mode, repair=repair)
 
 
 @contextmanager

@@ -68,3 +68,9 @@ def test_a_rejection_names_the_targets_reason_and_detail() -> None:
     assert (letter.record.record_id, letter.reason, letter.detail) == ("9", "rejected_invalid_request", "bad context")
     (bare,) = tally([_record("9", events=1)], [], [Delivery("rejected")]).dead_letters
     assert (bare.reason, bare.detail) == ("rejected_error", "the target rejected the record")
+
+
+def test_applied_to_names_the_customers_of_applied_events_of_delivered_records_only() -> None:
+    records = [_record("1", events=2), _record("2", events=1), _record("3", events=1)]
+    page = tally(records, [], [D, A, R, A])
+    assert page.applied_to == frozenset({"u1", "u3"})  # u2's record was dead-lettered
