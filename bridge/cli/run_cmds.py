@@ -6,6 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -485,11 +486,42 @@ deadletters_app = typer.Typer(
 )
 
 
+class LetterStatus(str, Enum):
+    """What ``deadletters list --status`` accepts."""
+
+    open = "open"
+    resolved = "resolved"
+    discarded = "discarded"
+    all = "all"
+
+
+def _checked_ids(state: Any, business: str | None, ids: list[int], verb: str) -> None:
+    """Every ``--id`` names an open dead letter (of the business), else one line and exit 2."""
+    if not ids:
+        return
+    found = {d.id: d for d in state.dead_letters.list(business, status=None, ids=ids)}
+    missing = [i for i in ids if i not in found]
+    where = f" of business {business}" if business else ""
+    if missing:
+        fail(
+            f"no dead letter {', '.join(f'#{i}' for i in missing)}{where}; nothing {verb}; "
+            "see: perkbridge deadletters list --status all",
+            EXIT_USAGE,
+        )
+    closed = [found[i] for i in ids if found[i].status != "open"]
+    if closed:
+        fail(
+            "; ".join(f"dead letter #{d.id} is {d.status}, not open" for d in closed)
+            + f"; nothing {verb} (only open dead letters are retried or discarded)",
+            EXIT_USAGE,
+        )
+
+
 @deadletters_app.command("list")
 def deadletters_list(
     business: str | None = BusinessOpt,
     reason: str | None = typer.Option(None, "--reason", help="Only this reason."),
-    status_filter: str = typer.Option("open", "--status", help="open, resolved, discarded or all."),
+    status_filter: LetterStatus = typer.Option(LetterStatus.open, "--status", help="Which dead letters."),
     limit: int = typer.Option(100, "--limit", min=1),
     raw: bool = typer.Option(False, "--raw", help="Include the raw Perkville record."),
     json_output: bool = JsonOpt,
@@ -503,7 +535,7 @@ def deadletters_list(
         try:
             letters = open_state(engine).dead_letters.list(
                 business or settings.perkville_business_id,
-                status=None if status_filter == "all" else status_filter,
+                status=None if status_filter is LetterStatus.all else status_filter.value,
                 reason=reason,
                 limit=limit,
             )
@@ -532,37 +564,75 @@ def deadletters_retry(
     space: str | None = SpaceOpt,
     json_output: bool = JsonOpt,
 ) -> None:
-    """Map and deliver open dead letters again; those that now go through are resolved."""
+    """Map and deliver open dead letters again; those that now go through are resolved.
+
+    Exit 1 when any of them still fails (they stay open, with one more attempt).
+    """
     with _errors():
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
+            _checked_ids(ctx.state, ctx.business, ids, "retried")
+            writeback_letters = _writeback_letters(ctx, reason, ids or None)
             summary = ctx.pipeline(progress).retry_dead_letters(reason=reason, ids=ids or None, wait=wait)
-            back = _retry_writeback(ctx, reason, ids or None, wait)
+            back = _retry_writeback(ctx, writeback_letters, reason, ids or None, wait)
         finally:
             _close(progress)
             ctx.close()
-    if json_output and back is not None:
+    failing = summary.counts.dead_lettered + (back.dead_lettered if back is not None else 0)
+    if json_output:
         body = summary.to_json()
-        body["writeback"] = back.to_json()
+        if back is not None:
+            body["writeback"] = back.to_json()
         print_json(body)
     else:
-        _print_run(summary, json_output, title="retry")
+        c = summary.counts
+        typer.echo(
+            f"retry run {summary.run_id}: {c.read} dead letters retried: "
+            f"{c.read - c.dead_lettered} resolved, {c.dead_lettered} still failing"
+        )
         if back is not None:
             typer.echo(
-                f"write-back retry run {back.run_id}: read {back.read}, written back {back.written_back}, "
-                f"still dead-lettered {back.dead_lettered}"
+                f"write-back retry run {back.run_id}: {back.read} dead letters retried: "
+                f"{back.written_back + back.duplicate} written back, {back.dead_lettered} still failing"
             )
-    if summary.counts.dead_lettered or (back is not None and back.dead_lettered):
+        if failing:
+            typer.echo(f"  {failing} stay open; see them with: perkbridge deadletters list")
+    if failing:
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _retry_writeback(ctx: _Context, reason: str | None, ids: list[int] | None, wait: bool) -> Any:
-    """Hand open write-back dead letters (kinds ``writeback_*``) to write-back's own retry."""
+def _writeback_letters(ctx: _Context, reason: str | None, ids: list[int] | None) -> list[Any]:
+    """The open write-back dead letters a retry covers; refused (exit 3, nothing retried) when
+    the write-back settings they need are missing: without them they would be dropped unsent."""
+    from bridge.errors import ConfigurationError
     from bridge.pipeline import IMPORT_KINDS
 
-    letters = ctx.state.dead_letters.list(ctx.business, reason=reason, ids=ids)
-    if not any(d.kind not in IMPORT_KINDS for d in letters) or ctx.bundle.service is None:
+    letters = [
+        d for d in ctx.state.dead_letters.list(ctx.business, reason=reason, ids=ids)
+        if d.kind not in IMPORT_KINDS
+    ]
+    wb = ctx.settings.writeback
+    missing = []
+    if letters and not wb.enabled:
+        missing.append("[writeback] enabled = true (or PERKBRIDGE_WRITEBACK_ENABLED=1)")
+    if any(d.kind == "writeback_event" for d in letters) and not wb.event_perks:
+        missing.append("[writeback] event_perks")
+    if any(d.kind == "writeback_identify" for d in letters) and not wb.external_members:
+        missing.append("[writeback] external_members = true")
+    if missing:
+        raise ConfigurationError(
+            f"{len(letters)} write-back dead letters need the write-back settings, which are not "
+            f"set: {'; '.join(missing)}; nothing was retried"
+        )
+    return letters
+
+
+def _retry_writeback(
+    ctx: _Context, letters: list[Any], reason: str | None, ids: list[int] | None, wait: bool
+) -> Any:
+    """Hand open write-back dead letters (kinds ``writeback_*``) to write-back's own retry."""
+    if not letters or ctx.bundle.service is None:
         return None
     if ctx.source is None:
         common.fail("write-back dead letters need the Perkville connection; check PERKVILLE_* settings")
@@ -593,9 +663,10 @@ def deadletters_discard(
         settings = common.settings()
         engine = open_engine(settings)
         try:
-            n = open_state(engine).dead_letters.discard(
-                business or settings.perkville_business_id, reason=reason, ids=ids or None
-            )
+            state = open_state(engine)
+            chosen = business or settings.perkville_business_id
+            _checked_ids(state, chosen, ids, "discarded")
+            n = state.dead_letters.discard(chosen, reason=reason, ids=ids or None)
         finally:
             engine.dispose()
     if json_output:

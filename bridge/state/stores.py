@@ -406,7 +406,12 @@ class DeadLetter:
 
 
 class DeadLetterStore:
-    """Dead letters keyed by (business, kind, record id): a repeat failure bumps ``attempts``."""
+    """Dead letters keyed by (business, kind, record id): a repeat failure bumps ``attempts``.
+
+    Statuses: ``open`` (retried by ``deadletters retry``), ``resolved`` (went through since; a
+    new failure opens it again), ``discarded`` (the operator's decision: kept for the record,
+    never reopened, retried or changed by later runs).
+    """
 
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self._engine = engine
@@ -444,6 +449,8 @@ class DeadLetterStore:
             keys=("business", "kind", "record_id"),
             update=("run_id", "raw", "reason", "detail", "status", "updated_at"),
             increments={"attempts": 1},
+            # An operator's discard is final: the letter stays as it was, for the record.
+            where=dead_letters.c.status != "discarded",
         )
 
     def resolve(
