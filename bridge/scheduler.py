@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from sqlalchemy import (
 from bridge.errors import LeaseHeldError
 from bridge.state.schema import as_utc
 from bridge.state.sql import upsert
+from bridge.wiring import scheduled_businesses
 from config import ConfigError, Settings, load_settings
 from perkamo_core.migrations import Migration, migrate
 
@@ -90,19 +90,6 @@ def parse_job_id(value: str) -> tuple[JobKind, str]:
     if prefix != JOB_ID_PREFIX or kind not in JOB_KINDS or not business_id:
         raise ValueError(f"not a perkbridge job id: {value!r}")
     return kind, business_id
-
-
-def scheduled_businesses(settings: Settings) -> list[str]:
-    """``schedule.businesses``, else ``PERKVILLE_BUSINESS_ID``; ``ConfigError`` when neither."""
-    chosen = [b.strip() for b in settings.schedule.businesses if b.strip()]
-    if not chosen and settings.perkville_business_id:
-        chosen = [settings.perkville_business_id.strip()]
-    if not chosen:
-        raise ConfigError(
-            "no business to schedule: set schedule.businesses in the config file "
-            "or PERKVILLE_BUSINESS_ID"
-        )
-    return list(dict.fromkeys(chosen))
 
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -474,47 +461,36 @@ def default_worker_name() -> str:
 
 
 def run_sync_job(context: JobContext) -> Any:
-    """The scheduled incremental sync: the same pass ``perkbridge sync`` runs for one business.
-
-    With write-back enabled the pass then writes back (both directions, as ``sync`` does).
-    """
-    from bridge.pipeline import Pipeline, RunOptions
-    from bridge.wiring import build_target, open_state, perkville_client, pipeline_config
-    from bridge.writeback import run_writeback, space_for
+    """The scheduled incremental sync: what ``perkbridge sync`` runs for one business (with
+    write-back enabled, both directions; ``bridge.usecases.sync``)."""
+    from bridge.pipeline import Pipeline
+    from bridge.usecases import sync
+    from bridge.wiring import build_target, open_state, perkville_client, pipeline_config, space_for
 
     settings, engine = context.settings, context.engine
     space = space_for(settings, context.business_id)
     bundle = build_target(settings, engine, space=space)
     client = perkville_client(settings)
     try:
-        summary = Pipeline(
-            state=open_state(engine),
-            source=client,
-            target=bundle.target,
-            config=pipeline_config(settings, context.business_id),
-            stop=context.stop,
-        ).run(RunOptions(kind="sync", mode=settings.sync.mode))
-        body: dict[str, Any] = summary.to_json()
-        if settings.writeback.enabled and not context.stop.is_set():
-            back = run_writeback(
-                settings, engine, business_id=context.business_id, space=space,
-                stop=context.stop, client=client,
-            )
-            body["written_back"] = back.written_back
-            body["writeback_dead_lettered"] = back.dead_lettered
-        return body
+        pipeline = Pipeline(
+            state=open_state(engine), source=client, target=bundle.target,
+            config=pipeline_config(settings, context.business_id), stop=context.stop,
+        )
+        return sync(pipeline, settings, engine, space=space, client=client).to_json()
     finally:
         client.close()
         bundle.close()
 
 
 def run_writeback_job(context: JobContext) -> Any:
-    """The scheduled write-back pass (Perkamo → Perkville) for one business."""
-    from bridge.writeback import run_writeback_for_settings
+    """The scheduled write-back pass (Perkamo → Perkville) for one business; off: nothing."""
+    from bridge.usecases import writeback
 
-    return run_writeback_for_settings(
-        context.settings, context.engine, business_id=context.business_id, stop=context.stop
-    )
+    if not context.settings.writeback.enabled:
+        return {"status": "disabled"}
+    return writeback(
+        context.settings, context.engine, business=context.business_id, stop=context.stop
+    ).to_json()
 
 
 def run_reconcile_job(context: JobContext) -> Any:
@@ -526,8 +502,7 @@ def run_reconcile_job(context: JobContext) -> Any:
     from bridge.pipeline import Pipeline
     from bridge.reconcile import Reconciler
     from bridge.usecases import reconcile
-    from bridge.wiring import build_target, open_state, perkville_client, pipeline_config
-    from bridge.writeback import space_for
+    from bridge.wiring import build_target, open_state, perkville_client, pipeline_config, space_for
 
     settings, engine = context.settings, context.engine
     state = open_state(engine)

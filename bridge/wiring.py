@@ -15,7 +15,8 @@ from bridge.errors import VALID_DATABASE_URLS, ConfigurationError, database_erro
 from bridge.pipeline import PipelineConfig
 from bridge.state import StateStore
 from bridge.targets import EmbeddedTarget, RemoteTarget, Target
-from config.settings import Settings
+from bridge.writeback import WritebackConfig
+from config.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from connectors.perkville import PerkvilleClient
@@ -33,6 +34,49 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
         if secret is not None and secret.get_secret_value():
             values.append(secret.get_secret_value())
     return tuple(values)
+
+
+def scheduled_businesses(settings: Settings) -> list[str]:
+    """``schedule.businesses``, else ``PERKVILLE_BUSINESS_ID``; ``ConfigError`` when neither."""
+    chosen = [b.strip() for b in settings.schedule.businesses if b.strip()]
+    if not chosen and settings.perkville_business_id:
+        chosen = [settings.perkville_business_id.strip()]
+    if not chosen:
+        raise ConfigError(
+            "no business to schedule: set schedule.businesses in the config file "
+            "or PERKVILLE_BUSINESS_ID"
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def space_for(settings: Settings, business: str) -> str:
+    """The Space a business syncs into.
+
+    One business: ``PERKAMO_SPACE``.  Several scheduled businesses: ``{PERKAMO_SPACE}-{business}``
+    each, because Perkville users are global while points belong to one business's connection —
+    two businesses in one Space would merge a shared member's wallets.
+    """
+    try:
+        businesses = scheduled_businesses(settings)
+    except ConfigError:  # no schedule configured: the plain Space
+        return settings.perkamo_space
+    if len(businesses) <= 1:
+        return settings.perkamo_space
+    return f"{settings.perkamo_space}-{business}".lower()
+
+
+def writeback_config(settings: Settings, business: str, *, space: str | None = None) -> WritebackConfig:
+    """``WritebackConfig`` from the settings."""
+    return WritebackConfig(
+        business=business,
+        space=space or space_for(settings, business),
+        event_perks=dict(settings.writeback.event_perks),
+        external_members=settings.writeback.external_members,
+        batch_size=settings.writeback.batch_size,
+        timezone=settings.perkville_timezone,
+        lease_seconds=settings.schedule.lease_seconds,
+        secrets=secret_values(settings),
+    )
 
 
 def business_of(settings: Settings, business: str | None) -> str:

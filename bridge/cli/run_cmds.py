@@ -113,7 +113,7 @@ class _Context:
         settings = common.settings()
         self.settings = settings
         self.business = business_of(settings, business)
-        from bridge.writeback import space_for
+        from bridge.wiring import space_for
 
         self.space = space or space_for(settings, self.business)
         self.engine = open_engine(settings)
@@ -271,32 +271,24 @@ def sync(
     json_output: bool = JsonOpt,
 ) -> None:
     """One incremental pass: changed members and new or voided transactions, then write-back if enabled."""
-    from bridge.pipeline import RunOptions
+    from bridge.usecases import sync as sync_business
 
-    back = None
     with _errors():
-        settings = common.settings()
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            summary = ctx.pipeline(progress).run(RunOptions(kind="sync", mode=settings.sync.mode, wait=wait))
-            if settings.writeback.enabled:
-                from bridge.writeback import run_writeback
-
-                back = run_writeback(
-                    settings, ctx.engine, business_id=ctx.business, space=ctx.space,
-                    client=ctx.source, wait=wait,
-                )
+            result = sync_business(
+                ctx.pipeline(progress), ctx.settings, ctx.engine, space=ctx.space,
+                client=ctx.source, wait=wait,
+            )
         finally:
             _close(progress)
             ctx.close()
-    if json_output and back is not None:
-        body = summary.to_json()
-        body["written_back"] = back.written_back
-        body["writeback_dead_lettered"] = back.dead_lettered
-        print_json(body)
+    back = result.writeback
+    if json_output:
+        print_json(result.to_json())
     else:
-        _print_run(summary, json_output, title="sync")
+        _print_run(result.run, json_output, title="sync")
         if back is not None:
             typer.echo(
                 f"write-back run {back.run_id} {back.status}: read {back.read}, written back "
@@ -636,7 +628,8 @@ def _retry_writeback(
         return None
     if ctx.source is None:
         common.fail("write-back dead letters need the Perkville connection; check PERKVILLE_* settings")
-    from bridge.writeback import Writeback, writeback_config
+    from bridge.wiring import writeback_config
+    from bridge.writeback import Writeback
 
     return Writeback(
         state=ctx.state,
