@@ -56,3 +56,14 @@ def test_migrations_build_the_snapshot_schema(db_engine: Engine) -> None:
     if os.environ.get("PERKBRIDGE_WRITE_SCHEMA_SNAPSHOT") == "1":
         path.write_text(json.dumps(schema, indent=1, sort_keys=True) + "\n")
     assert schema == json.loads(path.read_text())
+
+
+def test_core_tables_keep_a_metadata_of_their_own() -> None:
+    from sqlmodel import SQLModel
+
+    from bridge.state import schema as bridge_schema
+
+    assert st.metadata is not SQLModel.metadata
+    assert all(name.startswith("core_") for name in st.metadata.tables)
+    assert not st.metadata.tables.keys() & bridge_schema.metadata.tables.keys()
+    assert not st.metadata.tables.keys() & SQLModel.metadata.tables.keys()
