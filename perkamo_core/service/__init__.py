@@ -17,16 +17,14 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -43,17 +41,13 @@ from perkamo_core.errors import (
     InsufficientBalanceError,
     NotFoundError,
     ProgramValidationError,
-    TransactionIdConflictError,
     ValidationError,
 )
-from perkamo_core.limits import OCCURRED_AT_END, OCCURRED_AT_MIN, OCCURRED_AT_RANGE
 from perkamo_core.models import (
     ENVIRONMENTS,
-    MAX_EVENT,
     MAX_SPACE_SLUG,
     MAX_TRANSACTION_ID,
     MAX_USER_ID,
-    RESERVED_CONTEXT_KEYS,
     SERVER_SCOPES,
     ApiKeyInfo,
     CreatedKey,
@@ -63,9 +57,42 @@ from perkamo_core.models import (
     SpaceInfo,
 )
 from perkamo_core.program import MODULE_NAMES, Program
+from perkamo_core.service.checks import (
+    CheckedEvent,
+    _check_text,
+    check_event,
+    parse_occurred_at,
+    storable,
+    validate_context,
+    validate_traits,
+)
+from perkamo_core.service.fingerprint import payload_fingerprint, transaction_id_conflict
+from perkamo_core.service.wire import _as_duplicate, _jsonable, _wire, _wire_result, wire_number
+from perkamo_core.storage.state import _state_balance, decode_state, encode_state
+
+__all__ = [
+    "IN_CHUNK",
+    "MAX_WRITE_ATTEMPTS",
+    "PRUNE_ABOVE_KEYS",
+    "READ_MODEL_EVENTS",
+    "REDEMPTION_EVENT",
+    "STATE_PRUNE_MARGIN_DAYS",
+    "USAGE_METERS",
+    "CheckedEvent",
+    "CoreService",
+    "check_event",
+    "decode_state",
+    "encode_state",
+    "parse_occurred_at",
+    "payload_fingerprint",
+    "storable",
+    "transaction_id_conflict",
+    "validate_context",
+    "validate_traits",
+    "wire_number",
+]
 
 T = TypeVar("T")
-_ZERO = Decimal(0)
 _log = logging.getLogger(__name__)
 
 MAX_WRITE_ATTEMPTS = 6
@@ -95,247 +122,11 @@ USAGE_METERS: tuple[str, ...] = (
 )
 
 
-# --- small value helpers ------------------------------------------------------------------------
-
-
-def wire_number(value: Decimal | int) -> int | Decimal:
-    """A JSON number for the wire: an int when integral, else the (exact) Decimal."""
-    if isinstance(value, int):
-        return value
-    if value == value.to_integral_value():
-        return int(value)
-    return value.normalize()
-
-
-def _wire(value: Any) -> Any:
-    """``value`` with every Decimal turned into :func:`wire_number` (dicts and lists recursively)."""
-    if isinstance(value, Decimal):
-        return wire_number(value)
-    if isinstance(value, dict):
-        return {k: _wire(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_wire(v) for v in value]
-    return value
-
-
-# --- payload fingerprints -------------------------------------------------------------------------
-#
-# A transaction_id names one business action. Its payload is (user_id, event, context): the same
-# id with the same payload is a replay (``duplicate: true``); with another payload it is a
-# conflict (409 ``transaction_id_conflict``). ``occurred_at`` is not part of it: the SDKs default
-# it to the time of the call, so an application retrying an action sends a later one, and the
-# bridge derives it from PERKVILLE_TIMEZONE, which an operator may correct between runs.
-# Numbers compare by value: 1, 1.0 and Decimal("1.00") are the same number.
-
-_FP_NATIVE = frozenset({str, bool, type(None)})
-_FP_INT_MIN, _FP_INT_MAX = -(2**63), 2**64 - 1  # integers orjson writes itself
-_FP_EXACT_INT = 10**30  # integral numbers below this are written as integers, others normalized
-
-
-def _fp_number(value: Decimal) -> Any:
-    if value.is_finite() and value == value.to_integral_value() and abs(value) < _FP_EXACT_INT:
-        return _fp_int(int(value))
-    return orjson.Fragment(str(value.normalize()))
-
-
-def _fp_int(value: int) -> Any:
-    if _FP_INT_MIN <= value <= _FP_INT_MAX:
-        return value
-    if abs(value) < _FP_EXACT_INT:
-        return orjson.Fragment(str(value))
-    return orjson.Fragment(str(Decimal(value).normalize()))
-
-
-def _fp_canonical(value: Any) -> Any:
-    kind = type(value)
-    if kind in _FP_NATIVE:
-        return value
-    if kind is int:
-        return _fp_int(value)
-    if kind is float:
-        return _fp_number(Decimal(repr(value)))
-    if isinstance(value, Decimal):
-        return _fp_number(value)
-    if isinstance(value, Mapping):
-        return {k: _fp_canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_fp_canonical(v) for v in value]
-    if isinstance(value, int):
-        return _fp_int(int(value))
-    return str(value)  # validated contexts hold nothing else
-
-
-def payload_fingerprint(user_id: str, event: str, context: Mapping[str, Any]) -> str:
-    """The sha256 (hex) of the canonical ``[user_id, event, context]``: keys sorted, numbers by
-    value, text as given. Equal for a replay of the same action, different for another payload."""
-    flat = True
-    for value in context.values():
-        kind = type(value)
-        if kind is int:
-            if not _FP_INT_MIN <= value <= _FP_INT_MAX:
-                flat = False
-                break
-        elif kind not in _FP_NATIVE:
-            flat = False
-            break
-    body = orjson.dumps(
-        [user_id, event, context if flat else _fp_canonical(context)], option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.sha256(body).hexdigest()
-
-
-def transaction_id_conflict(transaction_id: str) -> TransactionIdConflictError:
-    """The 409 for a ``transaction_id`` already used for another payload (it names nothing of it)."""
-    return TransactionIdConflictError(
-        f"transaction_id {transaction_id[:80]!r} was already used for a different payload "
-        "(another customer, event, context or reward); use a new transaction_id for a new action",
-        field="transaction_id",
-    )
-
-
 class _StoredEvent(NamedTuple):
     """What a page needs of an event already stored under one of its transaction ids."""
 
     result: dict[str, Any]
     fingerprint: str | None  # None: a redemption holds the id
-
-
-def parse_occurred_at(value: datetime | str | None, now: datetime) -> datetime:
-    """An aware UTC datetime from an ISO-8601 string/datetime (naive = UTC); ``now`` when absent."""
-    if value is None:
-        return now
-    if isinstance(value, str):
-        raw = value.strip()
-        if not raw:
-            raise ValidationError("occurred_at must be an ISO-8601 date-time", field="occurred_at")
-        try:
-            parsed = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1:] in "zZ" else raw)
-        except ValueError:
-            raise ValidationError(
-                f"occurred_at {value[:64]!r} is not an ISO-8601 date-time", field="occurred_at"
-            ) from None
-    elif isinstance(value, datetime):
-        parsed = value
-    else:
-        raise ValidationError("occurred_at must be an ISO-8601 date-time", field="occurred_at")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        utc = parsed.astimezone(UTC)
-    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-14:00 is past year 9999 in UTC
-        utc = None
-    if utc is None or not OCCURRED_AT_MIN <= utc < OCCURRED_AT_END:
-        raise ValidationError(
-            f"occurred_at {str(value)[:64]!r} is out of range: it must be from {OCCURRED_AT_RANGE} in UTC",
-            code="occurred_at_out_of_range", field="occurred_at",
-        )
-    return utc
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-"""NUL (PostgreSQL text refuses it) and surrogate code points (UTF-8 cannot encode them)."""
-
-
-def storable(value: str) -> bool:
-    """Whether both databases can store ``value``: no NUL character, no lone surrogate."""
-    if value.isascii():
-        return "\x00" not in value
-    return _UNSTORABLE.search(value) is None
-
-
-def _unstorable(field: str, *, key: bool = False) -> ValidationError:
-    what = f"a key of {field}" if key else field
-    return ValidationError(
-        f"{what} contains a NUL character or a lone surrogate, which cannot be stored",
-        code="invalid_text", field=field,
-    )
-
-
-def _check_text(value: Any, field: str, limit: int) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(f"{field} is required and must be a non-empty string", field=field)
-    if len(value) > limit:
-        raise ValidationError(f"{field} is longer than {limit} characters", field=field)
-    if not (value.isascii() and "\x00" not in value) and not storable(value):
-        raise _unstorable(field)
-    return value
-
-
-def _check_json_value(value: Any, field: str, depth: int = 0) -> None:
-    if depth > 32:
-        raise ValidationError(f"{field} is nested too deeply", field=field)
-    if isinstance(value, str):
-        if not storable(value):
-            raise _unstorable(field)
-        return
-    if value is None or isinstance(value, (bool, int, Decimal)):
-        if isinstance(value, Decimal) and not value.is_finite():
-            raise ValidationError(f"{field} must be a finite number", field=field)
-        return
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValidationError(f"{field} must be a finite number", field=field)
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json_value(item, f"{field}[{i}]", depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str) or not key:
-                raise ValidationError(f"{field} keys must be non-empty strings", field=field)
-            if not storable(key):
-                raise _unstorable(field, key=True)
-            _check_json_value(item, f"{field}.{key}", depth + 1)
-        return
-    raise ValidationError(f"{field} holds a {type(value).__name__}, not a JSON value", field=field)
-
-
-_SCALAR_TYPES = frozenset({int, bool, type(None)})
-
-
-def validate_context(context: Any, known_keys: set[str] | None = None) -> dict[str, Any]:
-    """The event context as a plain dict; reserved top-level keys rejected case-insensitively.
-
-    ``known_keys`` (optional, the caller's) remembers top-level keys that passed, so a page whose
-    events share their keys checks each key once.
-    """
-    if context is None:
-        return {}
-    if not isinstance(context, Mapping):
-        raise ValidationError("context must be a JSON object", field="context")
-    nested = False
-    for key, value in context.items():
-        if known_keys is None or key not in known_keys:
-            if not isinstance(key, str) or not key:
-                raise ValidationError("context keys must be non-empty strings", field="context")
-            if not storable(key):
-                raise _unstorable("context", key=True)
-            if key.lower() in RESERVED_CONTEXT_KEYS:
-                raise ValidationError(
-                    f"context key {key!r} is reserved for customer state; rename it",
-                    code="reserved_context_key",
-                    field=f"context.{key}",
-                )
-            if known_keys is not None and len(known_keys) < 1024:
-                known_keys.add(key)
-        if type(value) is str:
-            if not (value.isascii() and "\x00" not in value) and not storable(value):
-                raise _unstorable(f"context.{key}")
-        elif type(value) not in _SCALAR_TYPES:
-            nested = True
-    if nested:  # the common flat context of scalars needs no deeper walk
-        _check_json_value(context, "context")
-    return dict(context)
-
-
-def validate_traits(traits: Any) -> dict[str, Any]:
-    if traits is None:
-        return {}
-    if not isinstance(traits, Mapping):
-        raise ValidationError("traits must be a JSON object", field="traits")
-    _check_json_value(traits, "traits")
-    return dict(traits)
 
 
 def _hash_key(api_key: str) -> str:
@@ -406,53 +197,6 @@ class _Space:
                          self.created_at)
 
 
-class CheckedEvent(NamedTuple):
-    """An event that :func:`check_event` validated; ``ingest_bulk`` takes it without checking again.
-
-    Made only by :func:`check_event`, in this process or another one (the bridge validates pages
-    in its fetch-and-map worker process and sends these back): it picks up no defaults and no
-    checks of its own. ``occurred_at`` None means "now", which the ingest fills in.
-    """
-
-    user_id: str
-    event: str
-    transaction_id: str
-    context: dict[str, Any]
-    occurred_at: datetime | None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Unpickled by ``tuple.__new__`` directly: a page crosses from the bridge's worker
-        # process without one call of the generated Python ``__new__`` per event.
-        return (tuple.__new__, (CheckedEvent, tuple(self)))
-
-
-def check_event(
-    user_id: Any,
-    event: Any,
-    transaction_id: Any,
-    context: Any,
-    occurred_at: Any,
-    *,
-    known_keys: set[str] | None = None,
-) -> CheckedEvent:
-    """The checks ``ingest`` applies to every event, as a :class:`CheckedEvent`, or a
-    ``ValidationError`` naming the field.
-
-    A missing ``transaction_id`` gets a fresh ``tx_…`` id here, as it would at ingest.
-    ``known_keys`` (the caller's, per page) lets events sharing their context keys check each once.
-    """
-    user = _check_text(user_id, "user_id", MAX_USER_ID)
-    name = _check_text(event, "event", MAX_EVENT)
-    if transaction_id is None:
-        txid = f"tx_{uuid.uuid4()}"
-    else:
-        txid = _check_text(transaction_id, "transaction_id", MAX_TRANSACTION_ID)
-    checked_context = validate_context(context, known_keys)
-    at = None if occurred_at is None else parse_occurred_at(occurred_at, _EPOCH)
-    return CheckedEvent(user, name, txid, checked_context, at)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Event(NamedTuple):
@@ -1663,123 +1407,3 @@ def _bind(name: str) -> Any:
     from sqlalchemy import bindparam
 
     return bindparam(name)
-
-
-_FAST_SECTIONS = frozenset(
-    {"balances", "lifetime", "perks", "counters", "event_counts", "reward_counts"}
-)
-
-
-def _trigger_doc(trigger: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in trigger.items()}
-
-
-def _trigger_value(key: str, value: Any) -> Any:
-    if key == "amount" and isinstance(value, str):
-        return _num(Decimal(value))
-    return value
-
-
-def encode_state(state: CustomerState) -> str:
-    """The stored state document: ``CustomerState.to_json`` without its empty sections.
-
-    The common state (balances, lifetime totals, unlocked perks) is encoded here directly, in the
-    same format, because it is written once per customer per page.
-    """
-    if (state.achievements or state.last_applied or state.achievement_totals
-            or state.achievement_days or state.streaks):
-        return st.dump_json({k: v for k, v in state.to_json().items() if v})
-    doc: dict[str, Any] = {}
-    if state.balances:
-        doc["balances"] = {k: str(v) for k, v in state.balances.items()}
-    if state.lifetime:
-        doc["lifetime"] = {k: str(v) for k, v in state.lifetime.items()}
-    if state.perks:
-        doc["perks"] = {
-            k: {"unlocked_at": p.unlocked_at.isoformat(), "trigger": _trigger_doc(p.trigger)}
-            for k, p in state.perks.items()
-        }
-    if state.event_counts:
-        doc["event_counts"] = state.event_counts
-    if state.counters:
-        doc["counters"] = state.counters
-    if state.reward_counts:
-        doc["reward_counts"] = state.reward_counts
-    return st.dump_json(doc)
-
-
-def _state_balance(text: str, wallet: str) -> Decimal:
-    """The balance of ``wallet`` in a stored state document (0 when it never moved)."""
-    if text == "{}":
-        return _ZERO
-    value = st.load_json_exact(text).get("balances", {}).get(wallet)
-    return _ZERO if value is None else Decimal(value)
-
-
-def decode_state(text: str) -> CustomerState:
-    """Inverse of :func:`encode_state` (a customer created without state stores ``{}``)."""
-    if text == "{}":
-        return CustomerState()
-    doc = st.load_json_exact(text)  # Decimals are stored as strings: no float literal inside
-    if not doc.keys() <= _FAST_SECTIONS:
-        return CustomerState.from_json(doc)
-    perks = doc.get("perks")
-    return CustomerState(
-        balances={k: Decimal(v) for k, v in doc.get("balances", {}).items()},
-        lifetime={k: Decimal(v) for k, v in doc.get("lifetime", {}).items()},
-        perks={
-            k: core_engine.PerkUnlock(
-                k, datetime.fromisoformat(p["unlocked_at"]),
-                {tk: _trigger_value(tk, tv) for tk, tv in (p.get("trigger") or {}).items()},
-            )
-            for k, p in perks.items()
-        } if perks else {},
-        event_counts=dict(doc.get("event_counts", {})),
-        counters=dict(doc.get("counters", {})),
-        reward_counts=dict(doc.get("reward_counts", {})),
-    )
-
-
-def _num(value: Decimal) -> int | Decimal:
-    integral = int(value)
-    if integral == value:
-        return integral
-    return value.normalize()
-
-
-def _wire_result(outcome: core_engine.Outcome) -> dict[str, Any]:
-    """The wire result of a first application (``Outcome.to_result`` with JSON-number values)."""
-    level = outcome.level
-    return {
-        "applied": True,
-        "duplicate": False,
-        "delta": [{"wallet": d.wallet, "amount": _num(d.amount)} for d in outcome.deltas],
-        "leveled_up": outcome.leveled_up,
-        "unlocked": [{"type": u.type, "key": u.key, "name": u.name} for u in outcome.unlocked],
-        "wallet_state": {k: _num(v) for k, v in outcome.balances.items()},
-        "level": None if level is None else {
-            "wallet": level.wallet,
-            "level": level.level,
-            "current": _num(level.current),
-            "nextLevelAt": None if level.next_level_at is None else _num(level.next_level_at),
-            "currentLevelAt": _num(level.current_level_at),
-            "progress": _num(level.progress),
-        },
-    }
-
-
-def _as_duplicate(result: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(result)
-    out["applied"] = False
-    out["duplicate"] = True
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return core_engine.format_datetime(value)
-    return value
