@@ -68,10 +68,10 @@ from perkamo_core.service.checks import (
 )
 from perkamo_core.service.fingerprint import payload_fingerprint, transaction_id_conflict
 from perkamo_core.service.wire import _as_duplicate, _jsonable, _wire, _wire_result, wire_number
+from perkamo_core.storage.bulk import BulkStore, StoredEvent
 from perkamo_core.storage.state import _state_balance, decode_state, encode_state
 
 __all__ = [
-    "IN_CHUNK",
     "MAX_WRITE_ATTEMPTS",
     "PRUNE_ABOVE_KEYS",
     "READ_MODEL_EVENTS",
@@ -112,7 +112,6 @@ REDEMPTION_EVENT = "reward.redeemed"
 """Event key under which a redemption appears in the outbox (context: reward_key, wallet, cost)."""
 
 READ_MODEL_EVENTS = 20
-IN_CHUNK = 500  # bound on bind parameters of one IN (...) list
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,127}$")
 _PG_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
@@ -121,12 +120,6 @@ USAGE_METERS: tuple[str, ...] = (
     "events", "duplicates", "identify_calls", "redemptions", "requests",
 )
 
-
-class _StoredEvent(NamedTuple):
-    """What a page needs of an event already stored under one of its transaction ids."""
-
-    result: dict[str, Any]
-    fingerprint: str | None  # None: a redemption holds the id
 
 
 def _hash_key(api_key: str) -> str:
@@ -230,6 +223,7 @@ class CoreService:
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
         self._postgres = engine.dialect.name == "postgresql"
+        self._bulk = BulkStore(engine.dialect.name)
         self._programs: dict[tuple[int, tuple[tuple[str, int], ...]], Program] = {}
 
     @property
@@ -654,147 +648,28 @@ class CoreService:
         PostgreSQL: ids are resolved first, then the rows are locked ``FOR UPDATE`` in ascending id
         order, so two writers of overlapping customer sets always lock in the same order.
         """
+        bulk = self._bulk
         wanted = sorted(set(user_ids))
         if not self._postgres and not traits:
-            found = self._select_customers_by_user(conn, space_id, wanted)
+            found = {c.user_id: c for c in bulk.customers_by_user(conn, space_id, wanted)}
             missing = [u for u in wanted if u not in found]
             if missing and create:
-                inserted = self._create_customers(conn, space_id, missing)
+                inserted = bulk.create_customers(conn, space_id, missing, self._now())
                 if created is not None:
                     created.update(inserted)
-                found.update(self._select_customers_by_user(conn, space_id, missing))
-            return found
-        ids = self._customer_ids(conn, space_id, wanted)
+                found.update((c.user_id, c) for c in bulk.customers_by_user(conn, space_id, missing))
+            return {u: _Customer(c.id, u, c.traits, c.state) for u, c in found.items()}
+        ids = bulk.customer_ids(conn, space_id, wanted)
         missing = [u for u in wanted if u not in ids]
         if missing and create:
-            inserted = self._create_customers(conn, space_id, missing)
+            inserted = bulk.create_customers(conn, space_id, missing, self._now())
             if created is not None:
                 created.update(inserted)
-            ids.update(self._customer_ids(conn, space_id, missing))
-        columns = "id, user_id, state" + (", traits" if traits else "")
-        lock = " FOR UPDATE" if self._postgres else ""
-        ordered = sorted(ids.values())
-        out: dict[str, _Customer] = {}
-        for start in range(0, len(ordered), IN_CHUNK):
-            chunk = ordered[start:start + IN_CHUNK]
-            where, params = self._in("id", chunk)
-            for row in self._rows(
-                conn, f"SELECT {columns} FROM core_customers WHERE {where} ORDER BY id{lock}",
-                params,
-            ):
-                out[row[1]] = _Customer(
-                    int(row[0]), row[1], st.load_json(row[3]) if traits else {},
-                    decode_state(row[2]),
-                )
-        return out
-
-    def _create_customers(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> set[str]:
-        """Insert the missing customers; the user ids this transaction inserted (not a concurrent
-        writer's, which a PostgreSQL ``ON CONFLICT DO NOTHING`` skips)."""
-        now = self._dbdt(self._now())
-        rows = [(space_id, u, now, now) for u in user_ids]
-        insert = ("INSERT INTO core_customers (space_id, user_id, traits, state, event_count, "
-                  "created_at, updated_at) VALUES ")
-        group = "(?, ?, '{}', '{}', 0, ?, ?)"
-        tail = " ON CONFLICT (space_id, user_id) DO NOTHING"
-        if not self._postgres:
-            self._many(conn, insert + group + tail, rows)
-            return set(user_ids)  # the transaction holds the write lock: no one else inserts
-        inserted: set[str] = set()
-        for start in range(0, len(rows), 1000):
-            chunk = rows[start:start + 1000]
-            statement = insert + ",".join([group] * len(chunk)) + tail + " RETURNING user_id"
-            result = conn.exec_driver_sql(self._q(statement), tuple(v for row in chunk for v in row))
-            inserted.update(row[0] for row in result)
-        return inserted
-
-    def _select_customers_by_user(
-        self, conn: Connection, space_id: int, user_ids: Sequence[str]
-    ) -> dict[str, _Customer]:
-        # SQLite only: the transaction already holds the database write lock.
-        out: dict[str, _Customer] = {}
-        for start in range(0, len(user_ids), IN_CHUNK):
-            chunk = list(user_ids[start:start + IN_CHUNK])
-            where, params = self._in("user_id", chunk)
-            for cid, uid, state in self._rows(
-                conn,
-                f"SELECT id, user_id, state FROM core_customers WHERE space_id = ? AND {where}",
-                [space_id, *params],
-            ):
-                out[uid] = _Customer(int(cid), uid, {}, decode_state(state))
-        return out
-
-    def _customer_ids(self, conn: Connection, space_id: int, user_ids: Sequence[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for start in range(0, len(user_ids), IN_CHUNK):
-            chunk = list(user_ids[start:start + IN_CHUNK])
-            where, params = self._in("user_id", chunk)
-            for row in self._rows(
-                conn,
-                f"SELECT user_id, id FROM core_customers WHERE space_id = ? AND {where}",
-                [space_id, *params],
-            ):
-                out[row[0]] = int(row[1])
-        return out
-
-    # --- driver-level SQL for the hot path (no per-row ORM/type processing) ----------------------
-
-    def _q(self, sql: str) -> str:
-        # Hot-path statements are written with qmark placeholders; psycopg wants %s.
-        return sql.replace("?", "%s") if self._postgres else sql
-
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        """``column IN (…)`` on SQLite; ``column = ANY(array)`` on PostgreSQL (one bind, one plan)."""
-        if self._postgres:
-            return f"{column} = ANY(?)", [list(values)]
-        return f"{column} IN ({','.join('?' * len(values))})", list(values)
-
-    def _rows(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-        return list(conn.exec_driver_sql(self._q(sql), tuple(params)).fetchall())
-
-    def _many(self, conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        """Execute ``sql`` for every row: ``executemany`` on SQLite; on PostgreSQL an
-        ``INSERT … VALUES (…)`` becomes multi-row statements (one round trip per chunk)."""
-        if not rows:
-            return
-        if not self._postgres or not sql.startswith("INSERT"):
-            conn.exec_driver_sql(self._q(sql), rows)
-            return
-        head, _, rest = sql.partition(" VALUES ")
-        group = rest[: rest.index(")") + 1]
-        tail = rest[len(group):]
-        per_chunk = max(1, min(1000, 60_000 // max(1, group.count("?"))))
-        for start in range(0, len(rows), per_chunk):
-            chunk = rows[start:start + per_chunk]
-            statement = f"{head} VALUES {','.join([group] * len(chunk))}{tail}"
-            conn.exec_driver_sql(self._q(statement), tuple(v for row in chunk for v in row))
-
-    def _update_states(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        """``(state, added events, updated_at, id)`` per customer; one statement per chunk on PostgreSQL."""
-        if not rows:
-            return
-        if not self._postgres:
-            conn.exec_driver_sql(
-                "UPDATE core_customers SET state = ?, event_count = event_count + ?, "
-                "updated_at = ? WHERE id = ?", rows)
-            return
-        for start in range(0, len(rows), 1000):
-            chunk = rows[start:start + 1000]
-            values = ",".join(["(%s, %s, %s, %s)"] * len(chunk))
-            conn.exec_driver_sql(
-                "UPDATE core_customers AS c SET state = v.state, "
-                "event_count = c.event_count + v.n, updated_at = v.at "
-                f"FROM (VALUES {values}) AS v(state, n, at, id) WHERE c.id = v.id",
-                tuple(v for row in chunk for v in row),
-            )
-
-    def _dbdt(self, value: datetime) -> Any:
-        """A datetime as the driver stores it (SQLAlchemy's SQLite text format: naive UTC)."""
-        if self._postgres:
-            return value
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
-        return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+            ids.update(bulk.customer_ids(conn, space_id, missing))
+        return {
+            c.user_id: _Customer(c.id, c.user_id, c.traits, c.state)
+            for c in bulk.customers_by_id(conn, list(ids.values()), traits=traits)
+        }
 
     # --- identify ------------------------------------------------------------------------------------
 
@@ -945,54 +820,18 @@ class CoreService:
         return _Event(index, checked.user_id, checked.event, checked.transaction_id, checked.context,
                       now if at is None else at)
 
-    def _stored_results(
-        self, conn: Connection, table: str, space_id: int, txids: Sequence[str]
-    ) -> dict[str, Any]:
-        """``transaction_id → stored wire result`` of ``table`` for the given ids."""
-        found: dict[str, Any] = {}
-        for start in range(0, len(txids), IN_CHUNK):
-            chunk = list(txids[start:start + IN_CHUNK])
-            where, params = self._in("transaction_id", chunk)
-            for txid, result in self._rows(
-                conn,
-                f"SELECT transaction_id, result FROM {table} WHERE space_id = ? AND {where}",
-                [space_id, *params],
-            ):
-                found[txid] = st.load_json(result)
-        return found
-
     def _existing_events(
         self, conn: Connection, space_id: int, txids: Sequence[str]
-    ) -> dict[str, _StoredEvent]:
+    ) -> dict[str, StoredEvent]:
         """The events stored under the given transaction ids: their result and fingerprint.
 
         A row from before migration 5 has no stored fingerprint: it is computed from the row's
         stored customer, event and context, so such rows are held to the same rule.
         """
-        found: dict[str, _StoredEvent] = {}
-        legacy: list[str] = []
-        for start in range(0, len(txids), IN_CHUNK):
-            chunk = list(txids[start:start + IN_CHUNK])
-            where, params = self._in("transaction_id", chunk)
-            for txid, result, fingerprint in self._rows(
-                conn,
-                "SELECT transaction_id, result, fingerprint FROM core_events "
-                f"WHERE space_id = ? AND {where}",
-                [space_id, *params],
-            ):
-                found[txid] = _StoredEvent(st.load_json(result), fingerprint)
-                if fingerprint is None:
-                    legacy.append(txid)
-        for start in range(0, len(legacy), IN_CHUNK):
-            where, params = self._in("e.transaction_id", legacy[start:start + IN_CHUNK])
-            for txid, user_id, event, context in self._rows(
-                conn,
-                "SELECT e.transaction_id, c.user_id, e.event, e.context FROM core_events AS e "
-                f"JOIN core_customers AS c ON c.id = e.customer_id WHERE e.space_id = ? AND {where}",
-                [space_id, *params],
-            ):
-                fingerprint = payload_fingerprint(user_id, event, st.load_json(context))
-                found[txid] = found[txid]._replace(fingerprint=fingerprint)
+        found = self._bulk.stored_events(conn, space_id, txids)
+        legacy = [txid for txid, stored in found.items() if stored.fingerprint is None]
+        for txid, user_id, event, context in self._bulk.event_payloads(conn, space_id, legacy):
+            found[txid] = found[txid]._replace(fingerprint=payload_fingerprint(user_id, event, context))
         return found
 
     def _existing_redemptions(
@@ -1008,25 +847,8 @@ class CoreService:
             txid: {"applied": True, "duplicate": False, "delta": first.get("delta", []),
                    "leveled_up": False, "unlocked": [],
                    "wallet_state": first.get("wallet_state", {}), "level": first.get("level")}
-            for txid, first in self._stored_results(conn, "core_redemptions", space_id, txids).items()
+            for txid, first in self._bulk.redemption_results(conn, space_id, txids).items()
         }
-
-    def _allocate_ids(self, conn: Connection, table: Any, column: str, n: int) -> list[int]:
-        """``n`` fresh ids for ``table.column`` (the write lock/sequence makes them ours)."""
-        if n == 0:
-            return []
-        if self._postgres:
-            seq = conn.execute(
-                text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table.name, "c": column}
-            ).scalar_one()
-            rows = conn.execute(
-                text("SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"),
-                {"s": seq, "n": n},
-            ).scalars().all()
-            return sorted(int(r) for r in rows)
-        # SQLite: BEGIN IMMEDIATE holds the database write lock, so MAX(id) cannot move under us.
-        top = conn.execute(select(func.coalesce(func.max(table.c[column]), 0))).scalar_one()
-        return list(range(int(top) + 1, int(top) + 1 + n))
 
     def _ingest_page(
         self, conn: Connection, space_slug: str, page: Sequence[_Event], now: datetime,
@@ -1040,11 +862,11 @@ class CoreService:
         program = self._program_for(conn, space.id)
         customers = self._load_customers(conn, space.id, [ev.user_id for ev in page], create=False)
         txids = sorted({ev.transaction_id for ev in page})
-        stored: dict[str, _StoredEvent] = self._existing_events(conn, space.id, txids)
+        stored: dict[str, StoredEvent] = self._existing_events(conn, space.id, txids)
         if len(stored) < len(txids):
             for txid, first in self._existing_redemptions(
                     conn, space.id, [t for t in txids if t not in stored]).items():
-                stored[txid] = _StoredEvent(first, None)
+                stored[txid] = StoredEvent(first, None)  # a redemption holds the id
         # New customers are created only for events that may apply (a duplicate creates nobody).
         new_users = {ev.user_id for ev in page if ev.transaction_id not in stored} - customers.keys()
         created: set[str] = set()
@@ -1061,12 +883,12 @@ class CoreService:
         perk_rows: list[tuple[Any, ...]] = []
         touched: dict[int, _Customer] = {}
         counts: dict[int, int] = {}
-        event_ids = iter(self._allocate_ids(
+        bulk = self._bulk
+        event_ids = iter(bulk.allocate_ids(
             conn, st.events, "id", len({ev.transaction_id for ev in page} - stored.keys())
         ))
-        db_now = self._dbdt(now)
-        dbdt = self._dbdt
-        sqlite_text = not self._postgres
+        dbdt = bulk.dbdt
+        db_now = dbdt(now)
         space_id = space.id
         evaluate = core_engine.evaluate
         apply_outcome = core_engine.apply_outcome
@@ -1116,9 +938,7 @@ class CoreService:
             result = _wire_result(outcome)
             results[pos] = result
             event_id = next(event_ids)
-            # (SQLite text of a UTC datetime inline: what _dbdt gives, without the call)
-            db_at = at.isoformat(" ", "microseconds")[:26] if sqlite_text and at.tzinfo is UTC else dbdt(at)
-            event_rows.append((event_id, space_id, cid, txid, name, dump(context), db_at,
+            event_rows.append((event_id, space_id, cid, txid, name, dump(context), dbdt(at),
                                db_now, dump(result), fingerprint))
             for d in outcome.deltas:
                 if d.amount:
@@ -1132,18 +952,12 @@ class CoreService:
             results[pos] = _as_duplicate(applied)
         unused = [customers[u].id for u in created if customers[u].id not in touched]
         if unused:  # created here for events that were refused: a refused event records nothing
-            where, params = self._in("id", unused)
-            conn.exec_driver_sql(self._q(f"DELETE FROM core_customers WHERE {where}"), tuple(params))
+            bulk.delete_customers(conn, unused)
 
         if event_rows:
-            self._many(conn, "INSERT INTO core_events (id, space_id, customer_id, transaction_id, "
-                       "event, context, occurred_at, recorded_at, result, fingerprint) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", event_rows)
-            self._many(conn, "INSERT INTO core_ledger (space_id, customer_id, wallet, amount, "
-                       "event_id, redemption_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                       ledger_rows)
-            self._many(conn, 'INSERT INTO core_perks (customer_id, perk_key, unlocked_at, "trigger") '
-                       "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id, perk_key) DO NOTHING", perk_rows)
+            bulk.insert_events(conn, event_rows)
+            bulk.insert_ledger(conn, ledger_rows)
+            bulk.insert_perks(conn, perk_rows)
             self._save_customers(conn, space, program, touched.values(), counts, now)
             if self._postgres:
                 # A redeem takes this lock before it checks the event ids; after it, a redemption
@@ -1152,9 +966,7 @@ class CoreService:
                 if self._existing_redemptions(conn, space.id, [row[3] for row in event_rows]):
                     raise _RetryPage()
             if outbox:
-                self._many(conn, "INSERT INTO core_outbox (space_id, kind, customer_id, event_id, traits, "
-                           "created_at) VALUES (?, 'event', ?, ?, NULL, ?)",
-                           [(space.id, row[2], row[0], db_now) for row in event_rows])
+                bulk.insert_event_outbox(conn, [(space.id, row[2], row[0], db_now) for row in event_rows])
         self._bump_usage(conn, space.id, {"events": len(event_rows), "duplicates": duplicates})
         return [r for r in results if r is not None]
 
@@ -1169,8 +981,8 @@ class CoreService:
     ) -> None:
         """Write back the state document (balances, lifetime totals and the rest) of every changed
         customer; a balance is read from it (and audited against the ledger)."""
-        states: list[tuple[Any, ...]] = []
-        db_now = self._dbdt(now)
+        states: list[tuple[str, int, Any, int]] = []
+        db_now = self._bulk.dbdt(now)
         for cust in customers:
             if not cust.dirty:
                 continue
@@ -1184,7 +996,7 @@ class CoreService:
                 )
             states.append((encode_state(cust.state), event_counts.get(cust.id, 0), db_now, cust.id))
             cust.dirty = False
-        self._update_states(conn, states)
+        self._bulk.update_states(conn, states)
 
     # --- redeem -----------------------------------------------------------------------------------------
 
@@ -1247,7 +1059,7 @@ class CoreService:
                 "wallet_state": core_engine.wallet_state(program, cust.state.balances),
                 "level": plan.level.to_json() if plan.level is not None else None,
             })
-            redemption_id = self._allocate_ids(conn, r, "id", 1)[0]
+            redemption_id = self._bulk.allocate_ids(conn, r, "id", 1)[0]
             conn.execute(r.insert().values(
                 id=redemption_id, space_id=row.id, customer_id=cust.id,
                 transaction_id=transaction_id, reward_key=reward_key, wallet=plan.wallet,
@@ -1318,21 +1130,10 @@ class CoreService:
         """``user_id → balance`` of ``wallet`` (0 for a customer without movements)."""
         with self._read() as conn:
             row = self._space_row(conn, space)
-            out: dict[str, Decimal] = {}
-            sql = "SELECT user_id, state FROM core_customers WHERE space_id = ?"
-            if user_ids is None:
-                chunks: Iterable[tuple[str, list[Any]]] = [("", [])]
-            else:
-                wanted = sorted(set(user_ids))
-                chunks = (
-                    (f" AND {where}", params)
-                    for where, params in (self._in("user_id", wanted[i:i + IN_CHUNK])
-                                          for i in range(0, len(wanted), IN_CHUNK))
-                )
-            for where, params in chunks:
-                for user_id, state in self._rows(conn, sql + where, [row.id, *params]):
-                    out[user_id] = _state_balance(state, wallet)
-            return out
+            return {
+                user_id: _state_balance(state, wallet)
+                for user_id, state in self._bulk.state_documents(conn, row.id, user_ids)
+            }
 
     def ledger_sums(self, space: str, user_id: str) -> dict[str, Decimal]:
         """``wallet → sum of the ledger`` of one customer (an audit of the materialized balance)."""
