@@ -66,7 +66,7 @@ def _unstorable(field: str, *, key: bool = False) -> ValidationError:
     )
 
 
-def _check_text(value: Any, field: str, limit: int) -> str:
+def check_text(value: Any, field: str, limit: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{field} is required and must be a non-empty string", field=field)
     if len(value) > limit:
@@ -188,12 +188,12 @@ def check_event(
     A missing ``transaction_id`` gets a fresh ``tx_…`` id here, as it would at ingest.
     ``known_keys`` (the caller's, per page) lets events sharing their context keys check each once.
     """
-    user = _check_text(user_id, "user_id", MAX_USER_ID)
-    name = _check_text(event, "event", MAX_EVENT)
+    user = check_text(user_id, "user_id", MAX_USER_ID)
+    name = check_text(event, "event", MAX_EVENT)
     if transaction_id is None:
         txid = f"tx_{uuid.uuid4()}"
     else:
-        txid = _check_text(transaction_id, "transaction_id", MAX_TRANSACTION_ID)
+        txid = check_text(transaction_id, "transaction_id", MAX_TRANSACTION_ID)
     checked_context = validate_context(context, known_keys)
     at = None if occurred_at is None else parse_occurred_at(occurred_at, _EPOCH)
     return CheckedEvent(user, name, txid, checked_context, at)

@@ -19,14 +19,14 @@ def wire_number(value: Decimal | int) -> int | Decimal:
     return value.normalize()
 
 
-def _wire(value: Any) -> Any:
+def to_wire(value: Any) -> Any:
     """``value`` with every Decimal turned into :func:`wire_number` (dicts and lists recursively)."""
     if isinstance(value, Decimal):
         return wire_number(value)
     if isinstance(value, dict):
-        return {k: _wire(v) for k, v in value.items()}
+        return {k: to_wire(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_wire(v) for v in value]
+        return [to_wire(v) for v in value]
     return value
 
 
@@ -37,7 +37,7 @@ def _num(value: Decimal) -> int | Decimal:
     return value.normalize()
 
 
-def _wire_result(outcome: core_engine.Outcome) -> dict[str, Any]:
+def wire_result(outcome: core_engine.Outcome) -> dict[str, Any]:
     """The wire result of a first application (``Outcome.to_result`` with JSON-number values)."""
     level = outcome.level
     return {
@@ -58,18 +58,18 @@ def _wire_result(outcome: core_engine.Outcome) -> dict[str, Any]:
     }
 
 
-def _as_duplicate(result: Mapping[str, Any]) -> dict[str, Any]:
+def as_duplicate(result: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(result)
     out["applied"] = False
     out["duplicate"] = True
     return out
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, datetime):
         return core_engine.format_datetime(value)
     return value

@@ -56,7 +56,7 @@ def encode_state(state: CustomerState) -> str:
     return dump_json(doc)
 
 
-def _state_balance(text: str, wallet: str) -> Decimal:
+def state_balance(text: str, wallet: str) -> Decimal:
     """The balance of ``wallet`` in a stored state document (0 when it never moved)."""
     if text == "{}":
         return _ZERO
