@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-# APScheduler 3.x ships no type information (import-untyped).
 from sqlalchemy import (
     Column,
     Connection,
