@@ -22,7 +22,8 @@ LEAKS = ("[SQL", "[parameters", "sqlalche.me", "INSERT", "Traceback", PASSWORD, 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in list(os.environ):
-        if key.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_")):
+        # PERKBRIDGE_TEST_* configure the test run itself (the PostgreSQL server), not perkbridge.
+        if key.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_")) and not key.startswith("PERKBRIDGE_TEST_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("PERKVILLE_BUSINESS_ID", "1")
     monkeypatch.setenv("PERKVILLE_CLIENT_ID", "client")
