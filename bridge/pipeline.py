@@ -44,7 +44,12 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection
 
-from bridge.errors import BridgeError, ConfigurationError, LeaseLostError, RunFailedError, SourceError
+from bridge.errors import (
+    ConfigurationError,
+    RunFailedError,
+    SourceError,
+    describe_failure,
+)
 from bridge.progress import NullProgress, Progress
 from bridge.source_clock import (
     SYNC_RESOURCES,
@@ -244,7 +249,7 @@ class Pipeline:
                 self._finish(summary, "interrupted", "interrupted by the operator", started)
                 raise
             except BaseException as exc:
-                message = _describe(exc)
+                message = describe_failure(exc)
                 self._finish(summary, "failed", message, started)
                 raise RunFailedError(
                     f"run {self._run_id} failed: {summary.error}", run_id=self._run_id
@@ -351,7 +356,7 @@ class Pipeline:
                     self.progress.advance("retry", len(chunk), total=len(letters), counts=self._counts)
                 self.progress.done("retry", None)
             except BaseException as exc:
-                self._finish(summary, "failed", _describe(exc), started)
+                self._finish(summary, "failed", describe_failure(exc), started)
                 raise RunFailedError(
                     f"run {self._run_id} failed: {summary.error}", run_id=self._run_id
                 ) from exc
@@ -1821,13 +1826,3 @@ def _first_problem(issues: Sequence[MappingIssue], fallback: str) -> tuple[str, 
         if issue.severity == "error":
             return issue_reason(issue), issue.reason
     return "unmappable", fallback
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BridgeError):
-        return exc.message
-    if isinstance(exc, LeaseLostError):
-        return str(exc)
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from bridge.errors import RunFailedError
+from bridge.errors import RunFailedError, describe_failure
 from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact, utcnow
 from config import Settings
 from mapping.writeback import to_perkville_transaction
@@ -219,7 +219,7 @@ class Writeback:
                 self._run_batches(summary, keeper)
             except BaseException as exc:
                 summary.status = "failed"
-                summary.error = redact(_describe(exc), config.secrets)
+                summary.error = redact(describe_failure(exc), config.secrets)
                 self._finish(summary, started)
                 raise RunFailedError(
                     f"write-back run {run_id} for business {config.business} failed: "
@@ -275,7 +275,7 @@ class Writeback:
                         raise failure.cause
             except BaseException as exc:
                 summary.status = "failed"
-                summary.error = redact(_describe(exc), config.secrets)
+                summary.error = redact(describe_failure(exc), config.secrets)
                 self._finish(summary, started)
                 raise RunFailedError(
                     f"write-back retry run {run_id} failed: {summary.error}", run_id=run_id
@@ -630,11 +630,6 @@ def _item_from_raw(raw: Mapping[str, Any]) -> _RetriedItem:
         occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else None,
         traits=dict(raw.get("traits") or {}),
     )
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------------ wiring

@@ -61,8 +61,6 @@ def open_service() -> Iterator[CoreService]:
         engine = create_db_engine(url)
     except (ArgumentError, UnsupportedDatabaseError) as exc:
         common.fail_database(exc)
-    except ValueError as exc:
-        common.fail(f"PERKBRIDGE_DATABASE_URL: {exc}", common.EXIT_CONFIG)
     try:
         service = CoreService(engine)
         with core_errors():

@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
         """Serve the Perkamo v1 HTTP API over the embedded core (keys: `perkbridge keys create`)."""
         import uvicorn
 
+        from perkamo_core.db import UnsupportedDatabaseError
+
         cfg = common.settings()
         try:
             listener = bind_listener(host, port)
@@ -97,6 +99,8 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as exc:
             listener.close()
+            if isinstance(exc, UnsupportedDatabaseError):
+                common.fail_database(exc)
             common.fail(f"cannot open the database {_display_url(cfg.database_url)}: {exc}", common.EXIT_CONFIG)
         port = listener.getsockname()[1]  # the port the system chose for --port 0
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
