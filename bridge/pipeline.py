@@ -33,6 +33,7 @@ import json
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -1557,6 +1558,10 @@ class _Sender:
 
 def _worker_main(jobs: Any, out: Any) -> None:
     """A pre-started worker: wait for its one job (``None``: not needed after all), then run it."""
+    # A SIGTERM or Ctrl-C sent to the whole process group (systemd, a container stop, a terminal)
+    # is the parent's to act on: it stops at a safe point and then ends this worker itself.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         # Lower priority than the parent: on a busy machine the process that holds the database
         # transaction gets the CPU first (the worker has time to spare and only runs ahead).
@@ -1646,7 +1651,7 @@ class FetchMapWorker:
     def close(self) -> None:
         """End the process (finished or not) and release the pipes."""
         if self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()  # it ignores SIGTERM (see _worker_main) and holds nothing durable
         self.process.join(timeout=10)
         self._jobs.close()
         self._pages.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -85,6 +87,37 @@ def _close(progress: Any) -> None:
         progress.close()
 
 
+@contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM sets the yielded stop flag: the run finishes the page it is on, commits it (events,
+    checkpoint and counters in one transaction), releases its lease and returns ``stopped``.  A
+    second SIGTERM ends the process at once (nothing committed is lost either way)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach only the main thread (e.g. a test runner's worker thread)
+        return
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_if_stopped(stopped: bool, title: str, run_id: int) -> None:
+    """A run stopped by SIGTERM: one line saying so, exit 1 (it did not finish; like Ctrl-C)."""
+    if stopped:
+        fail(
+            f"{title} run {run_id} stopped by SIGTERM; what it read is committed and its lease "
+            "released; run the same command again to resume",
+            EXIT_FAILURE,
+        )
+
+
 def _print_run(summary: Any, json_output: bool, *, title: str) -> None:
     if json_output:
         print_json(summary.to_json())
@@ -121,7 +154,7 @@ class _Context:
         self.bundle = build_target(settings, self.engine, space=self.space)
         self.source = perkville_client(settings) if need_source else None
 
-    def pipeline(self, progress: Any) -> Any:
+    def pipeline(self, progress: Any, stop: threading.Event | None = None) -> Any:
         from bridge.pipeline import Pipeline
         from bridge.wiring import pipeline_config
 
@@ -131,6 +164,7 @@ class _Context:
             target=self.bundle.target,
             config=pipeline_config(self.settings, self.business),
             progress=progress,
+            stop=stop,
         )
 
     def close(self) -> None:
@@ -229,15 +263,17 @@ def backfill(
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            pipeline = ctx.pipeline(progress)
-            pipeline.config = replace(pipeline.config, map_workers=map_workers)
-            summary = pipeline.run(options)
+            with _stop_on_sigterm() as stop:
+                pipeline = ctx.pipeline(progress, stop)
+                pipeline.config = replace(pipeline.config, map_workers=map_workers)
+                summary = pipeline.run(options)
         finally:
             _close(progress)
             ctx.close()
     _print_run(summary, json_output, title="backfill")
     for note in summary.notes:
         typer.echo(f"  note: {note}", err=True)
+    _exit_if_stopped(summary.status == "stopped", "backfill", summary.run_id)
 
 
 def _print_dry_run(report: Any, json_output: bool) -> None:
@@ -285,14 +321,17 @@ def sync(
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            summary = ctx.pipeline(progress).run(RunOptions(kind="sync", mode=settings.sync.mode, wait=wait))
-            if settings.writeback.enabled:
-                from bridge.writeback import run_writeback
-
-                back = run_writeback(
-                    settings, ctx.engine, business_id=ctx.business, space=ctx.space,
-                    client=ctx.source, wait=wait,
+            with _stop_on_sigterm() as stop:
+                summary = ctx.pipeline(progress, stop).run(
+                    RunOptions(kind="sync", mode=settings.sync.mode, wait=wait)
                 )
+                if settings.writeback.enabled and not stop.is_set():
+                    from bridge.writeback import run_writeback
+
+                    back = run_writeback(
+                        settings, ctx.engine, business_id=ctx.business, space=ctx.space,
+                        client=ctx.source, wait=wait, stop=stop,
+                    )
         finally:
             _close(progress)
             ctx.close()
@@ -309,6 +348,7 @@ def sync(
                 f"{back.written_back}, duplicate {back.duplicate}, skipped {back.skipped}, "
                 f"dead-lettered {back.dead_lettered}"
             )
+    _exit_if_stopped(stop.is_set(), "sync", summary.run_id)
 
 
 def reconcile(
