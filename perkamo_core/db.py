@@ -81,6 +81,9 @@ def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
         # Let SQLAlchemy's "begin" event, not pysqlite, decide how transactions start.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
+        # First, so that every statement below (journal_mode=WAL needs a lock on a new file while
+        # other processes open it too) waits for a busy database instead of failing at once.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
             # Checkpoint the WAL every ~40 MB instead of every ~4 MB: page-sized bulk writes
@@ -95,7 +98,6 @@ def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
             # ends the process instead of failing one statement: nothing committed is at risk.
             cursor.execute("PRAGMA mmap_size=268435456")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
