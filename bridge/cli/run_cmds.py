@@ -272,7 +272,7 @@ def backfill(
             ctx.close()
     _print_run(summary, json_output, title="backfill")
     for note in summary.notes:
-        typer.echo(f"  note: {note}", err=True)
+        common.diagnostic(f"  note: {note}")
     _exit_if_stopped(summary.status == "stopped", "backfill", summary.run_id)
 
 
@@ -660,7 +660,7 @@ def idmap(
             else:
                 with csv_file.open("w", newline="", encoding="utf-8") as handle:
                     n = state.id_map.export_csv(chosen, handle)
-                typer.echo(f"wrote {n} rows to {csv_file}", err=True)
+                common.diagnostic(f"wrote {n} rows to {csv_file}")
         finally:
             engine.dispose()
 
@@ -689,9 +689,9 @@ def program_from_perkville(
                 service.load_program(slug, modules)
             finally:
                 engine.dispose()
-            typer.echo(f"loaded {', '.join(sorted(modules))} into Space {slug!r}", err=True)
+            common.diagnostic(f"loaded {', '.join(sorted(modules))} into Space {slug!r}")
     for issue in issues:
-        typer.echo(f"warning: {issue}", err=True)
+        common.diagnostic(issue, "WARNING")
     print_json(modules)
 
 
