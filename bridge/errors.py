@@ -13,6 +13,7 @@
 ``database_error`` translates SQLAlchemy and driver errors into these at the CLI's seam: a database
 that cannot be opened, reached or written is a ``ConfigurationError`` naming
 ``PERKBRIDGE_DATABASE_URL``; never the SQL, its parameters or the URL's password.
+``describe_failure`` is the one line a run log or a job's status stores for any failure.
 
 Per-record problems are never exceptions: they become dead letters and the run goes on.
 Messages never contain tokens, keys, passwords or URLs with query strings.
@@ -63,15 +64,6 @@ class RunFailedError(BridgeError):
     def __init__(self, message: str, *, run_id: int | None = None) -> None:
         super().__init__(message)
         self.run_id = run_id
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line for the run log and the operator: a bridge error's own message, else the
-    exception's type and text (callers redact secrets)."""
-    if isinstance(exc, BridgeError):
-        return exc.message
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
 
 
 VALID_DATABASE_URLS = "sqlite:///path/to/file.db or postgresql+psycopg://user@host:5432/dbname"
@@ -137,13 +129,28 @@ def database_error(exc: BaseException, url: str | None = None) -> BridgeError | 
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, (ArgumentError, NoSuchModuleError, UnsupportedDatabaseError)):
+            # UnsupportedDatabaseError's text is ours and never repeats the URL; the others' may.
+            why = f" ({current})" if isinstance(current, UnsupportedDatabaseError) else ""
             return ConfigurationError(
-                f"PERKBRIDGE_DATABASE_URL is not a usable database URL; use {VALID_DATABASE_URLS}"
+                f"PERKBRIDGE_DATABASE_URL is not a usable database URL{why}; use {VALID_DATABASE_URLS}"
             )
         if isinstance(current, DBAPIError):
             return _classify_dbapi_error(current, url)
         current = current.__cause__ or current.__context__
     return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for the run log and the scheduler's status table: what failed, never the SQL, its
+    parameters or a driver's detail (a database failure is described by ``database_error``)."""
+    if isinstance(exc, BridgeError):
+        text = exc.message
+    else:
+        problem = database_error(exc)
+        if problem is not None:
+            return problem.message
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _classify_dbapi_error(exc: Any, url: str | None) -> BridgeError:

@@ -113,9 +113,9 @@ def open_engine(settings: Settings) -> Engine:
         problem = database_error(exc, settings.database_url)
         if isinstance(problem, ConfigurationError):
             raise problem from None
+        # Never the exception's text: a URL parser's message may quote part of the password.
         raise ConfigurationError(
-            f"PERKBRIDGE_DATABASE_URL is not usable ({exc if isinstance(exc, ValueError) else type(exc).__name__}); "
-            f"use {VALID_DATABASE_URLS}"
+            f"PERKBRIDGE_DATABASE_URL is not usable ({type(exc).__name__}); use {VALID_DATABASE_URLS}"
         ) from None
 
 

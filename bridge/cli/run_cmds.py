@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -85,6 +87,37 @@ def _close(progress: Any) -> None:
         progress.close()
 
 
+@contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM sets the yielded stop flag: the run finishes the page it is on, commits it (events,
+    checkpoint and counters in one transaction), releases its lease and returns ``stopped``.  A
+    second SIGTERM ends the process at once (nothing committed is lost either way)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach only the main thread (e.g. a test runner's worker thread)
+        return
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_if_stopped(stopped: bool, title: str, run_id: int) -> None:
+    """A run stopped by SIGTERM: one line saying so, exit 1 (it did not finish; like Ctrl-C)."""
+    if stopped:
+        fail(
+            f"{title} run {run_id} stopped by SIGTERM; what it read is committed and its lease "
+            "released; run the same command again to resume",
+            EXIT_FAILURE,
+        )
+
+
 def _print_run(summary: Any, json_output: bool, *, title: str) -> None:
     if json_output:
         print_json(summary.to_json())
@@ -121,7 +154,7 @@ class _Context:
         self.bundle = build_target(settings, self.engine, space=self.space)
         self.source = perkville_client(settings) if need_source else None
 
-    def pipeline(self, progress: Any) -> Any:
+    def pipeline(self, progress: Any, stop: threading.Event | None = None) -> Any:
         from bridge.pipeline import Pipeline
         from bridge.wiring import pipeline_config
 
@@ -132,6 +165,7 @@ class _Context:
             target=self.bundle.target,
             config=pipeline_config(self.settings, self.business),
             progress=progress,
+            stop=stop,
         )
 
     def close(self) -> None:
@@ -225,13 +259,15 @@ def backfill(
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            summary = ctx.pipeline(progress).run(options)
+            with _stop_on_sigterm() as stop:
+                summary = ctx.pipeline(progress, stop).run(options)
         finally:
             _close(progress)
             ctx.close()
     _print_run(summary, json_output, title="backfill")
     for note in summary.notes:
-        typer.echo(f"  note: {note}", err=True)
+        common.diagnostic(f"  note: {note}")
+    _exit_if_stopped(summary.status == "stopped", "backfill", summary.run_id)
 
 
 def _print_dry_run(report: Any, json_output: bool) -> None:
@@ -277,10 +313,11 @@ def sync(
         ctx = _Context(business, space)
         progress = _progress(json_output)
         try:
-            result = sync_business(
-                ctx.pipeline(progress), ctx.settings, ctx.engine, space=ctx.space,
-                client=ctx.source, wait=wait,
-            )
+            with _stop_on_sigterm() as stop:
+                result = sync_business(
+                    ctx.pipeline(progress, stop), ctx.settings, ctx.engine, space=ctx.space,
+                    client=ctx.source, wait=wait,
+                )
         finally:
             _close(progress)
             ctx.close()
@@ -295,6 +332,7 @@ def sync(
                 f"{back.written_back}, duplicate {back.duplicate}, skipped {back.skipped}, "
                 f"dead-lettered {back.dead_lettered}"
             )
+    _exit_if_stopped(stop.is_set(), "sync", result.run.run_id)
 
 
 def reconcile(
@@ -689,7 +727,7 @@ def idmap(
             else:
                 with csv_file.open("w", newline="", encoding="utf-8") as handle:
                     n = state.id_map.export_csv(chosen, handle)
-                typer.echo(f"wrote {n} rows to {csv_file}", err=True)
+                common.diagnostic(f"wrote {n} rows to {csv_file}")
         finally:
             engine.dispose()
 
@@ -718,9 +756,9 @@ def program_from_perkville(
                 service.load_program(slug, modules)
             finally:
                 engine.dispose()
-            typer.echo(f"loaded {', '.join(sorted(modules))} into Space {slug!r}", err=True)
+            common.diagnostic(f"loaded {', '.join(sorted(modules))} into Space {slug!r}")
     for issue in issues:
-        typer.echo(f"warning: {issue}", err=True)
+        common.diagnostic(issue, "WARNING")
     print_json(modules)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 
+from bridge.errors import describe_failure
 from bridge.state.schema import as_utc
 from bridge.state.sql import upsert
 from perkamo_core.migrations import Migration, migrate
@@ -114,9 +115,8 @@ def clip(message: str, limit: int = 1000) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line description for the status table: type and message, never a traceback."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+    """A one-line description for the status table: never a traceback, SQL or its parameters."""
+    return clip(describe_failure(exc))
 
 
 def _upsert_status(conn: Connection, job: str, values: Mapping[str, Any]) -> None:
