@@ -3,8 +3,9 @@
 ``leased`` holds ``{direction}:{business}`` for the block (``LeaseHeldError`` when someone else
 runs it), renews it from a thread and marks runs a dead holder left ``running`` as interrupted.
 ``recorded`` turns what ends a run into its run-log row: an operator's Ctrl-C → ``interrupted``;
-anything else → ``failed`` with a one-line, redacted description, re-raised as
-``RunFailedError`` naming the run.
+anything else → ``failed`` with a one-line, redacted description. The failure is re-raised with
+its class (``bridge.errors.classify``: configuration, credentials, retry later, conflict, …) and
+the run named in its message, or as ``RunFailedError`` when nothing says what it was.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from bridge.errors import RunFailedError, describe_failure
+from bridge.errors import RunFailedError, classify, describe_failure
 from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact
 
 Finish = Callable[[str, str | None], None]
@@ -58,6 +59,9 @@ def recorded(run_id: int, finish: Finish, *, what: str, secrets: tuple[str, ...]
         finish("interrupted", "interrupted by the operator")
         raise
     except BaseException as exc:
-        message = redact(describe_failure(exc), secrets)
+        known = classify(exc)
+        message = redact(describe_failure(known or exc), secrets)
         finish("failed", message)
-        raise RunFailedError(f"{what} {run_id} failed: {message}", run_id=run_id) from exc
+        if known is None or isinstance(known, RunFailedError):
+            raise RunFailedError(f"{what} {run_id} failed: {message}", run_id=run_id) from exc
+        raise known.for_run(what, run_id, message) from (None if known is exc else exc)

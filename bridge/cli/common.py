@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +22,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # run failure or reconcile mismatch
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+EXIT_RETRY_LATER = 4  # Perkville or Perkamo did not answer: nothing is lost, run again later
 
 
 @dataclass
@@ -192,30 +193,43 @@ def config_errors() -> Iterator[None]:
         fail(str(exc), EXIT_CONFIG)
 
 
+def exit_code_for(error: BaseException) -> int:
+    """The exit code of a bridge error: 3 for settings (credentials included), 4 when the other
+    side did not answer and running again later is the fix, else 1."""
+    from bridge.errors import ConfigurationError, RetryLater
+
+    if isinstance(error, ConfigurationError):
+        return EXIT_CONFIG
+    if isinstance(error, RetryLater):
+        return EXIT_RETRY_LATER
+    return EXIT_FAILURE
+
+
 @contextmanager
-def translated_errors() -> Iterator[None]:
-    """Re-raise a database failure, or a Perkville URL that cannot be requested, inside the block
-    as the bridge's one-line error (no SQL, no parameters, no password); a closed stdout and exits
-    pass through untouched."""
-    from bridge.errors import ConfigurationError, database_error
-    from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
+def bridge_errors(secrets: Callable[[], tuple[str, ...]] = tuple) -> Iterator[None]:
+    """The one seam where a run command's failure becomes one line and its exit code.
+
+    Every error keeps its class up to here (``bridge.errors.classify`` names what the
+    connectors and the database raised); the line never carries SQL, bound parameters, a
+    password or any value of ``secrets()``. A closed stdout and exits pass through untouched.
+    """
+    from bridge.errors import BridgeError, classify, describe_failure
+    from bridge.state import redact
+    from config import ConfigError
 
     try:
         yield
     except (typer.Exit, BrokenPipeError):
         raise
+    except ConfigError as exc:
+        fail(redact(str(exc), secrets()), EXIT_CONFIG)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to resume", EXIT_FAILURE)
     except Exception as exc:
-        problem = database_error(exc, _database_url())
-        if problem is not None:
-            raise problem from None
-        cause: BaseException | None = exc
-        for _ in range(20):  # a chain is short; the bound guards against a cycle
-            if cause is None or isinstance(cause, PerkvilleConfigError):
-                break
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, PerkvilleConfigError):
-            raise ConfigurationError(str(cause)) from None
-        raise
+        known = exc if isinstance(exc, BridgeError) else classify(exc, _database_url())
+        if known is None:
+            fail(redact(describe_failure(exc), secrets()), EXIT_FAILURE)
+        fail(redact(known.message, secrets()), exit_code_for(known))
 
 
 def _database_url() -> str | None:

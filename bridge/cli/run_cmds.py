@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from bridge.cli import common
-from bridge.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, fail, print_json
+from bridge.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
 
 BusinessOpt = typer.Option(None, "--business", help="Perkville business id (default PERKVILLE_BUSINESS_ID).")
 SpaceOpt = typer.Option(None, "--space", help="Space slug in the embedded core (default PERKAMO_SPACE).")
@@ -23,34 +23,9 @@ JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 WaitOpt = typer.Option(False, "--wait", help="Wait for a concurrent run of this business to finish.")
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """One-line errors with the contract's exit codes; never a traceback, never a secret."""
-    from bridge.errors import BridgeError, ConfigurationError, LeaseHeldError, RunFailedError
-    from bridge.state import redact
-    from config import ConfigError
-
-    try:
-        with common.translated_errors():
-            yield
-    except (typer.Exit, BrokenPipeError):
-        raise  # a closed stdout ends quietly at the root group
-    except (ConfigurationError, ConfigError) as exc:
-        fail(redact(str(exc), _secrets()), EXIT_CONFIG)
-    except LeaseHeldError as exc:
-        fail(exc.message, EXIT_FAILURE)
-    except RunFailedError as exc:
-        fail(redact(exc.message, _secrets()), EXIT_FAILURE)
-    except BridgeError as exc:
-        fail(redact(exc.message, _secrets()), EXIT_FAILURE)
-    except KeyboardInterrupt:
-        fail("interrupted; run the same command again to resume", EXIT_FAILURE)
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, redacted
-        from connectors.perkville.errors import PerkvilleError
-
-        if isinstance(exc, PerkvilleError):
-            fail(redact(f"Perkville: {exc}", _secrets()), EXIT_FAILURE)
-        fail(redact(f"{type(exc).__name__}: {exc}", _secrets()), EXIT_FAILURE)
+def _errors() -> Any:
+    """One-line errors with the contract's exit codes (``common.bridge_errors``)."""
+    return common.bridge_errors(_secrets)
 
 
 def _secrets() -> tuple[str, ...]:

@@ -188,9 +188,10 @@ def test_a_wrong_password_fails_in_one_line_without_leaking_it(
 ) -> None:
     monkeypatch.setenv("PERKVILLE_PASSWORD", "Wrong-Pa55word-xyz")
     code, _, err = run(capsys, cli_env, "backfill")
-    assert code == 1
+    assert code == 3  # fix the settings, not "retry later"
     last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and "PERKVILLE_PASSWORD" in last
+    assert "Perkville refused the credentials" in last
     assert "Wrong-Pa55word-xyz" not in err
     code, body, _ = run(capsys, cli_env, "status", "--json")
     failed = body["runs"][0]
