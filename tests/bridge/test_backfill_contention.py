@@ -28,7 +28,7 @@ LEAKS = ("locked", "Traceback", "[SQL", "[parameters", "OperationalError")
 
 def _backfill(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json", "--map-workers", "0"],
+        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

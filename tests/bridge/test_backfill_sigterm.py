@@ -55,12 +55,9 @@ def _wait_for_checkpoint(db_url: str, business: str, offset: int, proc: subproce
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize(
-    ("map_workers", "whole_group"),
-    [pytest.param(0, False, id="in-process-kill-pid"), pytest.param(1, True, id="worker-kill-group")],
-)
+@pytest.mark.parametrize("whole_group", [False, True], ids=["kill-pid", "kill-group"])
 def test_sigterm_stops_at_a_safe_point_releases_the_lease_and_a_rerun_resumes(
-    db_url: str, tmp_path: Path, map_workers: int, whole_group: bool
+    db_url: str, tmp_path: Path, whole_group: bool
 ) -> None:
     box = Sandbox(seed=5, members=25, transactions=TRANSACTIONS)
     box.start()
@@ -70,7 +67,7 @@ def test_sigterm_stops_at_a_safe_point_releases_the_lease_and_a_rerun_resumes(
         env = subprocess_env(box, db_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
         business = str(box.business_ids[0])
         with gated_transactions(box, GATE_OFFSET) as gate:
-            proc = _perkbridge(config, env, "backfill", "--json", "--map-workers", str(map_workers))
+            proc = _perkbridge(config, env, "backfill", "--json")
             try:
                 assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
                 # Pages before the gate are served: wait until the first is committed (a row).
@@ -104,7 +101,7 @@ def test_sigterm_stops_at_a_safe_point_releases_the_lease_and_a_rerun_resumes(
         finally:
             engine.dispose()
 
-        again = _perkbridge(config, env, "backfill", "--json", "--map-workers", str(map_workers))
+        again = _perkbridge(config, env, "backfill", "--json")
         out, err = again.communicate(timeout=TIMEOUT)
         assert again.returncode == 0, err
         assert json.loads(out)["status"] == "succeeded"

@@ -49,7 +49,7 @@ def env(sandbox: Sandbox, tmp_path: Path) -> dict[str, str]:
 
 
 def test_a_backfill_with_its_worker_then_status_and_schedule_status_log_only_json(env: dict[str, str]) -> None:
-    done = _run(env, "backfill", "--map-workers", "1")
+    done = _run(env, "backfill")
     assert done.returncode == 0, done.stderr
     records = json_lines(done.stderr)
     events = {r.get("event") for r in records}
