@@ -8,9 +8,14 @@ import pytest
 
 from bridge.pipeline import RunOptions
 from perkamo_core.models import EventInput
-from tests.bridge.conftest import SPACE, Bridge
-from tests.bridge.test_cli import cli_env, run  # noqa: F401 - the fixture, imported for use here
-from tests.bridge.test_writeback import VISIT, _member, _prepared, _rows_with_source, _writeback
+from tests.bridge.conftest import SPACE, Bridge, run
+from tests.bridge.test_writeback import (
+    VISIT,
+    _member,
+    _prepared,
+    _rows_with_source,
+    _writeback,
+)
 
 LEAKS = ("[SQL", "[parameters", "Traceback", "sqlalche.me")
 

@@ -26,7 +26,7 @@ from bridge.errors import (
 from connectors.perkamo.errors import PerkamoApiError, PerkamoConnectionError
 from connectors.perkville.errors import AuthError, PaginationError, RetryBudgetExhausted
 from connectors.perkville.sandbox import Faults, Sandbox
-from tests.bridge.test_cli import cli_env, run  # noqa: F401 - the fixture, imported for use here
+from tests.bridge.conftest import run
 
 
 def _wrapped(inner: BaseException, outer: BridgeError) -> BridgeError:
