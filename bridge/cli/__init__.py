@@ -68,9 +68,17 @@ def _root() -> None:
 
 def _register_commands() -> None:
     # Each module adds its own commands; kept in one place so the contract is easy to audit.
-    from bridge.cli import core_cmds, run_cmds, sandbox_cmd, schedule_cmd, serve_cmd
+    from bridge.cli import (
+        core_cmds,
+        deadletters_cmd,
+        inspect_cmds,
+        run_cmds,
+        sandbox_cmd,
+        schedule_cmd,
+        serve_cmd,
+    )
 
-    for module in (core_cmds, serve_cmd, sandbox_cmd, run_cmds, schedule_cmd):
+    for module in (core_cmds, serve_cmd, sandbox_cmd, run_cmds, inspect_cmds, deadletters_cmd, schedule_cmd):
         module.register(app)
 
 
