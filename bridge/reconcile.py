@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 
 from bridge.progress import NullProgress, Progress
 from bridge.state import IdMapEntry, LeaseKeeper, StateStore, utcnow
-from bridge.state.stores import plain_decimal
+from bridge.state.members import plain_decimal
 from bridge.targets import Delivery, Target
 
 CSV_COLUMNS = (

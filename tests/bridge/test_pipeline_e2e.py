@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import update
 
-from bridge.errors import LeaseHeldError, RunFailedError
+from bridge.errors import LeaseHeldError, LeaseLostError
 from bridge.pipeline import Pipeline, PipelineConfig, RunOptions
 from bridge.progress import NullProgress
 from bridge.reconcile import Reconciler
@@ -199,7 +199,7 @@ def test_a_runner_whose_lease_was_taken_commits_nothing_more(bridge: Bridge) -> 
         config=PipelineConfig(business=bridge.business),
         progress=progress,
     )
-    with pytest.raises(RunFailedError, match="taken over"):
+    with pytest.raises(LeaseLostError, match=r"run \d+ failed: lease .* was taken over"):
         pipeline.run(RunOptions(kind="backfill"))
     run = bridge.state.runs.recent(bridge.business)[0]
     assert run.status == "failed"
