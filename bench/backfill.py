@@ -7,13 +7,12 @@
    whose peak RSS (``VmHWM``) is sampled while it runs.
 
 It prints both rates (transactions per second of wall time), their ratio, the backfill's peak
-RSS (and its fetch-and-map worker process's), the load average before and after, and
+RSS, the load average before and after, and
 the CPU seconds the backfill's processes used per 1,000 transactions — a figure that does not
 depend on what else the machine is doing — and the CPU seconds the sandbox used serving the raw
 pull and the backfill (on a small machine all three share the cores).  Targets: ratio >= 0.25, peak RSS <= 250 MB.
 
     .venv/bin/python bench/backfill.py                       # 200,000 transactions, the CLI's defaults
-    .venv/bin/python bench/backfill.py --map-workers 0       # everything in one process
     .venv/bin/python bench/backfill.py --transactions 20000  # quick look
 """
 
@@ -95,7 +94,7 @@ def _vmhwm_mb(pid: int) -> float | None:
     return None
 
 
-def backfill(info: dict[str, Any], page_size: int, workdir: Path, map_workers: int | None = None) -> dict[str, Any]:
+def backfill(info: dict[str, Any], page_size: int, workdir: Path) -> dict[str, Any]:
     """``perkbridge backfill --json`` in a child process; wall time and sampled peak RSS."""
     config = workdir / "bench.toml"
     config.write_text(f"[perkville]\npage_size = {page_size}\nrequests_per_second = 100000\n")
@@ -113,27 +112,20 @@ def backfill(info: dict[str, Any], page_size: int, workdir: Path, map_workers: i
     )
     started = time.perf_counter()
     command = [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"]
-    if map_workers is not None:
-        command += ["--map-workers", str(map_workers)]
     proc = subprocess.Popen(
         command,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     peak = 0.0
-    worker_peak = 0.0
     done = threading.Event()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     def sample() -> None:
-        nonlocal peak, worker_peak
+        nonlocal peak
         while not done.is_set():
             value = _vmhwm_mb(proc.pid)
             if value is not None:
                 peak = max(peak, value)
-            for child in _children(proc.pid):
-                value = _vmhwm_mb(child)
-                if value is not None:
-                    worker_peak = max(worker_peak, value)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -160,18 +152,8 @@ def backfill(info: dict[str, Any], page_size: int, workdir: Path, map_workers: i
         "run_seconds": float(body.get("seconds", seconds)),
         "rate": transactions / seconds,
         "peak_rss_mb": peak,
-        "worker_peak_rss_mb": worker_peak,
         "cpu_seconds": cpu,
     }
-
-
-def _children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (the mapping worker), from /proc."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as listing:
-            return [int(part) for part in listing.read().split()]
-    except OSError:
-        return []
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -198,9 +180,6 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=None, help="default: transactions / 50")
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--map-workers", type=int, default=None, choices=(0, 1),
-                        help="passed to the backfill (its default: a worker process on a multi-core "
-                        "host); 0: everything in one process")
     args = parser.parse_args()
     members = args.members or max(200, args.transactions // 50)
     print(f"load average before: {_load()} ({os.cpu_count()} cores)")
@@ -213,7 +192,7 @@ def main() -> int:
         print(f"raw pull ceiling : {raw['rows']:>9,} rows in {raw['seconds']:7.2f} s = {raw['rate']:>9,.0f} rows/s")
         with tempfile.TemporaryDirectory(prefix="perkbridge-bench-") as tmp:
             sandbox_cpu = _cpu_seconds(sandbox.pid)
-            result = backfill(info, args.page_size, Path(tmp), args.map_workers)
+            result = backfill(info, args.page_size, Path(tmp))
             backfill_sandbox_cpu = _cpu_seconds(sandbox.pid) - sandbox_cpu
     finally:
         sandbox.terminate()
@@ -233,8 +212,7 @@ def main() -> int:
     if result["phase_rate"]:
         print(f"for information, the transactions phase alone (after start-up and the members phase): "
               f"{result['phase_rate']:,.0f} rows/s = {result['phase_rate'] / raw['rate']:.2f} of the raw pull")
-    print(f"backfill peak RSS: {result['peak_rss_mb']:.1f} MB  (target <= {RSS_TARGET_MB:.0f} MB)"
-          + (f"; worker process {result['worker_peak_rss_mb']:.1f} MB" if result["worker_peak_rss_mb"] else ""))
+    print(f"backfill peak RSS: {result['peak_rss_mb']:.1f} MB  (target <= {RSS_TARGET_MB:.0f} MB)")
     per_k = result["cpu_seconds"] / max(result["transactions"], 1) * 1000
     print(f"backfill CPU: {result['cpu_seconds']:.2f} s in all its processes = {per_k:.3f} CPU-s per 1,000 rows")
     print(f"sandbox CPU serving them: raw pull {raw_sandbox_cpu:.2f} s, backfill {backfill_sandbox_cpu:.2f} s "

@@ -106,7 +106,7 @@ def run_demo(
             ).run(RunOptions(kind="backfill", mode="history"))
             report = Reconciler(
                 state=state, source=client, target=target, business=business, progress=progress
-            ).run()
+            ).compare()
             requests = int(client.stats.get("requests", 0))
         return DemoResult(
             database=database,

@@ -12,7 +12,7 @@ from typing import Any
 from bridge.pipeline import Pipeline, PipelineConfig, RunOptions, RunSummary
 from bridge.progress import Progress
 from bridge.state import StateStore
-from bridge.state.stores import plain_decimal
+from bridge.state.members import plain_decimal
 
 SCRATCH_SPACE = "dry-run"
 

@@ -4,15 +4,22 @@
 
     BridgeError                      base; ``message`` says what failed and what to do next
     ├── ConfigurationError           settings are missing or contradictory (CLI exit 3)
-    ├── LeaseHeldError               another runner holds the (business, direction) lease
+    │   └── CredentialsRejectedError Perkville or Perkamo refused the configured credentials (3)
+    ├── LeaseHeldError               someone else is running this (business, direction) (1)
     ├── LeaseLostError               this runner's lease was taken over; the page was rolled back
-    ├── SourceError                  Perkville could not be read (auth, retry budget, bad pages)
-    ├── TargetError                  the Perkamo target failed as a whole (not one record)
-    └── RunFailedError               a run stopped; the run log holds the secret-free reason
+    ├── SourceError                  Perkville could not be read (bad pages, paging) (1)
+    │   └── SourceUnavailableError   Perkville did not answer, even after retries: retry later (4)
+    ├── TargetError                  the Perkamo target failed as a whole (not one record) (1)
+    │   └── TargetUnavailableError   Perkamo did not answer, even after retries: retry later (4)
+    └── RunFailedError               a run stopped for a reason none of the above names (1)
 
-``database_error`` translates SQLAlchemy and driver errors into these at the CLI's seam: a database
-that cannot be opened, reached or written is a ``ConfigurationError`` naming
+``RetryLater`` marks the two "unavailable" errors. ``classify`` is the one translation of what
+the connectors and the database raise into these: ``bridge.leased.recorded`` applies it when a run
+fails (so the error reaches the CLI with its class), and the CLI maps each class to its exit code
+(``bridge.cli.common.exit_code_for``). ``database_error`` is its database part: a database that
+cannot be opened, reached or written is a ``ConfigurationError`` naming
 ``PERKBRIDGE_DATABASE_URL``; never the SQL, its parameters or the URL's password.
+``describe_failure`` is the one line a run log or a job's status stores for any failure.
 
 Per-record problems are never exceptions: they become dead letters and the run goes on.
 Messages never contain tokens, keys, passwords or URLs with query strings.
@@ -27,9 +34,24 @@ from typing import Any
 class BridgeError(Exception):
     """Base of every error the bridge raises on purpose."""
 
+    run_id: int | None = None
+    """The run it ended, once ``for_run`` named it."""
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def for_run(self, what: str, run_id: int, message: str) -> BridgeError:
+        """This error as the end of run ``run_id``: ``{what} {run_id} failed: {message}``."""
+        self.message = f"{what} {run_id} failed: {message}"
+        self.args = (self.message,)
+        self.run_id = run_id
+        return self
+
+
+class RetryLater:
+    """Marks an error that says nothing is wrong with the settings or the data: the other side did
+    not answer. Running the same command later is the fix (CLI exit 4)."""
 
 
 class ConfigurationError(BridgeError):
@@ -49,12 +71,24 @@ class LeaseLostError(BridgeError):
     """The lease expired and another runner took it; the current page was not committed."""
 
 
+class CredentialsRejectedError(ConfigurationError):
+    """Perkville or Perkamo refused the configured credentials (even after re-authenticating)."""
+
+
 class SourceError(BridgeError):
-    """Perkville could not be read: authentication, retry budget, or an unusable page."""
+    """Perkville could not be read: an unusable page or paging that cannot be followed."""
+
+
+class SourceUnavailableError(SourceError, RetryLater):
+    """Perkville did not answer (network, 5xx, 429) even after every retry."""
 
 
 class TargetError(BridgeError):
-    """The Perkamo target failed as a whole (unreachable, unauthorised), not one record."""
+    """The Perkamo target failed as a whole, not one record."""
+
+
+class TargetUnavailableError(TargetError, RetryLater):
+    """The remote Perkamo did not answer (network, 5xx, 429) even after every retry."""
 
 
 class RunFailedError(BridgeError):
@@ -128,13 +162,84 @@ def database_error(exc: BaseException, url: str | None = None) -> BridgeError | 
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, (ArgumentError, NoSuchModuleError, UnsupportedDatabaseError)):
+            # UnsupportedDatabaseError's text is ours and never repeats the URL; the others' may.
+            why = f" ({current})" if isinstance(current, UnsupportedDatabaseError) else ""
             return ConfigurationError(
-                f"PERKBRIDGE_DATABASE_URL is not a usable database URL; use {VALID_DATABASE_URLS}"
+                f"PERKBRIDGE_DATABASE_URL is not a usable database URL{why}; use {VALID_DATABASE_URLS}"
             )
         if isinstance(current, DBAPIError):
             return _classify_dbapi_error(current, url)
         current = current.__cause__ or current.__context__
     return None
+
+
+_PERKVILLE_CREDENTIALS = (
+    "PERKVILLE_CLIENT_ID, PERKVILLE_CLIENT_SECRET, PERKVILLE_USERNAME and PERKVILLE_PASSWORD "
+    "(or PERKVILLE_ACCESS_TOKEN)"
+)
+
+
+def classify(exc: BaseException, database_url: str | None = None) -> BridgeError | None:
+    """The bridge's error for ``exc``: what the caller should do next, or ``None`` if unknown.
+
+    ``database_url`` lets a database failure say which database (never its password).
+
+    The cause chain is read from the outside in and the first error that says what to do wins:
+    a database failure (``database_error``); Perkville or Perkamo refusing the credentials;
+    either side not answering after its retries (retry later); the connectors' own
+    configuration errors. Else a ``BridgeError`` in the chain stands as it is.
+    """
+    from connectors.perkamo.errors import PerkamoApiError, PerkamoConnectionError
+    from connectors.perkville.errors import AuthError, RetriableError
+    from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
+
+    problem = database_error(exc, database_url)
+    if problem is not None:
+        return problem
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 20:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    outer = next((e for e in chain if isinstance(e, BridgeError)), None)
+    said = outer.message if outer is not None else None
+    for item in chain:
+        if isinstance(item, AuthError):
+            return CredentialsRejectedError(
+                f"Perkville refused the credentials ({item}); check {_PERKVILLE_CREDENTIALS}"
+            )
+        if isinstance(item, RetriableError):
+            return SourceUnavailableError(
+                f"{said or f'Perkville: {item}'}; Perkville did not answer after every retry: "
+                "nothing is lost, run the same command again later"
+            )
+        if isinstance(item, PerkvilleConfigError):
+            return ConfigurationError(str(item))
+        if isinstance(item, PerkamoConnectionError) or (
+            isinstance(item, PerkamoApiError) and (item.status == 429 or item.status >= 500)
+        ):
+            return TargetUnavailableError(
+                f"{said or f'Perkamo: {item}'}; Perkamo did not answer after every retry: "
+                "nothing is lost, run the same command again later"
+            )
+        if isinstance(item, PerkamoApiError) and item.status in (401, 403):
+            return CredentialsRejectedError(
+                f"Perkamo refused PERKAMO_SECRET_KEY ({item.status}); check the key and its scopes"
+            )
+    return outer
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for the run log and the scheduler's status table: what failed, never the SQL, its
+    parameters or a driver's detail (a database failure is described by ``database_error``)."""
+    if isinstance(exc, BridgeError):
+        text = exc.message
+    else:
+        problem = database_error(exc)
+        if problem is not None:
+            return problem.message
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _classify_dbapi_error(exc: Any, url: str | None) -> BridgeError:

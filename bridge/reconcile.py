@@ -4,23 +4,25 @@ Connections are read live from Perkville page by page; the matching Perkamo bala
 the target (the embedded core's ``wallet_balances`` or the remote ``customer``).  ``repair``
 emits one ``perkville.balance_adjusted`` event per mismatch with the id
 ``perkville:{business}:adjust:{perkville_user_id}:{n}`` (``n`` reserved in the id map first, so a
-repeated repair never reuses a number), which makes the next reconcile pass.
+repeated repair never reuses a number) and the amount Perkville's balance minus Perkamo's as
+measured now: a later pass that finds the member off again adjusts by the new difference, so
+repeated repairs converge instead of adding up.  ``bridge.usecases.reconcile`` syncs first, under
+the same lease, so a difference that unsynced rows explain is never repaired.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from typing import IO, Any
 
 from sqlalchemy import Connection
 
 from bridge.progress import NullProgress, Progress
-from bridge.state import IdMapEntry, LeaseKeeper, StateStore, lease_name, new_owner_id, utcnow
-from bridge.state.stores import plain_decimal
+from bridge.state import IdMapEntry, LeaseKeeper, StateStore, utcnow
+from bridge.state.members import plain_decimal
 from bridge.targets import Delivery, Target
 
 CSV_COLUMNS = (
@@ -65,6 +67,9 @@ class ReconcileReport:
     mismatches: list[Mismatch] = field(default_factory=list)
     repaired: int = 0
     remaining: list[Mismatch] = field(default_factory=list)
+    pending: list[Mismatch] = field(default_factory=list)
+    """Mismatches not repaired because new rows for the member arrived while it was checked."""
+    repair_attempted: bool = False
     unreadable: int = 0
     perkville_total: Decimal = Decimal(0)
     perkamo_total: Decimal = Decimal(0)
@@ -72,8 +77,8 @@ class ReconcileReport:
     @property
     def ok(self) -> bool:
         """No mismatch is left (after a repair, none of the re-checked members differs)."""
-        if self.repaired:
-            return not self.remaining and self.unreadable == 0
+        if self.repair_attempted:
+            return not self.remaining and not self.pending and self.unreadable == 0
         return not self.mismatches and self.unreadable == 0
 
     def to_json(self) -> dict[str, Any]:
@@ -83,8 +88,9 @@ class ReconcileReport:
             "mismatches": [m.to_json() for m in self.mismatches],
         }
         body["repaired"] = self.repaired
-        if self.repaired:
+        if self.repair_attempted:
             body["remaining"] = [m.to_json() for m in self.remaining]
+            body["pending"] = [m.to_json() for m in self.pending]
         body["unreadable"] = self.unreadable
         body["perkville_total"] = plain_decimal(self.perkville_total)
         body["perkamo_total"] = plain_decimal(self.perkamo_total)
@@ -103,7 +109,6 @@ class Reconciler:
         business: str,
         timezone: str = "UTC",
         id_strategy: str = "perkville_user",
-        lease_seconds: int = 120,
         progress: Progress | None = None,
     ) -> None:
         self.state = state
@@ -112,26 +117,10 @@ class Reconciler:
         self.business = business
         self.timezone = timezone
         self.id_strategy = id_strategy
-        self.lease_seconds = lease_seconds
         self.progress = progress or NullProgress()
 
-    def run(
-        self, *, repair: bool = False, csv_out: IO[str] | None = None, wait: bool = False
-    ) -> ReconcileReport:
-        """Compare every connection; with ``repair`` (under the import lease) emit adjustments."""
-        if not repair:
-            return self._compare(csv_out)
-        ttl = timedelta(seconds=self.lease_seconds)
-        lease = self.state.leases.acquire(
-            lease_name(self.business, "import"), new_owner_id(), ttl, wait=wait
-        )
-        with LeaseKeeper(self.state.leases, lease, ttl) as keeper:
-            report = self._compare(csv_out)
-            if report.mismatches:
-                self._repair(report, keeper)
-            return report
-
-    def _compare(self, csv_out: IO[str] | None) -> ReconcileReport:
+    def compare(self, csv_out: IO[str] | None = None) -> ReconcileReport:
+        """Every connection's balance against Perkamo's (read only; ``csv_out``: one row each)."""
         from mapping.records import parse_connection
 
         report = ReconcileReport()
@@ -179,12 +168,20 @@ class Reconciler:
         assigned = to_customer_id(perkville_user_id)
         return getattr(assigned, "customer_id", f"perkville:{perkville_user_id}")
 
-    def _repair(self, report: ReconcileReport, keeper: LeaseKeeper) -> None:
+    def repair(
+        self, report: ReconcileReport, keeper: LeaseKeeper, *, pending: Collection[str] = ()
+    ) -> None:
+        """Adjust every mismatched member to Perkville's balance, except those in ``pending``
+        (customer ids that got new rows while they were checked: their difference may be those
+        rows, so they wait for the next reconcile). Under the import lease ``keeper`` holds."""
         from mapping.events import to_adjustment_event
 
+        report.repair_attempted = True
+        report.pending = [m for m in report.mismatches if m.customer_id in pending]
+        todo = [m for m in report.mismatches if m.customer_id not in pending]
         now = utcnow()
-        for start in range(0, len(report.mismatches), 100):
-            chunk = report.mismatches[start : start + 100]
+        for start in range(0, len(todo), 100):
+            chunk = todo[start : start + 100]
             numbers: dict[str, int] = {}
             with self.state.engine.begin() as conn:
                 keeper.fence(conn)
@@ -227,11 +224,10 @@ class Reconciler:
 
             self.target.deliver([], events, commit)
         # Re-check what was repaired, so the report says whether anything is left.
-        wanted = [m.customer_id for m in report.mismatches]
-        after = self.target.balances(wanted)
+        after = self.target.balances([m.customer_id for m in todo])
         report.remaining = [
             Mismatch(m.customer_id, m.perkville_user_id, m.perkville_balance, after.get(m.customer_id, Decimal(0)))
-            for m in report.mismatches
+            for m in todo
             if after.get(m.customer_id, Decimal(0)) != m.perkville_balance
         ]
 

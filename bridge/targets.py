@@ -86,18 +86,13 @@ def _event_inputs(events: Sequence[Any]) -> list[Any]:
 
     The mapping already typed every field and the core validates each item; this is what
     ``EventInput.model_construct`` does, minus its per-field alias handling (the hot path).
-    A ``CheckedEvent`` (validated by the core's checks in the fetch-and-map worker) goes as it is.
     """
     from perkamo_core.models import EventInput
-    from perkamo_core.service import CheckedEvent
 
     new = EventInput.__new__
     setter = object.__setattr__
     out: list[Any] = []
     for event in events:
-        if type(event) is CheckedEvent:
-            out.append(event)
-            continue
         made = new(EventInput)
         setter(made, "__dict__", {
             "user_id": event.user_id,
@@ -111,21 +106,6 @@ def _event_inputs(events: Sequence[Any]) -> list[Any]:
         setter(made, "__pydantic_private__", None)
         out.append(made)
     return out
-
-
-def checked_events(events: Sequence[PerkamoEvent], known_keys: set[str]) -> list[Any]:
-    """The embedded core's ``CheckedEvent``s of one record's events (its ``ValidationError`` if
-    one fails): the checks ``ingest_bulk`` would make, run where the page was mapped.
-
-    ``known_keys`` is the caller's per page (context keys already checked).
-    """
-    from perkamo_core.service import check_event
-
-    return [
-        check_event(e.user_id, e.event, e.transaction_id, _jsonable(e.context), e.occurred_at,
-                    known_keys=known_keys)
-        for e in events
-    ]
 
 
 def _jsonable(context: Mapping[str, Any]) -> dict[str, Any]:

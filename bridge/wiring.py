@@ -7,7 +7,7 @@ same code with the same objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -15,7 +15,11 @@ from bridge.errors import VALID_DATABASE_URLS, ConfigurationError, database_erro
 from bridge.pipeline import PipelineConfig
 from bridge.state import StateStore
 from bridge.targets import EmbeddedTarget, RemoteTarget, Target
-from config.settings import Settings
+from bridge.writeback import WritebackConfig
+from config.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from connectors.perkville import PerkvilleClient
 
 
 def secret_values(settings: Settings) -> tuple[str, ...]:
@@ -30,6 +34,49 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
         if secret is not None and secret.get_secret_value():
             values.append(secret.get_secret_value())
     return tuple(values)
+
+
+def scheduled_businesses(settings: Settings) -> list[str]:
+    """``schedule.businesses``, else ``PERKVILLE_BUSINESS_ID``; ``ConfigError`` when neither."""
+    chosen = [b.strip() for b in settings.schedule.businesses if b.strip()]
+    if not chosen and settings.perkville_business_id:
+        chosen = [settings.perkville_business_id.strip()]
+    if not chosen:
+        raise ConfigError(
+            "no business to schedule: set schedule.businesses in the config file "
+            "or PERKVILLE_BUSINESS_ID"
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def space_for(settings: Settings, business: str) -> str:
+    """The Space a business syncs into.
+
+    One business: ``PERKAMO_SPACE``.  Several scheduled businesses: ``{PERKAMO_SPACE}-{business}``
+    each, because Perkville users are global while points belong to one business's connection —
+    two businesses in one Space would merge a shared member's wallets.
+    """
+    try:
+        businesses = scheduled_businesses(settings)
+    except ConfigError:  # no schedule configured: the plain Space
+        return settings.perkamo_space
+    if len(businesses) <= 1:
+        return settings.perkamo_space
+    return f"{settings.perkamo_space}-{business}".lower()
+
+
+def writeback_config(settings: Settings, business: str, *, space: str | None = None) -> WritebackConfig:
+    """``WritebackConfig`` from the settings."""
+    return WritebackConfig(
+        business=business,
+        space=space or space_for(settings, business),
+        event_perks=dict(settings.writeback.event_perks),
+        external_members=settings.writeback.external_members,
+        batch_size=settings.writeback.batch_size,
+        timezone=settings.perkville_timezone,
+        lease_seconds=settings.schedule.lease_seconds,
+        secrets=secret_values(settings),
+    )
 
 
 def business_of(settings: Settings, business: str | None) -> str:
@@ -66,9 +113,9 @@ def open_engine(settings: Settings) -> Engine:
         problem = database_error(exc, settings.database_url)
         if isinstance(problem, ConfigurationError):
             raise problem from None
+        # Never the exception's text: a URL parser's message may quote part of the password.
         raise ConfigurationError(
-            f"PERKBRIDGE_DATABASE_URL is not usable ({exc if isinstance(exc, ValueError) else type(exc).__name__}); "
-            f"use {VALID_DATABASE_URLS}"
+            f"PERKBRIDGE_DATABASE_URL is not usable ({type(exc).__name__}); use {VALID_DATABASE_URLS}"
         ) from None
 
 
@@ -78,7 +125,7 @@ def open_state(engine: Engine) -> StateStore:
     return state
 
 
-def perkville_client(settings: Settings, **overrides: Any) -> Any:
+def perkville_client(settings: Settings, **overrides: Any) -> PerkvilleClient:
     """A ``PerkvilleClient`` from the settings (credentials, tuning, timezone)."""
     from connectors.perkville import PerkvilleClient
     from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
@@ -126,25 +173,7 @@ def perkville_client(settings: Settings, **overrides: Any) -> Any:
         client = PerkvilleClient(**kwargs)
     except PerkvilleConfigError as exc:
         raise ConfigurationError(str(exc)) from None
-    # How a backfill's worker process opens its own client (same settings; it holds the
-    # credentials only in memory, handed over the private pipe to the child it spawns).
-    setattr(client, "perkbridge_factory", ClientFactory(kwargs))  # noqa: B010 (not a declared attribute)
     return client
-
-
-class ClientFactory:
-    """A picklable recipe for a ``PerkvilleClient`` (for the fetch-and-map worker process)."""
-
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        self._kwargs = dict(kwargs)
-
-    def __repr__(self) -> str:  # never show the credentials it carries
-        return "ClientFactory(...)"
-
-    def __call__(self) -> Any:
-        from connectors.perkville import PerkvilleClient
-
-        return PerkvilleClient(**self._kwargs)
 
 
 @dataclass

@@ -34,10 +34,10 @@ from bridge.scheduler import (
     SchedulerRuntime,
     prepare_database,
     run_scheduler,
-    scheduled_businesses,
 )
 from bridge.state.leases import LeaseStore, lease_name, new_owner_id
 from bridge.state.schema import utcnow
+from bridge.wiring import scheduled_businesses
 from config import Settings
 
 log = logging.getLogger("perkbridge.workers")

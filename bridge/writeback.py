@@ -28,15 +28,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from sqlalchemy import Engine
 
-from bridge.errors import RunFailedError
-from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact, utcnow
-from config import Settings
+from bridge.sources import PerkvilleWriter
+from bridge.leased import Finish, leased, recorded
+from bridge.state import LeaseKeeper, StateStore, redact, utcnow
 from mapping.writeback import to_perkville_transaction
 from perkamo_core.service import REDEMPTION_EVENT  # the outbox's name for a redemption
 
@@ -59,16 +58,6 @@ class OutboxSource(Protocol):
     """What write-back reads: the embedded core's ``iter_outbox``."""
 
     def iter_outbox(self, space: str, *, after_seq: int = 0, limit: int = 500) -> list[Any]: ...
-
-
-class PerkvilleWriter(Protocol):
-    """What write-back calls on Perkville (``connectors.perkville.PerkvilleClient``)."""
-
-    def award_points(self, **kwargs: Any) -> Any: ...
-
-    def upsert_external_member(
-        self, member: Mapping[str, Any], *, external_member_id: object = None
-    ) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -198,36 +187,22 @@ class Writeback:
         cursor then stays before the first unconfirmed item).
         """
         config = self.config
-        ttl = timedelta(seconds=config.lease_seconds)
-        owner = new_owner_id()
-        lease = self.state.leases.acquire(
-            lease_name(config.business, DIRECTION), owner, ttl, wait=wait
-        )
         started = time.monotonic()
-        with LeaseKeeper(self.state.leases, lease, ttl) as keeper:
-            self.state.runs.interrupt_stale(config.business, DIRECTION)
+        with leased(
+            self.state, config.business, DIRECTION, lease_seconds=config.lease_seconds, wait=wait
+        ) as keeper:
             run_id = self.state.runs.start(
                 config.business,
                 direction=DIRECTION,
                 kind="writeback",
                 target="perkville",
-                owner=owner,
+                owner=keeper.owner,
                 details={"space": config.space},
             )
             summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
-            try:
+            with recorded(run_id, self._finisher(summary, started), what="write-back run", secrets=config.secrets):
                 self._run_batches(summary, keeper)
-            except BaseException as exc:
-                summary.status = "failed"
-                summary.error = redact(_describe(exc), config.secrets)
-                self._finish(summary, started)
-                raise RunFailedError(
-                    f"write-back run {run_id} for business {config.business} failed: "
-                    f"{summary.error}",
-                    run_id=run_id,
-                ) from exc
-            summary.status = "stopped" if self.stop.is_set() else "succeeded"
-            self._finish(summary, started)
+            self._finisher(summary, started)("stopped" if self.stop.is_set() else "succeeded", None)
             return summary
 
     def retry_dead_letters(
@@ -239,16 +214,13 @@ class Writeback:
         The cursor does not move.
         """
         config = self.config
-        ttl = timedelta(seconds=config.lease_seconds)
-        owner = new_owner_id()
-        lease = self.state.leases.acquire(
-            lease_name(config.business, DIRECTION), owner, ttl, wait=wait
-        )
         started = time.monotonic()
-        with LeaseKeeper(self.state.leases, lease, ttl) as keeper:
+        with leased(
+            self.state, config.business, DIRECTION, lease_seconds=config.lease_seconds, wait=wait
+        ) as keeper:
             run_id = self.state.runs.start(
                 config.business, direction=DIRECTION, kind="writeback_retry",
-                target="perkville", owner=owner, details={"reason": reason, "ids": ids or []},
+                target="perkville", owner=keeper.owner, details={"reason": reason, "ids": ids or []},
             )
             summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
             letters = [
@@ -256,33 +228,38 @@ class Writeback:
                 for letter in self.state.dead_letters.list(config.business, reason=reason, ids=ids)
                 if letter.kind in RETRYABLE_KINDS
             ]
-            try:
-                for start in range(0, len(letters), config.batch_size):
-                    batch = _Batch(last_seq=summary.cursor)
-                    failure: _StopBatch | None = None
-                    for letter in letters[start : start + config.batch_size]:
-                        before = len(batch.dead_letters), batch.written_back + batch.duplicate
-                        try:
-                            self._write(_item_from_raw(letter.raw), batch)
-                        except _StopBatch as stop:
-                            failure = stop
-                            break
-                        if (len(batch.dead_letters), batch.written_back + batch.duplicate) == before:
-                            # Skipped now (e.g. the event is no longer mapped): nothing to resend.
-                            batch.resolved.append((letter.kind, letter.record_id))
-                    self._commit(batch, summary, keeper, move_cursor=False)
-                    if failure is not None:
-                        raise failure.cause
-            except BaseException as exc:
-                summary.status = "failed"
-                summary.error = redact(_describe(exc), config.secrets)
-                self._finish(summary, started)
-                raise RunFailedError(
-                    f"write-back retry run {run_id} failed: {summary.error}", run_id=run_id
-                ) from exc
-            summary.status = "succeeded"
-            self._finish(summary, started)
+            with recorded(
+                run_id, self._finisher(summary, started), what="write-back retry run", secrets=config.secrets
+            ):
+                self._retry(letters, summary, keeper)
+            self._finisher(summary, started)("succeeded", None)
             return summary
+
+    def _retry(self, letters: list[Any], summary: WritebackSummary, keeper: LeaseKeeper) -> None:
+        for start in range(0, len(letters), self.config.batch_size):
+            batch = _Batch(last_seq=summary.cursor)
+            failure: _StopBatch | None = None
+            for letter in letters[start : start + self.config.batch_size]:
+                before = len(batch.dead_letters), batch.written_back + batch.duplicate
+                try:
+                    self._write(_item_from_raw(letter.raw), batch)
+                except _StopBatch as stop:
+                    failure = stop
+                    break
+                if (len(batch.dead_letters), batch.written_back + batch.duplicate) == before:
+                    # Skipped now (e.g. the event is no longer mapped): nothing to resend.
+                    batch.resolved.append((letter.kind, letter.record_id))
+            self._commit(batch, summary, keeper, move_cursor=False)
+            if failure is not None:
+                raise failure.cause
+
+    def _finisher(self, summary: WritebackSummary, started: float) -> Finish:
+        def finish(status: str, error: str | None) -> None:
+            summary.status = status
+            summary.error = error
+            self._finish(summary, started)
+
+        return finish
 
     def _cursor(self) -> int:
         value = self.state.cursors.get(self.config.business, self.config.cursor_resource)
@@ -630,93 +607,6 @@ def _item_from_raw(raw: Mapping[str, Any]) -> _RetriedItem:
         occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else None,
         traits=dict(raw.get("traits") or {}),
     )
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# ------------------------------------------------------------------------------------ wiring
-
-
-def space_for(settings: Settings, business: str) -> str:
-    """The Space a business syncs into.
-
-    One business: ``PERKAMO_SPACE``.  Several scheduled businesses: ``{PERKAMO_SPACE}-{business}``
-    each, because Perkville users are global while points belong to one business's connection —
-    two businesses in one Space would merge a shared member's wallets.
-    """
-    from bridge.scheduler import scheduled_businesses
-
-    try:
-        businesses = scheduled_businesses(settings)
-    except Exception:  # noqa: BLE001 - no schedule configured: the plain Space
-        return settings.perkamo_space
-    if len(businesses) <= 1:
-        return settings.perkamo_space
-    return f"{settings.perkamo_space}-{business}".lower()
-
-
-def writeback_config(settings: Settings, business: str, *, space: str | None = None) -> WritebackConfig:
-    """``WritebackConfig`` from the settings."""
-    from bridge.wiring import secret_values
-
-    return WritebackConfig(
-        business=business,
-        space=space or space_for(settings, business),
-        event_perks=dict(settings.writeback.event_perks),
-        external_members=settings.writeback.external_members,
-        batch_size=settings.writeback.batch_size,
-        timezone=settings.perkville_timezone,
-        lease_seconds=settings.schedule.lease_seconds,
-        secrets=secret_values(settings),
-    )
-
-
-def run_writeback(
-    settings: Settings,
-    engine: Engine,
-    *,
-    business_id: str,
-    space: str | None = None,
-    stop: threading.Event | None = None,
-    client: PerkvilleWriter | None = None,
-    wait: bool = False,
-) -> WritebackSummary:
-    """One write-back pass for one business: what ``perkbridge sync`` and the scheduler call.
-
-    Write-back reads the embedded core's outbox, so it needs ``PERKAMO_TARGET=embedded``.
-    """
-    from bridge.errors import ConfigurationError
-    from bridge.wiring import core_service, open_state, perkville_client
-
-    if settings.perkamo_target != "embedded":
-        raise ConfigurationError(
-            "write-back reads the embedded core's outbox: it needs PERKAMO_TARGET=embedded"
-        )
-    state = open_state(engine)
-    service = core_service(engine)
-    config = writeback_config(settings, business_id, space=space)
-    service.ensure_space(config.space)
-    own_client = client is None
-    writer: Any = perkville_client(settings) if client is None else client
-    try:
-        return Writeback(
-            state=state, outbox=service, client=writer, config=config, stop=stop
-        ).run(wait=wait)
-    finally:
-        if own_client and hasattr(writer, "close"):
-            writer.close()
-
-
-def run_writeback_for_settings(
-    settings: Settings, engine: Engine, *, business_id: str, stop: threading.Event | None = None
-) -> dict[str, Any]:
-    """The scheduler's write-back job body; a disabled write-back does nothing."""
-    if not settings.writeback.enabled:
-        return {"status": "disabled"}
-    return run_writeback(settings, engine, business_id=business_id, stop=stop).to_json()
 
 
 def pending(state: StateStore, outbox: OutboxSource, config: WritebackConfig) -> int:

@@ -82,6 +82,8 @@ class ScheduleSettings(BaseModel):
     sync_interval_minutes: float = Field(default=15, gt=0)
     writeback_interval_seconds: float = Field(default=60, gt=0)
     reconcile_cron: str = "0 3 * * *"
+    reconcile_repair: bool = True
+    """The nightly reconcile syncs first, then adjusts what still differs (False: report only)."""
     misfire_grace_seconds: int = Field(default=300, ge=1)
     lease_seconds: int = Field(default=120, ge=5)
     businesses: list[str] = Field(default_factory=list)

@@ -31,22 +31,33 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 class UnsupportedDatabaseError(ValueError):
-    """The URL names a backend other than SQLite or PostgreSQL."""
+    """The URL cannot be parsed, names a backend other than SQLite or PostgreSQL, or a driver
+    that is not installed.  The message never repeats the URL (it may hold a password)."""
 
 
 def create_db_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
     """Create an engine for ``url`` with this project's connection settings."""
-    url = normalize_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return _create_sqlite_engine(url, echo=echo)
-    if parsed.get_backend_name() == "postgresql":
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = normalize_url(url)
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # The parser's own text quotes pieces of the URL (a bad port may be half a password).
+        raise UnsupportedDatabaseError("the URL cannot be parsed") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise UnsupportedDatabaseError(f"unsupported database backend {backend!r}")
+    try:
+        if backend == "sqlite":
+            return _create_sqlite_engine(url, echo=echo)
         return create_engine(
             url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
-    raise UnsupportedDatabaseError(
-        f"unsupported database backend {parsed.get_backend_name()!r}: use sqlite or postgresql"
-    )
+    except ImportError as exc:
+        raise UnsupportedDatabaseError(
+            f"its driver {exc.name or parsed.get_driver_name()!r} is not installed"
+        ) from None
 
 
 def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
@@ -70,6 +81,9 @@ def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
         # Let SQLAlchemy's "begin" event, not pysqlite, decide how transactions start.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
+        # First, so that every statement below (journal_mode=WAL needs a lock on a new file while
+        # other processes open it too) waits for a busy database instead of failing at once.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
             # Checkpoint the WAL every ~40 MB instead of every ~4 MB: page-sized bulk writes
@@ -84,7 +98,6 @@ def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
             # ends the process instead of failing one statement: nothing committed is at risk.
             cursor.execute("PRAGMA mmap_size=268435456")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     func,
+    inspect,
     select,
     text,
 )
@@ -53,11 +54,26 @@ def applied_versions(conn: Connection, component: str) -> set[int]:
     return {row[0] for row in rows}
 
 
+def _applied_now(engine: Engine, component: str) -> set[int]:
+    """The applied versions, read without a write lock (empty before the first migration)."""
+    with engine.connect() as conn:
+        reader = conn.execution_options(sqlite_begin="DEFERRED")
+        if not inspect(reader).has_table(schema_migrations.name):
+            return set()
+        return applied_versions(reader, component)
+
+
 def migrate(engine: Engine, component: str, migrations: Sequence[Migration]) -> list[int]:
     """Apply the missing migrations of ``component``; return the versions applied now."""
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise ValueError(f"{component}: migration versions must be unique and ascending")
+    if set(versions) <= _applied_now(engine, component):
+        # Up to date (every start but the first): no write lock.  A busy SQLite writer (a backfill
+        # holding the write lock page after page) would otherwise keep a second process waiting
+        # here until "database is locked", before it could even see the lease and say "already
+        # running".
+        return []
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7415201)"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -26,6 +26,8 @@ class _RootGroup(TyperGroup):
         except BrokenPipeError:
             common.silence_stdout()
             raise typer.Exit(common.EXIT_OK) from None
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            _usage_error(exc)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -35,8 +37,18 @@ class _RootGroup(TyperGroup):
             raise typer.Exit(common.EXIT_OK) from None
         except (typer.Exit, typer.Abort):
             raise  # already reported; its __context__ may be the error it reported
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            _usage_error(exc)
         except Exception as exc:
             common.fail_database(exc)  # re-raises anything that is not a database error
+
+
+def _usage_error(exc: typer.TyperException) -> NoReturn:
+    """Under ``PERKBRIDGE_LOG_FORMAT=json`` a usage error is one JSON line too (else click's text)."""
+    if common.STATE.log_format != "json":
+        raise exc
+    format_message = getattr(exc, "format_message", None)
+    common.fail(format_message() if format_message else str(exc), getattr(exc, "exit_code", common.EXIT_USAGE))
 
 
 app = typer.Typer(
@@ -56,9 +68,17 @@ def _root() -> None:
 
 def _register_commands() -> None:
     # Each module adds its own commands; kept in one place so the contract is easy to audit.
-    from bridge.cli import core_cmds, run_cmds, sandbox_cmd, schedule_cmd, serve_cmd
+    from bridge.cli import (
+        core_cmds,
+        deadletters_cmd,
+        inspect_cmds,
+        run_cmds,
+        sandbox_cmd,
+        schedule_cmd,
+        serve_cmd,
+    )
 
-    for module in (core_cmds, serve_cmd, sandbox_cmd, run_cmds, schedule_cmd):
+    for module in (core_cmds, serve_cmd, sandbox_cmd, run_cmds, inspect_cmds, deadletters_cmd, schedule_cmd):
         module.register(app)
 
 
@@ -89,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     config_file, args = common.extract_config_option(args)
     common.STATE.config_file = config_file or os.environ.get("PERKBRIDGE_CONFIG")
     common.STATE._settings = None
+    common.configure_logging(common.early_log_format(common.STATE.config_file))
     try:
         app(args=args, prog_name="perkbridge")
     finally:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,6 +22,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # run failure or reconcile mismatch
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+EXIT_RETRY_LATER = 4  # Perkville or Perkamo did not answer: nothing is lost, run again later
 
 
 @dataclass
@@ -27,6 +30,7 @@ class CliState:
     """Per-invocation state: the ``--config`` path and the settings, read once on first use."""
 
     config_file: str | None = None
+    log_format: str = "auto"  # PERKBRIDGE_LOG_FORMAT, resolved once by ``configure_logging``
     _settings: Settings | None = field(default=None, repr=False)
 
     def settings(self) -> Settings:
@@ -48,8 +52,80 @@ def settings() -> Settings:
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     """Print a one-line error on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    if STATE.log_format == "json":
+        diagnostic(message, "ERROR", exit_code=code)
+    else:
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def diagnostic(message: str, level: str = "INFO", **fields: Any) -> None:
+    """One line on stderr for the operator (a note, a warning): a JSON object under
+    ``PERKBRIDGE_LOG_FORMAT=json``, else ``message`` as it is (``WARNING`` lines get ``warning: ``)."""
+    if STATE.log_format == "json":
+        body = {"ts": _now_text(), "level": level, "logger": "perkbridge", "msg": message.strip(), **fields}
+        sys.stderr.write(json.dumps(body, ensure_ascii=False, default=str) + "\n")
+        sys.stderr.flush()
+    else:
+        typer.echo(f"warning: {message}" if level == "WARNING" else message, err=True)
+
+
+def _now_text() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log record: ``ts``, ``level``, ``logger``, ``msg`` (and ``exc``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body = {"ts": _now_text(), "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False, default=str)
+
+
+_HANDLER_NAME = "perkbridge-json"
+
+
+def configure_logging(log_format: str) -> None:
+    """Under ``json``: every log record, Python warning and uncaught traceback becomes one JSON
+    line on stderr (libraries such as httpx, uvicorn and SQLAlchemy log through the root logger)."""
+    STATE.log_format = log_format
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(handler)  # a previous invocation in this process (tests)
+    if log_format != "json":
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(JsonLines())
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        logging.getLogger("perkbridge").critical("uncaught %s", kind.__name__, exc_info=(kind, exc, tb))
+
+    def thread_excepthook(args: Any) -> None:
+        if args.exc_type is not SystemExit:
+            logging.getLogger("perkbridge").error(
+                "uncaught %s in thread %s", args.exc_type.__name__, getattr(args.thread, "name", "?"),
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            )
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+
+
+def early_log_format(config_file: str | None) -> str:
+    """The log format before any command runs: the settings' if they load, else the environment's
+    (a broken config file is reported later, in the format the operator asked for)."""
+    try:
+        return load_settings(config_file).log_format
+    except Exception:  # noqa: BLE001 - reported by the command that needs the settings
+        value = os.environ.get("PERKBRIDGE_LOG_FORMAT", "auto").strip().lower()
+        return value if value in ("auto", "plain", "json") else "auto"
 
 
 def silence_stdout() -> None:
@@ -117,30 +193,43 @@ def config_errors() -> Iterator[None]:
         fail(str(exc), EXIT_CONFIG)
 
 
+def exit_code_for(error: BaseException) -> int:
+    """The exit code of a bridge error: 3 for settings (credentials included), 4 when the other
+    side did not answer and running again later is the fix, else 1."""
+    from bridge.errors import ConfigurationError, RetryLater
+
+    if isinstance(error, ConfigurationError):
+        return EXIT_CONFIG
+    if isinstance(error, RetryLater):
+        return EXIT_RETRY_LATER
+    return EXIT_FAILURE
+
+
 @contextmanager
-def translated_errors() -> Iterator[None]:
-    """Re-raise a database failure, or a Perkville URL that cannot be requested, inside the block
-    as the bridge's one-line error (no SQL, no parameters, no password); a closed stdout and exits
-    pass through untouched."""
-    from bridge.errors import ConfigurationError, database_error
-    from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
+def bridge_errors(secrets: Callable[[], tuple[str, ...]] = tuple) -> Iterator[None]:
+    """The one seam where a run command's failure becomes one line and its exit code.
+
+    Every error keeps its class up to here (``bridge.errors.classify`` names what the
+    connectors and the database raised); the line never carries SQL, bound parameters, a
+    password or any value of ``secrets()``. A closed stdout and exits pass through untouched.
+    """
+    from bridge.errors import BridgeError, classify, describe_failure
+    from bridge.state import redact
+    from config import ConfigError
 
     try:
         yield
     except (typer.Exit, BrokenPipeError):
         raise
+    except ConfigError as exc:
+        fail(redact(str(exc), secrets()), EXIT_CONFIG)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to resume", EXIT_FAILURE)
     except Exception as exc:
-        problem = database_error(exc, _database_url())
-        if problem is not None:
-            raise problem from None
-        cause: BaseException | None = exc
-        for _ in range(20):  # a chain is short; the bound guards against a cycle
-            if cause is None or isinstance(cause, PerkvilleConfigError):
-                break
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, PerkvilleConfigError):
-            raise ConfigurationError(str(cause)) from None
-        raise
+        known = exc if isinstance(exc, BridgeError) else classify(exc, _database_url())
+        if known is None:
+            fail(redact(describe_failure(exc), secrets()), EXIT_FAILURE)
+        fail(redact(known.message, secrets()), exit_code_for(known))
 
 
 def _database_url() -> str | None:

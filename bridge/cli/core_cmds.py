@@ -61,8 +61,6 @@ def open_service() -> Iterator[CoreService]:
         engine = create_db_engine(url)
     except (ArgumentError, UnsupportedDatabaseError) as exc:
         common.fail_database(exc)
-    except ValueError as exc:
-        common.fail(f"PERKBRIDGE_DATABASE_URL: {exc}", common.EXIT_CONFIG)
     try:
         service = CoreService(engine)
         with core_errors():
@@ -141,10 +139,9 @@ def register(app: typer.Typer) -> None:
                 common.print_json({"key": created.key, "space": created.space, "scopes": list(created.scopes)})
             else:
                 typer.echo(created.key)
-                typer.echo(
+                common.diagnostic(
                     f"Created {created.key_id} for Space {created.space} with scopes "
-                    f"{' '.join(created.scopes)}. Store the key now: it is not shown again.",
-                    err=True,
+                    f"{' '.join(created.scopes)}. Store the key now: it is not shown again."
                 )
 
     @program_app.command("load")

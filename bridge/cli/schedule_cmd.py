@@ -62,31 +62,14 @@ def register(app: typer.Typer) -> None:
             engine.dispose()
 
 
-class _JsonLines(logging.Formatter):
-    """One JSON object per log record (for log shippers)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import json
-
-        body = {
-            "ts": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, ensure_ascii=False)
-
-
 def _configure_logging(json_output: bool, log_format: str) -> None:
-    handler = logging.StreamHandler()
-    if json_output or log_format == "json":
-        handler.setFormatter(_JsonLines())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
+    if (json_output or log_format == "json") and common.STATE.log_format != "json":
+        common.configure_logging("json")
+    if common.STATE.log_format != "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     root.setLevel(logging.INFO)
     for noisy in ("apscheduler", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
         """Serve the Perkamo v1 HTTP API over the embedded core (keys: `perkbridge keys create`)."""
         import uvicorn
 
+        from perkamo_core.db import UnsupportedDatabaseError
+
         cfg = common.settings()
         try:
             listener = bind_listener(host, port)
@@ -97,6 +99,8 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as exc:
             listener.close()
+            if isinstance(exc, UnsupportedDatabaseError):
+                common.fail_database(exc)
             common.fail(f"cannot open the database {_display_url(cfg.database_url)}: {exc}", common.EXIT_CONFIG)
         port = listener.getsockname()[1]  # the port the system chose for --port 0
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -112,6 +116,13 @@ def register(app: typer.Typer) -> None:
                 indent=None,
             )
         else:
-            typer.echo(f"perkbridge serve: Perkamo v1 API on {url} (database {_display_url(cfg.database_url)})", err=True)
-        config = uvicorn.Config(api, host=host, port=port, access_log=access_log, log_level=log_level)
+            common.diagnostic(f"perkbridge serve: Perkamo v1 API on {url} (database {_display_url(cfg.database_url)})")
+        # Under PERKBRIDGE_LOG_FORMAT=json uvicorn keeps its hands off logging: its records reach
+        # the root logger's JSON handler instead of its own plain-text formatters.
+        from uvicorn.config import LOGGING_CONFIG
+
+        log_config = None if common.STATE.log_format == "json" else LOGGING_CONFIG
+        config = uvicorn.Config(
+            api, host=host, port=port, access_log=access_log, log_level=log_level, log_config=log_config
+        )
         uvicorn.Server(config).run(sockets=[listener])

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from bridge.state.dead_letters import DeadLetter, DeadLetterStore
 from bridge.state.leases import Lease, LeaseKeeper, LeaseStore, lease_name, new_owner_id
+from bridge.state.members import IdMap, IdMapEntry, StagedUsers, plain_decimal
 from bridge.state.schema import MIGRATIONS, as_utc, utcnow
 from bridge.state.stores import (
     Clock,
     Cursor,
     CursorStore,
-    DeadLetter,
-    DeadLetterStore,
-    IdMap,
-    IdMapEntry,
     RunCounts,
     RunLog,
     RunRecord,
-    StagedUsers,
     redact,
 )
 from perkamo_core.migrations import migrate
@@ -37,6 +34,7 @@ __all__ = [
     "RunLog",
     "RunRecord",
     "StagedUsers",
+    "plain_decimal",
     "StateStore",
     "as_utc",
     "lease_name",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy.exc import OperationalError
 
 from bridge.errors import LeaseHeldError, LeaseLostError
 from bridge.state.schema import as_utc, leases, utcnow
@@ -82,7 +83,26 @@ class LeaseStore:
         self._clock = clock
 
     def try_acquire(self, name: str, owner: str, ttl: timedelta) -> Lease | None:
-        """Take ``name`` if it is free, expired or already ours; ``None`` if someone else holds it."""
+        """Take ``name`` if it is free, expired or already ours; ``None`` if someone else holds it.
+
+        A lease another live runner holds is seen with a read, no write lock: on SQLite the holder
+        keeps the write lock page after page, and a contender must answer "already running", not
+        wait behind it for the busy timeout.  A write that still finds the database busy is
+        contention too (``None``), never a "database is locked" failure.
+        """
+        try:
+            held = self.holder(name)
+            if held is not None and held.owner != owner and not held.expired(self._clock()):
+                if not owner_is_dead(held.owner):
+                    return None
+                return self._take_from_dead(name, held.owner, owner, ttl)
+            return self._upsert(name, owner, ttl)
+        except OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return None
+
+    def _upsert(self, name: str, owner: str, ttl: timedelta) -> Lease | None:
         now = self._clock()
         expires = now + ttl
         with self._engine.begin() as conn:
@@ -129,15 +149,18 @@ class LeaseStore:
         wait: bool = False,
         timeout: float | None = None,
         poll_seconds: float = 1.0,
+        stop: threading.Event | None = None,
     ) -> Lease:
-        """Take ``name`` or raise ``LeaseHeldError``; with ``wait`` poll until it frees (or ``timeout``)."""
+        """Take ``name`` or raise ``LeaseHeldError``; with ``wait`` poll until it frees (or
+        ``timeout``, or ``stop`` is set: a stopping scheduler does not wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             lease = self.try_acquire(name, owner, ttl)
             if lease is not None:
                 return lease
             holder = self.holder(name)
-            if not wait or (deadline is not None and time.monotonic() >= deadline):
+            stopped = stop is not None and stop.is_set()
+            if not wait or stopped or (deadline is not None and time.monotonic() >= deadline):
                 who = holder.owner if holder else "another runner"
                 until = holder.expires_at.isoformat(timespec="seconds") if holder else "?"
                 raise LeaseHeldError(
@@ -146,7 +169,10 @@ class LeaseStore:
                     name=name,
                     owner=holder.owner if holder else None,
                 )
-            time.sleep(poll_seconds)
+            if stop is not None:
+                stop.wait(poll_seconds)
+            else:
+                time.sleep(poll_seconds)
 
     def renew(self, name: str, owner: str, ttl: timedelta) -> bool:
         """Extend our lease; ``False`` if it is no longer ours."""
@@ -193,6 +219,12 @@ class LeaseStore:
     def _read(self, conn: Connection, name: str) -> Lease | None:
         row = conn.execute(select(leases).where(leases.c.name == name)).mappings().first()
         return None if row is None else _to_lease(row)
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    """SQLite's SQLITE_BUSY / SQLITE_LOCKED after the busy timeout: another writer holds the lock."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "database is locked" in text or "database table is locked" in text
 
 
 def _to_lease(row: object) -> Lease:

@@ -3,119 +3,138 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
-    Column,
     Connection,
     DateTime,
     Index,
-    Integer,
     MetaData,
     Numeric,
-    String,
-    Table,
     Text,
     UniqueConstraint,
     inspect,
 )
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
 
 from perkamo_core.migrations import Migration
 
-metadata = MetaData()
+AwareDateTime = DateTime(timezone=True)
 
-cursors = Table(
-    "bridge_cursors",
-    metadata,
-    Column("business", String(64), primary_key=True),
-    Column("resource", String(64), primary_key=True),
-    Column("value", String(400), nullable=False),
-    Column("run_id", Integer, nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+
+class BridgeTable(SQLModel, registry=registry(metadata=MetaData())):
+    """Base of the bridge's table models: their own registry, so ``metadata`` holds the bridge's
+    tables only (apart from ``SQLModel.metadata`` and the core's ``perkamo_core.storage.metadata``).
+
+    The stores read and write through SQLAlchemy Core on each model's ``__table__`` (bound below
+    to the names ``cursors``, ``runs``, …).
+    """
+
+
+class CursorRow(BridgeTable, table=True):
+    __tablename__ = "bridge_cursors"
+
+    business: str = Field(max_length=64, primary_key=True)
+    resource: str = Field(max_length=64, primary_key=True)
+    value: str = Field(max_length=400)
+    run_id: int | None = None
+    updated_at: datetime = Field(sa_type=AwareDateTime)
     # The source's newest ``last_mod_dt`` the last run saw for this resource (the signpost), in the
     # source's clock like the value: status measures lag as this minus the value.  NULL on rows
     # written before cursors came from the source's own stamps (migration 2).
-    Column("source_newest", String(64), nullable=True),
-)
+    source_newest: str | None = Field(default=None, max_length=64)
 
-runs = Table(
-    "bridge_runs",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("business", String(64), nullable=False),
-    Column("direction", String(32), nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("mode", String(32), nullable=True),
-    Column("target", String(32), nullable=True),
-    Column("status", String(32), nullable=False),
-    Column("owner", String(200), nullable=True),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
-    Column("duration_ms", BigInteger, nullable=True),
-    Column("read", BigInteger, nullable=False, default=0),
-    Column("applied", BigInteger, nullable=False, default=0),
-    Column("duplicate", BigInteger, nullable=False, default=0),
-    Column("skipped", BigInteger, nullable=False, default=0),
-    Column("dead_lettered", BigInteger, nullable=False, default=0),
-    Column("error", Text, nullable=True),
-    Column("details", Text, nullable=True),
-    Index("ix_bridge_runs_business_started", "business", "started_at"),
-)
 
-id_map = Table(
-    "bridge_id_map",
-    metadata,
-    Column("business", String(64), primary_key=True),
-    Column("perkville_user_id", String(64), primary_key=True),
-    Column("customer_id", String(256), nullable=False),
-    Column("strategy", String(32), nullable=False),
-    Column("connection_id", String(64), nullable=True),
-    Column("connection_status", String(32), nullable=True),
-    Column("perkville_balance", Numeric(24, 6), nullable=True),
-    Column("traits_hash", String(64), nullable=True),
-    Column("adjustments", Integer, nullable=False, default=0),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("business", "customer_id", name="uq_bridge_id_map_customer"),
-)
+class RunRow(BridgeTable, table=True):
+    __tablename__ = "bridge_runs"
+    __table_args__ = (Index("ix_bridge_runs_business_started", "business", "started_at"),)
 
-dead_letters = Table(
-    "bridge_dead_letters",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("business", String(64), nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("record_id", String(256), nullable=False),
-    Column("run_id", Integer, nullable=True),
-    Column("raw", Text, nullable=False),
-    Column("reason", String(64), nullable=False),
-    Column("detail", Text, nullable=True),
-    Column("attempts", Integer, nullable=False, default=1),
-    Column("status", String(16), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("business", "kind", "record_id", name="uq_bridge_dead_letters_record"),
-    Index("ix_bridge_dead_letters_status", "business", "status", "reason"),
-)
+    id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
+    business: str = Field(max_length=64)
+    direction: str = Field(max_length=32)
+    kind: str = Field(max_length=32)
+    mode: str | None = Field(default=None, max_length=32)
+    target: str | None = Field(default=None, max_length=32)
+    status: str = Field(max_length=32)
+    owner: str | None = Field(default=None, max_length=200)
+    started_at: datetime = Field(sa_type=AwareDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=AwareDateTime)
+    duration_ms: int | None = Field(default=None, sa_type=BigInteger)
+    read: int = Field(default=0, sa_type=BigInteger)
+    applied: int = Field(default=0, sa_type=BigInteger)
+    duplicate: int = Field(default=0, sa_type=BigInteger)
+    skipped: int = Field(default=0, sa_type=BigInteger)
+    dead_lettered: int = Field(default=0, sa_type=BigInteger)
+    error: str | None = Field(default=None, sa_type=Text)
+    details: str | None = Field(default=None, sa_type=Text)
 
-leases = Table(
-    "bridge_leases",
-    metadata,
-    Column("name", String(200), primary_key=True),
-    Column("owner", String(200), nullable=False),
-    Column("acquired_at", DateTime(timezone=True), nullable=False),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-)
 
-staged_users = Table(
-    "bridge_staged_users",
-    metadata,
-    Column("business", String(64), primary_key=True),
-    Column("perkville_user_id", String(64), primary_key=True),
-    Column("raw", Text, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
+class IdMapRow(BridgeTable, table=True):
+    __tablename__ = "bridge_id_map"
+    __table_args__ = (UniqueConstraint("business", "customer_id", name="uq_bridge_id_map_customer"),)
+
+    business: str = Field(max_length=64, primary_key=True)
+    perkville_user_id: str = Field(max_length=64, primary_key=True)
+    customer_id: str = Field(max_length=256)
+    strategy: str = Field(max_length=32)
+    connection_id: str | None = Field(default=None, max_length=64)
+    connection_status: str | None = Field(default=None, max_length=32)
+    perkville_balance: Decimal | None = Field(default=None, sa_type=Numeric(24, 6))
+    traits_hash: str | None = Field(default=None, max_length=64)
+    adjustments: int = 0
+    created_at: datetime = Field(sa_type=AwareDateTime)
+    updated_at: datetime = Field(sa_type=AwareDateTime)
+
+
+class DeadLetterRow(BridgeTable, table=True):
+    __tablename__ = "bridge_dead_letters"
+    __table_args__ = (
+        UniqueConstraint("business", "kind", "record_id", name="uq_bridge_dead_letters_record"),
+        Index("ix_bridge_dead_letters_status", "business", "status", "reason"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
+    business: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    record_id: str = Field(max_length=256)
+    run_id: int | None = None
+    raw: str = Field(sa_type=Text)
+    reason: str = Field(max_length=64)
+    detail: str | None = Field(default=None, sa_type=Text)
+    attempts: int = 1
+    status: str = Field(max_length=16)
+    created_at: datetime = Field(sa_type=AwareDateTime)
+    updated_at: datetime = Field(sa_type=AwareDateTime)
+
+
+class LeaseRow(BridgeTable, table=True):
+    __tablename__ = "bridge_leases"
+
+    name: str = Field(max_length=200, primary_key=True)
+    owner: str = Field(max_length=200)
+    acquired_at: datetime = Field(sa_type=AwareDateTime)
+    heartbeat_at: datetime = Field(sa_type=AwareDateTime)
+    expires_at: datetime = Field(sa_type=AwareDateTime)
+
+
+class StagedUserRow(BridgeTable, table=True):
+    __tablename__ = "bridge_staged_users"
+
+    business: str = Field(max_length=64, primary_key=True)
+    perkville_user_id: str = Field(max_length=64, primary_key=True)
+    raw: str = Field(sa_type=Text)
+    updated_at: datetime = Field(sa_type=AwareDateTime)
+
+
+metadata = BridgeTable.metadata
+cursors = CursorRow.__table__  # type: ignore[attr-defined]
+runs = RunRow.__table__  # type: ignore[attr-defined]
+id_map = IdMapRow.__table__  # type: ignore[attr-defined]
+dead_letters = DeadLetterRow.__table__  # type: ignore[attr-defined]
+leases = LeaseRow.__table__  # type: ignore[attr-defined]
+staged_users = StagedUserRow.__table__  # type: ignore[attr-defined]
 
 _V1_TABLES = (cursors, runs, id_map, dead_letters, leases, staged_users)
 

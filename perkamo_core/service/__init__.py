@@ -207,7 +207,7 @@ class CoreService:
     def ingest_bulk(
         self,
         space: str,
-        events: Sequence[EventInput | CheckedEvent | Mapping[str, Any]],
+        events: Sequence[EventInput | Mapping[str, Any]],
         *,
         conn: Connection | None = None,
         outbox: bool = True,

@@ -154,23 +154,14 @@ def validate_traits(traits: Any) -> dict[str, Any]:
 
 
 class CheckedEvent(NamedTuple):
-    """An event that :func:`check_event` validated; ``ingest_bulk`` takes it without checking again.
-
-    Made only by :func:`check_event`, in this process or another one (the bridge validates pages
-    in its fetch-and-map worker process and sends these back): it picks up no defaults and no
-    checks of its own. ``occurred_at`` None means "now", which the ingest fills in.
-    """
+    """An event as :func:`check_event` validated it. ``occurred_at`` None means "now", which the
+    ingest fills in."""
 
     user_id: str
     event: str
     transaction_id: str
     context: dict[str, Any]
     occurred_at: datetime | None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Unpickled by ``tuple.__new__`` directly: a page crosses from the bridge's worker
-        # process without one call of the generated Python ``__new__`` per event.
-        return (tuple.__new__, (CheckedEvent, tuple(self)))
 
 
 def check_event(

@@ -22,7 +22,7 @@ from perkamo_core import storage as st
 from perkamo_core.engine import EngineEvent
 from perkamo_core.errors import CoreError, ValidationError
 from perkamo_core.models import EventInput, IngestOutcome
-from perkamo_core.service.checks import CheckedEvent, check_event
+from perkamo_core.service.checks import check_event
 from perkamo_core.service.customers import Customer, Customers
 from perkamo_core.service.fingerprint import payload_fingerprint, transaction_id_conflict
 from perkamo_core.service.outbox import lock_outbox
@@ -82,7 +82,7 @@ class Ingest:
     def ingest_bulk(
         self,
         space: str,
-        events: Sequence[EventInput | CheckedEvent | Mapping[str, Any]],
+        events: Sequence[EventInput | Mapping[str, Any]],
         *,
         conn: Connection | None = None,
         outbox: bool = True,
@@ -101,8 +101,7 @@ class Ingest:
         is a duplicate whatever the payload, which that system records in its own shape. With ``conn`` the page
         runs inside the caller's transaction and is not committed here. ``outbox=False`` records
         no write-back outbox rows for the page (for events that came from the system write-back
-        would send them to, such as the bridge's Perkville transactions). A :class:`CheckedEvent`
-        (from :func:`check_event`) is taken as already validated.
+        would send them to, such as the bridge's Perkville transactions).
         """
         with _paused_gc():
             return self._ingest_bulk(space, events, conn, outbox, echo_ids)
@@ -110,7 +109,7 @@ class Ingest:
     def _ingest_bulk(
         self,
         space: str,
-        events: Sequence[EventInput | CheckedEvent | Mapping[str, Any]],
+        events: Sequence[EventInput | Mapping[str, Any]],
         conn: Connection | None,
         outbox: bool,
         echo_ids: Collection[str],
@@ -119,12 +118,7 @@ class Ingest:
         outcomes: list[IngestOutcome | None] = [None] * len(events)
         valid: list[_Event] = []
         known_keys: set[str] = set()
-        make = tuple.__new__
         for index, item in enumerate(events):
-            if type(item) is CheckedEvent:
-                user_id, name, txid, context, at = item
-                valid.append(make(_Event, (index, user_id, name, txid, context, now if at is None else at)))
-                continue
             try:
                 valid.append(self._validate_event(index, item, now, known_keys))
             except ValidationError as exc:

@@ -8,15 +8,18 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
-from bridge.pipeline import Pipeline, PipelineConfig, RunOptions, RunSummary
+from bridge.cli import main
+from bridge.pipeline import Mode, Pipeline, PipelineConfig, RunOptions, RunSummary
 from bridge.reconcile import Reconciler, ReconcileReport
 from bridge.state import StateStore
 from bridge.targets import EmbeddedTarget
+from bridge.usecases import reconcile
 from connectors.perkville import PerkvilleClient
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
@@ -102,10 +105,12 @@ class Bridge:
     def sync(self, **options: Any) -> RunSummary:
         return self.pipeline().run(RunOptions(kind="sync", **options))
 
-    def reconcile(self, *, repair: bool = False) -> ReconcileReport:
-        return Reconciler(
+    def reconcile(self, *, repair: bool = False, mode: Mode = "history") -> ReconcileReport:
+        """Read-only comparison; with ``repair`` the use case: sync, compare, adjust."""
+        reconciler = Reconciler(
             state=self.state, source=self.client, target=self.target, business=self.business
-        ).run(repair=repair)
+        )
+        return reconcile(self.pipeline(), reconciler, mode=mode, repair=repair)
 
 
 @contextmanager
@@ -173,3 +178,34 @@ def event_count(engine: Engine, space: str = SPACE) -> int:
             conn.execute(select(func.count()).select_from(events).where(events.c.space_id == space_id)).scalar()
             or 0
         )
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, db_url: str, tmp_path: Path) -> Path:
+    for key in list(__import__("os").environ):
+        if key.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_")):
+            monkeypatch.delenv(key)
+    values = {
+        **sandbox_settings(sandbox, db_url),
+        "PERKAMO_SPACE": SPACE,
+        "PERKBRIDGE_LOG_FORMAT": "plain",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    config = tmp_path / "perkbridge.toml"
+    config.write_text("[perkville]\npage_size = 100\nrequests_per_second = 1000\n")
+    return config
+
+
+def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, Any, str]:
+    code = 0
+    try:
+        main(["--config", str(config), *args])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    try:
+        body: Any = json.loads(out)
+    except ValueError:
+        body = out
+    return code, body, err

@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from bridge.cli import main
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from perkamo_core.models import EventInput
 from perkamo_core.service import CoreService
-from tests.bridge.conftest import MEMBERS, SPACE, sandbox_settings
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, db_url: str, tmp_path: Path) -> Path:
-    for key in list(__import__("os").environ):
-        if key.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_")):
-            monkeypatch.delenv(key)
-    values = {
-        **sandbox_settings(sandbox, db_url),
-        "PERKAMO_SPACE": SPACE,
-        "PERKBRIDGE_LOG_FORMAT": "plain",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    config = tmp_path / "perkbridge.toml"
-    config.write_text("[perkville]\npage_size = 100\nrequests_per_second = 1000\n")
-    return config
-
-
-def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, Any, str]:
-    code = 0
-    try:
-        main(["--config", str(config), *args])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    try:
-        body: Any = json.loads(out)
-    except ValueError:
-        body = out
-    return code, body, err
-
+from tests.bridge.conftest import MEMBERS, SPACE, run
 
 CONTRACT_RUN_KEYS = {"run_id", "status", "read", "applied", "duplicate", "skipped", "dead_lettered"}
 
@@ -188,9 +154,10 @@ def test_a_wrong_password_fails_in_one_line_without_leaking_it(
 ) -> None:
     monkeypatch.setenv("PERKVILLE_PASSWORD", "Wrong-Pa55word-xyz")
     code, _, err = run(capsys, cli_env, "backfill")
-    assert code == 1
+    assert code == 3  # fix the settings, not "retry later"
     last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and "PERKVILLE_PASSWORD" in last
+    assert "Perkville refused the credentials" in last
     assert "Wrong-Pa55word-xyz" not in err
     code, body, _ = run(capsys, cli_env, "status", "--json")
     failed = body["runs"][0]

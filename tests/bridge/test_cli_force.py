@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge.test_cli import cli_env, run  # noqa: F401  (cli_env is a fixture)
+from tests.bridge.conftest import run
 
 
 def test_backfill_of_the_other_mode_exits_3_unless_forced(

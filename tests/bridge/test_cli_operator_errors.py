@@ -3,6 +3,7 @@ SQL, bound parameters, a link to SQLAlchemy's docs or a secret."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
+from connectors.perkville.sandbox import Sandbox
+from tests.bridge.conftest import sandbox_settings
 
 PASSWORD = "pw-s3cret-9"
 CLIENT_SECRET = "cs-s3cret-7"
@@ -22,7 +25,8 @@ LEAKS = ("[SQL", "[parameters", "sqlalche.me", "INSERT", "Traceback", PASSWORD, 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in list(os.environ):
-        if key.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_")):
+        # PERKBRIDGE_TEST_* configure the test run itself (the PostgreSQL server), not perkbridge.
+        if key.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_")) and not key.startswith("PERKBRIDGE_TEST_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("PERKVILLE_BUSINESS_ID", "1")
     monkeypatch.setenv("PERKVILLE_CLIENT_ID", "client")
@@ -82,7 +86,11 @@ DATABASE_COMMANDS = [
         pytest.param("not-a-database", "not a SQLite database", id="not-a-database"),
         pytest.param("unreachable", "cannot connect to the database server", id="unreachable"),
         pytest.param("notaurl", "sqlite:///path/to/file.db or postgresql+psycopg://", id="notaurl"),
-        pytest.param("unsupported", "sqlite:///path/to/file.db or postgresql+psycopg://", id="unsupported"),
+        pytest.param("unsupported", "(unsupported database backend 'mysql'); use sqlite:///path/to/file.db or "
+                     "postgresql+psycopg://", id="unsupported"),
+        pytest.param("bad-port", "(the URL cannot be parsed); use sqlite:///path/to/file.db", id="bad-port"),
+        pytest.param("missing-driver", "(its driver 'psycopg2' is not installed); use sqlite:///path/to/file.db",
+                     id="missing-driver"),
     ],
 )
 def test_unusable_database_is_one_line_naming_the_setting_exit_3(
@@ -103,6 +111,11 @@ def test_unusable_database_is_one_line_naming_the_setting_exit_3(
         url = f"postgresql+psycopg://bridge:{PASSWORD}@127.0.0.1:{closed_port()}/perkbridge"
     elif case == "notaurl":
         url = f"notaurl{PASSWORD}"
+    elif case == "bad-port":
+        # An '@' in the password: the parser reads the rest as the port and quotes it.
+        url = f"postgresql+psycopg://bridge:x@{PASSWORD}:{PASSWORD}@127.0.0.1/perkbridge"
+    elif case == "missing-driver":
+        url = f"postgresql+psycopg2://bridge:{PASSWORD}@127.0.0.1/perkbridge"
     else:
         url = f"mysql://bridge:{PASSWORD}@127.0.0.1/perkbridge"
     env.setenv("PERKBRIDGE_DATABASE_URL", url)
@@ -272,3 +285,39 @@ def test_schedule_status_to_a_pipe_is_not_cut_to_80_columns(
     assert len(rows) == 1, out
     assert error in rows[0]
     assert "worker-with-a-long-host-name.example.internal:4242" in rows[0]
+
+
+def test_a_run_that_fails_in_the_database_stores_no_sql_or_member_data(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], db_url: str, sandbox: Sandbox
+) -> None:
+    from sqlalchemy import text
+
+    from perkamo_core.db import create_db_engine
+
+    for key, value in sandbox_settings(sandbox, db_url).items():
+        env.setenv(key, value)
+    code, _, err = run(capsys, "status")  # creates the schema
+    assert code == 0, err
+    engine = create_db_engine(db_url)
+    try:
+        with engine.begin() as conn:  # the members phase's INSERT (raw users: emails, names) now fails
+            conn.execute(text("ALTER TABLE bridge_staged_users RENAME TO bridge_staged_users_moved"))
+    finally:
+        engine.dispose()
+    code, _, err = run(capsys, "backfill")
+    assert code == 1, err
+    assert_one_clean_line(err.splitlines()[-1], "PERKBRIDGE_DATABASE_URL")  # after the progress lines
+    assert not any(leak in err for leak in LEAKS), err
+    emails = [e["email"] for user in sandbox.ledger.users.values() for e in user.get("emails", [])]
+    code, out, err = run(capsys, "status", "--json")
+    assert code == 0, err
+    failed = [r for r in json.loads(out)["runs"] if r["status"] == "failed"]
+    assert len(failed) == 1, out
+    stored = failed[0]["error"]
+    assert "\n" not in stored and "PERKBRIDGE_DATABASE_URL" in stored, stored
+    code, table, err = run(capsys, "status")
+    assert code == 0, err
+    for shown in (stored, table):
+        for leak in (*LEAKS, "bridge_staged_users", "LINE 1"):
+            assert leak not in shown, (leak, shown)
+        assert not any(email in shown for email in emails), shown

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine
 
-from bridge.pipeline import Pipeline, PipelineConfig, _Record
+from bridge.pipeline import PageRecord, Pipeline, PipelineConfig
 from bridge.state import LeaseKeeper, RunCounts, StateStore
 from bridge.targets import Commit, Delivery
 from mapping.types import IdentifyCall, PerkamoEvent
@@ -71,7 +71,7 @@ def test_page_counts_balance_and_match_dead_letters(
     open_before = len(state.dead_letters.list("b1"))
     records = []
     for index, (kind, with_identify, n_events) in enumerate(shapes):
-        record = _Record("transaction", f"r{pipeline._run_id}-{index}", {"i": index})
+        record = PageRecord("transaction", f"r{pipeline._run_id}-{index}", {"i": index})
         if kind == "problem":
             record.problem = ("bad_points", "points missing")
         elif kind == "skipped":
@@ -88,7 +88,7 @@ def test_page_counts_balance_and_match_dead_letters(
             ]
         records.append(record)
 
-    def no_state(_conn: Connection) -> None:
+    def no_state(_conn: Connection, _page: object) -> None:
         return None
 
     pipeline._deliver(records, "transaction", no_state)

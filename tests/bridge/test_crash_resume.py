@@ -1,4 +1,4 @@
-"""Crash safety: ``kill -9`` a ``perkbridge backfill`` process at random points, resume, compare checksums."""
+"""Crash safety: ``kill -9`` a ``perkbridge backfill`` at random checkpoints mid-history, resume, compare checksums."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from bridge.state import StateStore
@@ -24,10 +23,9 @@ TRIALS = 6
 CRASH_TRANSACTIONS = 1500
 
 
-def _backfill(config: Path, env: dict[str, str], map_workers: int) -> subprocess.Popen[str]:
+def _backfill(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json",
-         "--map-workers", str(map_workers)],
+        [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -50,8 +48,8 @@ def _checkpoint_offset(db_url: str, business: str) -> int:
 def _kill_mid_history(proc: subprocess.Popen[str], db_url: str, business: str, threshold: int) -> bool:
     """SIGKILL ``proc`` once its checkpoint passed ``threshold`` transactions (False: it ended first).
 
-    The kill is aimed by progress, not by time: with a worker process the start-up takes longer
-    and varies more with the machine's load than the history itself.
+    The kill is aimed by progress, not by time: start-up and page times vary with the machine's
+    load, the checkpoint row does not.
     """
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -62,17 +60,9 @@ def _kill_mid_history(proc: subprocess.Popen[str], db_url: str, business: str, t
     return False
 
 
-def _children(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("map_workers", [0, 1], ids=["in-process", "worker"])
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
-    db_url: str, tmp_path: Path, map_workers: int
+    db_url: str, tmp_path: Path
 ) -> None:
     box = Sandbox(seed=5, members=25, transactions=CRASH_TRANSACTIONS)
     box.start()
@@ -84,38 +74,22 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
         killed_mid_run = 0
         offsets: list[int] = []
         business = str(box.business_ids[0])
-        orphans: list[psutil.Process] = []
         for _ in range(TRIALS):
-            proc = _backfill(config, env, map_workers)
-            if map_workers:
-                done = _checkpoint_offset(db_url, business)
-                threshold = done + rng.randint(25, 300)
-                children: list[psutil.Process] = []
-                deadline = time.monotonic() + 60
-                while not children and proc.poll() is None and time.monotonic() < deadline:
-                    children = _children(proc.pid)  # the worker starts with the run
-                    time.sleep(0.01)
-                if _kill_mid_history(proc, db_url, business, threshold):
-                    killed_mid_run += 1
-                orphans.extend(children)
-            else:
-                time.sleep(rng.uniform(0.6, 2.4))
-                if proc.poll() is None:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed_mid_run += 1
+            proc = _backfill(config, env)
+            # Each kill is aimed at checkpoint progress, never at a time: a busy machine only
+            # makes the run slower, not the kill land elsewhere.
+            threshold = _checkpoint_offset(db_url, business) + rng.randint(25, 300)
+            if _kill_mid_history(proc, db_url, business, threshold):
+                killed_mid_run += 1
             proc.wait()
             offsets.append(_checkpoint_offset(db_url, business))
-        # A worker whose parent was killed notices and ends (it must not wait on a full channel
-        # forever, holding its memory and the Perkville connection).
-        gone, alive = psutil.wait_procs(orphans, timeout=30)
-        assert not alive, f"worker processes outlived their killed parent: {alive}"
-        final = _backfill(config, env, map_workers)
+        final = _backfill(config, env)
         out, err = final.communicate(timeout=300)
         assert final.returncode == 0, err
         body = json.loads(out)
         assert body["status"] == "succeeded"
         assert body["read"] == body["applied"] + body["duplicate"] + body["skipped"] + body["dead_lettered"]
-        assert killed_mid_run >= 3, "the kills came too late to interrupt anything"
+        assert killed_mid_run >= 3, f"the kills came too late to interrupt anything: {offsets}"
         assert any(offset > 0 for offset in offsets), f"no kill landed mid-history: {offsets}"
 
         engine = create_db_engine(db_url)

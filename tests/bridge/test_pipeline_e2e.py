@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import update
 
-from bridge.errors import LeaseHeldError, RunFailedError
+from bridge.errors import LeaseHeldError, LeaseLostError
 from bridge.pipeline import Pipeline, PipelineConfig, RunOptions
 from bridge.progress import NullProgress
 from bridge.reconcile import Reconciler
@@ -199,7 +199,7 @@ def test_a_runner_whose_lease_was_taken_commits_nothing_more(bridge: Bridge) -> 
         config=PipelineConfig(business=bridge.business),
         progress=progress,
     )
-    with pytest.raises(RunFailedError, match="taken over"):
+    with pytest.raises(LeaseLostError, match=r"run \d+ failed: lease .* was taken over"):
         pipeline.run(RunOptions(kind="backfill"))
     run = bridge.state.runs.recent(bridge.business)[0]
     assert run.status == "failed"
@@ -234,17 +234,25 @@ def test_the_migration_rules_are_merged_into_a_space_with_its_own_program(bridge
     assert bridge.reconcile().ok
 
 
-def test_a_mapping_worker_process_gives_the_same_result(bridge: Bridge) -> None:
-    summary = bridge.pipeline(map_workers=1).run(RunOptions(kind="backfill"))
+def test_a_row_the_core_refuses_is_dead_lettered_and_stays_so_on_a_second_backfill(bridge: Bridge) -> None:
+    ledger = bridge.box.ledger
+    victim = next(t for t in ledger.txns.values() if t.status == "ACTIVE" and t.points)
+    victim.title = "Purchase\x00 (per $10)"  # NUL: neither database can store it
+    summary = bridge.pipeline().run(RunOptions(kind="backfill"))
     assert summary.status == "succeeded" and summary.counts.balanced
-    rows = list(bridge.box.ledger.txns.values())
-    not_refs = sum(1 for t in rows if t.status != "VOID_REF")
-    voids = sum(1 for t in rows if t.status == "VOID")
-    assert summary.kinds["transaction"]["applied"] == not_refs
-    assert event_count(bridge.engine) == not_refs + voids
-    assert bridge.reconcile().ok
-    in_process = bridge.pipeline(map_workers=0).run(RunOptions(kind="backfill"))
-    assert in_process.counts.applied == 0  # the same ids: everything a duplicate or skipped
+    assert summary.counts.dead_lettered == 1
+    (letter,) = bridge.state.dead_letters.list(bridge.business)
+    assert letter.record_id == str(victim.id)
+    assert letter.reason == "rejected_invalid_text"
+    assert "context.perk_title" in letter.detail
+    assert letter.raw["title"] == victim.title
+    after_first = checksum(bridge.engine)
+
+    again = bridge.pipeline().run(RunOptions(kind="backfill"))
+    assert again.counts.applied == 0 and again.counts.dead_lettered == 1
+    (letter_again,) = [d for d in bridge.state.dead_letters.list(bridge.business) if d.record_id == str(victim.id)]
+    assert letter_again.reason == "rejected_invalid_text"
+    assert checksum(bridge.engine) == after_first
 
 
 def test_a_server_that_ignores_filters_order_and_limit_still_migrates_exactly(bridge: Bridge) -> None:
@@ -301,7 +309,7 @@ def test_external_member_ids_come_from_the_external_member_api_and_never_change(
     report = Reconciler(
         state=bridge.state, source=bridge.client, target=bridge.target, business=bridge.business,
         id_strategy="external_member",
-    ).run()
+    ).compare()
     assert report.ok, report.to_json()
     traits = bridge.service.customer(SPACE, by_member[0].customer_id)["traits"]
     assert "membership_type" in json.dumps(traits) or any("membership" in k for k in traits)
@@ -316,4 +324,4 @@ def test_external_member_ids_come_from_the_external_member_api_and_never_change(
     assert bridge.pipeline().run(RunOptions(kind="sync")).kinds["transaction"]["applied"] == 1
     assert Reconciler(
         state=bridge.state, source=bridge.client, target=bridge.target, business=bridge.business
-    ).run().ok
+    ).compare().ok

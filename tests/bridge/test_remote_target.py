@@ -92,7 +92,7 @@ def test_history_backfill_into_a_remote_perkamo_reconciles_through_its_customers
         assert first.status == "succeeded"
         assert first.kinds["transaction"]["read"] == TRANSACTIONS
         assert first.counts.dead_lettered == 0 and first.counts.balanced
-        report = Reconciler(state=state, source=client, target=target, business=business).run()
+        report = Reconciler(state=state, source=client, target=target, business=business).compare()
         assert report.ok and report.matched == MEMBERS, report.to_json()
         truth = sandbox.true_balances()
         user, balance = next(iter(truth.items()))

@@ -147,7 +147,7 @@ def test_sigterm_mid_sync_commits_the_page_exits_0_and_the_next_start_finishes(
             state=state, source=client,
             target=EmbeddedTarget(CoreService(db_engine), db_engine, SPACE),
             business=str(sandbox.business_ids[0]),
-        ).run()
+        ).compare()
     finally:
         client.close()
     assert report.ok and report.checked == 30

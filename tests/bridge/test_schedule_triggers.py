@@ -12,8 +12,8 @@ from bridge.scheduler import (
     job_id,
     next_fire_times,
     parse_job_id,
-    scheduled_businesses,
 )
+from bridge.wiring import scheduled_businesses
 from config import ConfigError, load_settings
 
 NOW = datetime(2026, 3, 7, 12, 0, 30, tzinfo=UTC)

@@ -22,8 +22,7 @@ from bridge.progress import NullProgress
 from bridge.source_clock import to_stamp
 from bridge.state.schema import cursors
 from connectors.perkville.sandbox import Sandbox
-from tests.bridge.conftest import SPACE, Bridge, open_bridge
-from tests.bridge.test_cli import cli_env, run  # noqa: F401 - cli_env is a fixture
+from tests.bridge.conftest import SPACE, Bridge, open_bridge, run
 
 HOURS = 3600
 

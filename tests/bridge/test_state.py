@@ -300,26 +300,6 @@ def test_a_lease_of_a_dead_local_process_is_taken_over(store: StateStore) -> Non
     assert store.leases.try_acquire("import:25", f"other-host:{child.pid}:y", ttl) is None
 
 
-def test_prefetch_yields_in_order_and_propagates_errors() -> None:
-    from bridge.pipeline import prefetch
-
-    assert list(prefetch(iter(range(10)))) == list(range(10))
-
-    def broken() -> object:
-        yield 1
-        raise RuntimeError("page 2 failed")
-
-    got = []
-    with pytest.raises(RuntimeError, match="page 2 failed"):
-        for item in prefetch(broken()):  # type: ignore[arg-type]
-            got.append(item)
-    assert got == [1]
-    stream = prefetch(iter(range(100)))
-    assert next(stream) == 0
-    stream.close()  # leaving early stops the producer thread
-    assert not any(t.name == "perkbridge-prefetch" and t.is_alive() for t in threading.enumerate())
-
-
 @pytest.mark.parametrize(
     ("active", "expected_rules"),
     [

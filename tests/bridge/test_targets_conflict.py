@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.errors import RunFailedError
+from bridge.errors import TargetError
 from bridge.pipeline import Pipeline, RunOptions
 from bridge.targets import CONFLICT_ATTEMPTS, EmbeddedTarget
 from perkamo_core.errors import ConflictError
@@ -62,7 +62,7 @@ def test_a_conflicting_page_is_rolled_back_and_retried_with_the_same_ids(
 
 def test_persistent_conflicts_fail_the_run_and_commit_nothing_of_the_page(bridge: Bridge) -> None:
     service = CollidingService(bridge.service, set(range(1, CONFLICT_ATTEMPTS + 1)))
-    with pytest.raises(RunFailedError) as failed:
+    with pytest.raises(TargetError, match=r"run \d+ failed") as failed:
         _pipeline(bridge, service).run(RunOptions(kind="backfill"))
     assert "kept conflicting" in str(failed.value)
     assert len(service.calls) == CONFLICT_ATTEMPTS

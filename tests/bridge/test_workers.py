@@ -144,7 +144,7 @@ def test_three_workers_share_six_businesses_and_survive_a_kill(
                 source=client,
                 target=EmbeddedTarget(service, db_engine, f"{SPACE}-{business}"),
                 business=str(business),
-            ).run()
+            ).compare()
             assert report.ok, (business, report.to_json())
             assert report.checked == MEMBERS
     finally:

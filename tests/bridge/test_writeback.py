@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.errors import RunFailedError
+from bridge.errors import SourceUnavailableError
 from bridge.writeback import Writeback, WritebackConfig, to_external_member
 from connectors.perkville.sandbox import Faults
 from perkamo_core.models import EventInput
@@ -173,7 +173,7 @@ def test_a_retriable_failure_leaves_the_item_unconfirmed_until_perkville_answers
     flaky = make_client(bridge.box, max_retries=1)
     config = WritebackConfig(business=bridge.business, space=SPACE, event_perks={VISIT: perk["perk_id"]})
     try:
-        with pytest.raises(RunFailedError, match="write-back run"):
+        with pytest.raises(SourceUnavailableError, match=r"write-back run \d+ failed: .*run the same command again later"):
             Writeback(state=bridge.state, outbox=bridge.service, client=flaky, config=config).run()
     finally:
         flaky.close()

@@ -1,0 +1,219 @@
+"""Read-only CLI views of a business: status, idmap, program from-perkville."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bridge.cli import common
+from bridge.cli.common import print_json
+from bridge.cli.runs import (
+    BusinessOpt,
+    JsonOpt,
+    SpaceOpt,
+    errors,
+)
+
+
+def status(
+    business: str | None = BusinessOpt,
+    limit: int = typer.Option(10, "--limit", min=1, help="How many recent runs to show."),
+    json_output: bool = JsonOpt,
+) -> None:
+    """Recent runs, cursors, lag, leases and dead-letter counts."""
+    from bridge.wiring import open_engine, open_state
+
+    with errors():
+        settings = common.settings()
+        chosen = business or settings.perkville_business_id
+        engine = open_engine(settings)
+        try:
+            state = open_state(engine)
+            body = _status_body(state, chosen, limit)
+            from bridge.scheduler import job_statuses
+
+            body["jobs"] = [
+                job for job in job_statuses(engine)
+                if chosen is None or job.get("business_id") == chosen
+            ]
+        finally:
+            engine.dispose()
+    if json_output:
+        print_json(body)
+        return
+    typer.echo(f"database: {_safe_url(settings.database_url)}")
+    typer.echo("runs:")
+    if not body["runs"]:
+        typer.echo("  (none yet)")
+    for run in body["runs"]:
+        typer.echo(
+            f"  #{run['run_id']:<5} {run['business']:<8} {run['kind']:<9} {run['status']:<12} "
+            f"{str(run['started_at'])[:19]}  read {run['read']} applied {run['applied']} "
+            f"dup {run['duplicate']} skip {run['skipped']} dead {run['dead_lettered']}"
+            + (f"  error: {run['error']}" if run.get("error") else "")
+        )
+    typer.echo("cursors:")
+    for cursor in body["cursors"]:
+        lag = cursor.get("lag_seconds")
+        typer.echo(
+            f"  {cursor['business']:<8} {cursor['resource']:<14} {cursor['value'][:60]:<60}"
+            + (f"  lag {lag:.0f} s" if lag is not None else "")
+        )
+    typer.echo("leases:")
+    for lease in body["leases"]:
+        typer.echo(f"  {lease['name']:<28} {lease['owner']}  until {str(lease['expires_at'])[:19]}"
+                   + ("  (expired)" if lease["expired"] else ""))
+    typer.echo("scheduled jobs:")
+    if not body["jobs"]:
+        typer.echo("  (scheduler has not run)")
+    for job in body["jobs"]:
+        typer.echo(
+            f"  {job['job_id']:<36} last ok {str(job.get('last_success_at') or '-')[:19]:<19}"
+            f"  last failure {str(job.get('last_failure_at') or '-')[:19]:<19}"
+            f"  next {str(job.get('next_run_at') or '-')[:19]}"
+        )
+    typer.echo("dead letters:")
+    if not body["dead_letters"]:
+        typer.echo("  (none)")
+    for state_name, reasons in body["dead_letters"].items():
+        for reason, n in reasons.items():
+            typer.echo(f"  {state_name:<10} {reason:<32} {n}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "(unparseable URL)"
+
+
+def _status_body(state: Any, business: str | None, limit: int) -> dict[str, Any]:
+    from bridge.source_clock import lag_seconds
+    from bridge.state import utcnow
+
+    now = utcnow()
+    cursors = []
+    for cursor in state.cursors.all(business):
+        item: dict[str, Any] = {
+            "business": cursor.business,
+            "resource": cursor.resource,
+            "value": cursor.value,
+            "updated_at": cursor.updated_at,
+            "source_newest": cursor.source_newest,
+        }
+        # Lag is in the source's clock: its newest change when the last run looked, minus the
+        # cursor (never this machine's clock, which says nothing about what the source holds).
+        try:
+            item["lag_seconds"] = lag_seconds(
+                datetime.fromisoformat(cursor.value),
+                datetime.fromisoformat(cursor.source_newest) if cursor.source_newest else None,
+            )
+        except ValueError:
+            item["lag_seconds"] = None
+        cursors.append(item)
+    leases = [
+        {"name": lease.name, "owner": lease.owner, "expires_at": lease.expires_at, "expired": lease.expired(now)}
+        for lease in state.leases.all()
+    ]
+    return {
+        "business": business,
+        "runs": [run.to_json() for run in state.runs.recent(business, limit)],
+        "cursors": cursors,
+        "leases": leases,
+        "dead_letters": state.dead_letters.counts(business),
+        "id_map": state.id_map.count(business),
+    }
+
+
+def idmap(
+    business: str | None = BusinessOpt,
+    csv_file: Path | None = typer.Option(None, "--csv", help="Write to FILE instead of stdout."),
+    json_output: bool = JsonOpt,
+) -> None:
+    """Export the customer id ↔ Perkville user id map as CSV (or JSON with --json)."""
+    from bridge.wiring import business_of, open_engine, open_state
+
+    with errors():
+        settings = common.settings()
+        chosen = business_of(settings, business)
+        engine = open_engine(settings)
+        try:
+            state = open_state(engine)
+            if json_output and csv_file is None:
+                print_json([e.exported() for e in state.id_map.iter_all(chosen)])
+            elif csv_file is None:
+                state.id_map.export_csv(chosen, sys.stdout)
+            else:
+                with csv_file.open("w", newline="", encoding="utf-8") as handle:
+                    n = state.id_map.export_csv(chosen, handle)
+                common.diagnostic(f"wrote {n} rows to {csv_file}")
+        finally:
+            engine.dispose()
+
+
+def program_from_perkville(
+    business: str | None = BusinessOpt,
+    load: bool = typer.Option(False, "--load", help="Load the translated modules into the Space."),
+    space: str | None = SpaceOpt,
+    json_output: bool = JsonOpt,
+) -> None:
+    """Translate the business's Perkville perks into Perkamo program modules (printed as JSON)."""
+    from bridge.wiring import business_of, perkville_client
+
+    with errors():
+        settings = common.settings()
+        chosen = business_of(settings, business)
+        modules, issues = _translate_perks(perkville_client(settings), chosen, settings.perkville_timezone)
+        if load:
+            from bridge.wiring import core_service, open_engine
+
+            engine = open_engine(settings)
+            try:
+                service = core_service(engine)
+                slug = space or settings.perkamo_space
+                service.ensure_space(slug)
+                service.load_program(slug, modules)
+            finally:
+                engine.dispose()
+            common.diagnostic(f"loaded {', '.join(sorted(modules))} into Space {slug!r}")
+    for issue in issues:
+        common.diagnostic(issue, "WARNING")
+    print_json(modules)
+
+
+def _translate_perks(client: Any, business: str, timezone: str) -> tuple[dict[str, Any], list[str]]:
+    from mapping import program as program_mapping
+
+    perks: list[dict[str, Any]] = []
+    try:
+        for page in client.iter_perks(business):
+            perks.extend(page.objects)
+    finally:
+        client.close()
+    from config.programs import load_migration_program
+
+    # On top of the migration program, so loading it keeps the perkville.* rules a backfill needs.
+    translation = program_mapping.to_program_modules(perks, timezone=timezone, base=load_migration_program())
+    issues = [f"perk {i.record_id}: {i.reason}" for i in translation.issues]
+    issues += [f"perk {s.record_id} skipped: {s.reason}" for s in translation.skipped]
+    return dict(translation.modules), issues
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command("status")(status)
+    app.command("idmap")(idmap)
+    program_group = next(
+        (info.typer_instance for info in app.registered_groups if info.name == "program"), None
+    )
+    if program_group is not None:
+        program_group.command("from-perkville")(program_from_perkville)
+    else:
+        # core_cmds has not created the ``program`` group: keep the command reachable.
+        app.command("program-from-perkville")(program_from_perkville)

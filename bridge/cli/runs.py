@@ -1,0 +1,154 @@
+"""What the run commands share: their options, the parts they open, progress and the error seam."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+
+from bridge.cli import common
+from bridge.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
+
+BusinessOpt = typer.Option(None, "--business", help="Perkville business id (default PERKVILLE_BUSINESS_ID).")
+SpaceOpt = typer.Option(None, "--space", help="Space slug in the embedded core (default PERKAMO_SPACE).")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+WaitOpt = typer.Option(False, "--wait", help="Wait for a concurrent run of this business to finish.")
+
+
+def errors() -> Any:
+    """One-line errors with the contract's exit codes (``common.bridge_errors``)."""
+    return common.bridge_errors(secrets)
+
+
+def secrets() -> tuple[str, ...]:
+    from bridge.wiring import secret_values
+
+    try:
+        return secret_values(common.settings())
+    except BaseException:  # noqa: BLE001 - redaction must never fail the error path
+        return ()
+
+
+def parse_when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    from connectors.perkville.datetimes import parse_perkville_datetime
+
+    try:
+        moment = parse_perkville_datetime(value, common.settings().perkville_timezone)
+    except ValueError:
+        moment = None
+    if moment is None:
+        fail(f"{option} is not an ISO-8601 date or datetime: {value!r}", EXIT_USAGE)
+    return moment.astimezone(UTC)
+
+
+def make_progress(json_output: bool) -> Any:
+    """Progress for the run: bars on a terminal, plain or JSON lines elsewhere (``--json``: none)."""
+    from bridge.progress import make_progress as progress_for
+
+    return progress_for(common.settings().log_format, json_output=json_output)
+
+
+def close_progress(progress: Any) -> None:
+    if hasattr(progress, "close"):
+        progress.close()
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM sets the yielded stop flag: the run finishes the page it is on, commits it (events,
+    checkpoint and counters in one transaction), releases its lease and returns ``stopped``.  A
+    second SIGTERM ends the process at once (nothing committed is lost either way)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach only the main thread (e.g. a test runner's worker thread)
+        return
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_if_stopped(stopped: bool, title: str, run_id: int) -> None:
+    """A run stopped by SIGTERM: one line saying so, exit 1 (it did not finish; like Ctrl-C)."""
+    if stopped:
+        fail(
+            f"{title} run {run_id} stopped by SIGTERM; what it read is committed and its lease "
+            "released; run the same command again to resume",
+            EXIT_FAILURE,
+        )
+
+
+def print_run(summary: Any, json_output: bool, *, title: str) -> None:
+    if json_output:
+        print_json(summary.to_json())
+        return
+    c = summary.counts
+    typer.echo(
+        f"{title} run {summary.run_id} {summary.status}: read {c.read}, applied {c.applied}, "
+        f"duplicate {c.duplicate}, skipped {c.skipped}, dead-lettered {c.dead_lettered} "
+        f"in {summary.seconds:.1f} s"
+    )
+    for kind, counts in summary.kinds.items():
+        typer.echo(
+            f"  {kind:<12} read {counts['read']}, applied {counts['applied']}, duplicate "
+            f"{counts['duplicate']}, skipped {counts['skipped']}, dead-lettered {counts['dead_lettered']}"
+        )
+    if c.dead_lettered:
+        typer.echo("  see them with: perkbridge deadletters list")
+
+
+class RunContext:
+    """Everything a run command opens, closed in one place."""
+
+    def __init__(self, business: str | None, space: str | None, *, need_source: bool = True) -> None:
+        from bridge.wiring import (
+            build_target,
+            business_of,
+            open_engine,
+            open_state,
+            perkville_client,
+        )
+
+        settings = common.settings()
+        self.settings = settings
+        self.business = business_of(settings, business)
+        from bridge.wiring import space_for
+
+        self.space = space or space_for(settings, self.business)
+        self.engine = open_engine(settings)
+        self.state = open_state(self.engine)
+        self.bundle = build_target(settings, self.engine, space=self.space)
+        self.source = perkville_client(settings) if need_source else None
+
+    def pipeline(self, progress: Any, stop: threading.Event | None = None) -> Any:
+        from bridge.pipeline import Pipeline
+        from bridge.wiring import pipeline_config
+
+        assert self.source is not None, "opened with need_source=False"
+        return Pipeline(
+            state=self.state,
+            source=self.source,
+            target=self.bundle.target,
+            config=pipeline_config(self.settings, self.business),
+            progress=progress,
+            stop=stop,
+        )
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+        self.bundle.close()
+        self.engine.dispose()

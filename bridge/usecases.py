@@ -1,0 +1,132 @@
+"""What a run command does, once: the CLI's commands and the scheduler's jobs both call these.
+
+Each function takes built parts (pipeline, reconciler, …) and composes them under the right
+lease; building them from the settings is ``bridge.wiring``'s job.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import IO, Any
+
+from sqlalchemy import Engine
+
+from bridge.errors import ConfigurationError
+from bridge.leased import leased
+from bridge.pipeline import Mode, Pipeline, RunOptions, RunSummary
+from bridge.pipeline.options import DIRECTION
+from bridge.reconcile import Reconciler, ReconcileReport
+from bridge.sources import PerkvilleWriter
+from bridge.wiring import core_service, open_state, perkville_client, writeback_config
+from bridge.writeback import Writeback, WritebackSummary
+from config import Settings
+
+
+@dataclass
+class SyncResult:
+    """A sync pass and the write-back pass after it (``None`` when write-back is off)."""
+
+    run: RunSummary
+    writeback: WritebackSummary | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract shape of ``sync --json`` (the write-back counts added when it ran)."""
+        body = self.run.to_json()
+        if self.writeback is not None:
+            body["written_back"] = self.writeback.written_back
+            body["writeback_dead_lettered"] = self.writeback.dead_lettered
+        return body
+
+
+def sync(
+    pipeline: Pipeline,
+    settings: Settings,
+    engine: Engine,
+    *,
+    space: str,
+    client: PerkvilleWriter | None = None,
+    wait: bool = False,
+) -> SyncResult:
+    """One incremental pass (changed members, new and voided transactions), then, with write-back
+    enabled and no stop requested, one write-back pass: both directions, as ``perkbridge sync``
+    and the scheduled sync job run them."""
+    run = pipeline.run(RunOptions(kind="sync", mode=settings.sync.mode, wait=wait))
+    if not settings.writeback.enabled or pipeline.stop.is_set():
+        return SyncResult(run)
+    back = writeback(
+        settings, engine, business=pipeline.business, space=space, stop=pipeline.stop,
+        client=client, wait=wait,
+    )
+    return SyncResult(run, back)
+
+
+def writeback(
+    settings: Settings,
+    engine: Engine,
+    *,
+    business: str,
+    space: str | None = None,
+    stop: threading.Event | None = None,
+    client: PerkvilleWriter | None = None,
+    wait: bool = False,
+) -> WritebackSummary:
+    """One write-back pass for one business (Perkamo's outbox → Perkville).
+
+    Write-back reads the embedded core's outbox, so it needs ``PERKAMO_TARGET=embedded``.
+    ``client``: an open Perkville client to reuse (else one is opened and closed here).
+    """
+    if settings.perkamo_target != "embedded":
+        raise ConfigurationError(
+            "write-back reads the embedded core's outbox: it needs PERKAMO_TARGET=embedded"
+        )
+    service = core_service(engine)
+    config = writeback_config(settings, business, space=space)
+    service.ensure_space(config.space)
+
+    def run(writer: PerkvilleWriter) -> WritebackSummary:
+        return Writeback(
+            state=open_state(engine), outbox=service, client=writer, config=config, stop=stop
+        ).run(wait=wait)
+
+    if client is not None:
+        return run(client)
+    with perkville_client(settings) as own:
+        return run(own)
+
+
+def reconcile(
+    pipeline: Pipeline,
+    reconciler: Reconciler,
+    *,
+    mode: Mode,
+    repair: bool = False,
+    sync_first: bool = False,
+    csv_out: IO[str] | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+    stop: threading.Event | None = None,
+) -> ReconcileReport:
+    """Compare every member's balances; with ``repair``, adjust what differs.
+
+    Without ``repair`` or ``sync_first`` this only reads. Otherwise, under the business's
+    import lease (so no other sync runs meanwhile): a sync pass brings in every row Perkville
+    holds, then the comparison; with ``repair`` and mismatches, a second sync pass shows which
+    members got new rows while they were compared (Perkville's balance may already count
+    them), and only the other members are adjusted, to Perkville's balance as compared. The
+    members left out are reported ``pending``; the next reconcile checks them again.
+    """
+    if not repair and not sync_first:
+        return reconciler.compare(csv_out)
+    business, config = pipeline.business, pipeline.config
+    sync = RunOptions(kind="sync", mode=mode)
+    with leased(
+        pipeline.state, business, DIRECTION, lease_seconds=config.lease_seconds,
+        wait=wait, timeout=timeout, stop=stop,
+    ) as keeper:
+        pipeline.run_leased(sync, keeper)
+        report = reconciler.compare(csv_out)
+        if repair and report.mismatches and not pipeline.stop.is_set():
+            arrived = pipeline.run_leased(sync, keeper).applied_to
+            reconciler.repair(report, keeper, pending=arrived)
+        return report
