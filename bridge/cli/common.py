@@ -70,17 +70,21 @@ def diagnostic(message: str, level: str = "INFO", **fields: Any) -> None:
         typer.echo(f"warning: {message}" if level == "WARNING" else message, err=True)
 
 
-def _now_text() -> str:
+def _now_text(created: float | None = None) -> str:
     from datetime import UTC, datetime
 
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    moment = datetime.now(UTC) if created is None else datetime.fromtimestamp(created, UTC)
+    return moment.isoformat(timespec="milliseconds")
 
 
 class JsonLines(logging.Formatter):
     """One JSON object per log record: ``ts``, ``level``, ``logger``, ``msg`` (and ``exc``)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        body = {"ts": _now_text(), "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        body = {
+            "ts": _now_text(record.created), "level": record.levelname, "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return json.dumps(body, ensure_ascii=False, default=str)
@@ -97,6 +101,7 @@ def configure_logging(log_format: str) -> None:
     for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(handler)  # a previous invocation in this process (tests)
     if log_format != "json":
+        logging.captureWarnings(False)
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
