@@ -85,10 +85,11 @@ def status(
 
 
 def _safe_url(url: str) -> str:
+    """The database URL without its password or query string (which may carry secrets too)."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return make_url(url).set(query={}).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001
         return "(unparseable URL)"
 

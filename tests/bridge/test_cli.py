@@ -184,3 +184,22 @@ def test_program_from_perkville_and_idmap_export(
     assert len(rows) == MEMBERS and all(",perkville:" in row for row in rows)
     code, body, _ = run(capsys, cli_env, "idmap", "--json")
     assert code == 0 and len(body) == MEMBERS and body[0]["customer_id"].startswith("perkville:")
+
+
+def test_status_never_prints_the_database_urls_password_or_query(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(password="pw-in-url-123")
+    monkeypatch.setenv(
+        "PERKBRIDGE_DATABASE_URL",
+        url.render_as_string(hide_password=False) + "?application_name=query-secret-456",
+    )
+    code, out, err = run(capsys, cli_env, "status")  # the test server trusts loopback
+    assert code == 0, err
+    assert f"database: {url.get_backend_name()}" in out
+    for secret in ("pw-in-url-123", "query-secret-456"):
+        assert secret not in out and secret not in err
