@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import perkamo_core.engine as engine_module
+import perkamo_core.engine.plans as engine_plans
 import perkamo_core.program as program_module
 from perkamo_core.engine import CustomerState, EngineEvent, Outcome, apply_outcome, evaluate
 from perkamo_core.formula import compile_expression
@@ -35,11 +36,11 @@ def _without_fast_formulas(modules: Mapping[str, Any]) -> Program:
     """The same program with every expression compiled without the formula fast path."""
     slow = partial(compile_expression, fast=False)
     with mock.patch.object(program_module, "compile_expression", slow), mock.patch.object(
-        engine_module, "compile_expression", slow
+        engine_plans, "compile_expression", slow
     ):
         program = Program.from_modules(modules)
         for event in list(program.rules_by_event) + list(program.achievements_by_event):
-            engine_module._event_plan(program, event)  # builds (and caches) the plans under the patch
+            engine_plans._event_plan(program, event)  # builds (and caches) the plans under the patch
     return program
 
 
@@ -187,10 +188,10 @@ def test_fast_built_outcomes_and_states_equal_init_built_ones() -> None:
 
 
 def test_rules_only_plans_are_recognised() -> None:
-    plan = engine_module._event_plan(MIGRATION_PROGRAM, "perkville.points_earned")
+    plan = engine_plans._event_plan(MIGRATION_PROGRAM, "perkville.points_earned")
     assert plan.rules_only and not plan.rules[0].guarded
-    assert not engine_module._event_plan(MIGRATION_GENERAL, "perkville.points_earned").rules_only
-    assert not engine_module._event_plan(RICH_PROGRAM, "buy").rules_only
+    assert not engine_plans._event_plan(MIGRATION_GENERAL, "perkville.points_earned").rules_only
+    assert not engine_plans._event_plan(RICH_PROGRAM, "buy").rules_only
 
 
 _AT = datetime(2026, 6, 1, 10, tzinfo=UTC)
