@@ -6,13 +6,16 @@ same code with the same objects.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from bridge.errors import VALID_DATABASE_URLS, ConfigurationError, database_error
-from bridge.pipeline import PipelineConfig
+from bridge.pipeline import Pipeline, PipelineConfig
+from bridge.progress import Progress
+from bridge.reconcile import Reconciler
 from bridge.state import StateStore
 from bridge.targets import EmbeddedTarget, RemoteTarget, Target
 from bridge.writeback import WritebackConfig
@@ -214,3 +217,66 @@ def build_target(settings: Settings, engine: Engine, *, space: str | None = None
         EmbeddedTarget(service, engine, space or settings.perkamo_space, outbox=False),
         service=service,
     )
+
+
+class RunParts:
+    """What a run of one business opens from the settings: its state store, target, Perkville
+    client, and from them the pipeline and the reconciler. The CLI's run commands and the
+    scheduler's jobs build their runs here, so both run the same objects. ``close`` releases
+    the client and the target, and the engine too when ``owns_engine``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        business: str,
+        *,
+        space: str | None = None,
+        with_client: bool = True,
+        owns_engine: bool = False,
+    ) -> None:
+        self.owns_engine = owns_engine
+        self.settings = settings
+        self.engine = engine
+        self.business = business
+        self.space = space or space_for(settings, business)
+        self.state = open_state(engine)
+        self.bundle = build_target(settings, engine, space=self.space)
+        try:
+            self.source: PerkvilleClient | None = perkville_client(settings) if with_client else None
+        except BaseException:
+            self.bundle.close()
+            raise
+
+    def _client(self) -> PerkvilleClient:
+        if self.source is None:
+            raise RuntimeError("these run parts were opened without a Perkville client")
+        return self.source
+
+    def pipeline(self, progress: Progress | None = None, stop: threading.Event | None = None) -> Pipeline:
+        return Pipeline(
+            state=self.state,
+            source=self._client(),
+            target=self.bundle.target,
+            config=pipeline_config(self.settings, self.business),
+            progress=progress,
+            stop=stop,
+        )
+
+    def reconciler(self, progress: Progress | None = None) -> Reconciler:
+        return Reconciler(
+            state=self.state,
+            source=self._client(),
+            target=self.bundle.target,
+            business=self.business,
+            timezone=self.settings.perkville_timezone,
+            id_strategy=self.settings.sync.id_strategy,
+            progress=progress,
+        )
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+        self.bundle.close()
+        if self.owns_engine:
+            self.engine.dispose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,13 +12,16 @@ from bridge.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
 from bridge.cli.runs import (
     BusinessOpt,
     JsonOpt,
-    RunContext,
     SpaceOpt,
     WaitOpt,
     close_progress,
     errors,
     make_progress,
+    open_run,
 )
+
+if TYPE_CHECKING:
+    from bridge.wiring import RunParts
 
 deadletters_app = typer.Typer(
     name="deadletters", help="List, retry or discard records that could not be delivered.", no_args_is_help=True
@@ -108,7 +111,7 @@ def deadletters_retry(
     Exit 1 when any of them still fails (they stay open, with one more attempt).
     """
     with errors():
-        ctx = RunContext(business, space)
+        ctx = open_run(business, space)
         progress = make_progress(json_output)
         try:
             _checked_ids(ctx.state, ctx.business, ids, "retried")
@@ -141,7 +144,7 @@ def deadletters_retry(
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _writeback_letters(ctx: RunContext, reason: str | None, ids: list[int] | None) -> list[Any]:
+def _writeback_letters(ctx: RunParts, reason: str | None, ids: list[int] | None) -> list[Any]:
     """The open write-back dead letters a retry covers; refused (exit 3, nothing retried) when
     the write-back settings they need are missing: without them they would be dropped unsent."""
     from bridge.errors import ConfigurationError
@@ -168,7 +171,7 @@ def _writeback_letters(ctx: RunContext, reason: str | None, ids: list[int] | Non
 
 
 def _retry_writeback(
-    ctx: RunContext, letters: list[Any], reason: str | None, ids: list[int] | None, wait: bool
+    ctx: RunParts, letters: list[Any], reason: str | None, ids: list[int] | None, wait: bool
 ) -> Any:
     """Hand open write-back dead letters (kinds ``writeback_*``) to write-back's own retry."""
     if not letters or ctx.bundle.service is None:

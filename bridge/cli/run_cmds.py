@@ -12,13 +12,13 @@ from bridge.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
 from bridge.cli.runs import (
     BusinessOpt,
     JsonOpt,
-    RunContext,
     SpaceOpt,
     WaitOpt,
     close_progress,
     errors,
     exit_if_stopped,
     make_progress,
+    open_run,
     parse_when,
     print_run,
     stop_on_sigterm,
@@ -106,7 +106,7 @@ def backfill(
                 close_progress(progress)
             _print_dry_run(report, json_output)
             return
-        ctx = RunContext(business, space)
+        ctx = open_run(business, space)
         progress = make_progress(json_output)
         try:
             with stop_on_sigterm() as stop:
@@ -160,7 +160,7 @@ def sync(
     from bridge.usecases import sync as sync_business
 
     with errors():
-        ctx = RunContext(business, space)
+        ctx = open_run(business, space)
         progress = make_progress(json_output)
         try:
             with stop_on_sigterm() as stop:
@@ -197,24 +197,15 @@ def reconcile(
 
     With --repair it syncs first under the business's import lease, then adjusts what still differs.
     """
-    from bridge.reconcile import Reconciler
     from bridge.usecases import reconcile as reconcile_business
 
     with errors():
         settings = common.settings()
-        ctx = RunContext(business, space)
+        ctx = open_run(business, space)
         progress = make_progress(json_output)
         handle = csv_file.open("w", newline="", encoding="utf-8") if csv_file else None
         try:
-            reconciler = Reconciler(
-                state=ctx.state,
-                source=ctx.source,
-                target=ctx.bundle.target,
-                business=ctx.business,
-                timezone=settings.perkville_timezone,
-                id_strategy=settings.sync.id_strategy,
-                progress=progress,
-            )
+            reconciler = ctx.reconciler(progress)
             report = reconcile_business(
                 ctx.pipeline(progress), reconciler, mode=settings.sync.mode, repair=repair,
                 csv_out=handle, wait=wait,

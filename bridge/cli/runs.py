@@ -7,12 +7,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from bridge.cli import common
 from bridge.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
+
+if TYPE_CHECKING:
+    from bridge.wiring import RunParts
 
 BusinessOpt = typer.Option(None, "--business", help="Perkville business id (default PERKVILLE_BUSINESS_ID).")
 SpaceOpt = typer.Option(None, "--space", help="Space slug in the embedded core (default PERKAMO_SPACE).")
@@ -110,45 +113,17 @@ def print_run(summary: Any, json_output: bool, *, title: str) -> None:
         typer.echo("  see them with: perkbridge deadletters list")
 
 
-class RunContext:
-    """Everything a run command opens, closed in one place."""
+def open_run(business: str | None, space: str | None, *, need_source: bool = True) -> RunParts:
+    """Everything a run command opens (its engine too), closed in one place by ``close``."""
+    from bridge.wiring import RunParts, business_of, open_engine
 
-    def __init__(self, business: str | None, space: str | None, *, need_source: bool = True) -> None:
-        from bridge.wiring import (
-            build_target,
-            business_of,
-            open_engine,
-            open_state,
-            perkville_client,
+    settings = common.settings()
+    engine = open_engine(settings)
+    try:
+        return RunParts(
+            settings, engine, business_of(settings, business), space=space,
+            with_client=need_source, owns_engine=True,
         )
-
-        settings = common.settings()
-        self.settings = settings
-        self.business = business_of(settings, business)
-        from bridge.wiring import space_for
-
-        self.space = space or space_for(settings, self.business)
-        self.engine = open_engine(settings)
-        self.state = open_state(self.engine)
-        self.bundle = build_target(settings, self.engine, space=self.space)
-        self.source = perkville_client(settings) if need_source else None
-
-    def pipeline(self, progress: Any, stop: threading.Event | None = None) -> Any:
-        from bridge.pipeline import Pipeline
-        from bridge.wiring import pipeline_config
-
-        assert self.source is not None, "opened with need_source=False"
-        return Pipeline(
-            state=self.state,
-            source=self.source,
-            target=self.bundle.target,
-            config=pipeline_config(self.settings, self.business),
-            progress=progress,
-            stop=stop,
-        )
-
-    def close(self) -> None:
-        if self.source is not None:
-            self.source.close()
-        self.bundle.close()
-        self.engine.dispose()
+    except BaseException:
+        engine.dispose()
+        raise

@@ -112,29 +112,17 @@ def default_worker_name() -> str:
 def run_sync_job(context: JobContext) -> Any:
     """The scheduled incremental sync: what ``perkbridge sync`` runs for one business (with
     write-back enabled, both directions; ``bridge.usecases.sync``)."""
-    from bridge.pipeline import Pipeline
     from bridge.usecases import sync
-    from bridge.wiring import (
-        build_target,
-        open_state,
-        perkville_client,
-        pipeline_config,
-        space_for,
-    )
+    from bridge.wiring import RunParts
 
-    settings, engine = context.settings, context.engine
-    space = space_for(settings, context.business_id)
-    bundle = build_target(settings, engine, space=space)
-    client = perkville_client(settings)
+    parts = RunParts(context.settings, context.engine, context.business_id)
     try:
-        pipeline = Pipeline(
-            state=open_state(engine), source=client, target=bundle.target,
-            config=pipeline_config(settings, context.business_id), stop=context.stop,
-        )
-        return sync(pipeline, settings, engine, space=space, client=client).to_json()
+        return sync(
+            parts.pipeline(stop=context.stop), context.settings, context.engine, space=parts.space,
+            client=parts.source,
+        ).to_json()
     finally:
-        client.close()
-        bundle.close()
+        parts.close()
 
 
 def run_writeback_job(context: JobContext) -> Any:
@@ -154,45 +142,25 @@ def run_reconcile_job(context: JobContext) -> Any:
     (``bridge.usecases.reconcile``). A sync of the business that is running is waited for, up to
     ``misfire_grace_seconds``."""
     from bridge.errors import LeaseHeldError
-    from bridge.pipeline import Pipeline
-    from bridge.reconcile import Reconciler
     from bridge.usecases import reconcile
-    from bridge.wiring import (
-        build_target,
-        open_state,
-        perkville_client,
-        pipeline_config,
-        space_for,
-    )
+    from bridge.wiring import RunParts
 
-    settings, engine = context.settings, context.engine
-    state = open_state(engine)
-    bundle = build_target(settings, engine, space=space_for(settings, context.business_id))
-    client = perkville_client(settings)
+    settings = context.settings
+    parts = RunParts(settings, context.engine, context.business_id)
     try:
-        pipeline = Pipeline(
-            state=state, source=client, target=bundle.target,
-            config=pipeline_config(settings, context.business_id), stop=context.stop,
+        report = reconcile(
+            parts.pipeline(stop=context.stop), parts.reconciler(), mode=settings.sync.mode,
+            sync_first=True, repair=settings.schedule.reconcile_repair, wait=True,
+            timeout=settings.schedule.misfire_grace_seconds, stop=context.stop,
         )
-        reconciler = Reconciler(
-            state=state, source=client, target=bundle.target, business=context.business_id,
-            timezone=settings.perkville_timezone, id_strategy=settings.sync.id_strategy,
-        )
-        try:
-            report = reconcile(
-                pipeline, reconciler, mode=settings.sync.mode, sync_first=True,
-                repair=settings.schedule.reconcile_repair, wait=True,
-                timeout=settings.schedule.misfire_grace_seconds, stop=context.stop,
-            )
-        except LeaseHeldError as exc:
-            if context.stop.is_set():
-                return {"status": "stopped"}
-            raise JobSkipped(
-                f"{exc.name} stayed busy for {settings.schedule.misfire_grace_seconds} s"
-            ) from None
+    except LeaseHeldError as exc:
+        if context.stop.is_set():
+            return {"status": "stopped"}
+        raise JobSkipped(
+            f"{exc.name} stayed busy for {settings.schedule.misfire_grace_seconds} s"
+        ) from None
     finally:
-        client.close()
-        bundle.close()
+        parts.close()
     body: dict[str, Any] = report.to_json()
     if not report.ok:
         # A mismatch is a failed job: it shows as the job's last failure in status.
