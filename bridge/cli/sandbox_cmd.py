@@ -32,6 +32,21 @@ def register(app: typer.Typer) -> None:
             help="Run the sandbox's clock SECONDS ahead of this machine's (negative: behind).",
             metavar="SECONDS",
         ),
+        latency_ms: float = typer.Option(
+            0.0,
+            "--latency-ms",
+            min=0.0,
+            metavar="L",
+            help="Answer every token and API request L milliseconds after it arrived (a far-away server).",
+        ),
+        rate_limit: int = typer.Option(
+            0,
+            "--rate-limit",
+            min=0,
+            metavar="R",
+            help="Answer 429 with Retry-After past R API requests in any second, like Tastypie's "
+            "throttle (0: no budget).",
+        ),
         json_output: bool = typer.Option(
             False, "--json", help="Print the URLs and credentials as one JSON line."
         ),
@@ -51,6 +66,7 @@ def register(app: typer.Typer) -> None:
                 redeem_sign=redeem_sign,
                 clock_offset=clock_offset,
             )
+            box.set_network(latency_ms=latency_ms, rate_limit=rate_limit or None)
             box.start(host, port)
         except ValueError as exc:
             common.fail(str(exc), common.EXIT_USAGE)
@@ -68,6 +84,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  PERKVILLE_USERNAME={info['username']}")
             typer.echo(f"  PERKVILLE_PASSWORD={info['password']}")
             typer.echo(f"  PERKVILLE_BUSINESS_ID={info['business_ids'][0]}")
+            if latency_ms or rate_limit:
+                budget = f"{rate_limit} requests/s" if rate_limit else "no request budget"
+                typer.echo(f"  network: {latency_ms:g} ms latency, {budget}")
             typer.echo("  (sandbox test credentials only; control routes under " + info["control_url"] + ")")
         try:
             threading.Event().wait()

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
+from connectors.perkville.sandbox.network import Network
 from connectors.perkville.sandbox.server import (
     API_PREFIX,
     TOKEN_PATH,
@@ -74,6 +75,7 @@ class Sandbox:
         self._thread: threading.Thread | None = None
         self._pending_faults = Faults()
         self._pending_behaviour = Behaviour()
+        self._network = Network()
 
     def __repr__(self) -> str:
         state = self.base_url if self._server else "stopped"
@@ -87,6 +89,7 @@ class Sandbox:
         server = SandboxServer((host, port), self.ledger, self.credentials, self.seed)
         server.faults = self._pending_faults
         server.behaviour = self._pending_behaviour
+        server.network = self._network
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="perkville-sandbox", daemon=True
@@ -171,6 +174,15 @@ class Sandbox:
             self._server.behaviour = new
         return new
 
+    def set_network(self, *, latency_ms: float = 0.0, rate_limit: int | None = None) -> Network:
+        """Answer every token and API request ``latency_ms`` after it arrived, and throttle the API
+        past ``rate_limit`` requests in any second (429 + ``Retry-After``); 0 and None: off."""
+        network = Network(latency=latency_ms / 1000.0, rate_limit=rate_limit or None)
+        self._network = network
+        if self._server is not None:
+            self._server.network = network
+        return network
+
     def set_clock(self, offset_seconds: float) -> None:
         """Set the sandbox's clock ``offset_seconds`` from the real one (negative = behind)."""
         with self.ledger.lock:
@@ -193,7 +205,13 @@ class Sandbox:
         self.credentials["password"] = password
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.server.stats.requests, "faults": dict(self.server.stats.faults)}
+        network = self.server.network.stats
+        return {
+            "requests": self.server.stats.requests,
+            "faults": dict(self.server.stats.faults),
+            "throttled": network.throttled,
+            "accepted": network.accepted,
+        }
 
     # ------------------------------------------------------------------ ledger
     def add_transaction(self, **kwargs: Any) -> dict[str, Any]:

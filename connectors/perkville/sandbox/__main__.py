@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redeem-sign", choices=("positive", "negative"), default="positive")
     parser.add_argument("--timezone", default="UTC")
     parser.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="L")
+    parser.add_argument("--rate-limit", type=int, default=0, metavar="R", help="0: no request budget")
     args = parser.parse_args(argv)
     sandbox = Sandbox(
         seed=args.seed,
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         redeem_sign=args.redeem_sign,
         clock_offset=args.clock_offset,
     )
+    sandbox.set_network(latency_ms=args.latency_ms, rate_limit=args.rate_limit or None)
     sandbox.start(args.host, args.port)
     # One JSON line on stdout: the URLs and the (test-only) credentials, for the parent process.
     sys.stdout.write(json.dumps(sandbox.describe()) + "\n")

@@ -22,7 +22,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from connectors.perkville.client import ID_FIELDS
 from connectors.perkville.datetimes import parse_perkville_datetime
-from connectors.perkville.sandbox.state import ALL_SCOPES, Ledger, SandboxError, Txn, to_int
+from connectors.perkville.sandbox.network import Network
+from connectors.perkville.sandbox.state import (
+    ALL_SCOPES,
+    Ledger,
+    SandboxError,
+    Txn,
+    to_int,
+)
 
 API_PREFIX = "/v2/"
 TOKEN_PATH = "/api/token/"
@@ -93,6 +100,7 @@ class SandboxServer(ThreadingHTTPServer):
         self.credentials = credentials
         self.faults = Faults()
         self.behaviour = Behaviour()
+        self.network = Network()
         self.stats = Stats()
         self.tokens: dict[str, frozenset[str]] = {}
         self.allowed_scopes = frozenset(ALL_SCOPES)
@@ -399,6 +407,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: SandboxServer
     protocol_version = "HTTP/1.1"
     server_version = "PerkvilleSandbox/1.0"
+    # When the request arrived (the network's clock), for token and API answers; None: not delayed.
+    _arrived: float | None = None
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return
@@ -429,6 +439,8 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, payload: Any, headers: dict[str, str] | None = None, *, truncate: bool = False
     ) -> None:
         data = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        if self._arrived is not None:
+            self.server.network.delay(self._arrived)
         variant_short = False
         if truncate and data:
             with self.server.fault_lock:
@@ -479,6 +491,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         params = parse_qsl(parts.query, keep_blank_values=True)
         self.server.stats.requests += 1
+        network = self.server.network
+        self._arrived = network.clock() if path == TOKEN_PATH or path.startswith(API_PREFIX) else None
         try:
             if path == TOKEN_PATH:
                 if self.server.behaviour.faults_on_token and self._inject():
@@ -486,6 +500,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._token(method)
             elif path.startswith(CONTROL_PREFIX):
                 self._control(method, path[len(CONTROL_PREFIX) :].strip("/"), params)
+            elif path.startswith(API_PREFIX) and (wait := network.admit()) is not None:
+                self._body()
+                self._send(429, None, {"Retry-After": str(wait)})
             elif path.startswith(API_PREFIX):
                 self._api(method, path[len(API_PREFIX) :].strip("/"), params)
             else:
@@ -806,7 +823,16 @@ class _Handler(BaseHTTPRequestHandler):
                 server.tokens.clear()
             self._send(200, {"revoked": True})
         elif path == "stats" and method == "GET":
-            self._send(200, {"requests": server.stats.requests, "faults": dict(server.stats.faults)})
+            network = server.network.stats
+            self._send(
+                200,
+                {
+                    "requests": server.stats.requests,
+                    "faults": dict(server.stats.faults),
+                    "accepted": network.accepted,
+                    "throttled": network.throttled,
+                },
+            )
         else:
             self._send(404, {"error": "not_found"})
 
