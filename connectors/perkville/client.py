@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
-from itertools import islice
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 
 from connectors.perkville.auth import Redactor, TokenSource, with_retries
-from connectors.perkville.datetimes import format_filter_datetime, parse_perkville_datetime, to_tzinfo
+from connectors.perkville.datetimes import format_filter_datetime, to_tzinfo
 from connectors.perkville.errors import (
     AuthError,
     ConfigurationError,
@@ -27,7 +26,9 @@ from connectors.perkville.errors import (
     RequestRejected,
     RetryBudgetExhausted,
 )
-from connectors.perkville.pacing import Backoff, TokenBucket, parse_retry_after
+from connectors.perkville.guard import StreamGuard, apply_guard, guard_for, trailing_id
+from connectors.perkville.overlap import OverlappedReader, overlap_plan
+from connectors.perkville.pacing import Backoff, RequestBudget, parse_retry_after
 from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
 
 log = logging.getLogger("connectors.perkville")
@@ -45,7 +46,6 @@ ID_FIELDS = {
     "transactions": "transaction_id",
     "external-members": "external_member_id",
 }
-_DATETIME_FILTERS = ("__gte", "__gt", "__lt", "__lte")
 
 
 @dataclass(frozen=True)
@@ -57,37 +57,6 @@ class AwardResult:
     duplicate: bool = False
     limited: bool = False
     transaction: dict[str, Any] | None = None
-
-
-@dataclass
-class _Bound:
-    """One datetime window asked of the server: ``low <= value < high`` (operators as sent)."""
-
-    low: datetime | None = None
-    low_strict: bool = False
-    high: datetime | None = None
-    high_inclusive: bool = False
-
-
-@dataclass
-class _StreamGuard:
-    """Checks one list stream against what was asked (window, business, order); filters on the client."""
-
-    bounds: dict[str, _Bound] = field(default_factory=dict)
-    business: str | None = None
-    order: list[tuple[str, bool]] = field(default_factory=list)  # (field, descending)
-    id_field: str = "id"
-    ordered: bool = True
-    last_key: tuple[Any, ...] | None = None
-    # Raw ``business`` strings already compared with ``business`` (rows repeat the same URI).
-    business_seen: dict[str, bool] = field(default_factory=dict)
-
-
-# Order key part of a missing or unreadable ``*_dt`` value: before every real moment.
-_NO_MOMENT = float("-inf")
-# Where an order field's value comes from: a parsed bound value (index >= 0), a fresh parse, or raw.
-_PARSE, _RAW = -1, -2
-_BUSINESS_SEEN_MAX = 64
 
 
 class PerkvilleClient:
@@ -107,7 +76,7 @@ class PerkvilleClient:
         password: object = None,
         access_token: object = None,
         scope: str | None = None,
-        page_size: int = 100,
+        page_size: int = 1000,
         requests_per_second: float | None = 10.0,
         max_retries: int = 6,
         timeout: float = 30.0,
@@ -122,9 +91,13 @@ class PerkvilleClient:
         rng: random.Random | None = None,
         external_members_path: str = "external-members/",
         user_agent: str = USER_AGENT,
+        max_in_flight: int = 4,
+        start_rate: float | None = None,
     ) -> None:
         if page_size < 1:
             raise ConfigurationError("page_size must be at least 1")
+        if max_in_flight < 1:
+            raise ConfigurationError("max_in_flight must be at least 1")
         if max_retries < 0:
             raise ConfigurationError("max_retries must not be negative")
         try:
@@ -138,7 +111,11 @@ class PerkvilleClient:
         self._sleep = sleep or time.sleep
         self._clock = clock or time.time
         self._backoff = Backoff(base=backoff_base, cap=backoff_max, rng=rng)
-        self._bucket = TokenBucket(requests_per_second, clock=self._clock, sleep=self._sleep)
+        self.max_in_flight = max_in_flight
+        # One budget for every request of this client, whichever thread sends it.
+        self.budget = RequestBudget(requests_per_second, start=start_rate, clock=self._clock, sleep=self._sleep)
+        self._auth_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
         self._redact = Redactor()
         headers = {"User-Agent": user_agent, "Accept": "application/json"}
         self._auth = TokenSource(
@@ -159,11 +136,16 @@ class PerkvilleClient:
                 "Perkville credentials missing: give an access token, or client id, client secret, "
                 "username and password for the password grant"
             )
-        self._http = httpx.Client(transport=transport, timeout=timeout, headers=headers)
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            headers=headers,
+            event_hooks={"request": [lambda _request: self.budget.on_wire()]},
+        )
         self._external_members_path = external_members_path
         self._external_members_enabled = True
         self._warned: set[str] = set()
-        self.stats = {"requests": 0, "retries": 0, "reauths": 0, "dropped_rows": 0}
+        self.stats = {"requests": 0, "retries": 0, "reauths": 0, "dropped_rows": 0, "throttled": 0}
 
     # ----------------------------------------------------------------- lifecycle and auth
     def __repr__(self) -> str:
@@ -236,18 +218,21 @@ class PerkvilleClient:
         spath = sanitize_path(url)
         reauthed = False
         failures = 0
+        budget = self.budget
         while True:
-            if self._auth.token is None:
-                self._obtain_token()
-            self._bucket.acquire()
-            self.stats["requests"] += 1
+            with self._auth_lock:
+                if self._auth.token is None:
+                    self._obtain_token()
+                authorization = self._auth.authorization()
+            ticket = budget.acquire()
+            self._count("requests")
             try:
                 response = self._http.request(
                     method,
                     url,
                     params=dict(params) if params else None,
                     json=dict(body) if body is not None else None,
-                    headers={"Authorization": self._auth.authorization()},
+                    headers={"Authorization": authorization},
                 )
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 raise ConfigurationError(
@@ -255,6 +240,7 @@ class PerkvilleClient:
                     "give an http(s) URL such as https://api.perkville.com/v2/"
                 ) from None
             except httpx.TransportError as exc:
+                budget.troubled(ticket)
                 failures = self._retry(failures, method, spath, f"network error ({type(exc).__name__})", None)
                 continue
             status = response.status_code
@@ -264,23 +250,26 @@ class PerkvilleClient:
                         f"Perkville answered 401 on {method} {spath} even after re-authenticating; "
                         "check the staff account's access to this business and the token's scopes"
                     )
-                if not self._auth.can_grant:
-                    self._auth.invalidate()
-                    self._auth.obtain()  # raises the AuthError that says what to check
-                log.warning("perkville: token rejected on %s %s (401); re-authenticating once", method, spath)
-                self.stats["reauths"] += 1
-                self._auth.invalidate()
-                self._obtain_token()
+                self._reauthenticate(authorization, method, spath)
                 reauthed = True
                 continue
             if status == 429 or status >= 500:
                 wait = parse_retry_after(
                     response.headers.get("Retry-After"), now=_server_now(response) or self._clock()
                 )
+                if status == 429:
+                    self._count("throttled")
+                    pause = min(wait, self.max_retry_after) if wait is not None else self._backoff.delay(failures)
+                    # The budget pauses every sender until the server's Retry-After has passed.
+                    failures = self._retry(failures, method, spath, "HTTP 429", pause, paused=True)
+                    budget.throttled_for(ticket, pause)
+                    continue
+                budget.troubled(ticket)
                 failures = self._retry(failures, method, spath, f"HTTP {status}", wait)
                 continue
             if status >= 400:
                 raise self._http_error(method, spath, response)
+            budget.succeeded(ticket, self._clock() - ticket)
             if status == 204 or not response.content:
                 return None
             try:
@@ -289,6 +278,23 @@ class PerkvilleClient:
                 failures = self._retry(
                     failures, method, spath, "truncated or invalid JSON body", None, invalid=True
                 )
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[name] += amount
+
+    def _reauthenticate(self, rejected: str, method: str, spath: str) -> None:
+        """Get a new token after a 401, once for all the threads that sent the rejected one."""
+        with self._auth_lock:
+            if self._auth.token is not None and self._auth.authorization() != rejected:
+                return  # another thread already replaced it
+            if not self._auth.can_grant:
+                self._auth.invalidate()
+                self._auth.obtain()  # raises the AuthError that says what to check
+            log.warning("perkville: token rejected on %s %s (401); re-authenticating once", method, spath)
+            self._count("reauths")
+            self._auth.invalidate()
+            self._obtain_token()
 
     def _retry(
         self,
@@ -299,6 +305,7 @@ class PerkvilleClient:
         retry_after: float | None,
         *,
         invalid: bool = False,
+        paused: bool = False,
     ) -> int:
         if failures >= self.max_retries:
             kind = InvalidPageError if invalid else RetryBudgetExhausted
@@ -314,8 +321,9 @@ class PerkvilleClient:
         else:
             wait = self._backoff.delay(failures)
         log.info("perkville: %s %s: %s; retry %d in %.2fs", method, spath, reason, failures + 1, wait)
-        self.stats["retries"] += 1
-        self._sleep(wait)
+        self._count("retries")
+        if not paused:
+            self._sleep(wait)
         return failures + 1
 
     def _http_error(self, method: str, spath: str, response: httpx.Response) -> PerkvilleHTTPError:
@@ -356,25 +364,19 @@ class PerkvilleClient:
         params: Mapping[str, Any] | None = None,
         *,
         page_size: int | None = None,
-        _guard: _StreamGuard | None = None,
+        _guard: StreamGuard | None = None,
     ) -> Iterator[Page]:
-        """Yield every page of a list endpoint, following ``meta.next`` or advancing ``offset``."""
+        """Yield every page of a list endpoint in offset order.
+
+        With ``max_in_flight`` > 1 and a list that reports ``meta.total_count``, several offsets
+        are requested at once (``connectors.perkville.overlap``); otherwise one page at a time,
+        following ``meta.next`` or advancing ``offset``. The guard sees the pages in order.
+        """
         resource = path.strip("/").split("/")[-1]
         guard = _guard or self._guard_for(resource, params or {})
-        paginator = OffsetPaginator(self._url(path), params, page_size=page_size or self.page_size)
-        request: PageRequest | None = paginator.first_request
-        while request is not None:
-            offset = paginator.current_offset()
-            payload = self.request("GET", request.url, params=request.params or None)
-            if not isinstance(payload, Mapping):
-                raise InvalidPageError(
-                    f"GET {sanitize_path(request.url)} did not return a JSON object",
-                    path=sanitize_path(request.url),
-                    attempts=1,
-                    last_error="not an object",
-                )
-            spath = sanitize_path(request.url)
-            request = paginator.next_request(payload)
+        url = self._url(path)
+        spath = sanitize_path(url)
+        for offset, payload, repeated in self._payloads(url, params, page_size or self.page_size, resource):
             objects = [row for row in payload.get("objects", []) if isinstance(row, Mapping)]
             kept, dropped = self._apply_guard(guard, objects, spath)
             meta = payload.get("meta")
@@ -385,163 +387,69 @@ class PerkvilleClient:
                 offset=offset,
                 dropped=dropped,
                 ordered=guard.ordered,
+                repeated=repeated,
             )
 
-    def _guard_for(self, resource: str, params: Mapping[str, Any]) -> _StreamGuard:
-        guard = _StreamGuard(id_field=ID_FIELDS.get(resource, "id"))
-        for key, value in params.items():
-            suffix = next((s for s in _DATETIME_FILTERS if key.endswith(s)), None)
-            if suffix is None or value is None:
-                continue
-            try:
-                bound = parse_perkville_datetime(value, self.tz)
-            except ValueError:
-                continue  # not a datetime we can check; the server decides
-            window = guard.bounds.setdefault(key[: -len(suffix)], _Bound())
-            if suffix in ("__gte", "__gt"):
-                window.low, window.low_strict = bound, suffix == "__gt"
-            else:
-                window.high, window.high_inclusive = bound, suffix == "__lte"
-        if params.get("business") is not None:
-            guard.business = _trailing_id(params["business"])
-        order = params.get("order_by")
-        if order:
-            for item in [order] if isinstance(order, str) else list(order):
-                text = str(item)
-                guard.order.append((text.lstrip("-"), text.startswith("-")))
-        return guard
+    def _payloads(
+        self, url: str, params: Mapping[str, Any] | None, page_size: int, resource: str
+    ) -> Iterator[tuple[int, Mapping[str, Any], int]]:
+        """``(offset, decoded page, rows dropped as already read)`` of one list, in offset order."""
+        paginator = OffsetPaginator(url, params, page_size=page_size)
+        first = paginator.first_request
+        first_offset = paginator.current_offset()
+        payload = self._get_page(first)
+        if self.max_in_flight > 1 and overlap_plan(payload) is not None:
+            base = dict(first.params)
+
+            def fetch(offset: int, limit: int) -> Mapping[str, Any]:
+                return self._get_page(PageRequest(url, {**base, "offset": str(offset), "limit": str(limit)}))
+
+            def follow(offset: int, limit: int) -> Iterator[tuple[int, Mapping[str, Any]]]:
+                start = {**base, "offset": str(offset), "limit": str(limit)}
+                return self._sequential(OffsetPaginator(url, start, page_size=limit))
+
+            reader = OverlappedReader(
+                fetch, follow, id_field=ID_FIELDS.get(resource, "id"), max_in_flight=self.max_in_flight
+            )
+            yield from reader.read(first_offset, payload)
+            return
+        for offset, page in self._sequential(paginator, payload):
+            yield offset, page, 0
+
+    def _sequential(
+        self, paginator: OffsetPaginator, payload: Mapping[str, Any] | None = None
+    ) -> Iterator[tuple[int, Mapping[str, Any]]]:
+        """One page at a time from the paginator's current request (``payload``: its answer, if read)."""
+        request: PageRequest | None = paginator.first_request
+        while request is not None:
+            offset = paginator.current_offset()
+            if payload is None:
+                payload = self._get_page(request)
+            request = paginator.next_request(payload)
+            yield offset, payload
+            payload = None
+
+    def _get_page(self, request: PageRequest) -> Mapping[str, Any]:
+        payload = self.request("GET", request.url, params=request.params or None)
+        if not isinstance(payload, Mapping):
+            raise InvalidPageError(
+                f"GET {sanitize_path(request.url)} did not return a JSON object",
+                path=sanitize_path(request.url),
+                attempts=1,
+                last_error="not an object",
+            )
+        return payload
+
+    def _guard_for(self, resource: str, params: Mapping[str, Any]) -> StreamGuard:
+        return guard_for(params, self.tz, ID_FIELDS.get(resource, "id"))
 
     def _apply_guard(
-        self, guard: _StreamGuard, objects: list[Mapping[str, Any]], spath: str
+        self, guard: StreamGuard, objects: list[Mapping[str, Any]], spath: str
     ) -> tuple[list[dict[str, Any]], int]:
-        """Drop the rows outside the asked filters, then check the order and sort the page if it is broken.
-
-        A filter is checked in the order the bounds were asked, then the business; the first one a
-        row violates is the one warned about. Each ``*_dt`` value is parsed once: an order field
-        that is also a bound reuses the value the filter parsed. Rows are passed on as decoded:
-        each page's JSON is decoded afresh and nothing else holds it, so only a row that is not a
-        plain dict is copied.
-        """
-        tz = self.tz
-        parse = parse_perkville_datetime
-        bounds = [(name, b.low, b.low_strict, b.high, b.high_inclusive) for name, b in guard.bounds.items()]
-        positions = {name: index for index, (name, *_) in enumerate(bounds)}
-        sources = [
-            (name, descending, positions.get(name, _PARSE) if name.endswith("_dt") else _RAW)
-            for name, descending in guard.order
-        ]
-        carry = any(source >= 0 for _, _, source in sources)
-        business = guard.business
-        seen = guard.business_seen
-        kept: list[dict[str, Any]] = []
-        carried: list[list[datetime | None]] = []
-        dropped = 0
-        for row in objects:
-            reason: str | None = None
-            values: list[datetime | None] = []
-            for name, low, low_strict, high, high_inclusive in bounds:
-                try:
-                    value = parse(row.get(name), tz)
-                except ValueError:
-                    value = None  # unparseable values are the mapping's problem, not a filter signal
-                values.append(value)
-                if value is not None and (
-                    (low is not None and (value <= low if low_strict else value < low))
-                    or (high is not None and (value > high if high_inclusive else value >= high))
-                ):
-                    reason = name
-                    break
-            if reason is None and business is not None:
-                raw = row.get("business")
-                if raw is not None:
-                    if type(raw) is str:
-                        same = seen.get(raw)
-                        if same is None:
-                            same = _trailing_id(raw) == business
-                            if len(seen) < _BUSINESS_SEEN_MAX:
-                                seen[raw] = same
-                    else:
-                        same = _trailing_id(raw) == business
-                    if not same:
-                        reason = "business"
-            if reason is not None:
-                dropped += 1
-                self._warn_once(
-                    f"filter:{spath}:{reason}",
-                    "perkville: the server ignored the %s filter on %s; filtering on the client side "
-                    "(every page is still read, so this is slower)",
-                    reason,
-                    spath,
-                )
-                continue
-            kept.append(row if type(row) is dict else dict(row))
-            if carry:
-                carried.append(values)
-        self.stats["dropped_rows"] += dropped
-        if guard.order and kept:
-            keys = self._order_keys(guard, kept, sources, carried)
-            in_order = all(map(operator.le, keys, islice(keys, 1, None)))
-            if guard.last_key is not None and keys[0] < guard.last_key:
-                in_order = False
-            if not in_order:
-                if guard.ordered:
-                    self._warn_once(
-                        f"order:{spath}",
-                        "perkville: the server ignored order_by on %s; sorting each page on the client "
-                        "side (the stream as a whole is no longer ordered; page.ordered is False)",
-                        spath,
-                    )
-                guard.ordered = False
-                pairs = sorted(zip(keys, range(len(kept)), strict=True))
-                kept = [kept[index] for _, index in pairs]
-                keys = [key for key, _ in pairs]
-            guard.last_key = keys[-1] if guard.last_key is None else max(guard.last_key, keys[-1])
+        kept, dropped = apply_guard(guard, objects, spath, self.tz, self._warn_once)
+        if dropped:
+            self._count("dropped_rows", dropped)
         return kept, dropped
-
-    def _order_keys(
-        self,
-        guard: _StreamGuard,
-        rows: list[dict[str, Any]],
-        sources: list[tuple[str, bool, int]],
-        carried: list[list[datetime | None]],
-    ) -> list[tuple[Any, ...]]:
-        """One sort key per row: each order field (a ``*_dt`` as its timestamp), then the row id.
-
-        ``*_dt`` values that are null or unreadable sort first (``-inf``); descending fields negate
-        numbers only (text keeps its ascending order, as it always has). Ties fall to the id.
-        Built column by column; ``*_dt`` fields not parsed by a filter are parsed row by row first,
-        so a value that cannot be read at all fails on the same row and field as it always did.
-        """
-        tz = self.tz
-        to_parse = [name for name, _, source in sources if source == _PARSE]
-        parsed: list[Sequence[datetime | None]] = []
-        if len(to_parse) == 1:
-            parsed = [[_moment_or_none(row.get(to_parse[0]), tz) for row in rows]]
-        elif to_parse:  # row by row, then turned into columns
-            parsed = list(zip(*[[_moment_or_none(row.get(name), tz) for name in to_parse] for row in rows]))
-        columns: list[list[Any]] = []
-        parse_index = 0
-        for name, descending, source in sources:
-            if source == _RAW:
-                column = [(1, v) if type(v) is int else _sortable(v) for v in [row.get(name) for row in rows]]
-                columns.append([_negate(part) for part in column] if descending else column)
-                continue
-            if source == _PARSE:
-                values = parsed[parse_index]
-                parse_index += 1
-            else:
-                values = [moments[source] for moments in carried]
-            stamps = [_NO_MOMENT if v is None else v.timestamp() for v in values]
-            columns.append([-stamp for stamp in stamps] if descending else stamps)
-        id_field = guard.id_field
-        columns.append(
-            [
-                (1, ident) if type(ident) is int else _sortable(_row_id(row, id_field))
-                for row in rows
-                for ident in (row.get(id_field),)
-            ]
-        )
-        return list(zip(*columns, strict=True))
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key in self._warned:
@@ -553,7 +461,7 @@ class PerkvilleClient:
     def _params(self, business: object, params: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if business is not None:
-            out["business"] = _trailing_id(business)
+            out["business"] = trailing_id(business)
         for key, value in params.items():
             if value is None:
                 continue
@@ -761,7 +669,7 @@ class PerkvilleClient:
         path = self._external_members_path
         try:
             if external_member_id is not None:
-                result = self.request("PATCH", f"{path}{_trailing_id(external_member_id)}/", body=member)
+                result = self.request("PATCH", f"{path}{trailing_id(external_member_id)}/", body=member)
             else:
                 result = self.request("POST", path, body=member)
         except NotFound:
@@ -784,17 +692,11 @@ class PerkvilleClient:
         value = status.upper()
         if value not in CONNECTION_STATUSES:
             raise ConfigurationError(f"connection status must be ACTIVE or INACTIVE, not {status!r}")
-        result = self.request("PATCH", f"connections/{_trailing_id(connection_id)}/", body={"status": value})
+        result = self.request("PATCH", f"connections/{trailing_id(connection_id)}/", body={"status": value})
         return dict(result) if isinstance(result, Mapping) else {}
 
 
 # --------------------------------------------------------------------- helpers
-def _trailing_id(value: object) -> str:
-    """``25``, ``"25"`` or ``"/v2/businesses/25/"`` → ``"25"``."""
-    text = str(value).rstrip("/")
-    return text.rsplit("/", 1)[-1]
-
-
 def _server_now(response: httpx.Response) -> float | None:
     """The server's ``Date`` (epoch seconds), so an HTTP-date ``Retry-After`` is read on the
     server's own clock: a server whose clock is off still gets waited for as long as it asked."""
@@ -809,47 +711,9 @@ def _server_now(response: httpx.Response) -> float | None:
     return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _moment_or_none(value: object, tz: tzinfo) -> datetime | None:
-    """A row's ``*_dt`` value parsed, or None when null or unreadable (the mapping reports those)."""
-    try:
-        return parse_perkville_datetime(value, tz)
-    except ValueError:
-        return None
-
-
 def _uri(resource: str, value: object) -> str:
     text = str(value)
     return text if "/" in text else f"/v2/{resource}/{text}/"
-
-
-def _row_id(row: Mapping[str, Any], id_field: str) -> Any:
-    for key in (id_field, "id"):
-        if row.get(key) is not None:
-            return row[key]
-    uri = row.get("resource_uri")
-    return _trailing_id(uri) if uri else None
-
-
-def _sortable(value: Any) -> tuple[int, Any]:
-    if value is None:
-        return (0, 0)
-    if isinstance(value, bool):
-        return (1, int(value))
-    if isinstance(value, (int, float)):
-        return (1, value)
-    text = str(value)
-    try:
-        return (1, int(text))
-    except ValueError:
-        return (2, text)
-
-
-def _negate(value: Any) -> Any:
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (int, float)):
-        return (value[0], -value[1])
-    if isinstance(value, float):
-        return -value
-    return value
 
 
 def _error_code(body: Any) -> str | None:

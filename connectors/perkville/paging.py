@@ -16,7 +16,9 @@ class Page:
 
     ``path`` is the request path without query string; ``offset`` the offset this page started at;
     ``dropped`` counts rows removed on the client because the server ignored a filter;
-    ``ordered`` is False once the server was seen ignoring ``order_by`` in this stream.
+    ``ordered`` is False once the server was seen ignoring ``order_by`` in this stream;
+    ``repeated`` counts rows removed because an earlier page already held them (the list grew
+    while it was read). ``next_offset`` is where the row after this page sits on the server.
     """
 
     objects: list[dict[str, Any]]
@@ -25,6 +27,11 @@ class Page:
     offset: int = 0
     dropped: int = 0
     ordered: bool = True
+    repeated: int = 0
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + len(self.objects) + self.dropped + self.repeated
 
 
 @dataclass(frozen=True)

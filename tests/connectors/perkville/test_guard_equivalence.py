@@ -14,8 +14,9 @@ import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.perkville.client import PerkvilleClient, _row_id, _sortable, _trailing_id
+from connectors.perkville.client import PerkvilleClient
 from connectors.perkville.datetimes import _parse_tolerant, to_tzinfo
+from connectors.perkville.guard import row_id, sortable, trailing_id
 
 from .conftest import API, FakeTime, make_client, page, token_route
 
@@ -56,7 +57,7 @@ class Oracle:
             if high is not None and (value > high or (not high_inclusive and value == high)):
                 return name
         if self.business is not None and row.get("business") is not None:
-            if _trailing_id(row.get("business")) != self.business:
+            if trailing_id(row.get("business")) != self.business:
                 return "business"
         return None
 
@@ -71,11 +72,11 @@ class Oracle:
                 number: Any = value.timestamp() if value is not None else float("-inf")
                 parts.append(-number if descending else number)
             else:
-                sortable = _sortable(row.get(name))
-                if descending and isinstance(sortable[1], (int, float)):
-                    sortable = (sortable[0], -sortable[1])
-                parts.append(sortable)
-        parts.append(_sortable(_row_id(row, self.id_field)))
+                part = sortable(row.get(name))
+                if descending and isinstance(part[1], (int, float)):
+                    part = (part[0], -part[1])
+                parts.append(part)
+        parts.append(sortable(row_id(row, self.id_field)))
         return tuple(parts)
 
     def apply(self, objects: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:

@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from connectors.perkville import InvalidPageError, RetriableError, RetryBudgetExhausted
-from connectors.perkville.pacing import Backoff, TokenBucket, parse_retry_after
+from connectors.perkville.pacing import Backoff, parse_retry_after
 
 from .conftest import API, FakeTime, make_client, page, token_route
 
@@ -110,39 +110,24 @@ def test_invalid_json_then_good_page_recovers(router: respx.MockRouter, fake_tim
     assert [p.objects for p in client.iter_transactions()] == [[{"transaction_id": 1}]]
 
 
-def test_client_side_rate_limit_requests_sleeps(router: respx.MockRouter, fake_time: FakeTime) -> None:
+def test_client_side_pacing_never_goes_above_the_ceiling(router: respx.MockRouter, fake_time: FakeTime) -> None:
     token_route(router)
     router.get(URL).mock(
         side_effect=[
-            httpx.Response(200, json=page([{"transaction_id": n}], limit=1, offset=n)) for n in range(4)
+            httpx.Response(200, json=page([{"transaction_id": n}], limit=1, offset=n)) for n in range(8)
         ]
-        + [httpx.Response(200, json=page([], limit=1, offset=4))]
+        + [httpx.Response(200, json=page([], limit=1, offset=8))]
     )
-    client = make_client(router, fake_time, requests_per_second=4.0, page_size=1)
+    client = make_client(router, fake_time, requests_per_second=4.0, page_size=1, max_in_flight=1)
     list(client.iter_transactions())
-    # First request free, then one every 0.25 s: the clock only moves by the sleeps.
-    assert fake_time.sleeps == [pytest.approx(0.25)] * 4
+    # First request free; it starts at half the ceiling (0.5 s apart), then grows to 4/s at most.
+    assert fake_time.sleeps[0] == pytest.approx(0.5)
+    assert all(slept >= 0.25 - 1e-9 for slept in fake_time.sleeps)
+    assert fake_time.sleeps[-1] == pytest.approx(0.25)
+    assert client.budget.rate == 4.0
 
 
 # ----------------------------------------------------------------- the pure pieces
-def test_token_bucket_refills_with_elapsed_time() -> None:
-    fake = FakeTime()
-    bucket = TokenBucket(2.0, burst=2, clock=fake.clock, sleep=fake.sleep)
-    assert [bucket.acquire() for _ in range(2)] == [0.0, 0.0]
-    assert bucket.acquire() == pytest.approx(0.5)
-    fake.now += 10  # idle: refills, but never beyond the burst
-    assert [bucket.acquire() for _ in range(2)] == [0.0, 0.0]
-    assert bucket.acquire() == pytest.approx(0.5)
-    assert fake.sleeps == [pytest.approx(0.5), pytest.approx(0.5)]
-
-
-def test_token_bucket_disabled() -> None:
-    fake = FakeTime()
-    bucket = TokenBucket(None, clock=fake.clock, sleep=fake.sleep)
-    assert all(bucket.acquire() == 0.0 for _ in range(100))
-    assert fake.sleeps == []
-
-
 def test_backoff_is_capped() -> None:
     backoff = Backoff(base=1.0, cap=5.0, rng=random.Random(1))
     assert all(2.5 <= backoff.delay(attempt) <= 5.0 for attempt in range(3, 40))

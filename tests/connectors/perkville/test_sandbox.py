@@ -94,17 +94,25 @@ def test_pulls_10000_transactions_exactly_with_every_fault_on(
     ],
     ids=["relative-next", "absolute-next", "offset-only", "capped-limit", "capped-offset-only"],
 )
-def test_paging_variants_pull_everything(small: Sandbox, behaviour: dict[str, Any]) -> None:
+@pytest.mark.parametrize("in_flight", [1, 4], ids=["one-at-a-time", "overlapped"])
+def test_paging_variants_pull_everything(small: Sandbox, behaviour: dict[str, Any], in_flight: int) -> None:
     small.set_behaviour(**behaviour)
-    with client_for(small, page_size=100) as client:
+    with client_for(small, page_size=100, max_in_flight=in_flight) as client:
         ids = pull_ids(client)
     assert sorted(ids) == small.transaction_ids(BUSINESS)
 
 
 def test_repeated_next_link_stops_with_an_error(small: Sandbox) -> None:
     small.set_behaviour(repeat_next=True)
-    with client_for(small, page_size=100) as client, pytest.raises(PaginationError):
+    with client_for(small, page_size=100, max_in_flight=1) as client, pytest.raises(PaginationError):
         pull_ids(client)
+
+
+def test_overlapped_paging_reads_by_offset_and_so_survives_a_repeated_next_link(small: Sandbox) -> None:
+    small.set_behaviour(repeat_next=True)
+    with client_for(small, page_size=100, max_in_flight=4) as client:
+        ids = pull_ids(client)
+    assert sorted(ids) == small.transaction_ids(BUSINESS)
 
 
 # ----------------------------------------------------------------- incremental reads
