@@ -22,7 +22,10 @@ class Progress(Protocol):
         *,
         total: Any = None,
         counts: RunCounts | None = None,
-    ) -> None: ...
+        pace: float | None = None,
+    ) -> None:
+        """``n`` more records of phase ``name``; ``pace``: the Perkville requests/s allowed now."""
+        ...
 
     def done(self, name: str, text: str | None) -> None: ...
 
@@ -36,7 +39,8 @@ class NullProgress:
         pass
 
     def advance(
-        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None
+        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None,
+        pace: float | None = None,
     ) -> None:
         pass
 
@@ -73,14 +77,15 @@ class LogProgress:
         self._emit("phase_start", phase=name)
 
     def advance(
-        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None
+        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None,
+        pace: float | None = None,
     ) -> None:
         self._seen[name] = self._seen.get(name, 0) + n
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
             self._emit("progress", phase=name, records=self._seen[name], total=total, rate=self._rate(name),
-                       **(counts.as_dict() if counts else {}))
+                       requests_per_second=pace, **(counts.as_dict() if counts else {}))
 
     def _rate(self, name: str) -> float:
         elapsed = max(time.monotonic() - self._started.get(name, time.monotonic()), 1e-6)
@@ -101,9 +106,11 @@ class RichProgress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress as RichBars,
             TextColumn,
             TimeElapsedColumn,
+        )
+        from rich.progress import (
+            Progress as RichBars,
         )
 
         self.console = Console(stderr=True)
@@ -129,7 +136,8 @@ class RichProgress:
         self._tasks[name] = self._bars.add_task(name, total=None, rate="", info="")
 
     def advance(
-        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None
+        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None,
+        pace: float | None = None,
     ) -> None:
         task = self._tasks.get(name)
         if task is None:
@@ -141,6 +149,8 @@ class RichProgress:
         info = ""
         if counts is not None:
             info = f"applied {counts.applied} dup {counts.duplicate} dead {counts.dead_lettered}"
+        if pace is not None:
+            info = f"{info} · Perkville {pace:g} req/s".lstrip(" ·")
         update: dict[str, Any] = {"rate": f"{done / elapsed:,.0f}", "info": info}
         if isinstance(total, int) and total > 0:
             update["total"] = total

@@ -15,7 +15,14 @@ from typing import Any, Protocol, runtime_checkable
 from connectors.perkville import AwardResult
 from connectors.perkville.paging import Page
 
-__all__ = ["AwardResult", "Page", "PerkvilleSource", "PerkvilleWriter"]
+__all__ = ["AwardResult", "Page", "PerkvilleSource", "PerkvilleWriter", "request_rate"]
+
+
+def request_rate(source: object) -> float | None:
+    """The requests per second a source's adaptive budget allows now; None for an unpaced or
+    test source (only ``PerkvilleClient`` has a ``budget``)."""
+    rate = getattr(getattr(source, "budget", None), "rate", None)
+    return round(float(rate), 2) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
 
 
 @runtime_checkable

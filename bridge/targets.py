@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -333,12 +335,15 @@ class RemoteTarget:
 
     kind = "remote"
 
-    def __init__(self, client: Any, engine: Engine, *, batch_size: int = 100) -> None:
+    def __init__(self, client: Any, engine: Engine, *, batch_size: int = 100, max_in_flight: int = 4) -> None:
         if not 1 <= batch_size <= 100:
             raise ValueError("remote batches hold 1 to 100 events")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.client = client
         self.engine = engine
         self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
 
     def ensure_program(self) -> str:
         try:
@@ -358,13 +363,23 @@ class RemoteTarget:
         events: Sequence[PerkamoEvent],
         commit: Commit,
     ) -> None:
-        id_outcomes = [self._identify(call) for call in identifies]
-        ev_outcomes: list[Delivery] = []
-        for start in range(0, len(events), self.batch_size):
-            chunk = events[start : start + self.batch_size]
-            ev_outcomes.extend(self._batch(chunk))
+        # Up to ``max_in_flight`` calls at once, each member's calls in order in one lane; the
+        # page's state commits only once every call of every lane is acknowledged.
+        id_outcomes = in_lanes(
+            identifies, lambda call: call.user_id, self._identify_all, self.max_in_flight
+        )
+        ev_outcomes = in_lanes(events, lambda event: event.user_id, self._send_all, self.max_in_flight)
         with self.engine.begin() as conn:
             commit(conn, id_outcomes, ev_outcomes)
+
+    def _identify_all(self, calls: Sequence[IdentifyCall]) -> list[Delivery]:
+        return [self._identify(call) for call in calls]
+
+    def _send_all(self, events: Sequence[PerkamoEvent]) -> list[Delivery]:
+        outcomes: list[Delivery] = []
+        for start in range(0, len(events), self.batch_size):
+            outcomes.extend(self._batch(events[start : start + self.batch_size]))
+        return outcomes
 
     def _identify(self, call: IdentifyCall) -> Delivery:
         from connectors.perkamo.errors import PerkamoApiError, PerkamoError, PerkamoInputError
@@ -434,6 +449,40 @@ class RemoteTarget:
                 value = value.get("balance", 0)
             out[cid] = Decimal(str(value))
         return out
+
+
+T = TypeVar("T")
+
+
+def in_lanes(
+    items: Sequence[T],
+    member: Callable[[T], str],
+    send: Callable[[Sequence[T]], list[Delivery]],
+    lanes: int,
+) -> list[Delivery]:
+    """``send`` the items in up to ``lanes`` threads, one lane per member (by a stable hash), so
+    each member's items keep their order; the outcomes come back in the items' order.
+
+    Every lane is waited for; the first lane's error is raised after all have ended.
+    """
+    if lanes <= 1 or len(items) <= 1:
+        return send(items)
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(zlib.crc32(member(item).encode("utf-8")) % lanes, []).append(index)
+    if len(groups) == 1:
+        return send(items)
+    outcomes: list[Delivery | None] = [None] * len(items)
+    with ThreadPoolExecutor(len(groups), thread_name_prefix="perkbridge-lane") as pool:
+        futures = [(indexes, pool.submit(send, [items[i] for i in indexes])) for indexes in groups.values()]
+        errors = [f.exception() for _, f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    for indexes, future in futures:
+        for index, outcome in zip(indexes, future.result(), strict=True):
+            outcomes[index] = outcome
+    return [o for o in outcomes if o is not None]
 
 
 def _accepts(function: Callable[..., Any], name: str) -> bool:

@@ -148,6 +148,7 @@ def perkville_client(settings: Settings, **overrides: Any) -> PerkvilleClient:
         "scope": tuning.scope,
         "page_size": tuning.page_size,
         "requests_per_second": tuning.requests_per_second,
+        "max_in_flight": tuning.max_in_flight,
         "max_retries": tuning.max_retries,
         "timeout": tuning.timeout_seconds,
         "timezone": settings.perkville_timezone,
@@ -210,7 +211,13 @@ def build_target(settings: Settings, engine: Engine, *, space: str | None = None
 
         client = PerkamoClient(key.get_secret_value(), base_url=settings.perkamo_base_url)
         return TargetBundle(
-            RemoteTarget(client, engine, batch_size=settings.sync.remote_batch_size), client=client
+            RemoteTarget(
+                client,
+                engine,
+                batch_size=settings.sync.remote_batch_size,
+                max_in_flight=settings.perkville.max_in_flight,
+            ),
+            client=client,
         )
     service = core_service(engine)
     return TargetBundle(
@@ -243,7 +250,11 @@ class RunParts:
         self.state = open_state(engine)
         self.bundle = build_target(settings, engine, space=self.space)
         try:
-            self.source: PerkvilleClient | None = perkville_client(settings) if with_client else None
+            # The request rate the last run of this business learned is where this one starts.
+            start_rate = self.state.runs.learned_rate(business) if with_client else None
+            self.source: PerkvilleClient | None = (
+                perkville_client(settings, start_rate=start_rate) if with_client else None
+            )
         except BaseException:
             self.bundle.close()
             raise

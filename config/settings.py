@@ -65,8 +65,11 @@ class PerkvilleTuning(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    page_size: int = Field(default=100, ge=1, le=1000)
+    page_size: int = Field(default=1000, ge=1, le=1000)
     requests_per_second: float = Field(default=10.0, gt=0)
+    """The ceiling of the adaptive request budget: never exceeded."""
+    max_in_flight: int = Field(default=4, ge=1, le=16)
+    """Requests of one list in flight at once (1: one page at a time)."""
     max_retries: int = Field(default=6, ge=0)
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)

@@ -46,6 +46,11 @@ def status(
         print_json(body)
         return
     typer.echo(f"database: {_safe_url(settings.database_url)}")
+    if body["request_rate"] is not None:
+        typer.echo(
+            f"Perkville request rate learned: {body['request_rate']:g} requests/s "
+            f"(the next run starts there; ceiling {settings.perkville.requests_per_second:g})"
+        )
     typer.echo("runs:")
     if not body["runs"]:
         typer.echo("  (none yet)")
@@ -54,6 +59,7 @@ def status(
             f"  #{run['run_id']:<5} {run['business']:<8} {run['kind']:<9} {run['status']:<12} "
             f"{str(run['started_at'])[:19]}  read {run['read']} applied {run['applied']} "
             f"dup {run['duplicate']} skip {run['skipped']} dead {run['dead_lettered']}"
+            + (f"  {rate:g} req/s" if (rate := (run.get("details") or {}).get("request_rate")) else "")
             + (f"  error: {run['error']}" if run.get("error") else "")
         )
     typer.echo("cursors:")
@@ -129,6 +135,8 @@ def _status_body(state: Any, business: str | None, limit: int) -> dict[str, Any]
         "leases": leases,
         "dead_letters": state.dead_letters.counts(business),
         "id_map": state.id_map.count(business),
+        # The Perkville request rate the adaptive budget learned; the next run starts there.
+        "request_rate": state.runs.learned_rate(business) if business else None,
     }
 
 

@@ -63,11 +63,15 @@ class RunSummary:
     error: str | None = None
     applied_to: frozenset[str] = frozenset()
     """Customer ids that got an applied event in this run (not part of the JSON)."""
+    request_rate: float | None = None
+    """The Perkville requests/s the adaptive budget ended the run with (the next run starts there)."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"run_id": self.run_id, "status": self.status, **self.counts.as_dict()}
         body["kinds"] = self.kinds
         body["seconds"] = round(self.seconds, 3)
+        if self.request_rate is not None:
+            body["request_rate"] = self.request_rate
         if self.error:
             body["error"] = self.error
         return body

@@ -39,9 +39,11 @@ class PageFeed(Protocol):
 
 @dataclass(frozen=True)
 class SequentialFeed:
-    """One request at a time; ``depth`` pages fetched ahead by a thread (0: none, in line)."""
+    """The source's own paging (one request at a time, or several in flight where the client
+    overlaps them); ``depth`` pages fetched ahead by a thread (0: none, in line). The buffer
+    holds what is read while the earlier phases of a backfill run (about a second's worth)."""
 
-    depth: int = 2
+    depth: int = 12
 
     def pages(self, source: PerkvilleSource, query: TransactionQuery) -> Iterator[Page]:
         params = dict(query.filters)
@@ -54,50 +56,97 @@ class SequentialFeed:
 _DONE = object()
 
 
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Yield ``items`` while a background thread already fetches the next ones (at most ``depth``).
+class prefetch(Iterator[T]):  # noqa: N801 - used like the generator function it replaced
+    """Iterate ``items`` while a background thread already fetches the next ones (at most ``depth``).
 
-    The HTTP wait and JSON decoding of page N+1 overlap the mapping and the database commit of
-    page N. Only the thread reads the source while the loop runs; leaving the loop early stops
-    the thread and waits for it, so the next phase may use the client again.
+    The thread starts at once, so a feed opened before an earlier phase is already reading while
+    that phase runs. The HTTP wait and JSON decoding of page N+1 overlap the mapping and the
+    database commit of page N. ``close`` (also on exhaustion or error) stops the thread, waits
+    for it and closes ``items``, so the next phase may use the client again; closing a prefetch
+    that was never iterated stops it too.
     """
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def produce() -> None:
+    def __init__(self, items: Iterable[T], depth: int = 2) -> None:
+        self._items = items
+        self._buffer: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._produce, name="perkbridge-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in self._items:
+                if not self._put(item):
                     return
-            buffer.put(_DONE)
+            self._put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            buffer.put(exc)
+            self._put(exc)
 
-    thread = threading.Thread(target=produce, name="perkbridge-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            got = buffer.get()
-            if got is _DONE:
-                return
-            if isinstance(got, BaseException):
-                raise got
-            yield got
-    finally:
-        stop.set()
-        while thread.is_alive():
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                buffer.get(timeout=0.1)
+                self._buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> prefetch[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._closed:
+            raise StopIteration
+        got = self._buffer.get()
+        if got is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(got, BaseException):
+            self.close()
+            raise got
+        return got  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._buffer.get(timeout=0.1)
             except queue.Empty:
                 pass
-        thread.join()
-        close_quietly(items)
+        self._thread.join()
+        close_quietly(self._items)
+
+
+class ReadAhead:
+    """Lists opened together at the start of a backfill, each read ahead in the background
+    (``prefetch``) and handed to its phase when that phase begins.
+
+    The phases consume them one after the other, but their requests need not wait for that:
+    opened in the order they are consumed, they draw from the request budget in that order,
+    and the budget is used from the first second. ``close`` stops whatever was not taken.
+    """
+
+    def __init__(self) -> None:
+        self._opened: dict[str, prefetch[Any]] = {}
+
+    def open(self, name: str, items: Iterable[Any], depth: int = 2) -> None:
+        self._opened[name] = prefetch(items, depth)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._opened
+
+    def take(self, name: str) -> Iterator[Any] | None:
+        """The opened list ``name`` (now the caller's to close), or None."""
+        return self._opened.pop(name, None)
+
+    def close(self) -> None:
+        opened, self._opened = self._opened, {}
+        for items in opened.values():
+            items.close()
 
 
 def close_quietly(thing: Any) -> None:

@@ -22,6 +22,7 @@ from bridge.pipeline.checkpoint import BackfillCheckpoint
 from bridge.pipeline.options import Mode, PipelineConfig, RunOptions, RunSummary
 from bridge.pipeline.pages import (
     PageFeed,
+    ReadAhead,
     SequentialFeed,
     TransactionQuery,
     close_quietly,
@@ -46,7 +47,7 @@ from bridge.source_clock import (
     next_cursor,
     to_stamp,
 )
-from bridge.sources import Page, PerkvilleSource
+from bridge.sources import Page, PerkvilleSource, request_rate
 from bridge.state import RunCounts, StateStore
 from bridge.targets import Target
 from mapping.events import EVENT_VOIDED, to_events
@@ -70,6 +71,7 @@ class Phases:
     stop: threading.Event
     business: str
     feed: PageFeed
+    _ahead: ReadAhead
     _run_id: int
     _counts: RunCounts
     _locations: dict[str, Any]
@@ -123,23 +125,46 @@ class Phases:
         if options.mode == "balance" and cutover is not None:
             # Rows of the cut-over's last second recorded after it are left to sync.
             since = max(since, cutover.at) if since else cutover.at
-        self._phase_reference()
-        if self.stop.is_set():
-            return
         if options.kind == "sync":
-            self._phase_sync(options, summary)
+            self._phase_reference()
+            if not self.stop.is_set():
+                self._phase_sync(options, summary)
             return
-        if self._checkpoint is None or not self._checkpoint.members_done:
-            self._phase_users(None)
-            self._load_external_members()
+        checkpointed = self._checkpoint is not None
+        members = self._checkpoint is None or not self._checkpoint.members_done
+        early: Iterator[Page] | None = None
+        try:
+            # Every list this backfill reads is opened now, in the order the phases consume
+            # them, so the request budget is used from the start; the pages wait in buffers
+            # (transactions are mapped only once the members are known).
+            self._open_reference()
+            if members:
+                source = self.source
+                self._ahead.open("users", source.iter_users(business=self.business, last_mod_dt_gte=None))
+                self._ahead.open("external-members", source.iter_external_members(self.business))
+                self._ahead.open("connections", source.iter_connections(self.business, last_mod_dt_gte=None))
+            if cutover is None:
+                early = self.feed.pages(
+                    self.source, self._transactions_query((since, upper), checkpointed=checkpointed)
+                )
+            self._phase_reference()
             if self.stop.is_set():
                 return
-            self._phase_connections(None, mode=options.mode, cutover=cutover.at if cutover else None)
-            if self._checkpoint is not None:
-                self._save_checkpoint(self._checkpoint.with_members_done())
-            if self.stop.is_set():
-                return
-        self._phase_transactions(transaction_window=(since, upper), checkpointed=self._checkpoint is not None)
+            if members:
+                self._phase_users(None)
+                self._load_external_members()
+                if self.stop.is_set():
+                    return
+                self._phase_connections(None, mode=options.mode, cutover=cutover.at if cutover else None)
+                if self._checkpoint is not None:
+                    self._save_checkpoint(self._checkpoint.with_members_done())
+                if self.stop.is_set():
+                    return
+            pages, early = early, None
+            self._phase_transactions(transaction_window=(since, upper), checkpointed=checkpointed, pages=pages)
+        finally:
+            self._ahead.close()
+            close_quietly(early)
         if self.stop.is_set():
             return
         if self._checkpoint is not None:
@@ -211,30 +236,55 @@ class Phases:
     def _cutover(self) -> CutOver:
         return find_cutover(self.source, self.business, self.config.timezone, self._signposts)
 
+    def _open_reference(self) -> None:
+        """Start reading the three reference lists at once (they wait on the network, not on
+        each other); ``_phase_reference`` takes them in order."""
+        self._ahead.open("businesses", self.source.iter_businesses())
+        self._ahead.open("locations", self.source.iter_locations(self.business))
+        self._ahead.open("perks", self.source.iter_perks(self.business))
+
+    def _ahead_or(self, name: str, opener: Callable[[], Iterable[Page]]) -> Iterator[Page]:
+        """The list read ahead under ``name``, else a prefetch of ``opener()`` opened now."""
+        return self._ahead.take(name) or prefetch(opener())
+
     def _phase_reference(self) -> None:
         self.progress.phase("reference")
+        if "businesses" not in self._ahead:
+            self._open_reference()  # a sync: opened here, still all three at once
         found = False
-        for page in self.source.iter_businesses():
-            for raw in page.objects:
-                bid = raw.get("business_id", raw.get("id"))
-                if bid is not None and str(bid) == str(self.business):
-                    found = True
-            self.progress.advance("reference", len(page.objects))
+        businesses = self._ahead_or("businesses", self.source.iter_businesses)
+        try:
+            for page in businesses:
+                for raw in page.objects:
+                    bid = raw.get("business_id", raw.get("id"))
+                    if bid is not None and str(bid) == str(self.business):
+                        found = True
+                self.progress.advance("reference", len(page.objects))
+        finally:
+            close_quietly(businesses)
         if not found:
             raise SourceError(
                 f"business {self.business} is not visible to this Perkville account; check "
                 "PERKVILLE_BUSINESS_ID (or --business) and the account's staff access"
             )
         perks = 0
-        for page in self.source.iter_locations(self.business):
-            for raw in page.objects:
-                parsed = parse_location(raw, timezone=self.config.timezone)
-                if parsed.record is not None:
-                    self._locations[parsed.record.location_id] = parsed.record
-            self.progress.advance("reference", len(page.objects))
-        for page in self.source.iter_perks(self.business):
-            perks += len(page.objects)
-            self.progress.advance("reference", len(page.objects))
+        locations = self._ahead_or("locations", lambda: self.source.iter_locations(self.business))
+        try:
+            for page in locations:
+                for raw in page.objects:
+                    parsed = parse_location(raw, timezone=self.config.timezone)
+                    if parsed.record is not None:
+                        self._locations[parsed.record.location_id] = parsed.record
+                self.progress.advance("reference", len(page.objects))
+        finally:
+            close_quietly(locations)
+        perk_pages = self._ahead_or("perks", lambda: self.source.iter_perks(self.business))
+        try:
+            for page in perk_pages:
+                perks += len(page.objects)
+                self.progress.advance("reference", len(page.objects))
+        finally:
+            close_quietly(perk_pages)
         self.progress.done("reference", f"{len(self._locations)} locations, {perks} perks")
 
     def _phase_users(self, since: datetime | None) -> set[str]:
@@ -242,7 +292,7 @@ class Phases:
         self.progress.phase("users")
         seen: set[str] = set()
         # The next page is requested while this one is staged (``prefetch``).
-        pages = prefetch(self.source.iter_users(business=self.business, last_mod_dt_gte=since))
+        pages = self._ahead_or("users", lambda: self.source.iter_users(business=self.business, last_mod_dt_gte=since))
         try:
             self._stage_users(pages, seen)
         finally:
@@ -270,9 +320,11 @@ class Phases:
     def _load_external_members(self) -> None:
         """External member records, kept for the members phase (empty without the External
         Member API: the connector then warns once and yields nothing)."""
-        self._members = ExternalMembers(
-            raw for page in self.source.iter_external_members(self.business) for raw in page.objects
-        )
+        pages = self._ahead_or("external-members", lambda: self.source.iter_external_members(self.business))
+        try:
+            self._members = ExternalMembers(raw for page in pages for raw in page.objects)
+        finally:
+            close_quietly(pages)
 
     def _phase_connections(
         self,
@@ -291,7 +343,9 @@ class Phases:
         tracked = pages is None
         if pages is None:
             # The next page is requested while this one is mapped and delivered.
-            pages = prefetch(self.source.iter_connections(self.business, last_mod_dt_gte=since))
+            pages = self._ahead_or(
+                "connections", lambda: self.source.iter_connections(self.business, last_mod_dt_gte=since)
+            )
         try:
             for page in pages:
                 if tracked:
@@ -376,15 +430,18 @@ class Phases:
         label: str = "transactions",
         status: str | None = None,
         cutover: CutOver | None = None,
+        pages: Iterator[Page] | None = None,
     ) -> None:
+        """Read, map and deliver one transactions query; ``pages``: its feed, already opened."""
         self.progress.phase(label)
         customer_ids = self._customer_ids()
-        query = self._transactions_query(
-            transaction_window, checkpointed=checkpointed, last_mod_window=last_mod_window, status=status
-        )
-        # Late voids read single rows from the source: no second reader in the meantime.
-        feed = self.feed if cutover is None else SequentialFeed(depth=0)
-        pages = feed.pages(self.source, query)
+        if pages is None:
+            query = self._transactions_query(
+                transaction_window, checkpointed=checkpointed, last_mod_window=last_mod_window, status=status
+            )
+            # Late voids read single rows from the source: no second reader in the meantime.
+            feed = self.feed if cutover is None else SequentialFeed(depth=0)
+            pages = feed.pages(self.source, query)
         mapped = self._mapped_pages(pages, customer_ids, with_cursor=last_mod_window is not None)
         if cutover is not None:
             mapped = self._with_late_voids(mapped, cutover, customer_ids)
@@ -488,7 +545,7 @@ class Phases:
                         self._read_newest[sync_resource] = high_water
                     self._ordered[sync_resource] = ordered
                 size = len(page.objects)
-                next_offset = page.offset + size + page.dropped
+                next_offset = page.next_offset
                 # In last_mod_dt order the cursor follows the pages; otherwise it moves at the end.
                 moved = next_cursor(before, high_water, None, ordered=True) if ordered else None
                 state = self._transaction_state(
@@ -497,7 +554,13 @@ class Phases:
                     cursor=(sync_resource, moved) if sync_resource and moved != before else None,
                 )
                 self._deliver(records, "transaction", state)
-                self.progress.advance(label, size, total=page.meta.get("total_count"), counts=self._counts)
+                self.progress.advance(
+                    label,
+                    size,
+                    total=page.meta.get("total_count"),
+                    counts=self._counts,
+                    pace=request_rate(self.source),
+                )
                 if self.stop.is_set():
                     return
         self.progress.done(label, None)

@@ -41,12 +41,12 @@ from bridge.pipeline.options import (
     RunOptions,
     RunSummary,
 )
-from bridge.pipeline.pages import PageFeed, SequentialFeed
+from bridge.pipeline.pages import PageFeed, ReadAhead, SequentialFeed
 from bridge.pipeline.phases import Phases, WriteState
 from bridge.pipeline.records import ExternalMembers, PageRecord, map_transaction_rows
 from bridge.pipeline.tally import PageTally, tally
 from bridge.progress import NullProgress, Progress
-from bridge.sources import PerkvilleSource
+from bridge.sources import PerkvilleSource, request_rate
 from bridge.state import LeaseKeeper, RunCounts, StateStore, redact, utcnow
 from bridge.targets import Delivery, Target
 from connectors.perkville.errors import NotFound, RequestRejected
@@ -217,6 +217,7 @@ class Pipeline(Phases):
         self._cursors_before = {}
         self._clock_details = {}
         self._applied_to: set[str] = set()
+        self._ahead = ReadAhead()
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -231,6 +232,8 @@ class Pipeline(Phases):
         summary.seconds = time.monotonic() - started
         summary.kinds = {k: v.as_dict() for k, v in self._kinds.items()}
         summary.applied_to = frozenset(self._applied_to)
+        summary.request_rate = request_rate(self.source)
+        pace = {} if summary.request_rate is None else {"request_rate": summary.request_rate}
         if error is not None:
             summary.error = redact(error, self.config.secrets)
         try:
@@ -239,7 +242,7 @@ class Pipeline(Phases):
                 status,
                 error=summary.error,
                 secrets=self.config.secrets,
-                details={"kinds": summary.kinds, "notes": summary.notes, **self._clock_details},
+                details={"kinds": summary.kinds, "notes": summary.notes, **self._clock_details, **pace},
             )
         except Exception:  # noqa: BLE001 - the database may be what failed; the caller reports
             pass

@@ -346,6 +346,24 @@ class RunLog:
             row = c.execute(stmt).mappings().first()
             return None if row is None else _to_run(row)
 
+    def learned_rate(self, business: str, *, look_back: int = 5) -> float | None:
+        """The Perkville request rate (requests/s) the business's latest runs ended with, if any."""
+        stmt = (
+            select(runs.c.details)
+            .where(runs.c.business == business, runs.c.details.is_not(None))
+            .order_by(runs.c.id.desc())
+            .limit(look_back)
+        )
+        with read_connection(self._engine) as c:
+            for (text,) in c.execute(stmt).all():
+                try:
+                    rate = json.loads(text).get("request_rate")
+                except (TypeError, ValueError, AttributeError):
+                    continue
+                if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+                    return float(rate)
+        return None
+
     def kinds_applied(self, business: str, direction: str) -> set[tuple[str, str | None]]:
         """The ``(kind, mode)`` pairs of the business's runs that applied anything."""
         stmt = (

@@ -26,6 +26,7 @@ def test_backfill_json_reconcile_repair_and_status(
     assert body["status"] == "succeeded"
     assert body["read"] == body["applied"] + body["duplicate"] + body["skipped"] + body["dead_lettered"]
     assert "migration program" in err  # the run says it ensured the perkville.* rules
+    assert 0 < body["request_rate"] <= 1000  # what the adaptive budget learned, under the ceiling
 
     code, body, _ = run(capsys, cli_env, "reconcile", "--json")
     assert code == 0
@@ -76,6 +77,7 @@ def test_backfill_json_reconcile_repair_and_status(
     assert {"runs", "cursors", "leases", "dead_letters"} <= set(body)
     assert body["runs"][0]["status"] == "succeeded"
     assert {c["resource"] for c in body["cursors"]} >= {"users", "connections", "transactions"}
+    assert body["request_rate"] == body["runs"][0]["details"]["request_rate"]  # the next run starts there
 
     code, body, _ = run(capsys, cli_env, "sync", "--json")
     assert code == 0 and CONTRACT_RUN_KEYS <= set(body) and body["applied"] == 0

@@ -61,14 +61,18 @@ def _kill_mid_history(proc: subprocess.Popen[str], db_url: str, business: str, t
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("in_flight", [4, 1], ids=["overlapped", "one-at-a-time"])
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, in_flight: int
 ) -> None:
     box = Sandbox(seed=5, members=25, transactions=CRASH_TRANSACTIONS)
     box.start()
     try:
         config = tmp_path / "perkbridge.toml"
-        config.write_text("[perkville]\npage_size = 25\nrequests_per_second = 200\n")
+        # Pages of 25 with a count: with 4 in flight the client reads them overlapped.
+        config.write_text(
+            f"[perkville]\npage_size = 25\nrequests_per_second = 200\nmax_in_flight = {in_flight}\n"
+        )
         env = subprocess_env(box, db_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
         rng = random.Random(20261122)
         killed_mid_run = 0

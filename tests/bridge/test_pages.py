@@ -15,6 +15,8 @@ from connectors.perkville.sandbox import Sandbox
 from tests.bridge.conftest import make_client
 
 FEEDS = [SequentialFeed(), SequentialFeed(depth=0)]
+# Each feed over a client that reads one page at a time and one that keeps four in flight.
+IN_FLIGHT = pytest.mark.parametrize("in_flight", [4, 1], ids=["overlapped", "one-at-a-time"])
 
 
 def _no_prefetch_threads() -> bool:
@@ -40,8 +42,9 @@ def _ids(pages: list[Page]) -> list[Any]:
 
 
 @pytest.mark.parametrize("feed", FEEDS, ids=repr)
-def test_a_feed_yields_every_page_once_in_offset_order(box: Sandbox, feed: PageFeed) -> None:
-    client = make_client(box)
+@IN_FLIGHT
+def test_a_feed_yields_every_page_once_in_offset_order(box: Sandbox, feed: PageFeed, in_flight: int) -> None:
+    client = make_client(box, max_in_flight=in_flight)
     try:
         pages = list(feed.pages(client, _query(box)))
         direct = list(client.iter_transactions(str(box.business_ids[0]), order_by=list(TX_ORDER)))
@@ -56,8 +59,9 @@ def test_a_feed_yields_every_page_once_in_offset_order(box: Sandbox, feed: PageF
 
 
 @pytest.mark.parametrize("feed", FEEDS, ids=repr)
-def test_a_feed_starts_at_the_query_offset(box: Sandbox, feed: PageFeed) -> None:
-    client = make_client(box)
+@IN_FLIGHT
+def test_a_feed_starts_at_the_query_offset(box: Sandbox, feed: PageFeed, in_flight: int) -> None:
+    client = make_client(box, max_in_flight=in_flight)
     try:
         everything = _ids(list(feed.pages(client, _query(box))))
         rest = list(feed.pages(client, _query(box, offset=75)))
@@ -68,8 +72,9 @@ def test_a_feed_starts_at_the_query_offset(box: Sandbox, feed: PageFeed) -> None
 
 
 @pytest.mark.parametrize("feed", FEEDS, ids=repr)
-def test_closing_a_feed_early_stops_its_reading_and_frees_the_source(box: Sandbox, feed: PageFeed) -> None:
-    client = make_client(box)
+@IN_FLIGHT
+def test_closing_a_feed_early_stops_its_reading_and_frees_the_source(box: Sandbox, feed: PageFeed, in_flight: int) -> None:
+    client = make_client(box, max_in_flight=in_flight)
     try:
         stream = feed.pages(client, _query(box))
         first = next(stream)

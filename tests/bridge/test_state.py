@@ -129,6 +129,20 @@ def test_run_log_counts_status_and_duration(store: StateStore, clock: FakeClock)
     assert store.runs.last_success("25", "backfill") == run
 
 
+def test_the_learned_request_rate_is_the_latest_runs_of_that_business(store: StateStore) -> None:
+    assert store.runs.learned_rate("25") is None
+    older = store.runs.start("25", direction="import", kind="backfill")
+    store.runs.finish(older, "succeeded", details={"request_rate": 6.5})
+    newer = store.runs.start("25", direction="import", kind="sync")
+    store.runs.finish(newer, "failed", details={"request_rate": 3.25})
+    without = store.runs.start("25", direction="import", kind="sync")
+    store.runs.finish(without, "succeeded", details={"kinds": {}})  # an unpaced source says nothing
+    other = store.runs.start("26", direction="import", kind="sync")
+    store.runs.finish(other, "succeeded", details={"request_rate": 9.0})
+    assert store.runs.learned_rate("25") == 3.25
+    assert store.runs.learned_rate("26") == 9.0
+
+
 def test_stale_runs_become_interrupted(store: StateStore) -> None:
     first = store.runs.start("25", direction="import", kind="backfill")
     second = store.runs.start("25", direction="import", kind="backfill")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -110,3 +111,59 @@ def test_target_failures_stop_the_page_before_commit(engine: Any, client: FakeCl
 def test_remote_balances_read_customers(engine: Any) -> None:
     balances = RemoteTarget(FakeClient(), engine).balances(["perkville:1", "missing"])
     assert balances == {"perkville:1": Decimal(12), "missing": Decimal(0)}
+
+
+# ----------------------------------------------------------------- batches in flight (lanes)
+class LaneClient:
+    """Records each batch it is sent; ``together`` batches must be in flight at once to pass."""
+
+    def __init__(self, together: int = 1) -> None:
+        self.sent: list[list[str]] = []
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.barrier = threading.Barrier(together) if together > 1 else None
+
+    def batch(self, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        with self.lock:
+            self.calls += 1
+            first = self.barrier is not None and self.calls <= self.barrier.parties
+        if first and self.barrier is not None:
+            self.barrier.wait(timeout=60)  # the first calls meet here only if sent at once
+        with self.lock:
+            self.sent.append([e["transaction_id"] for e in events])
+        return {"results": [{"applied": e["transaction_id"] != "dup", "duplicate": e["transaction_id"] == "dup"} for e in events]}
+
+    def identify(self, user_id: str, traits: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+def _member_event(member: int, n: int) -> PerkamoEvent:
+    return _event(f"m{member}-{n}").model_copy(update={"user_id": f"perkville:{member}"})
+
+
+def test_batches_go_in_lanes_at_once_with_each_members_events_in_order(engine: Any) -> None:
+    events = [_member_event(member, n) for n in range(30) for member in range(12)]
+    client = LaneClient(together=2)
+    _, outcomes = _deliver(RemoteTarget(client, engine, batch_size=10, max_in_flight=4), [], events)
+    assert [o.status for o in outcomes] == ["applied"] * len(events)  # in the events' order
+    assert len(client.sent) >= 4 and all(len(batch) <= 10 for batch in client.sent)
+    for member in range(12):
+        sent = [tx for batch in client.sent for tx in batch if tx.startswith(f"m{member}-")]
+        assert sent == [f"m{member}-{n}" for n in range(30)]  # one member's events stay in order
+
+
+def test_outcomes_come_back_in_the_events_order_across_lanes(engine: Any) -> None:
+    events = [_member_event(member, 0) for member in range(8)]
+    events[5] = events[5].model_copy(update={"transaction_id": "dup"})
+    _, outcomes = _deliver(RemoteTarget(LaneClient(), engine, max_in_flight=3), [], events)
+    assert [o.status for o in outcomes] == ["applied"] * 5 + ["duplicate"] + ["applied"] * 2
+
+
+def test_a_failing_lane_fails_the_page_and_nothing_commits(engine: Any) -> None:
+    events = [_member_event(member, 0) for member in range(8)]
+    committed: list[Any] = []
+    with pytest.raises(TargetError):
+        RemoteTarget(FakeClient(server_error=True), engine, max_in_flight=4).deliver(
+            [], events, lambda *a: committed.append(a)
+        )
+    assert committed == []
