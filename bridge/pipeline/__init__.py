@@ -4,9 +4,11 @@
 |---|---|
 | `options` | `PipelineConfig`, `RunOptions`, `RunSummary`: what a run is asked and reports |
 | `pipeline` | `Pipeline`: the run under its lease, dead-letter retry, delivery of one page |
-| `phases` | reference → users → members → transactions; sync passes, late voids |
-| `pages` | `PageFeed` (the seam page acquisition plugs into), `SequentialFeed`, `prefetch` |
+| `phases` | reference → users → members → transactions; sync passes |
+| `late_voids` | balance mode: a void after the cut-over becomes the reversal of the row it voids |
+| `pages` | `PageFeed` (the seam page acquisition plugs into), `SequentialFeed`, `prefetch`, `ReadAhead` |
 | `records` | `PageRecord` and the pure mapping of raw rows into records |
+| `signposts` | where the source's clock stands as a run starts, and the balance-mode cut-over |
 | `tally` | what a page's records became, from the target's outcomes (pure) |
 | `checkpoint` | `BackfillCheckpoint`, and the mode a business was imported in |
 """

@@ -139,7 +139,7 @@ class ReadAhead:
     def __contains__(self, name: str) -> bool:
         return name in self._opened
 
-    def take(self, name: str) -> Iterator[Any] | None:
+    def take(self, name: str) -> prefetch[Any] | None:
         """The opened list ``name`` (now the caller's to close), or None."""
         return self._opened.pop(name, None)
 

@@ -10,6 +10,7 @@ bound, cut-over and cursor comes from the source's own stamps (its clock, read i
 from __future__ import annotations
 
 import threading
+from contextlib import closing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy import Connection
 from bridge.errors import SourceError
 from bridge.pipeline import checkpoint as checkpoints
 from bridge.pipeline.checkpoint import BackfillCheckpoint
+from bridge.pipeline.late_voids import with_late_voids
 from bridge.pipeline.options import Mode, PipelineConfig, RunOptions, RunSummary
 from bridge.pipeline.pages import (
     PageFeed,
@@ -34,7 +36,6 @@ from bridge.pipeline.records import (
     customer_ids,
     map_connections,
     map_transaction_rows,
-    trailing_id,
 )
 from bridge.pipeline.signposts import find_cutover, read_signposts
 from bridge.pipeline.tally import PageTally
@@ -50,7 +51,6 @@ from bridge.source_clock import (
 from bridge.sources import Page, PerkvilleSource, request_rate
 from bridge.state import RunCounts, StateStore
 from bridge.targets import Target
-from mapping.events import EVENT_VOIDED, to_events
 from mapping.records import parse_location
 from perkamo_core.db import WalCheckpointer
 
@@ -243,7 +243,7 @@ class Phases:
         self._ahead.open("locations", self.source.iter_locations(self.business))
         self._ahead.open("perks", self.source.iter_perks(self.business))
 
-    def _ahead_or(self, name: str, opener: Callable[[], Iterable[Page]]) -> Iterator[Page]:
+    def _ahead_or(self, name: str, opener: Callable[[], Iterable[Page]]) -> prefetch[Page]:
         """The list read ahead under ``name``, else a prefetch of ``opener()`` opened now."""
         return self._ahead.take(name) or prefetch(opener())
 
@@ -252,39 +252,30 @@ class Phases:
         if "businesses" not in self._ahead:
             self._open_reference()  # a sync: opened here, still all three at once
         found = False
-        businesses = self._ahead_or("businesses", self.source.iter_businesses)
-        try:
-            for page in businesses:
+        with closing(self._ahead_or("businesses", self.source.iter_businesses)) as pages:
+            for page in pages:
                 for raw in page.objects:
                     bid = raw.get("business_id", raw.get("id"))
                     if bid is not None and str(bid) == str(self.business):
                         found = True
                 self.progress.advance("reference", len(page.objects))
-        finally:
-            close_quietly(businesses)
         if not found:
             raise SourceError(
                 f"business {self.business} is not visible to this Perkville account; check "
                 "PERKVILLE_BUSINESS_ID (or --business) and the account's staff access"
             )
         perks = 0
-        locations = self._ahead_or("locations", lambda: self.source.iter_locations(self.business))
-        try:
-            for page in locations:
+        with closing(self._ahead_or("locations", lambda: self.source.iter_locations(self.business))) as pages:
+            for page in pages:
                 for raw in page.objects:
                     parsed = parse_location(raw, timezone=self.config.timezone)
                     if parsed.record is not None:
                         self._locations[parsed.record.location_id] = parsed.record
                 self.progress.advance("reference", len(page.objects))
-        finally:
-            close_quietly(locations)
-        perk_pages = self._ahead_or("perks", lambda: self.source.iter_perks(self.business))
-        try:
-            for page in perk_pages:
+        with closing(self._ahead_or("perks", lambda: self.source.iter_perks(self.business))) as pages:
+            for page in pages:
                 perks += len(page.objects)
                 self.progress.advance("reference", len(page.objects))
-        finally:
-            close_quietly(perk_pages)
         self.progress.done("reference", f"{len(self._locations)} locations, {perks} perks")
 
     def _phase_users(self, since: datetime | None) -> set[str]:
@@ -472,56 +463,14 @@ class Phases:
         cutover: CutOver,
         customer_ids: Mapping[str, str] | None,
     ) -> Iterator[tuple[Page, list[PageRecord]]]:
-        """Balance mode: a void after the cut-over of a row from before it becomes its reversal.
-
-        Perkville's ``point_balance`` at the cut-over still held the row, and the opening balance
-        carried it; the void takes it out again.  The ``VOID_REF`` row (dated at the void, so inside
-        the window) names the voided row, which is read and mapped; only its reversal event
-        (``void:`` id) is sent — never the original, which the opening balance already counts.
-        A voided row from after the cut-over is in the window itself and maps as usual.  A row of
-        the cut-over's last second that the opening balances carry (``CutOver.carries``) is
-        skipped.
-        """
-        tz = self.config.timezone
-        try:
-            for page, records in mapped:
-                for record in records:
-                    if not isinstance(record.raw, Mapping):
-                        continue
-                    status = str(record.raw.get("transaction_status") or "").upper()
-                    if cutover.carries(
-                        to_stamp(record.raw.get("transaction_dt"), tz), record.raw.get("transaction_id")
-                    ):
-                        if record.problem is None:  # a void among them too: already in the balance
-                            record.skipped, record.events = True, []
-                        continue
-                    if not record.skipped:
-                        continue
-                    voided = trailing_id(record.raw.get("voided_transaction"))
-                    if status != "VOID_REF" or voided is None:
-                        continue
-                    original = self._refetch("transaction", voided, {})
-                    if not original:
-                        continue
-                    result = to_events(
-                        original,
-                        business_id=self.business,
-                        timezone=self.config.timezone,
-                        customer_ids=customer_ids,
-                    )
-                    reversal = [e for e in result.events if e.event == EVENT_VOIDED]
-                    if (
-                        result.ok
-                        and len(reversal) == 1
-                        and cutover.carries(
-                            to_stamp(original.get("transaction_dt"), tz), original.get("transaction_id")
-                        )
-                    ):
-                        record.skipped = False
-                        record.events = reversal
-                yield page, records
-        finally:
-            close_quietly(mapped)
+        return with_late_voids(
+            mapped,
+            cutover,
+            customer_ids,
+            refetch=lambda record_id: self._refetch("transaction", record_id, {}),
+            business=self.business,
+            timezone=self.config.timezone,
+        )
 
     def _deliver_pages(
         self,
