@@ -36,11 +36,13 @@ RATIO_TARGET = 0.25
 RSS_TARGET_MB = 250.0
 
 
-def _start_sandbox(transactions: int, members: int, seed: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def _start_sandbox(
+    transactions: int, members: int, seed: int, *extra: str
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "connectors.perkville.sandbox", "--port", "0", "--seed", str(seed),
-            "--members", str(members), "--transactions", str(transactions),
+            "--members", str(members), "--transactions", str(transactions), *extra,
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -94,10 +96,8 @@ def _vmhwm_mb(pid: int) -> float | None:
     return None
 
 
-def backfill(info: dict[str, Any], page_size: int, workdir: Path) -> dict[str, Any]:
-    """``perkbridge backfill --json`` in a child process; wall time and sampled peak RSS."""
-    config = workdir / "bench.toml"
-    config.write_text(f"[perkville]\npage_size = {page_size}\nrequests_per_second = 100000\n")
+def bench_env(info: dict[str, Any], workdir: Path) -> dict[str, str]:
+    """This process's environment without perkbridge settings, plus the sandbox's and a SQLite file's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PERKVILLE_", "PERKAMO_", "PERKBRIDGE_"))}
     env.update(
         PERKBRIDGE_DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
@@ -110,6 +110,20 @@ def backfill(info: dict[str, Any], page_size: int, workdir: Path) -> dict[str, A
         PERKVILLE_BUSINESS_ID=str(info["business_ids"][0]),
         PERKBRIDGE_LOG_FORMAT="plain",
     )
+    return env
+
+
+def backfill(info: dict[str, Any], page_size: int | None, workdir: Path) -> dict[str, Any]:
+    """``perkbridge backfill --json`` in a child process; wall time and sampled peak RSS.
+
+    ``page_size`` None: the default settings (no config file), as a new user runs it.
+    """
+    config = workdir / "bench.toml"
+    if page_size is not None:
+        config.write_text(f"[perkville]\npage_size = {page_size}\nrequests_per_second = 100000\n")
+    else:
+        config.write_text("")
+    env = bench_env(info, workdir)
     started = time.perf_counter()
     command = [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"]
     proc = subprocess.Popen(
