@@ -113,16 +113,19 @@ def bench_env(info: dict[str, Any], workdir: Path) -> dict[str, str]:
     return env
 
 
-def backfill(info: dict[str, Any], page_size: int | None, workdir: Path) -> dict[str, Any]:
+def backfill(
+    info: dict[str, Any], page_size: int | None, workdir: Path, *, perkville: str = ""
+) -> dict[str, Any]:
     """``perkbridge backfill --json`` in a child process; wall time and sampled peak RSS.
 
-    ``page_size`` None: the default settings (no config file), as a new user runs it.
+    ``page_size`` None: the default settings, as a new user runs it, plus the ``[perkville]``
+    lines in ``perkville`` (for an A/B of one setting).
     """
     config = workdir / "bench.toml"
     if page_size is not None:
         config.write_text(f"[perkville]\npage_size = {page_size}\nrequests_per_second = 100000\n")
     else:
-        config.write_text("")
+        config.write_text(f"[perkville]\n{perkville}\n" if perkville else "")
     env = bench_env(info, workdir)
     started = time.perf_counter()
     command = [sys.executable, "-m", "bridge", "--config", str(config), "backfill", "--json"]

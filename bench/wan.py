@@ -16,6 +16,7 @@ requests at 5 requests/s; every member reconciles.
 
     .venv/bin/python bench/wan.py                       # 50,000 transactions, 1,000 members
     .venv/bin/python bench/wan.py --budgets 10 --runs 5 # five runs of one budget
+    .venv/bin/python bench/wan.py --budgets 10 --set max_in_flight=1   # an A/B of one setting
 """
 
 from __future__ import annotations
@@ -55,13 +56,15 @@ def _network_stats(info: dict[str, Any]) -> dict[str, int]:
     return {"accepted": int(stats["accepted"]), "throttled": int(stats["throttled"])}
 
 
-def one_run(budget: int, transactions: int, members: int, latency_ms: float, seed: int) -> dict[str, Any]:
+def one_run(
+    budget: int, transactions: int, members: int, latency_ms: float, seed: int, settings: list[str]
+) -> dict[str, Any]:
     sandbox, info = _start_sandbox(
         transactions, members, seed, "--latency-ms", str(latency_ms), "--rate-limit", str(budget)
     )
     try:
         with tempfile.TemporaryDirectory(prefix="perkbridge-wan-") as tmp:
-            result = backfill(info, None, Path(tmp))
+            result = backfill(info, None, Path(tmp), perkville="\n".join(settings))
             network = _network_stats(info)
             report = _reconcile(info, Path(tmp))
     finally:
@@ -94,17 +97,22 @@ def main() -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a [perkville] setting for an A/B (for example --set max_in_flight=1); default: none",
+    )
     args = parser.parse_args()
     print(f"load average before: {_load()} ({os.cpu_count()} cores)")
     print(
         f"sandbox: {args.transactions:,} transactions, {args.members:,} members, "
-        f"{args.latency_ms:g} ms latency; perkbridge with default settings"
+        f"{args.latency_ms:g} ms latency; perkbridge with "
+        + (f"default settings except {', '.join(args.set)}" if args.set else "default settings")
     )
     print("budget  run  floor s  wall s  floor/wall  requests  429s (share)  learned r/s  peak RSS  reconcile")
     ok = True
     for budget in args.budgets:
         for run in range(1, args.runs + 1):
-            r = one_run(budget, args.transactions, args.members, args.latency_ms, args.seed)
+            r = one_run(budget, args.transactions, args.members, args.latency_ms, args.seed, args.set)
             reconciled = r["mismatched"] == 0 and r["members"] == args.members and r["read"] == args.transactions
             print(
                 f"{budget:>4}/s  {run:>3}  {r['floor']:7.2f}  {r['wall']:6.2f}  {r['ratio']:10.2f}  "
