@@ -4,7 +4,6 @@ balance-mode cut-over. A few requests each; the answers stay in the source's clo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +20,11 @@ def read_signposts(source: PerkvilleSource, business: str, timezone: str) -> dic
     the cursors of unordered passes lower (more is read again), and the balance-mode cut-over
     does not rely on it (``find_cutover``).
     """
-    # One request per resource, all at once: they wait on the network, not on each other.
-    with ThreadPoolExecutor(len(SYNC_RESOURCES), thread_name_prefix="perkbridge-signpost") as pool:
-        pages = list(pool.map(lambda resource: source.fetch_newest(resource, business), SYNC_RESOURCES))
-    return {
-        resource: newest([to_stamp(row.get("last_mod_dt"), timezone) for row in page.objects])
-        for resource, page in zip(SYNC_RESOURCES, pages, strict=True)
-    }
+    found: dict[str, datetime | None] = {}
+    for resource in SYNC_RESOURCES:
+        page = source.fetch_newest(resource, business)
+        found[resource] = newest([to_stamp(row.get("last_mod_dt"), timezone) for row in page.objects])
+    return found
 
 
 def find_cutover(
