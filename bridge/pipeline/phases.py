@@ -10,8 +10,8 @@ bound, cut-over and cursor comes from the source's own stamps (its clock, read i
 from __future__ import annotations
 
 import threading
-from contextlib import closing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -139,10 +139,9 @@ class Phases:
             # (transactions are mapped only once the members are known).
             self._open_reference()
             if members:
-                source = self.source
-                self._ahead.open("users", source.iter_users(business=self.business, last_mod_dt_gte=None))
-                self._ahead.open("external-members", source.iter_external_members(self.business))
-                self._ahead.open("connections", source.iter_connections(self.business, last_mod_dt_gte=None))
+                self._ahead.open("users", self._users_pages(None))
+                self._ahead.open("external-members", self._external_member_pages())
+                self._ahead.open("connections", self._connection_pages(None))
             if cutover is None:
                 early = self.feed.pages(
                     self.source, self._transactions_query((since, upper), checkpointed=checkpointed)
@@ -243,6 +242,15 @@ class Phases:
         self._ahead.open("locations", self.source.iter_locations(self.business))
         self._ahead.open("perks", self.source.iter_perks(self.business))
 
+    def _users_pages(self, since: datetime | None) -> Iterator[Page]:
+        return self.source.iter_users(business=self.business, last_mod_dt_gte=since)
+
+    def _external_member_pages(self) -> Iterator[Page]:
+        return self.source.iter_external_members(self.business)
+
+    def _connection_pages(self, since: datetime | None) -> Iterator[Page]:
+        return self.source.iter_connections(self.business, last_mod_dt_gte=since)
+
     def _ahead_or(self, name: str, opener: Callable[[], Iterable[Page]]) -> prefetch[Page]:
         """The list read ahead under ``name``, else a prefetch of ``opener()`` opened now."""
         return self._ahead.take(name) or prefetch(opener())
@@ -283,7 +291,7 @@ class Phases:
         self.progress.phase("users")
         seen: set[str] = set()
         # The next page is requested while this one is staged (``prefetch``).
-        pages = self._ahead_or("users", lambda: self.source.iter_users(business=self.business, last_mod_dt_gte=since))
+        pages = self._ahead_or("users", lambda: self._users_pages(since))
         try:
             self._stage_users(pages, seen)
         finally:
@@ -311,7 +319,7 @@ class Phases:
     def _load_external_members(self) -> None:
         """External member records, kept for the members phase (empty without the External
         Member API: the connector then warns once and yields nothing)."""
-        pages = self._ahead_or("external-members", lambda: self.source.iter_external_members(self.business))
+        pages = self._ahead_or("external-members", self._external_member_pages)
         try:
             self._members = ExternalMembers(raw for page in pages for raw in page.objects)
         finally:
@@ -334,9 +342,7 @@ class Phases:
         tracked = pages is None
         if pages is None:
             # The next page is requested while this one is mapped and delivered.
-            pages = self._ahead_or(
-                "connections", lambda: self.source.iter_connections(self.business, last_mod_dt_gte=since)
-            )
+            pages = self._ahead_or("connections", lambda: self._connection_pages(since))
         try:
             for page in pages:
                 if tracked:

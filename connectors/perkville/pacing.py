@@ -26,14 +26,14 @@ class RequestBudget:
     * a 5xx answer or a network error multiplies it by 0.75;
     * answers to requests sent before the last decrease do not decrease it again (one
       congestion event, one decrease); answers slower than ``slow_seconds`` do not grow it;
-    * it never goes above ``ceiling`` nor below ``floor``. Requests leave ``1.03 / rate``
-      seconds apart, so scheduling jitter never puts ``rate + 1`` of them into one second.
+    * it never goes above ``ceiling`` nor below ``floor``. Requests leave ``1 / rate`` seconds
+      apart, and no more than ``rate`` of them in any ``WINDOW`` seconds, timed when they
+      actually leave (``on_wire``), so jitter never puts ``rate + 1`` of them into one second.
 
     ``ceiling`` None or <= 0: no pacing at all (429 pauses are still honoured). ``clock`` and
     ``sleep`` are injectable, so tests assert the waits instead of measuring time.
     """
 
-    MARGIN = 1.0
     WINDOW = 1.03  # seconds: no more than ``rate`` requests on the wire in any such window
 
     def __init__(
@@ -61,8 +61,7 @@ class RequestBudget:
         self._next = float("-inf")  # the earliest moment the next request may go
         self._paused_until = float("-inf")
         self._decreased_at = float("-inf")
-        self._sent: deque[float] = deque()  # tickets of the last two seconds
-        self._wire: deque[float] = deque(maxlen=64)  # when requests actually left (``on_wire``)
+        self._wire: deque[float] = deque()  # when requests left in the last two seconds (``on_wire``)
         self.throttled = 0
         self.troubles = 0
 
@@ -87,19 +86,19 @@ class RequestBudget:
                     waited_out = self._paused_until
                     wait = self._paused_until - now
                 elif self._rate is None:
-                    return self._record(now)
+                    return now
                 elif claimed and (crowded := self._window_wait(now)) > 0:
                     wait = crowded  # a request before this one left late: keep the window
                 elif claimed:
                     # Woken late (a busy interpreter): the next request keeps its distance from
                     # this one, so jitter never squeezes rate + 1 requests into one second.
-                    self._next = max(self._next, now + self.MARGIN / self._rate)
-                    return self._record(now)
+                    self._next = max(self._next, now + 1.0 / self._rate)
+                    return now
                 else:
                     slot = max(now, self._next, now + self._window_wait(now))
-                    self._next = slot + self.MARGIN / self._rate
+                    self._next = slot + 1.0 / self._rate
                     if slot <= now:
-                        return self._record(now)
+                        return now
                     claimed = True  # threads waiting together leave one interval apart
                     wait = slot - now
             self._sleep(wait)
@@ -107,7 +106,11 @@ class RequestBudget:
     def on_wire(self) -> None:
         """Called as a request actually leaves (an HTTP client hook): its time keeps the window."""
         with self._lock:
-            self._wire.append(self._clock())
+            now = self._clock()
+            wire = self._wire
+            wire.append(now)
+            while wire[0] < now - 2.0:
+                wire.popleft()
 
     def _window_wait(self, now: float) -> float:
         """Seconds until one more request fits the window, by the times requests really left."""
@@ -116,13 +119,6 @@ class RequestBudget:
         if len(self._wire) < count:
             return 0.0
         return max(0.0, self._wire[-count] + self.WINDOW - now)
-
-    def _record(self, ticket: float) -> float:
-        sent = self._sent
-        sent.append(ticket)
-        while sent and sent[0] < ticket - 2.0:
-            sent.popleft()
-        return ticket
 
     def succeeded(self, ticket: float, elapsed: float) -> None:
         """A 2xx answer to the request sent at ``ticket`` after ``elapsed`` seconds."""
@@ -144,7 +140,7 @@ class RequestBudget:
             self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
             if self._rate is None or ticket <= self._decreased_at:
                 return
-            accepted = sum(1 for sent in self._sent if ticket - 1.0 <= sent < ticket)
+            accepted = sum(1 for sent in self._wire if ticket - 1.0 <= sent < ticket)
             self._target = self._clamp(0.95 * max(1, accepted))
             self._decrease(0.5, now)
 
