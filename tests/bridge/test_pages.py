@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bridge.pipeline import PageFeed, SequentialFeed, TransactionQuery, prefetch
+from bridge.pipeline.pages import ReadAhead
 from bridge.pipeline.phases import TX_ORDER
 from connectors.perkville.paging import Page
 from connectors.perkville.sandbox import Sandbox
@@ -120,4 +121,29 @@ def test_prefetch_yields_in_order_and_propagates_errors() -> None:
     stream = prefetch(iter(range(100)))
     assert next(stream) == 0
     stream.close()  # type: ignore[attr-defined]  # leaving early stops the producer thread
+    assert _no_prefetch_threads()
+
+
+def test_read_ahead_reads_every_list_before_its_phase_takes_it_and_close_stops_the_rest() -> None:
+    """Each opened list starts reading at once; taken lists keep their order; untaken ones stop."""
+    started = {name: threading.Event() for name in ("users", "connections", "perks")}
+    release = threading.Event()
+
+    def pages(name: str) -> Iterator[str]:
+        started[name].set()  # the first page is asked for as soon as the list is opened
+        yield f"{name}-1"
+        assert release.wait(60)
+        yield f"{name}-2"
+
+    ahead = ReadAhead()
+    for name in started:
+        ahead.open(name, pages(name))
+    for name, event in started.items():
+        assert event.wait(60), f"{name} was not read ahead"
+    users = ahead.take("users")
+    assert users is not None and "users" not in ahead and "perks" in ahead
+    release.set()
+    assert list(users) == ["users-1", "users-2"]
+    assert ahead.take("users") is None
+    ahead.close()  # connections and perks were never taken: their threads stop
     assert _no_prefetch_threads()
