@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from connectors.perkville.client import ID_FIELDS
 from connectors.perkville.datetimes import parse_perkville_datetime
 from connectors.perkville.sandbox.network import Network
+from connectors.perkville.sandbox.schema import HIDEABLE, is_field, resource_schema, top_level, within_reach
 from connectors.perkville.sandbox.state import (
     ALL_SCOPES,
     Ledger,
@@ -77,6 +78,10 @@ class Behaviour:
     datetime_style: str = "space"  # "space" | "t" | "offset"
     external_members: bool = True  # False: the endpoint answers 404
     faults_on_token: bool = False
+    schema_endpoints: bool = True  # False: ``/v2/`` and ``/v2/{resource}/schema/`` answer 404
+    unknown_filters: str = "reject"  # "reject" (400) | "ignore" (Tastypie: silently unfiltered)
+    staff_locations: list[int] | None = None  # a staff account limited to these locations
+    hidden_transaction_fields: list[str] = field(default_factory=list)  # e.g. ["last_mod_dt"]
 
 
 @dataclass
@@ -179,7 +184,7 @@ def render_txn(txn: Txn, server: SandboxServer) -> dict[str, Any]:
         shown = -shown
     if txn.status == "VOID_REF":
         shown = -shown
-    return {
+    out = {
         "transaction_id": txn.id,
         "business": _uri("businesses", txn.business_id),
         "user": _uri("users", txn.user_id),
@@ -198,6 +203,9 @@ def render_txn(txn: Txn, server: SandboxServer) -> dict[str, Any]:
         "last_mod_dt": _fmt_dt(txn.last_mod, server),
         "resource_uri": _uri("transactions", txn.id),
     }
+    for name in server.behaviour.hidden_transaction_fields:
+        out.pop(name, None)
+    return out
 
 
 def render(resource: str, record: Any, server: SandboxServer) -> dict[str, Any]:
@@ -259,6 +267,12 @@ _RELATION_INT = {"business", "user", "user_id", "connection", "perk", "location"
 
 
 def _records(resource: str, server: SandboxServer) -> list[Any]:
+    rows = _all_records(resource, server)
+    limited = server.behaviour.staff_locations
+    return rows if limited is None else within_reach(resource, rows, frozenset(limited), server.ledger)
+
+
+def _all_records(resource: str, server: SandboxServer) -> list[Any]:
     ledger = server.ledger
     if resource == "transactions":
         return list(ledger.txns.values())
@@ -332,6 +346,12 @@ def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -
         for suffix in ("__gte", "__gt", "__lte", "__lt", "__in"):
             if key.endswith(suffix):
                 name, op = key[: -len(suffix)], suffix[2:]
+        hidden = behaviour.hidden_transaction_fields
+        if not is_field(resource, name, _ID_FIELD.get(resource, "id"), hidden):
+            if behaviour.unknown_filters == "ignore":
+                continue  # Tastypie: "It's not a field we know about. Move along citizen."
+            if resource == "transactions":
+                raise SandboxError(400, key, "pv_invalid_filter", f"The '{name}' field does not allow filtering.")
         if _getter(resource, name, server) is None:
             raise SandboxError(400, key, "pv_invalid_filter", f"The '{name}' field does not allow filtering.")
         try:
@@ -348,11 +368,14 @@ def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -
     if behaviour.ignore_order:
         order = []
     for item in order:
-        if _getter(resource, item.lstrip("-"), server) is None:
+        if _getter(resource, item.lstrip("-"), server) is None or (
+            resource == "transactions" and item.lstrip("-") in behaviour.hidden_transaction_fields
+        ):
             raise SandboxError(
                 400, "order_by", "pv_invalid_order", f"No matching '{item}' field for ordering."
             )
-    cache_key = (resource, tuple(sorted((n, o, repr(v)) for n, o, v in filters)), tuple(order))
+    reach = tuple(behaviour.staff_locations) if behaviour.staff_locations is not None else None
+    cache_key = (resource, tuple(sorted((n, o, repr(v)) for n, o, v in filters)), tuple(order), reach)
 
     def compute() -> list[Any]:
         rows = _records(resource, server)
@@ -631,6 +654,8 @@ class _Handler(BaseHTTPRequestHandler):
         resource = segments[0] if segments else ""
         detail = segments[1] if len(segments) > 1 else None
         ledger = self.server.ledger
+        if method == "GET" and (not resource or detail == "schema") and self._discovery(resource, params):
+            return
         if resource == "external-members" and not self.server.behaviour.external_members:
             self._body()
             self._send(404, {"error": "not_found"})
@@ -710,6 +735,26 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _discovery(self, resource: str, params: list[tuple[str, str]]) -> bool:
+        """Tastypie's ``GET /v2/`` and ``GET /v2/{resource}/schema/``; False: not one of them."""
+        behaviour = self.server.behaviour
+        hidden = [name for name in behaviour.hidden_transaction_fields if name in HIDEABLE]
+        resources = [r for r in _ID_FIELD if r != "external-members" or behaviour.external_members]
+        if not behaviour.schema_endpoints or (resource and resource not in resources):
+            self._send(404, {"error": "not_found"})
+            return True
+        limits = {"default_limit": DEFAULT_LIMIT, "max_limit": self._cap()}
+        if not resource:
+            full = dict(params).get("fullschema", "").lower() in ("1", "true")
+            self._send(200, top_level(API_PREFIX, resources, dict(_ID_FIELD), full=full, hidden=hidden, **limits))
+        else:
+            self._send(200, resource_schema(resource, _ID_FIELD[resource], hidden=hidden, **limits))
+        return True
+
+    def _cap(self) -> int:
+        cap = self.server.behaviour.cap_limit
+        return MAX_LIMIT if cap is None else min(MAX_LIMIT, cap)
+
     def _business_of_perk(self, perk: Any) -> int:
         record = self.server.ledger.perks.get(to_int(perk) or 0)
         return int(record["business"]) if record else 0
@@ -745,7 +790,7 @@ class _Handler(BaseHTTPRequestHandler):
             ) from None
         if limit < 0 or offset < 0:
             raise SandboxError(400, "limit", "pv_invalid_paging", "limit and offset must not be negative.")
-        cap = MAX_LIMIT if behaviour.cap_limit is None else min(MAX_LIMIT, behaviour.cap_limit)
+        cap = self._cap()
         limit = cap if limit == 0 else min(limit, cap)
         rows = query(resource, params, self.server)
         total = len(rows)
