@@ -72,13 +72,16 @@ def _register_commands() -> None:
         core_cmds,
         deadletters_cmd,
         inspect_cmds,
+        probe_cmd,
         run_cmds,
         sandbox_cmd,
         schedule_cmd,
         serve_cmd,
     )
 
-    for module in (core_cmds, serve_cmd, sandbox_cmd, run_cmds, inspect_cmds, deadletters_cmd, schedule_cmd):
+    for module in (
+        core_cmds, serve_cmd, sandbox_cmd, run_cmds, probe_cmd, inspect_cmds, deadletters_cmd, schedule_cmd
+    ):
         module.register(app)
 
 

@@ -64,6 +64,10 @@ def backfill(
     force: bool = typer.Option(
         False, "--force", help="Allow a backfill in the other mode than an earlier import of this business."
     ),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial",
+        help="Import even though the staff account does not see every location's customers.",
+    ),
     space: str | None = SpaceOpt,
     json_output: bool = JsonOpt,
 ) -> None:
@@ -90,6 +94,7 @@ def backfill(
             until=until_at,
             wait=wait,
             force=force,
+            allow_partial=allow_partial,
         )
         if dry_run:
             from bridge.dryrun import run_dry

@@ -44,6 +44,8 @@ class RunOptions:
     force: bool = False
     """Run a backfill even though the business already had one of the other mode (see
     ``checkpoint.check_mode``): only right when the target Space holds nothing of the earlier one."""
+    allow_partial: bool = False
+    """Run a backfill even though the staff account does not see every location's customers."""
 
     @property
     def windowed(self) -> bool:

@@ -71,6 +71,7 @@ class prefetch(Iterator[T]):  # noqa: N801 - used like the generator function it
         self._buffer: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._closed = False
+        self._head: list[Any] = []  # an item ``peek`` took from the buffer, handed out first
         self._thread = threading.Thread(target=self._produce, name="perkbridge-prefetch", daemon=True)
         self._thread.start()
 
@@ -95,10 +96,18 @@ class prefetch(Iterator[T]):  # noqa: N801 - used like the generator function it
     def __iter__(self) -> prefetch[T]:
         return self
 
+    def peek(self) -> T | None:
+        """The next item without consuming it (waits for it); None at the end or on an error
+        (which ``__next__`` then raises)."""
+        if not self._head and not self._closed:
+            self._head.append(self._buffer.get())
+        got = self._head[0] if self._head else _DONE
+        return None if got is _DONE or isinstance(got, BaseException) else got  # type: ignore[return-value]
+
     def __next__(self) -> T:
         if self._closed:
             raise StopIteration
-        got = self._buffer.get()
+        got = self._head.pop() if self._head else self._buffer.get()
         if got is _DONE:
             self.close()
             raise StopIteration
@@ -138,6 +147,11 @@ class ReadAhead:
 
     def __contains__(self, name: str) -> bool:
         return name in self._opened
+
+    def peek(self, name: str) -> Any:
+        """The first item of the opened list ``name`` without consuming it (None: none)."""
+        opened = self._opened.get(name)
+        return None if opened is None else opened.peek()
 
     def take(self, name: str) -> prefetch[Any] | None:
         """The opened list ``name`` (now the caller's to close), or None."""

@@ -39,6 +39,7 @@ from bridge.pipeline.records import (
 )
 from bridge.pipeline.signposts import find_cutover, read_signposts
 from bridge.pipeline.tally import PageTally
+from bridge.probe.reach import assess, referenced_locations, refuse_partial
 from bridge.progress import Progress
 from bridge.source_clock import (
     SYNC_RESOURCES,
@@ -150,6 +151,7 @@ class Phases:
             if self.stop.is_set():
                 return
             if members:
+                self._check_reach(options)
                 self._phase_users(None)
                 self._load_external_members()
                 if self.stop.is_set():
@@ -168,6 +170,16 @@ class Phases:
             return
         if self._checkpoint is not None:
             self._seed_sync_cursors(self._checkpoint, cutover, summary)
+
+    def _check_reach(self, options: RunOptions) -> None:
+        """Stop a backfill before it writes a member when the staff account sees only some
+        locations: the locations listed against those the first page of connections points to
+        (read ahead already: no extra request). ``perkbridge probe`` checks every page."""
+        first = self._ahead.peek("connections")
+        reach = assess(list(self._locations), referenced_locations(first.objects if first else []))
+        note = refuse_partial(reach, options.allow_partial)
+        if note is not None:
+            self.progress.note(note)
 
     def _seed_sync_cursors(
         self, checkpoint: BackfillCheckpoint, cutover: CutOver | None, summary: RunSummary

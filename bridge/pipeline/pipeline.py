@@ -45,6 +45,7 @@ from bridge.pipeline.pages import PageFeed, ReadAhead, SequentialFeed
 from bridge.pipeline.phases import Phases, WriteState
 from bridge.pipeline.records import ExternalMembers, PageRecord, map_transaction_rows
 from bridge.pipeline.tally import PageTally, tally
+from bridge.probe.reach import Reach, refuse_partial
 from bridge.progress import NullProgress, Progress
 from bridge.sources import PerkvilleSource, request_rate
 from bridge.state import LeaseKeeper, RunCounts, StateStore, redact, utcnow
@@ -119,12 +120,25 @@ class Pipeline(Phases):
             self._run_id, lambda status, error: self._finish(summary, status, error, started),
             what="run", secrets=self.config.secrets,
         ):
+            if options.kind == "backfill":
+                self._check_recorded_reach(options, summary)
             note = self.target.ensure_program()
             summary.notes.append(note)
             self.progress.note(note)
             self._run_phases(options, summary)
         self._finish(summary, "stopped" if self.stop.is_set() else "succeeded", None, started)
         return summary
+
+    def _check_recorded_reach(self, options: RunOptions, summary: RunSummary) -> None:
+        """What the business's last ``perkbridge probe`` found about the staff account's reach:
+        a partial one stops the backfill before anything is written (``--allow-partial``)."""
+        recorded = self.state.probes.latest(self.business)
+        raw = recorded.report.get("reach") if recorded is not None else None
+        if isinstance(raw, Mapping):
+            note = refuse_partial(Reach.from_json(raw), options.allow_partial)
+            if note is not None:
+                summary.notes.append(note)
+                self.progress.note(note)
 
     def retry_dead_letters(
         self,

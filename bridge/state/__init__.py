@@ -7,6 +7,7 @@ from sqlalchemy import Engine
 from bridge.state.dead_letters import DeadLetter, DeadLetterStore
 from bridge.state.leases import Lease, LeaseKeeper, LeaseStore, lease_name, new_owner_id
 from bridge.state.members import IdMap, IdMapEntry, StagedUsers, plain_decimal
+from bridge.state.probes import ProbeRecord, ProbeStore
 from bridge.state.schema import MIGRATIONS, as_utc, utcnow
 from bridge.state.stores import (
     Clock,
@@ -30,6 +31,8 @@ __all__ = [
     "Lease",
     "LeaseKeeper",
     "LeaseStore",
+    "ProbeRecord",
+    "ProbeStore",
     "RunCounts",
     "RunLog",
     "RunRecord",
@@ -56,6 +59,7 @@ class StateStore:
         self.id_map = IdMap(engine, clock=clock)
         self.users = StagedUsers(engine, clock=clock)
         self.leases = LeaseStore(engine, clock=clock)
+        self.probes = ProbeStore(engine, clock=clock)
 
     def migrate(self) -> list[int]:
         """Apply the bridge's missing migrations; returns the versions applied now."""

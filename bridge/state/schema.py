@@ -128,6 +128,18 @@ class StagedUserRow(BridgeTable, table=True):
     updated_at: datetime = Field(sa_type=AwareDateTime)
 
 
+class ProbeRow(BridgeTable, table=True):
+    """What ``perkbridge probe`` found about a business's Perkville API (one row per probe)."""
+
+    __tablename__ = "bridge_probes"
+    __table_args__ = (Index("ix_bridge_probes_business_at", "business", "probed_at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
+    business: str = Field(max_length=64)
+    probed_at: datetime = Field(sa_type=AwareDateTime)
+    report: str = Field(sa_type=Text)  # JSON: schema, reach, write test, assumptions; no secrets
+
+
 metadata = BridgeTable.metadata
 cursors = CursorRow.__table__  # type: ignore[attr-defined]
 runs = RunRow.__table__  # type: ignore[attr-defined]
@@ -135,6 +147,7 @@ id_map = IdMapRow.__table__  # type: ignore[attr-defined]
 dead_letters = DeadLetterRow.__table__  # type: ignore[attr-defined]
 leases = LeaseRow.__table__  # type: ignore[attr-defined]
 staged_users = StagedUserRow.__table__  # type: ignore[attr-defined]
+probes = ProbeRow.__table__  # type: ignore[attr-defined]
 
 _V1_TABLES = (cursors, runs, id_map, dead_letters, leases, staged_users)
 
@@ -152,10 +165,15 @@ def _v2(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE bridge_cursors ADD COLUMN source_newest VARCHAR(64)")
 
 
+def _v3(conn: Connection) -> None:
+    probes.create(conn, checkfirst=True)
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
     Migration(2, "cursors record the source's newest change (lag in the source's clock)", _v2),
+    Migration(3, "probes: what perkbridge probe found about each business's API", _v3),
 )
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""
 

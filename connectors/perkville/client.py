@@ -557,6 +557,10 @@ class PerkvilleClient:
     def external_members_enabled(self) -> bool:
         return self._external_members_enabled
 
+    @property
+    def external_members_path(self) -> str:
+        return self._external_members_path
+
     def _disable_external_members(self) -> None:
         if self._external_members_enabled:
             log.warning(
