@@ -11,13 +11,13 @@ from decimal import Decimal
 from typing import Any
 
 from mapping import _coerce as c
+from mapping.perk_limits import LIFETIME_INTERVALS, perk_limits
+from mapping.perk_limits import interval_codes as _code_table
 from mapping.records import PerkvillePerk, Zone, parse_perk
 from mapping.types import MappingIssue, ProgramTranslation, Skipped
 
 __all__ = ["LIFETIME_INTERVALS", "perk_key", "to_program_modules"]
 
-# Redemption-limit intervals that mean "ever" (Perkamo's ``limits.per_customer``).
-LIFETIME_INTERVALS = frozenset({"LIFETIME", "EVER", "TOTAL", "ALL_TIME", "NONE"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,90}$")
 
 
@@ -51,18 +51,22 @@ def to_program_modules(
     timezone: Zone = "UTC",
     event_perks: Mapping[str, int | str] | None = None,
     base: Mapping[str, Mapping[str, Any]] | None = None,
+    interval_codes: Mapping[Any, Any] | None = None,
 ) -> ProgramTranslation:
     """Translate perks into program modules, appended to a copy of ``base`` (e.g. the migration program).
 
-    EARN perks become ``events`` rules: fixed ``amount`` = |points|, ``limit_to_once_per_calendar_day``
-    → ``limits.per_day: 1``, ``from_date``/``to_date`` → ``active_from``/``active_until`` (a date is
-    inclusive: it ends at the next local midnight in ``timezone``). The rule's event is every key that
-    ``event_perks`` (the write-back table, event → perk) maps to the perk, else ``perk.{perk_id}``.
-    REDEEM perks become rewards costing |points|; a lifetime redemption limit becomes
-    ``limits.per_customer`` and a periodic one (no Perkamo equivalent) is reported as a warning.
+    EARN perks become ``events`` rules: fixed ``amount`` = |points|, ``from_date``/``to_date`` →
+    ``active_from``/``active_until`` (a date is inclusive: it ends at the next local midnight in
+    ``timezone``). The rule's event is every key that ``event_perks`` (the write-back table, event →
+    perk) maps to the perk, else ``perk.{perk_id}``. REDEEM perks become rewards costing |points|.
+    Limits (``mapping.perk_limits``): a redemption limit per 1 DAY/WEEK becomes a rule's
+    ``per_day``/``per_week``, a lifetime one ``lifetime`` or a reward's ``per_customer``; anything else,
+    an unknown interval and an earn perk whose limit is unknown are warnings. ``interval_codes``
+    replaces the table that reads integer ``redemption_limit_interval`` codes (``{1: "DAY", ...}``).
     Perks that are not ACTIVE, 0-point earn perks and unreadable perks are skipped or issues.
     """
     zone = c.resolve_timezone(timezone)
+    codes = _code_table(interval_codes)
     modules: dict[str, dict[str, Any]] = copy.deepcopy({k: dict(v) for k, v in (base or {}).items()})
     rules: list[dict[str, Any]] = list(modules.get("events", {}).get("rules", []))
     perks_module = modules.get("perks", {})
@@ -93,6 +97,12 @@ def to_program_modules(
         def problem(field: str | None, reason: str, severity: str = "error") -> None:
             issues.append(MappingIssue(record_id=pid, field=field, reason=reason, raw=raw, record_type="perk",
                                        severity="warning" if severity == "warning" else "error"))
+
+        def note_limits(record: PerkvillePerk, *, earn: bool) -> dict[str, int]:
+            found = perk_limits(record, earn=earn, codes=codes)
+            for field, reason in found.notes:
+                problem(field, reason, severity="warning")
+            return found.limits
 
         def skip(reason: str) -> None:
             skipped.append(Skipped(record_id=pid, reason=reason, raw=raw, record_type="perk"))
@@ -127,6 +137,7 @@ def to_program_modules(
             if start is not None and end is not None and end <= start:
                 problem("to_date", "to_date is before from_date")
                 continue
+            limits = note_limits(perk, earn=True)
             events = sorted(events_for.get(pid, [])) or [f"perk.{key.removeprefix('perkville_perk_')}"]
             for n, event_key in enumerate(events):
                 rule: dict[str, Any] = {
@@ -136,8 +147,8 @@ def to_program_modules(
                     "wallet": wallet,
                     "amount": _number(points),
                 }
-                if perk.limit_to_once_per_calendar_day:
-                    rule["limits"] = {"per_day": 1}
+                if limits:
+                    rule["limits"] = dict(limits)
                 if start is not None:
                     rule["active_from"] = _iso(start)
                 if end is not None:
@@ -156,15 +167,9 @@ def to_program_modules(
         }
         if perk.description:
             reward["description"] = perk.description
-        count, interval = perk.redemption_limit_count, perk.redemption_limit_interval
-        if count:
-            if interval is None or interval in LIFETIME_INTERVALS:
-                reward["limits"] = {"per_customer": count}
-            else:
-                every = perk.redemption_limit_interval_count or 1
-                problem("redemption_limit_interval", (
-                    f"redemption limit of {count} per {every} {interval} has no Perkamo equivalent; "
-                    "the reward is translated without it"), severity="warning")
+        limits = note_limits(perk, earn=False)
+        if limits:
+            reward["limits"] = limits
         rewards.append(reward)
     if rules or "events" in modules:
         modules["events"] = {**modules.get("events", {}), "rules": rules}

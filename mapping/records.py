@@ -83,8 +83,10 @@ class PerkvillePerk(PerkvilleRecord):
     to_date: datetime | date | None = None
     eligible_at_all_locations: bool | None = None
     limit_to_once_per_calendar_day: bool | None = None
+    """Unconfirmed on a perk: the docs name it as a flag of the award call (``mapping.perk_limits``)."""
     redemption_limit_count: int | None = None
-    redemption_limit_interval: str | None = None
+    redemption_limit_interval: int | str | None = None
+    """An integer code (K1 types it as an int) or an upper-case name such as ``DAY`` (the sandbox)."""
     redemption_limit_interval_count: int | None = None
 
 
@@ -203,6 +205,19 @@ def _enum(value: Any, _zone: tzinfo) -> str:
     return c.to_enum(value)
 
 
+def _interval(value: Any, _zone: tzinfo) -> int | str:
+    """A number (or numeric text) is an integer code, anything else an upper-case name."""
+    if isinstance(value, (bool, list, dict)):
+        raise c.Invalid(f"expected an integer code or a name, got {type(value).__name__}")
+    text = value.strip() if isinstance(value, str) else None
+    if text is None or (text.isascii() and text.lstrip("+-").isdigit()):
+        number = c.to_decimal(value)
+        if number != number.to_integral_value():
+            raise c.Invalid(f"expected an integer code or a name, got {number}")
+        return int(number)
+    return c.to_enum(value)
+
+
 def _decimal(value: Any, _zone: tzinfo) -> Decimal:
     return c.to_decimal(value)
 
@@ -289,7 +304,7 @@ _SPECS: dict[str, tuple[_Field, ...]] = {
         _Field("eligible_at_all_locations", ("eligible_at_all_locations",), _bool),
         _Field("limit_to_once_per_calendar_day", ("limit_to_once_per_calendar_day",), _bool),
         _Field("redemption_limit_count", ("redemption_limit_count",), _count),
-        _Field("redemption_limit_interval", ("redemption_limit_interval",), _enum),
+        _Field("redemption_limit_interval", ("redemption_limit_interval",), _interval),
         _Field("redemption_limit_interval_count", ("redemption_limit_interval_count",), _count),
     ),
     "user": (

@@ -171,14 +171,20 @@ def program_from_perkville(
     load: bool = typer.Option(False, "--load", help="Load the translated modules into the Space."),
     space: str | None = SpaceOpt,
     json_output: bool = JsonOpt,
+    interval_code: list[str] | None = typer.Option(
+        None, "--interval-code", metavar="CODE=INTERVAL",
+        help="Read integer redemption_limit_interval CODE as INTERVAL (DAY, WEEK, MONTH, YEAR, LIFETIME); "
+        "repeatable. Replaces the guessed table 1=DAY 2=WEEK 3=MONTH 4=YEAR.",
+    ),
 ) -> None:
     """Translate the business's Perkville perks into Perkamo program modules (printed as JSON)."""
     from bridge.wiring import business_of, perkville_client
 
+    codes = _interval_codes(interval_code)
     with errors():
         settings = common.settings()
         chosen = business_of(settings, business)
-        modules, issues = _translate_perks(perkville_client(settings), chosen, settings.perkville_timezone)
+        modules, issues = _translate_perks(perkville_client(settings), chosen, settings.perkville_timezone, codes)
         if load:
             from bridge.wiring import core_service, open_engine
 
@@ -196,7 +202,28 @@ def program_from_perkville(
     print_json(modules)
 
 
-def _translate_perks(client: Any, business: str, timezone: str) -> tuple[dict[str, Any], list[str]]:
+def _interval_codes(pairs: list[str] | None) -> dict[int, str] | None:
+    """``["1=DAY", ...]`` as a checked code table (``None``: the mapping's default); exit 2 if bad."""
+    if not pairs:
+        return None
+    from mapping.errors import MappingConfigError
+    from mapping.perk_limits import interval_codes
+
+    table: dict[str, str] = {}
+    for pair in pairs:
+        code, sep, name = pair.partition("=")
+        if not sep:
+            common.fail(f"--interval-code {pair!r}: expected CODE=INTERVAL, e.g. 1=DAY", common.EXIT_USAGE)
+        table[code] = name
+    try:
+        return interval_codes(table)
+    except MappingConfigError as exc:
+        common.fail(f"--interval-code: {exc}", common.EXIT_USAGE)
+
+
+def _translate_perks(
+    client: Any, business: str, timezone: str, codes: dict[int, str] | None = None
+) -> tuple[dict[str, Any], list[str]]:
     from mapping import program as program_mapping
 
     perks: list[dict[str, Any]] = []
@@ -208,7 +235,9 @@ def _translate_perks(client: Any, business: str, timezone: str) -> tuple[dict[st
     from config.programs import load_migration_program
 
     # On top of the migration program, so loading it keeps the perkville.* rules a backfill needs.
-    translation = program_mapping.to_program_modules(perks, timezone=timezone, base=load_migration_program())
+    translation = program_mapping.to_program_modules(
+        perks, timezone=timezone, base=load_migration_program(), interval_codes=codes
+    )
     issues = [f"perk {i.record_id}: {i.reason}" for i in translation.issues]
     issues += [f"perk {s.record_id} skipped: {s.reason}" for s in translation.skipped]
     return dict(translation.modules), issues

@@ -8,6 +8,7 @@ import pytest
 
 from config.programs import load_migration_program
 from mapping import to_program_modules
+from mapping.errors import MappingConfigError
 from perkamo_core.program import Program
 from tests.mapping.cases import assert_issues, params
 
@@ -17,7 +18,8 @@ from tests.mapping.cases import assert_issues, params
 def test_program(case: dict[str, Any], with_base: bool) -> None:
     base = load_migration_program() if with_base else None
     result = to_program_modules(case["perks"], timezone=case.get("timezone", "UTC"),
-                                event_perks=case.get("event_perks"), base=base)
+                                event_perks=case.get("event_perks"), base=base,
+                                interval_codes=case.get("interval_codes"))
     expect = case["expect"]
     assert_issues(result.issues, expect.get("issues", []))
     assert len(result.skipped) == expect.get("skipped", 0)
@@ -42,3 +44,25 @@ def test_translation_does_not_modify_base() -> None:
     base = load_migration_program()
     to_program_modules([{"perk_id": 1, "classification": "EARN", "points": 3}], base=base)
     assert base == load_migration_program()
+
+
+def test_an_unknown_interval_code_names_the_perk_and_the_value() -> None:
+    perks = [{"perk_id": 41, "classification": "EARN", "points": 2, "redemption_limit_count": 1,
+              "redemption_limit_interval": 17},
+             {"perk_id": 42, "classification": "REDEEM", "points": 20, "redemption_limit_count": 1,
+              "redemption_limit_interval": "QUARTER"}]
+    result = to_program_modules(perks)
+    assert [(i.record_id, i.field, i.severity) for i in result.issues] == [
+        ("41", "redemption_limit_interval", "warning"), ("42", "redemption_limit_interval", "warning")]
+    assert "17" in result.issues[0].reason and "'QUARTER'" in result.issues[1].reason
+    assert "limits" not in result.modules["events"]["rules"][0]  # never a guessed limit
+    assert "limits" not in result.modules["perks"]["rewards"][0]
+
+
+@pytest.mark.parametrize("codes, message", [
+    ({"one": "DAY"}, "'one' is not an integer"),
+    ({1: "FORTNIGHT"}, "'FORTNIGHT' is not an interval"),
+])
+def test_a_bad_interval_code_table_is_a_config_error(codes: dict[Any, str], message: str) -> None:
+    with pytest.raises(MappingConfigError, match=message):
+        to_program_modules([], interval_codes=codes)

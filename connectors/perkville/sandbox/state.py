@@ -85,6 +85,7 @@ _LAST = (
     "Иванова",
     "Example",
 )
+INTERVAL_CODES = {"DAY": 1, "WEEK": 2, "MONTH": 3, "YEAR": 4}  # use_integer_intervals
 _MEMBERSHIP_TYPES = ("Monthly Unlimited", "Annual", "10-Class Pack", "Student", "Off-Peak")
 
 
@@ -663,6 +664,16 @@ class Ledger:
             record["last_mod_dt"] = self.now()
             self.version += 1
             return record
+
+    def use_integer_intervals(self) -> None:
+        """Serve each perk's ``redemption_limit_interval`` as an integer code, the type K1 declares
+        (the variant of the default ``"DAY"``). What Perkville's codes mean is unknown; these are
+        the codes ``mapping.perk_limits.DEFAULT_INTERVAL_CODES`` guesses."""
+        with self.lock:
+            for perk in self.perks.values():
+                name = perk["redemption_limit_interval"]
+                perk["redemption_limit_interval"] = INTERVAL_CODES.get(name, name)
+            self.version += 1
 
     def upsert_external_member(
         self, body: Mapping[str, Any], ext_id: int | None = None
