@@ -25,6 +25,13 @@ def request_rate(source: object) -> float | None:
     return round(float(rate), 2) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
 
 
+def allows_filter(source: object, resource: str, param: str) -> bool | None:
+    """What the API's probed schema says of ``param`` on ``resource``: True / False, or None when
+    unknown (not probed, no schema served, or a source without one)."""
+    check = getattr(source, "allows_filter", None)
+    return check(resource, param) if callable(check) else None
+
+
 @runtime_checkable
 class PerkvilleSource(Protocol):
     """Read access to one Perkville account (raw Tastypie JSON, the source's clock and zone)."""

@@ -23,6 +23,7 @@ from config.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from connectors.perkville import PerkvilleClient
+    from connectors.perkville.schema import ApiSchema
 
 
 def secret_values(settings: Settings) -> tuple[str, ...]:
@@ -126,6 +127,17 @@ def open_state(engine: Engine) -> StateStore:
     state = StateStore(engine)
     state.migrate()
     return state
+
+
+def probed_schema(state: StateStore, business: str) -> ApiSchema | None:
+    """The API schema the business's last ``perkbridge probe`` read (None: not probed, or none served)."""
+    from connectors.perkville.schema import ApiSchema
+
+    recorded = state.probes.latest(business)
+    if recorded is None:
+        return None
+    schema = ApiSchema.from_json(recorded.report.get("schema"))
+    return schema if schema.how != "none" else None
 
 
 def perkville_client(settings: Settings, **overrides: Any) -> PerkvilleClient:
@@ -255,6 +267,8 @@ class RunParts:
             self.source: PerkvilleClient | None = (
                 perkville_client(settings, start_rate=start_rate) if with_client else None
             )
+            if self.source is not None:
+                self.source.use_schema(probed_schema(self.state, business))
         except BaseException:
             self.bundle.close()
             raise

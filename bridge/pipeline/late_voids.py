@@ -73,3 +73,45 @@ def with_late_voids(
             yield page, records
     finally:
         close_quietly(mapped)
+
+
+def with_voided_originals(
+    mapped: Iterator[tuple[Page, list[PageRecord]]],
+    customer_ids: Mapping[str, str] | None,
+    *,
+    refetch: Callable[[str], Mapping[str, Any]],
+    business: str,
+    timezone: str,
+) -> Iterator[tuple[Page, list[PageRecord]]]:
+    """Sync by ``transaction_dt``: a void of a row older than the window still reverses it.
+
+    The reversal comes from the voided row, not from its ``VOID_REF`` (ARCHITECTURE, voids), and
+    a row older than the look-back is not read again. Its ``VOID_REF`` row is dated at the void,
+    so inside the window: the row it names is read back and mapped, and all its events are sent
+    (the original again, a duplicate by its id, and the reversal). A voided row the pass has
+    already read (it comes first in ``transaction_dt`` order) is not read back.
+    """
+    seen: set[str] = set()
+    try:
+        for page, records in mapped:
+            for record in records:
+                raw = record.raw if isinstance(record.raw, Mapping) else None
+                if raw is None:
+                    continue
+                own = trailing_id(raw.get("transaction_id"))
+                if own is not None:
+                    seen.add(own)
+                status = str(raw.get("transaction_status") or "").upper()
+                voided = trailing_id(raw.get("voided_transaction"))
+                if status != "VOID_REF" or voided is None or voided in seen or not record.skipped:
+                    continue
+                original = refetch(voided)
+                if not original:
+                    continue
+                result = to_events(original, business_id=business, timezone=timezone, customer_ids=customer_ids)
+                if result.ok and any(e.event == EVENT_VOIDED for e in result.events):
+                    record.skipped = False
+                    record.events = list(result.events)
+            yield page, records
+    finally:
+        close_quietly(mapped)

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from bridge.errors import SourceError
 from bridge.pipeline import checkpoint as checkpoints
 from bridge.pipeline.checkpoint import BackfillCheckpoint
-from bridge.pipeline.late_voids import with_late_voids
+from bridge.pipeline.late_voids import with_late_voids, with_voided_originals
 from bridge.pipeline.options import Mode, PipelineConfig, RunOptions, RunSummary
 from bridge.pipeline.pages import (
     PageFeed,
@@ -37,7 +37,7 @@ from bridge.pipeline.records import (
     map_connections,
     map_transaction_rows,
 )
-from bridge.pipeline.signposts import find_cutover, read_signposts
+from bridge.pipeline.signposts import cursor_field, find_cutover, read_signposts
 from bridge.pipeline.tally import PageTally
 from bridge.probe.reach import assess, referenced_locations, refuse_partial
 from bridge.progress import Progress
@@ -440,8 +440,11 @@ class Phases:
         status: str | None = None,
         cutover: CutOver | None = None,
         pages: Iterator[Page] | None = None,
+        cursor_field: str = "last_mod_dt",
     ) -> None:
-        """Read, map and deliver one transactions query; ``pages``: its feed, already opened."""
+        """Read, map and deliver one transactions query; ``pages``: its feed, already opened.
+        ``sync_resource``'s cursor follows ``cursor_field`` (``last_mod_dt`` with a
+        ``last_mod_window``, or ``transaction_dt``)."""
         self.progress.phase(label)
         customer_ids = self._customer_ids()
         if pages is None:
@@ -449,13 +452,23 @@ class Phases:
                 transaction_window, checkpointed=checkpointed, last_mod_window=last_mod_window, status=status
             )
             # Late voids read single rows from the source: no second reader in the meantime.
-            feed = self.feed if cutover is None else SequentialFeed(depth=0)
+            by_date = sync_resource is not None and cursor_field == "transaction_dt"
+            feed = self.feed if cutover is None and not by_date else SequentialFeed(depth=0)
             pages = feed.pages(self.source, query)
         mapped = self._mapped_pages(pages, customer_ids, with_cursor=last_mod_window is not None)
         if cutover is not None:
             mapped = self._with_late_voids(mapped, cutover, customer_ids)
+        if sync_resource is not None and cursor_field == "transaction_dt":
+            mapped = with_voided_originals(
+                mapped,
+                customer_ids,
+                refetch=lambda record_id: self._refetch("transaction", record_id, {}),
+                business=self.business,
+                timezone=self.config.timezone,
+            )
         try:
-            self._deliver_pages(mapped, label, checkpointed, last_mod_window, sync_resource)
+            by_date = sync_resource is not None and cursor_field == "transaction_dt"
+            self._deliver_pages(mapped, label, checkpointed, last_mod_window, sync_resource, by_date=by_date)
         finally:
             close_quietly(mapped)  # a generator: stop the feed
 
@@ -497,8 +510,11 @@ class Phases:
         checkpointed: bool,
         last_mod_window: tuple[datetime | None, datetime | None] | None,
         sync_resource: str | None,
+        *,
+        by_date: bool = False,
     ) -> None:
         high_water: datetime | None = None
+        tz = self.config.timezone
         ordered = True
         before = self._cursors_before.get(sync_resource) if sync_resource else None
         # SQLite: the WAL is checkpointed by a thread, not inside the page commits.
@@ -507,6 +523,9 @@ class Phases:
                 if last_mod_window is not None:
                     ordered = ordered and page.ordered
                     high_water = newest([high_water, *(r.cursor_value for r in records)])
+                elif by_date:
+                    ordered = ordered and page.ordered
+                    high_water = newest([high_water, *(to_stamp(r.get("transaction_dt"), tz) for r in page.objects)])
                 if sync_resource:
                     if high_water is not None:
                         self._read_newest[sync_resource] = high_water
@@ -595,16 +614,29 @@ class Phases:
         tx_since = window("transactions")
         cutover_text = self.state.cursors.get(self.business, "cutover")
         cutover = CutOver.from_text(cutover_text) if cutover_text else None
-        self._phase_transactions(
-            transaction_window=(cutover.floor if cutover else None, None),
-            last_mod_window=(tx_since, None),
-            sync_resource="transactions",
-            cutover=cutover,
-        )
+        by_date = cursor_field(self.source, "transactions") == "transaction_dt"
+        if by_date:
+            # The probed schema lists no last_mod_dt filter on transactions: the cursor is the
+            # newest transaction_dt read, and every pass reads again lookback_days before it
+            # (voids and late rows of that span included; their ids make that harmless).
+            before = self._cursors_before["transactions"]
+            floor = cutover.floor if cutover else None
+            since = lookback_start(before, self.config.lookback_days, floor) if before is not None else floor
+            self._phase_transactions(
+                transaction_window=(since, None), sync_resource="transactions", cutover=cutover,
+                cursor_field="transaction_dt",
+            )
+        else:
+            self._phase_transactions(
+                transaction_window=(cutover.floor if cutover else None, None),
+                last_mod_window=(tx_since, None),
+                sync_resource="transactions",
+                cutover=cutover,
+            )
         if self.stop.is_set():
             return
         signpost = self._signposts.get("transactions")
-        if tx_since is not None and self.config.lookback_days > 0 and signpost is not None:
+        if not by_date and tx_since is not None and self.config.lookback_days > 0 and signpost is not None:
             self._phase_transactions(
                 transaction_window=(
                     lookback_start(signpost, self.config.lookback_days, cutover.at if cutover else None),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.source_clock import SYNC_RESOURCES, CutOver, newest, to_row_id, to_stamp
-from bridge.sources import PerkvilleSource
+from bridge.sources import PerkvilleSource, allows_filter
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -22,9 +22,18 @@ def read_signposts(source: PerkvilleSource, business: str, timezone: str) -> dic
     """
     found: dict[str, datetime | None] = {}
     for resource in SYNC_RESOURCES:
-        page = source.fetch_newest(resource, business)
-        found[resource] = newest([to_stamp(row.get("last_mod_dt"), timezone) for row in page.objects])
+        field = cursor_field(source, resource)
+        page = source.fetch_newest(resource, business, field=field)
+        found[resource] = newest([to_stamp(row.get(field), timezone) for row in page.objects])
     return found
+
+
+def cursor_field(source: PerkvilleSource, resource: str) -> str:
+    """``last_mod_dt``, or ``transaction_dt`` for transactions when the probed schema lists no
+    ``last_mod_dt`` filter on them (sync then reads by date with the look-back)."""
+    if resource == "transactions" and allows_filter(source, resource, "last_mod_dt__gte") is False:
+        return "transaction_dt"
+    return "last_mod_dt"
 
 
 def find_cutover(

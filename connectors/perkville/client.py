@@ -30,6 +30,7 @@ from connectors.perkville.guard import StreamGuard, apply_guard, guard_for, trai
 from connectors.perkville.overlap import OverlappedReader, overlap_plan
 from connectors.perkville.pacing import Backoff, RequestBudget, parse_retry_after
 from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
+from connectors.perkville.schema import ApiSchema, sendable
 
 log = logging.getLogger("connectors.perkville")
 
@@ -145,6 +146,7 @@ class PerkvilleClient:
         self._external_members_path = external_members_path
         self._external_members_enabled = True
         self._warned: set[str] = set()
+        self._schema: ApiSchema | None = None
         self.stats = {"requests": 0, "retries": 0, "reauths": 0, "dropped_rows": 0, "throttled": 0}
 
     # ----------------------------------------------------------------- lifecycle and auth
@@ -376,6 +378,7 @@ class PerkvilleClient:
         guard = _guard or self._guard_for(resource, params or {})
         url = self._url(path)
         spath = sanitize_path(url)
+        params = self._sendable(resource, params or {}, spath)
         for offset, payload, repeated in self._payloads(url, params, page_size or self.page_size, resource):
             objects = [row for row in payload.get("objects", []) if isinstance(row, Mapping)]
             kept, dropped = self._apply_guard(guard, objects, spath)
@@ -439,6 +442,30 @@ class PerkvilleClient:
                 last_error="not an object",
             )
         return payload
+
+    def use_schema(self, schema: ApiSchema | None) -> None:
+        """What ``perkbridge probe`` found: filters and orderings a resource does not list are
+        not sent; the stream guard applies them to the rows instead (one warning each)."""
+        self._schema = schema
+
+    def allows_filter(self, resource: str, param: str) -> bool | None:
+        """Whether the probed schema lists ``param`` on ``resource`` (None: no schema known)."""
+        return None if self._schema is None else self._schema.allows_filter(resource, param)
+
+    def _sendable(self, resource: str, params: Mapping[str, Any], spath: str) -> dict[str, Any]:
+        schema = self._schema.of(resource) if self._schema is not None else None
+        sent, withheld = sendable(schema, params)
+        for name in withheld:
+            # The guard's own keys: its later "the server ignored ..." warning stays silent.
+            key = f"order:{spath}" if name.startswith("order_by=") else f"filter:{spath}:{name.split('__')[0]}"
+            self._warn_once(
+                key,
+                "perkville: the API's schema lists no %s on %s; not sending it, and %s on the client",
+                name,
+                spath,
+                "sorting each page" if name.startswith("order_by=") else "filtering the rows",
+            )
+        return sent
 
     def _guard_for(self, resource: str, params: Mapping[str, Any]) -> StreamGuard:
         return guard_for(params, self.tz, ID_FIELDS.get(resource, "id"))

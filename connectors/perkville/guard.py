@@ -17,6 +17,8 @@ from typing import Any
 from connectors.perkville.datetimes import parse_perkville_datetime
 
 _DATETIME_FILTERS = ("__gte", "__gt", "__lt", "__lte")
+# Parameters that are not exact filters of a row field (paging, ordering, the business check).
+_NOT_EXACT = frozenset({"limit", "offset", "order_by", "format", "business", "fullschema"})
 # ``warn(key, message, *args)``: log ``message`` the first time ``key`` is seen.
 Warn = Callable[..., None]
 
@@ -43,6 +45,8 @@ class StreamGuard:
     last_key: tuple[Any, ...] | None = None
     # Raw ``business`` strings already compared with ``business`` (rows repeat the same URI).
     business_seen: dict[str, bool] = field(default_factory=dict)
+    # Other exact filters (``transaction_status=VOID``, ``perk=7``), checked on rows that carry the field.
+    equals: dict[str, str] = field(default_factory=dict)
 
 
 # Order key part of a missing or unreadable ``*_dt`` value: before every real moment.
@@ -69,6 +73,11 @@ def guard_for(params: Mapping[str, Any], tz: tzinfo, id_field: str) -> StreamGua
             window.low, window.low_strict = bound, suffix == "__gt"
         else:
             window.high, window.high_inclusive = bound, suffix == "__lte"
+    for key, value in params.items():
+        name = key[: -len("__exact")] if key.endswith("__exact") else key
+        if "__" in name or name in _NOT_EXACT or value is None or isinstance(value, (list, tuple, dict)):
+            continue
+        guard.equals[name] = trailing_id(value)
     if params.get("business") is not None:
         guard.business = trailing_id(params["business"])
     order = params.get("order_by")
@@ -98,6 +107,7 @@ def apply_guard(
     ]
     carry = any(source >= 0 for _, _, source in sources)
     business = guard.business
+    equals = guard.equals
     seen = guard.business_seen
     kept: list[dict[str, Any]] = []
     carried: list[list[datetime | None]] = []
@@ -111,12 +121,25 @@ def apply_guard(
             except ValueError:
                 value = None  # unparseable values are the mapping's problem, not a filter signal
             values.append(value)
+            if value is None and name not in row:
+                warn(
+                    f"missing:{spath}:{name}",
+                    "perkville: rows of %s carry no %s, so its filter cannot be checked on the client; "
+                    "they are kept (read again on every pass: their ids make that harmless)",
+                    spath,
+                    name,
+                )
             if value is not None and (
                 (low is not None and (value <= low if low_strict else value < low))
                 or (high is not None and (value > high if high_inclusive else value >= high))
             ):
                 reason = name
                 break
+        if reason is None and equals:
+            for name, wanted in equals.items():
+                if name in row and row[name] is not None and trailing_id(row[name]) != wanted:
+                    reason = name
+                    break
         if reason is None and business is not None:
             raw = row.get("business")
             if raw is not None:

@@ -213,3 +213,30 @@ def _int(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+# Query parameters that are not filters (Tastypie's paging, ordering and format).
+NOT_FILTERS = frozenset({"limit", "offset", "order_by", "format"})
+
+
+def sendable(schema: ResourceSchema | None, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``params`` without the filters and orderings ``schema`` does not list, and what was withheld.
+
+    Without a schema everything is sent (the guard still checks the rows that come back).
+    """
+    if schema is None:
+        return dict(params), []
+    sent: dict[str, Any] = {}
+    withheld: list[str] = []
+    for key, value in params.items():
+        if key == "order_by":
+            orders = [value] if isinstance(value, str) else list(value)
+            kept = [order for order in orders if schema.allows_ordering(str(order))]
+            withheld += [f"order_by={order}" for order in orders if order not in kept]
+            if kept:
+                sent[key] = kept
+        elif key in NOT_FILTERS or value is None or schema.allows_filter(key):
+            sent[key] = value
+        else:
+            withheld.append(key)
+    return sent, withheld
