@@ -22,6 +22,9 @@ ALL_SCOPES = (
     "ADMIN_PERK",
     "ADMIN_LOCATION",
 )
+# How redeemed points are shown: "negative" as Perkville's docs describe its ledger (N2: a
+# redemption -250, its VOID_REF +250), or "positive" (a magnitude; VOID_REF rows negated), for tests.
+REDEEM_SIGNS = ("negative", "positive")
 # Generated history ends here (fixed, so every seed gives the same data whatever the date).
 HISTORY_END = datetime(2026, 1, 1, tzinfo=UTC)
 HISTORY_DAYS = 730
@@ -169,13 +172,13 @@ class Ledger:
         members: int = 200,
         transactions: int = 2000,
         timezone_name: str = "UTC",
-        redeem_sign: str = "positive",
+        redeem_sign: str = REDEEM_SIGNS[0],
         void_ratio: float = 0.02,
         now: Callable[[], datetime] | None = None,
         clock_offset: float = 0.0,
     ) -> None:
-        if redeem_sign not in ("positive", "negative"):
-            raise ValueError("redeem_sign must be 'positive' or 'negative'")
+        if redeem_sign not in REDEEM_SIGNS:
+            raise ValueError("redeem_sign must be 'negative' or 'positive'")
         self.lock = threading.RLock()
         self.tz: tzinfo = to_tzinfo(timezone_name)
         self.redeem_sign = redeem_sign
