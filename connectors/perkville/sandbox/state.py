@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from connectors.perkville.datetimes import parse_perkville_datetime, to_tzinfo
+from connectors.perkville.sandbox.limits import REDEMPTION_LIMIT_REACHED, redemption_limit_reached
 
 CONNECTION_STATUSES = ("ACTIVE", "PENDING", "IMPORTED", "INACTIVE")
 ALL_SCOPES = (
@@ -601,11 +602,19 @@ class Ledger:
                             "pv_once_per_calendar_day",
                             "This perk was already awarded to this customer today.",
                         )
+            refused = redemption_limit_reached(
+                perk_record, self.businesses[business].txns, connection_id=connection_id, when=when,
+                quantity=quantity,
+            )
+            if refused is not None:
+                raise SandboxError(400, "perk", REDEMPTION_LIMIT_REACHED, refused)
             if (
                 perk_record["classification"] == "REDEEM"
                 and self.aggregates[connection_id].balance < per_unit * quantity
             ):
-                raise SandboxError(400, "points", "pv_insufficient_points", "Not enough points to redeem.")
+                raise SandboxError(
+                    400, "points", "pv_txn_insufficient_points", "Not enough points to redeem."
+                )
             now = self.now()
             txn = Txn(
                 id=self._next_id("txn"),
