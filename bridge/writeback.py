@@ -375,20 +375,25 @@ class Writeback:
     ) -> Any:
         """Call Perkville once (the connector retries inside its budget).
 
-        A 4xx other than 401/403 dead-letters the item and returns ``_REJECTED``; anything else
-        that fails stops the batch with the item unconfirmed.
+        A 4xx other than 401/403 dead-letters the item and returns ``_REJECTED`` (a refusal
+        Perkville documents, e.g. too few points, under its own reason); anything else that fails
+        stops the batch with the item unconfirmed.
         """
-        from connectors.perkville.errors import PerkvilleHTTPError
+        from connectors.perkville.errors import DOCUMENTED_REFUSALS, PerkvilleHTTPError, documented_refusal
 
         try:
             return call()
         except PerkvilleHTTPError as exc:
             if exc.status in (401, 403):
                 raise _StopBatch(exc) from exc
-            batch.dead_letters.append(
-                _letter(kind, record_id, item, f"perkville_{exc.status}",
-                        redact(str(exc), self.config.secrets))
-            )
+            detail = redact(str(exc), self.config.secrets)
+            refusal = documented_refusal(exc.body)
+            if refusal is not None:  # e.g. too few points: named, so the operator reads why
+                name, words = DOCUMENTED_REFUSALS[refusal]
+                words = f"Perkville refused: {words} ({detail})"
+                batch.dead_letters.append(_letter(kind, record_id, item, f"perkville_{name}", words))
+                return _REJECTED
+            batch.dead_letters.append(_letter(kind, record_id, item, f"perkville_{exc.status}", detail))
             return _REJECTED
         except Exception as exc:  # retriable after the connector's budget, auth, network
             raise _StopBatch(exc) from exc

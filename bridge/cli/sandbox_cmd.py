@@ -21,7 +21,10 @@ def register(app: typer.Typer) -> None:
         members: int = typer.Option(200, "--members", min=1, help="Members (connections) per business."),
         transactions: int = typer.Option(2000, "--transactions", min=0, help="Ledger rows per business."),
         redeem_sign: str = typer.Option(
-            "positive", "--redeem-sign", help="How redeemed points are reported: positive or negative."
+            "negative",
+            "--redeem-sign",
+            help="How redeemed points are reported: negative (-N, its VOID_REF +N; as Perkville documents "
+            "it) or positive (+N, its VOID_REF -N).",
         ),
         timezone: str = typer.Option(
             "UTC", "--timezone", help="Zone of the naive datetimes the sandbox serves."
@@ -54,8 +57,8 @@ def register(app: typer.Typer) -> None:
         """Serve a local Perkville v2 sandbox with a generated business (test credentials only)."""
         from connectors.perkville.sandbox import Sandbox
 
-        if redeem_sign not in ("positive", "negative"):
-            common.fail("--redeem-sign must be positive or negative", common.EXIT_USAGE)
+        if redeem_sign not in ("negative", "positive"):
+            common.fail("--redeem-sign must be negative or positive", common.EXIT_USAGE)
         try:
             box = Sandbox(
                 seed=seed,

@@ -83,3 +83,33 @@ class NotFound(PerkvilleHTTPError):
 
 class RequestRejected(PerkvilleHTTPError):
     """HTTP 400/409/422: Perkville refused the request (validation error)."""
+
+
+DOCUMENTED_REFUSALS: dict[str, tuple[str, str]] = {
+    "pv_txn_insufficient_points": (
+        "insufficient_points",
+        "the customer has too few points for this redemption",
+    ),
+    "pv_perk_redemption_limit_reached": (
+        "redemption_limit_reached",
+        "the customer already redeemed this perk as often as its redemption limit allows",
+    ),
+}
+"""The refusal codes Perkville documents (docs N4), as ``code: (short name, plain words)``. Every
+other ``pv_*`` code the sandbox answers is its own invention; no logic may key on those."""
+
+
+def documented_refusal(body: Any) -> str | None:
+    """The first code of an error body that is a documented refusal (``DOCUMENTED_REFUSALS``).
+
+    Reads ``errors.<field>[].code`` (any field) and a top-level ``error`` or ``code``.
+    """
+    if not isinstance(body, dict):
+        return None
+    candidates: list[Any] = [body.get("error"), body.get("code")]
+    errors = body.get("errors")
+    if isinstance(errors, dict):
+        for items in errors.values():
+            for item in items if isinstance(items, list) else [items]:
+                candidates.append(item.get("code") if isinstance(item, dict) else item)
+    return next((c for c in candidates if isinstance(c, str) and c in DOCUMENTED_REFUSALS), None)

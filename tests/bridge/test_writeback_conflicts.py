@@ -16,7 +16,7 @@ from bridge.writeback import Writeback, WritebackConfig
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.models import EventInput
 from tests.bridge.conftest import SPACE, Bridge, open_bridge
-from tests.bridge.test_writeback import _earn_perk, _load_program, _member, _redeem_perk
+from tests.bridge.test_writeback import _earn_perk, _load_program, _member, _redeem_perk, _rows_with_source
 
 VISIT = "visit.checked_in"
 REDEEMED = "reward.redeemed"
@@ -86,8 +86,8 @@ def test_redemption_on_both_sides_perkville_wins_and_the_refusal_is_dead_lettere
     back = _writeback(bridge, earn, redeem).run()
     assert (back.written_back, back.dead_lettered) == (0, 1)
     (letter,) = bridge.state.dead_letters.list(bridge.business)
-    assert (letter.record_id, letter.reason) == ("app:redeem:1", "perkville_400")
-    assert "insufficient" in (letter.detail or "").lower() or "enough" in (letter.detail or "").lower()
+    assert (letter.record_id, letter.reason) == ("app:redeem:1", "perkville_insufficient_points")
+    assert "too few points" in (letter.detail or "") and "pv_txn_insufficient_points" in (letter.detail or "")
     assert bridge.sync().status == "succeeded"
     assert _perkville(bridge, user) == cost - 1  # Perkville kept only the desk redemption
     assert _perkamo(bridge, user) == cost - 1 - cost  # Perkamo applied both
@@ -102,6 +102,34 @@ def test_redemption_on_both_sides_perkville_wins_and_the_refusal_is_dead_lettere
     # The repair is a Perkville-born event: it is never written back.
     after = _writeback(bridge, earn, redeem).run()
     assert after.written_back == 0 and after.dead_lettered == 0
+
+
+def test_a_redemption_past_the_perks_limit_is_dead_lettered_once_not_retried(bridge: Bridge) -> None:
+    earn, redeem = _ready(bridge)
+    user = _member(bridge)
+    customer = f"perkville:{user}"
+    bridge.box.add_transaction(perk=earn["perk_id"], user=user, points=5 * REWARD_COST)
+    assert bridge.sync().status == "succeeded"
+    with bridge.box.ledger.lock:  # Perkville's side of the reward: once a week per customer
+        redeem.update(redemption_limit_count=1, redemption_limit_interval="WEEK",
+                      redemption_limit_interval_count=1)
+    bridge.service.redeem(SPACE, customer, "smoothie", "app:limit:0")
+    bridge.service.redeem(SPACE, customer, "smoothie", "app:limit:1")
+    requests = bridge.box.stats()["requests"]
+    back = _writeback(bridge, earn, redeem).run()
+    assert (back.written_back, back.dead_lettered) == (1, 1)
+    assert bridge.box.stats()["requests"] - requests == 2  # one POST each: the refusal is not retried
+    (letter,) = bridge.state.dead_letters.list(bridge.business)
+    assert (letter.record_id, letter.reason) == ("app:limit:1", "perkville_redemption_limit_reached")
+    assert "pv_perk_redemption_limit_reached" in (letter.detail or "")
+    # A retry meets the same refusal: still one dead letter, nothing written twice.
+    retried = _writeback(bridge, earn, redeem).retry_dead_letters()
+    assert retried.written_back == 0
+    assert [d.reason for d in bridge.state.dead_letters.list(bridge.business)] == [
+        "perkville_redemption_limit_reached"
+    ]
+    assert len(_rows_with_source(bridge, "perkamo:app:limit:0")) == 1
+    assert not _rows_with_source(bridge, "perkamo:app:limit:1")
 
 
 def test_manual_adjustment_in_perkville_flows_in_and_never_back(bridge: Bridge) -> None:

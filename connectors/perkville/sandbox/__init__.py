@@ -19,9 +19,9 @@ from connectors.perkville.sandbox.server import (
     render,
     render_txn,
 )
-from connectors.perkville.sandbox.state import ALL_SCOPES, Ledger, SandboxError
+from connectors.perkville.sandbox.state import ALL_SCOPES, REDEEM_SIGNS, Ledger, SandboxError
 
-__all__ = ["ALL_SCOPES", "Behaviour", "Faults", "Sandbox", "SandboxError"]
+__all__ = ["ALL_SCOPES", "REDEEM_SIGNS", "Behaviour", "Faults", "Sandbox", "SandboxError"]
 
 
 class Sandbox:
@@ -30,7 +30,10 @@ class Sandbox:
     ``Sandbox(seed=0, businesses=1, members=200, transactions=2000)`` generates the same data for
     the same arguments. ``timezone`` is the zone its naive datetimes are shown (and its filters
     read) in; ``clock_offset`` sets its own clock that many seconds ahead of the real one
-    (negative: behind), like a Perkville whose server clock is off. ``start()`` returns the base URL once the server listens; ``api_url`` and
+    (negative: behind), like a Perkville whose server clock is off. ``redeem_sign="negative"``
+    (the default, as Perkville's docs describe its ledger) shows a redemption as ``-N`` points and
+    its ``VOID_REF`` as ``+N``; ``"positive"`` shows redemptions as magnitudes and every ``VOID_REF``
+    negated. ``start()`` returns the base URL once the server listens; ``api_url`` and
     ``token_url`` are what a ``PerkvilleClient`` needs, ``credentials`` the password-grant test
     credentials. Faults and behaviours can be switched from Python or over HTTP (``/_sandbox/``).
     """
@@ -43,7 +46,7 @@ class Sandbox:
         transactions: int = 2000,
         *,
         timezone: str = "UTC",
-        redeem_sign: str = "positive",
+        redeem_sign: str = REDEEM_SIGNS[0],
         void_ratio: float = 0.02,
         now: Callable[[], datetime] | None = None,
         clock_offset: float = 0.0,

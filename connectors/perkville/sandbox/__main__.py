@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from connectors.perkville.sandbox import Sandbox
+from connectors.perkville.sandbox import REDEEM_SIGNS, Sandbox
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--businesses", type=int, default=1)
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--transactions", type=int, default=2000)
-    parser.add_argument("--redeem-sign", choices=("positive", "negative"), default="positive")
+    parser.add_argument(
+        "--redeem-sign",
+        choices=REDEEM_SIGNS,
+        default=REDEEM_SIGNS[0],
+        help="redemptions -N and their VOID_REF +N (negative, as documented) or +N and -N (positive)",
+    )
     parser.add_argument("--timezone", default="UTC")
     parser.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="L")

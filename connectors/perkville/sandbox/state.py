@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from connectors.perkville.datetimes import parse_perkville_datetime, to_tzinfo
+from connectors.perkville.sandbox.limits import REDEMPTION_LIMIT_REACHED, redemption_limit_reached
 
 CONNECTION_STATUSES = ("ACTIVE", "PENDING", "IMPORTED", "INACTIVE")
 ALL_SCOPES = (
@@ -22,6 +23,9 @@ ALL_SCOPES = (
     "ADMIN_PERK",
     "ADMIN_LOCATION",
 )
+# How redeemed points are shown: "negative" as Perkville's docs describe its ledger (N2: a
+# redemption -250, its VOID_REF +250), or "positive" (a magnitude; VOID_REF rows negated), for tests.
+REDEEM_SIGNS = ("negative", "positive")
 # Generated history ends here (fixed, so every seed gives the same data whatever the date).
 HISTORY_END = datetime(2026, 1, 1, tzinfo=UTC)
 HISTORY_DAYS = 730
@@ -170,13 +174,13 @@ class Ledger:
         members: int = 200,
         transactions: int = 2000,
         timezone_name: str = "UTC",
-        redeem_sign: str = "positive",
+        redeem_sign: str = REDEEM_SIGNS[0],
         void_ratio: float = 0.02,
         now: Callable[[], datetime] | None = None,
         clock_offset: float = 0.0,
     ) -> None:
-        if redeem_sign not in ("positive", "negative"):
-            raise ValueError("redeem_sign must be 'positive' or 'negative'")
+        if redeem_sign not in REDEEM_SIGNS:
+            raise ValueError("redeem_sign must be 'negative' or 'positive'")
         self.lock = threading.RLock()
         self.tz: tzinfo = to_tzinfo(timezone_name)
         self.redeem_sign = redeem_sign
@@ -599,11 +603,19 @@ class Ledger:
                             "pv_once_per_calendar_day",
                             "This perk was already awarded to this customer today.",
                         )
+            refused = redemption_limit_reached(
+                perk_record, self.businesses[business].txns, connection_id=connection_id, when=when,
+                quantity=quantity,
+            )
+            if refused is not None:
+                raise SandboxError(400, "perk", REDEMPTION_LIMIT_REACHED, refused)
             if (
                 perk_record["classification"] == "REDEEM"
                 and self.aggregates[connection_id].balance < per_unit * quantity
             ):
-                raise SandboxError(400, "points", "pv_insufficient_points", "Not enough points to redeem.")
+                raise SandboxError(
+                    400, "points", "pv_txn_insufficient_points", "Not enough points to redeem."
+                )
             now = self.now()
             txn = Txn(
                 id=self._next_id("txn"),

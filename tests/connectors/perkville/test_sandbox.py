@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from connectors.perkville import AuthError, PaginationError, PerkvilleClient
-from connectors.perkville.sandbox import Faults, Sandbox
-from connectors.perkville.sandbox.state import CONNECTION_STATUSES, HISTORY_END
+from connectors.perkville.sandbox import REDEEM_SIGNS, Faults, Sandbox
+from connectors.perkville.sandbox.state import CONNECTION_STATUSES, HISTORY_END, Ledger
 
 pytestmark = pytest.mark.slow
 BUSINESS = 25
@@ -34,6 +34,13 @@ def small() -> Iterator[Sandbox]:
     sandbox.start()
     yield sandbox
     sandbox.stop()
+
+
+@pytest.fixture(params=REDEEM_SIGNS)
+def signed(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """``small`` under each redemption sign convention."""
+    with Sandbox(seed=3, members=40, transactions=400, redeem_sign=request.param) as sandbox:
+        yield sandbox
 
 
 def client_for(sandbox: Sandbox, **overrides: Any) -> PerkvilleClient:
@@ -175,21 +182,22 @@ def test_late_void_shows_up_in_an_incremental_read(small: Sandbox) -> None:
 
 
 # ----------------------------------------------------------------- truth and data shape
-def test_connection_balances_equal_the_ledger_truth(small: Sandbox) -> None:
-    with client_for(small) as client:
+def test_connection_balances_equal_the_ledger_truth(signed: Sandbox) -> None:
+    with client_for(signed) as client:
         connections = [row for p in client.iter_connections(BUSINESS) for row in p.objects]
         rows = [row for p in client.iter_transactions(BUSINESS) for row in p.objects]
-    truth = small.true_balances(BUSINESS)
+    truth = signed.true_balances(BUSINESS)
     reported = {int(c["user"].rstrip("/").rsplit("/", 1)[-1]): c["point_balance"] for c in connections}
     assert reported == truth
-    # The same truth recomputed from what the API served (redeemed points positive by default).
+    # The same truth recomputed from what the API served, whatever the sign convention: the sign
+    # comes from the classification, as the mapping reads it.
     recomputed = dict.fromkeys(truth, 0)
     earned = dict.fromkeys(truth, 0)
     for row in rows:
         if row["transaction_status"] == "ACTIVE":
             user_id = int(row["user"].split("/")[-2])
             sign = -1 if row["classification"] == "REDEEM" else 1
-            recomputed[user_id] += sign * row["points"] * row["quantity"]
+            recomputed[user_id] += sign * abs(row["points"]) * row["quantity"]
             if sign > 0:
                 earned[user_id] += row["points"] * row["quantity"]
     assert recomputed == truth
@@ -201,16 +209,47 @@ def test_connection_balances_equal_the_ledger_truth(small: Sandbox) -> None:
     assert any(row["points"] == 0 for row in rows) and any(row["trans_source_id"] for row in rows)
 
 
-def test_negative_redeem_sign_option() -> None:
-    with (
-        Sandbox(seed=3, members=40, transactions=400, redeem_sign="negative") as sandbox,
-        client_for(sandbox) as client,
-    ):
+def test_redemptions_are_negative_by_default_as_perkville_documents_them() -> None:
+    assert Ledger(members=1, transactions=0).redeem_sign == "negative" == REDEEM_SIGNS[0]
+    assert Sandbox(members=1, transactions=0).ledger.redeem_sign == "negative"
+
+
+def test_the_sign_of_redemptions_and_of_void_refs_follows_the_convention(signed: Sandbox) -> None:
+    negative = signed.ledger.redeem_sign == "negative"
+    redemption = next(
+        t for t in signed.ledger.txns.values()
+        if t.classification == "REDEEM" and t.status == "ACTIVE" and t.quantity == 1
+    )
+    earn = next(
+        t for t in signed.ledger.txns.values()
+        if t.classification == "EARN" and t.status == "ACTIVE" and t.points
+    )
+    for victim in (redemption, earn):
+        signed.void_transaction(victim.id)
+    with client_for(signed) as client:
         rows = [row for p in client.iter_transactions(BUSINESS) for row in p.objects]
-    redeems = [
-        row for row in rows if row["classification"] == "REDEEM" and row["transaction_status"] != "VOID_REF"
-    ]
-    assert redeems and all(row["points"] < 0 for row in redeems)
+    by_id = {row["transaction_id"]: row for row in rows}
+    shown = [row for row in rows if row["transaction_status"] != "VOID_REF"]
+    redeems = [row for row in shown if row["classification"] == "REDEEM"]
+    earns = [row for row in shown if row["classification"] == "EARN"]
+    assert redeems and all((row["points"] < 0) == negative and row["points"] for row in redeems)
+    assert all(row["points"] >= 0 for row in earns)
+    refs = [row for row in rows if row["transaction_status"] == "VOID_REF"]
+    assert refs
+    for ref in refs:
+        original = by_id[int(ref["voided_transaction"].split("/")[-2])]
+        assert original["transaction_status"] == "VOID" and ref["points"] == -original["points"]
+    # N2's example: a voided redemption of N points is -N and its VOID_REF +N (documented sign).
+    voided = by_id[redemption.id]
+    (ref,) = [row for row in refs if row["voided_transaction"] == f"/v2/transactions/{redemption.id}/"]
+    assert (voided["points"], ref["points"]) == ((-redemption.points, redemption.points) if negative
+                                                 else (redemption.points, -redemption.points))
+    # Under the documented convention Perkville's ledger adds up: the plain sum of points x quantity
+    # over every row (a VOID row and its VOID_REF cancel) is the balance.
+    plain = dict.fromkeys(signed.true_balances(BUSINESS), 0)
+    for row in rows:
+        plain[int(row["user"].split("/")[-2])] += row["points"] * row["quantity"]
+    assert (plain == signed.true_balances(BUSINESS)) == negative
 
 
 def test_users_locations_perks_have_the_promised_variety(small: Sandbox) -> None:
