@@ -47,15 +47,19 @@ def test_sync_reads_by_transaction_date_and_reconciles(
     assert again.kinds["transaction"]["applied"] == 0  # the window read again changes nothing
 
 
-def test_without_the_schema_a_silently_ignored_filter_costs_reads_never_points(bridge: Bridge) -> None:
+def test_without_the_schema_a_silently_ignored_filter_costs_reads_never_points(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
     bridge.box.set_behaviour(ignore_filters=True)
     assert bridge.backfill().status == "succeeded"
     ledger = bridge.box.ledger
     member = next(iter(ledger.connections.values()))
     perk = next(p for p in ledger.perks.values() if p["classification"] == "EARN" and p["points"])
     bridge.box.add_transaction(perk=perk["perk_id"], user=member["user"], quantity=1)
-    sync = bridge.sync()
+    with caplog.at_level(logging.WARNING):
+        sync = bridge.sync()
     assert sync.kinds["transaction"]["applied"] == 1
+    assert any("ignored the last_mod_dt filter" in r.getMessage() for r in caplog.records)
     assert bridge.client.stats["dropped_rows"] > 0  # the rows outside the window, dropped here
     report = bridge.reconcile()
     assert report.ok, report.to_json()
