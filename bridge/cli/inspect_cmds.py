@@ -51,6 +51,14 @@ def status(
             f"Perkville request rate learned: {body['request_rate']:g} requests/s "
             f"(the next run starts there; ceiling {settings.perkville.requests_per_second:g})"
         )
+    probe = body["probe"]
+    if probe is None and chosen:
+        typer.echo("probe: none yet (run perkbridge probe against a real business first)")
+    elif probe is not None:
+        typer.echo(
+            f"probe: #{probe['probe_id']} at {probe['probed_at'][:19]}; contradicted: "
+            f"{', '.join(probe['contradicted']) or 'none'}; unknown: {len(probe['unknown'])}"
+        )
     typer.echo("runs:")
     if not body["runs"]:
         typer.echo("  (none yet)")
@@ -137,6 +145,21 @@ def _status_body(state: Any, business: str | None, limit: int) -> dict[str, Any]
         "id_map": state.id_map.count(business),
         # The Perkville request rate the adaptive budget learned; the next run starts there.
         "request_rate": state.runs.learned_rate(business) if business else None,
+        "probe": _probe_summary(state, business),
+    }
+
+
+def _probe_summary(state: Any, business: str | None) -> dict[str, Any] | None:
+    """The business's last ``perkbridge probe``: when, and what it found contradicted or unknown."""
+    recorded = state.probes.latest(business) if business else None
+    if recorded is None:
+        return None
+    rows = recorded.report.get("assumptions") or []
+    return {
+        "probe_id": recorded.id,
+        "probed_at": recorded.probed_at.isoformat(),
+        "contradicted": [row.get("key") for row in rows if row.get("status") == "contradicted"],
+        "unknown": [row.get("key") for row in rows if row.get("status") == "unknown"],
     }
 
 

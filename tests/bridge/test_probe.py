@@ -53,6 +53,11 @@ def test_probe_prints_every_assumption_and_records_it(
     assert body["schema"]["how"] == "fullschema"
     assert body["probe_id"] == 2  # both probes were recorded
     assert sandbox.credentials["client_secret"] not in str(body) + err
+    code, status, err = run(capsys, cli_env, "status", "--json")
+    assert code == 0, err
+    assert status["probe"]["probe_id"] == 2 and status["probe"]["contradicted"] == []
+    code, text, err = run(capsys, cli_env, "status")
+    assert "probe: #2" in text
 
 
 def test_without_schema_endpoints_everything_is_unknown_not_an_error(
