@@ -107,6 +107,7 @@ class PerkvilleWriter(Protocol):
         user: object = None,
         email: str | None = None,
         connection: object = None,
+        external_member_id: object = None,
         location: object = None,
         business: object = None,
         quantity: int = 1,
@@ -119,5 +120,5 @@ class PerkvilleWriter(Protocol):
         ...
 
     def upsert_external_member(
-        self, member: Mapping[str, Any], *, external_member_id: object = None
+        self, member: Mapping[str, Any], *, resource_uri: str | None = None
     ) -> dict[str, Any] | None: ...

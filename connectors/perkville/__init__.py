@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from connectors.perkville.client import ID_FIELDS, AwardResult, PerkvilleClient
+from connectors.perkville.client import ID_FIELDS, PerkvilleClient
 from connectors.perkville.datetimes import format_filter_datetime, parse_perkville_datetime
+from connectors.perkville.duplicates import RecordedAnswer
 from connectors.perkville.errors import (
     AuthError,
     ConfigurationError,
@@ -17,6 +18,7 @@ from connectors.perkville.errors import (
     RetryBudgetExhausted,
 )
 from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
+from connectors.perkville.writes import AwardResult
 
 __all__ = [
     "ID_FIELDS",
@@ -32,6 +34,7 @@ __all__ = [
     "PerkvilleClient",
     "PerkvilleError",
     "PerkvilleHTTPError",
+    "RecordedAnswer",
     "RequestRejected",
     "RetriableError",
     "RetryBudgetExhausted",

@@ -8,7 +8,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
@@ -17,6 +16,7 @@ import httpx
 
 from connectors.perkville.auth import Redactor, TokenSource, with_retries
 from connectors.perkville.datetimes import format_filter_datetime, to_tzinfo
+from connectors.perkville.duplicates import RecordedAnswer
 from connectors.perkville.errors import (
     AuthError,
     ConfigurationError,
@@ -31,11 +31,11 @@ from connectors.perkville.overlap import OverlappedReader, overlap_plan
 from connectors.perkville.pacing import Backoff, RequestBudget, parse_retry_after
 from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
 from connectors.perkville.schema import ApiSchema, sendable
+from connectors.perkville.writes import Answer, WriteMethods, check_field_name
 
 log = logging.getLogger("connectors.perkville")
 
 USER_AGENT = "perkbridge-perkville-connector/0.1 (+https://perkamo.com)"
-CONNECTION_STATUSES = frozenset({"ACTIVE", "INACTIVE"})
 
 # The id field of each list resource, used to break ties and to check the server's order.
 ID_FIELDS = {
@@ -45,22 +45,11 @@ ID_FIELDS = {
     "users": "user_id",
     "connections": "connection_id",
     "transactions": "transaction_id",
-    "external-members": "external_member_id",
 }
+"""External-member records have no known id field; their stable sort key is ``id`` (the default)."""
 
 
-@dataclass(frozen=True)
-class AwardResult:
-    """Outcome of ``award_points``: created, an idempotent duplicate, or refused by the once-a-day rule."""
-
-    trans_source_id: str
-    created: bool
-    duplicate: bool = False
-    limited: bool = False
-    transaction: dict[str, Any] | None = None
-
-
-class PerkvilleClient:
+class PerkvilleClient(WriteMethods):
     """Perkville v2 client: password grant or given token, paging, rate limit, retries, writes.
 
     Reads yield raw ``Page``s (``objects`` exactly as Perkville sent them, after client-side guards);
@@ -94,6 +83,9 @@ class PerkvilleClient:
         user_agent: str = USER_AGENT,
         max_in_flight: int = 4,
         start_rate: float | None = None,
+        external_member_field: str = "external_member_id",
+        duplicate_answers: Sequence[RecordedAnswer] = (),
+        is_duplicate: Callable[[int, Any], bool] | None = None,
     ) -> None:
         if page_size < 1:
             raise ConfigurationError("page_size must be at least 1")
@@ -144,6 +136,11 @@ class PerkvilleClient:
             event_hooks={"request": [lambda _request: self.budget.on_wire()]},
         )
         self._external_members_path = external_members_path
+        self.external_member_field = check_field_name(external_member_field)
+        # The seam for ``perkbridge probe``: answers it recorded to a repeated trans_source_id, and
+        # any extra test, count as "already recorded" (``connectors.perkville.duplicates``).
+        self.duplicate_answers = tuple(duplicate_answers)
+        self.is_duplicate = is_duplicate
         self._external_members_enabled = True
         self._warned: set[str] = set()
         self._schema: ApiSchema | None = None
@@ -216,8 +213,22 @@ class PerkvilleClient:
         body: Mapping[str, Any] | None = None,
     ) -> Any:
         """One API call with pacing, retries and one re-authentication; returns the decoded JSON (or None)."""
+        return self.send(method, path, params=params, body=body).payload
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+        max_retries: int | None = None,
+    ) -> Answer:
+        """``request``, also returning the answer's ``Location`` header; ``max_retries`` overrides
+        the client's retry budget for this call."""
         url = self._url(path)
         spath = sanitize_path(url)
+        limit = self.max_retries if max_retries is None else max_retries
         reauthed = False
         failures = 0
         budget = self.budget
@@ -243,7 +254,9 @@ class PerkvilleClient:
                 ) from None
             except httpx.TransportError as exc:
                 budget.troubled(ticket)
-                failures = self._retry(failures, method, spath, f"network error ({type(exc).__name__})", None)
+                failures = self._retry(
+                    failures, method, spath, f"network error ({type(exc).__name__})", None, limit=limit
+                )
                 continue
             status = response.status_code
             if status == 401:
@@ -263,22 +276,25 @@ class PerkvilleClient:
                     self._count("throttled")
                     pause = min(wait, self.max_retry_after) if wait is not None else self._backoff.delay(failures)
                     # The budget pauses every sender until the server's Retry-After has passed.
-                    failures = self._retry(failures, method, spath, "HTTP 429", pause, paused=True)
+                    failures = self._retry(
+                        failures, method, spath, "HTTP 429", pause, paused=True, limit=limit
+                    )
                     budget.throttled_for(ticket, pause)
                     continue
                 budget.troubled(ticket)
-                failures = self._retry(failures, method, spath, f"HTTP {status}", wait)
+                failures = self._retry(failures, method, spath, f"HTTP {status}", wait, limit=limit)
                 continue
             if status >= 400:
                 raise self._http_error(method, spath, response)
             budget.succeeded(ticket, self._clock() - ticket)
+            location = response.headers.get("Location") or None
             if status == 204 or not response.content:
-                return None
+                return Answer(None, location)
             try:
-                return json.loads(response.content)
+                return Answer(json.loads(response.content), location)
             except ValueError:
                 failures = self._retry(
-                    failures, method, spath, "truncated or invalid JSON body", None, invalid=True
+                    failures, method, spath, "truncated or invalid JSON body", None, invalid=True, limit=limit
                 )
 
     def _count(self, name: str, amount: int = 1) -> None:
@@ -308,12 +324,14 @@ class PerkvilleClient:
         *,
         invalid: bool = False,
         paused: bool = False,
+        limit: int | None = None,
     ) -> int:
-        if failures >= self.max_retries:
+        limit = self.max_retries if limit is None else limit
+        if failures >= limit:
             kind = InvalidPageError if invalid else RetryBudgetExhausted
             raise kind(
                 f"{method} {spath} failed {failures + 1} time(s), last: {reason}; the retry budget "
-                f"({self.max_retries} retries) is spent. Perkville may be down or throttling; rerun later",
+                f"({limit} retries) is spent. Perkville may be down or throttling; rerun later",
                 path=spath,
                 attempts=failures + 1,
                 last_error=reason,
@@ -632,100 +650,6 @@ class PerkvilleClient:
                 yield from self.iter_pages(f"{name}/", self._params(business, query))
                 return
 
-    # ----------------------------------------------------------------- writes
-    def award_points(
-        self,
-        *,
-        perk: object,
-        trans_source_id: str,
-        user: object = None,
-        email: str | None = None,
-        connection: object = None,
-        location: object = None,
-        business: object = None,
-        quantity: int = 1,
-        points: int | None = None,
-        transaction_dt: datetime | None = None,
-        limit_to_once_per_calendar_day: bool = False,
-        extra: Mapping[str, Any] | None = None,
-    ) -> AwardResult:
-        """``POST transactions/``; a duplicate ``trans_source_id`` is an idempotent success."""
-        if not trans_source_id:
-            raise ConfigurationError("award_points needs a trans_source_id (it makes retries safe)")
-        if user is None and email is None and connection is None:
-            raise ConfigurationError("award_points needs a user, an email or a connection")
-        body: dict[str, Any] = {
-            "perk": _uri("perks", perk),
-            "quantity": quantity,
-            "trans_source_id": trans_source_id,
-            "limit_to_once_per_calendar_day": bool(limit_to_once_per_calendar_day),
-        }
-        if user is not None:
-            body["user"] = _uri("users", user)
-        if email is not None:
-            body["user__emails__email"] = email
-        if connection is not None:
-            body["connection"] = _uri("connections", connection)
-        if location is not None:
-            body["location"] = _uri("locations", location)
-        if business is not None:
-            body["business"] = _uri("businesses", business)
-        if points is not None:
-            body["points"] = int(points)
-        if transaction_dt is not None:
-            body["transaction_dt"] = format_filter_datetime(transaction_dt, self.tz)
-        body.update(extra or {})
-        try:
-            created = self.request("POST", "transactions/", body=body)
-        except RequestRejected as exc:
-            if _is_duplicate(exc.status, exc.body):
-                log.info("perkville: trans_source_id %s already recorded; treating as done", trans_source_id)
-                return AwardResult(trans_source_id, created=False, duplicate=True)
-            if _is_once_per_day(exc.body):
-                log.info("perkville: %s refused by limit_to_once_per_calendar_day", trans_source_id)
-                return AwardResult(trans_source_id, created=False, limited=True)
-            raise
-        return AwardResult(
-            trans_source_id,
-            created=True,
-            transaction=dict(created) if isinstance(created, Mapping) else None,
-        )
-
-    def upsert_external_member(
-        self, member: Mapping[str, Any], *, external_member_id: object = None
-    ) -> dict[str, Any] | None:
-        """POST (create or update) an external member, or PATCH one by id; None when the API is absent."""
-        if not self._external_members_enabled:
-            return None
-        path = self._external_members_path
-        try:
-            if external_member_id is not None:
-                result = self.request("PATCH", f"{path}{trailing_id(external_member_id)}/", body=member)
-            else:
-                result = self.request("POST", path, body=member)
-        except NotFound:
-            if external_member_id is not None and self._external_members_probe():
-                raise
-            self._disable_external_members()
-            return None
-        return dict(result) if isinstance(result, Mapping) else {}
-
-    def _external_members_probe(self) -> bool:
-        """Whether the external-members list exists (so a 404 meant the record, not the endpoint)."""
-        try:
-            self.request("GET", self._external_members_path, params={"limit": 1})
-        except NotFound:
-            return False
-        return True
-
-    def update_connection_status(self, connection_id: object, status: str) -> dict[str, Any]:
-        """PATCH a connection's ``status`` to ACTIVE (join) or INACTIVE (leave)."""
-        value = status.upper()
-        if value not in CONNECTION_STATUSES:
-            raise ConfigurationError(f"connection status must be ACTIVE or INACTIVE, not {status!r}")
-        result = self.request("PATCH", f"connections/{trailing_id(connection_id)}/", body={"status": value})
-        return dict(result) if isinstance(result, Mapping) else {}
-
 
 # --------------------------------------------------------------------- helpers
 def _server_now(response: httpx.Response) -> float | None:
@@ -740,11 +664,6 @@ def _server_now(response: httpx.Response) -> float | None:
     if moment is None:
         return None
     return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _uri(resource: str, value: object) -> str:
-    text = str(value)
-    return text if "/" in text else f"/v2/{resource}/{text}/"
 
 
 def _error_code(body: Any) -> str | None:
@@ -762,24 +681,3 @@ def _error_code(body: Any) -> str | None:
     if isinstance(body.get("error_type"), str):
         return str(body["error_type"])
     return None
-
-
-def _is_duplicate(status: int, body: Any) -> bool:
-    """Tolerant reading of "this trans_source_id exists": 409, or an error naming trans_source_id."""
-    if status == 409:
-        return True
-    text = json.dumps(body, default=str).lower() if body is not None else ""
-    if "trans_source_id" not in text:
-        return False
-    if (
-        isinstance(body, Mapping)
-        and isinstance(body.get("errors"), Mapping)
-        and "trans_source_id" in body["errors"]
-    ):
-        return True
-    return any(word in text for word in ("duplicate", "already", "unique", "exists"))
-
-
-def _is_once_per_day(body: Any) -> bool:
-    text = json.dumps(body, default=str).lower() if body is not None else ""
-    return "limit_to_once_per_calendar_day" in text or "once_per" in text or "calendar_day" in text

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from connectors.perkville.client import ID_FIELDS
 from connectors.perkville.datetimes import parse_perkville_datetime
+from connectors.perkville.sandbox import answers
 from connectors.perkville.sandbox.network import Network
 from connectors.perkville.sandbox.schema import HIDEABLE, is_field, resource_schema, top_level, within_reach
 from connectors.perkville.sandbox.state import (
@@ -82,6 +83,11 @@ class Behaviour:
     unknown_filters: str = "reject"  # "reject" (400) | "ignore" (Tastypie: silently unfiltered)
     staff_locations: list[int] | None = None  # a staff account limited to these locations
     hidden_transaction_fields: list[str] = field(default_factory=list)  # e.g. ["last_mod_dt"]
+    return_data: bool = False  # Tastypie's always_return_data: False answers writes with empty bodies
+    duplicate_answer: str = "field"  # a repeated trans_source_id: see ``answers.DUPLICATE_ANSWERS``
+
+    def __post_init__(self) -> None:
+        answers.check_duplicate_answer(self.duplicate_answer)
 
 
 @dataclass
@@ -239,7 +245,7 @@ def render(resource: str, record: Any, server: SandboxServer) -> dict[str, Any]:
     elif resource == "perks":
         out["resource_uri"] = _uri("perks", record["perk_id"])
     elif resource == "external-members":
-        out["resource_uri"] = _uri("external-members", record["external_member_id"])
+        out["resource_uri"] = _uri("external-members", record["id"])
     return out
 
 
@@ -261,7 +267,7 @@ _TXN_FIELDS: dict[str, Callable[[Txn], Any]] = {
     "points": lambda t: t.points,
     "quantity": lambda t: t.quantity,
 }
-_ID_FIELD = ID_FIELDS
+_ID_FIELD = {**ID_FIELDS, "external-members": "id"}
 _IGNORED_PARAMS = {"limit", "offset", "order_by", "format"}
 _RELATION_INT = {"business", "user", "user_id", "connection", "perk", "location", "home_location"}
 
@@ -318,7 +324,7 @@ def _coerce(name: str, raw: str, server: SandboxServer) -> Any:
     if (
         name in _RELATION_INT
         or name.endswith("_id")
-        and name not in ("trans_source_id", "member_id", "system_id")
+        and name not in ("trans_source_id", "member_id", "system_id", "external_member_id")
     ):
         if raw == "me" and name in ("user", "user_id"):
             return server.ledger.staff_user_id
@@ -692,28 +698,13 @@ class _Handler(BaseHTTPRequestHandler):
                     },
                 )
                 return
-            txn = ledger.add_transaction(
-                business=to_int(body.get("business")) or self._business_of_perk(body.get("perk")),
-                perk=to_int(body.get("perk")) or 0,
-                user=to_int(body.get("user")),
-                connection=to_int(body.get("connection")),
-                email=body.get("user__emails__email") or body.get("email"),
-                location=to_int(body.get("location")),
-                quantity=int(body.get("quantity") or 1),
-                points=body.get("points"),
-                transaction_dt=body.get("transaction_dt"),
-                trans_source_id=body.get("trans_source_id"),
-                limit_to_once_per_calendar_day=bool(body.get("limit_to_once_per_calendar_day")),
-            )
-            with ledger.lock:
-                out = render_txn(txn, self.server)
-            self._send(201, out, {"Location": out["resource_uri"]}, truncate=self._truncate_next)
+            self._reply(*self._post_transaction(body))
             return
         if resource == "connections" and method == "PATCH" and detail is not None:
             record = ledger.set_connection_status(to_int(detail) or 0, str(body.get("status", "")))
             with ledger.lock:
                 out = render("connections", record, self.server)
-            self._send(202, out, truncate=self._truncate_next)
+            self._reply(*answers.accepted(out, return_data=self.server.behaviour.return_data))
             return
         if resource == "external-members" and (
             method == "POST" and detail is None or method == "PATCH" and detail
@@ -721,7 +712,11 @@ class _Handler(BaseHTTPRequestHandler):
             record, created = ledger.upsert_external_member(body, to_int(detail) if detail else None)
             with ledger.lock:
                 out = render("external-members", record, self.server)
-            self._send(201 if created else 200, out, truncate=self._truncate_next)
+            return_data = self.server.behaviour.return_data
+            if detail:
+                self._reply(*answers.accepted(out, return_data=return_data, status=200))
+            else:
+                self._reply(*answers.created(201 if created else 200, out, return_data=return_data))
             return
         self._send(
             405,
@@ -754,6 +749,43 @@ class _Handler(BaseHTTPRequestHandler):
     def _cap(self) -> int:
         cap = self.server.behaviour.cap_limit
         return MAX_LIMIT if cap is None else min(MAX_LIMIT, cap)
+
+    def _post_transaction(self, body: dict[str, Any]) -> answers.Reply:
+        """``POST /v2/transactions/``: a new row, or the configured answer to a repeated
+        ``trans_source_id``; the customer may be named by ``external_member_id``."""
+        ledger = self.server.ledger
+        behaviour = self.server.behaviour
+        business = to_int(body.get("business")) or self._business_of_perk(body.get("perk"))
+        with ledger.lock:  # the duplicate check and the write are one step
+            existing = answers.existing_row(ledger, business, body.get("trans_source_id"))
+            if existing is not None:
+                shown = render_txn(existing, self.server)
+                reply = answers.duplicate_reply(
+                    behaviour.duplicate_answer, shown, return_data=behaviour.return_data
+                )
+                if reply is not None:
+                    return reply
+            user = to_int(body.get("user"))
+            named = body.get("external_member_id")
+            if user is None and named is not None and not body.get("connection"):
+                user = answers.customer_of_external_member(ledger, business, named)
+            txn = ledger.add_transaction(
+                business=business,
+                perk=to_int(body.get("perk")) or 0,
+                user=user,
+                connection=to_int(body.get("connection")),
+                email=body.get("user__emails__email") or body.get("email"),
+                location=to_int(body.get("location")),
+                quantity=int(body.get("quantity") or 1),
+                points=body.get("points"),
+                transaction_dt=body.get("transaction_dt"),
+                trans_source_id=body.get("trans_source_id"),
+                limit_to_once_per_calendar_day=bool(body.get("limit_to_once_per_calendar_day")),
+            )
+            return answers.created(201, render_txn(txn, self.server), return_data=behaviour.return_data)
+
+    def _reply(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+        self._send(status, payload, headers, truncate=self._truncate_next)
 
     def _business_of_perk(self, perk: Any) -> int:
         record = self.server.ledger.perks.get(to_int(perk) or 0)
@@ -891,4 +923,7 @@ def _update(current: Any, changes: Any) -> Any:
         raise SandboxError(400, sorted(unknown)[0], "unknown_setting", f"Unknown settings: {sorted(unknown)}")
     values = asdict(current)
     values.update(changes)
-    return type(current)(**values)
+    try:
+        return type(current)(**values)
+    except (TypeError, ValueError) as exc:
+        raise SandboxError(400, "__all__", "unknown_setting", str(exc)) from None

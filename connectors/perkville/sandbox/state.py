@@ -363,12 +363,16 @@ class Ledger:
         self._next["ext"] += 1
         active = self.rng.random() < 0.8
         emails = self.users[user_id]["emails"]
+        member_id = f"M-{business_id}-{number:06d}"
+        # ``id`` is the record's own key; ``external_member_id`` is, as in Perkville's wording, the
+        # external system's member id (here the same as ``member_id``), not unique.
         self.external_members[ext_id] = {
-            "external_member_id": ext_id,
+            "id": ext_id,
+            "external_member_id": member_id,
             "business": business_id,
             "email": emails[0]["email"] if emails else None,
             "system_id": "SANDBOX_POS",
-            "member_id": f"M-{business_id}-{number:06d}",
+            "member_id": member_id,
             "external_home_location_id": "CLUB-01" if number % 4 else "CLUB-02",
             "membership_type": self.rng.choice(_MEMBERSHIP_TYPES),
             "membership_status": "ACTIVE" if active else "INACTIVE",
@@ -690,9 +694,11 @@ class Ledger:
     def upsert_external_member(
         self, body: Mapping[str, Any], ext_id: int | None = None
     ) -> tuple[dict[str, Any], bool]:
-        """POST (create or update on business+system_id+member_id) or PATCH by id; returns (record, created)."""
+        """POST (create or update on business+system_id+member_id) or PATCH by the record's ``id``;
+        returns (record, created).  Without ``business`` the POST means the only business there is."""
         with self.lock:
             fields = (
+                "external_member_id",
                 "email",
                 "system_id",
                 "member_id",
@@ -709,6 +715,13 @@ class Ledger:
                 created = False
             else:
                 business = to_int(body.get("business"))
+                if "business" not in body:
+                    if len(self.businesses) > 1:
+                        raise SandboxError(
+                            400, "business", "pv_business_required",
+                            "business is required when the staff account manages several businesses.",
+                        )
+                    business = next(iter(self.businesses))
                 if business not in self.businesses:
                     raise SandboxError(400, "business", "pv_business_not_found", "Unknown business.")
                 for name in ("system_id", "member_id"):
@@ -727,8 +740,9 @@ class Ledger:
                 created = record is None
                 if record is None:
                     new_id = self._next_id("ext")
-                    record = {"external_member_id": new_id, "business": business}
+                    record = {"id": new_id, "business": business}
                     record.update(dict.fromkeys(fields))
+                    record["external_member_id"] = body["member_id"]
                     self.external_members[new_id] = record
             status = body.get("membership_status")
             if status is not None and status not in ("ACTIVE", "INACTIVE"):

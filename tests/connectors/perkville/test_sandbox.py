@@ -265,6 +265,10 @@ def test_users_locations_perks_have_the_promised_variety(small: Sandbox) -> None
     assert {p["classification"] for p in perks} == {"EARN", "REDEEM"}
     assert any(p["redemption_limit_interval"] == "DAY" for p in perks)
     assert members and all(m["business"] == f"/v2/businesses/{BUSINESS}/" for m in members)
+    # A neutral key and a URI; external_member_id is the external system's member id (G5).
+    assert all(m["resource_uri"] == f"/v2/external-members/{m['id']}/" for m in members)
+    assert all(m["external_member_id"] == m["member_id"] for m in members)
+    assert [m["id"] for m in members] == sorted(m["id"] for m in members)
 
 
 # ----------------------------------------------------------------- auth over HTTP
@@ -332,7 +336,10 @@ def test_award_points_is_idempotent_and_updates_the_truth(small: Sandbox) -> Non
     with client_for(small) as client:
         first = client.award_points(perk=perk, user=user_id, quantity=2, trans_source_id="perkamo:abc")
         again = client.award_points(perk=perk, user=user_id, quantity=2, trans_source_id="perkamo:abc")
-    assert first.created and first.transaction and first.transaction["trans_source_id"] == "perkamo:abc"
+    # Tastypie's default answer: 201, a Location header and no body.
+    (row,) = [t for t in small.ledger.businesses[BUSINESS].txns if t.trans_source_id == "perkamo:abc"]
+    assert first.created and first.transaction is None
+    assert first.resource_uri == f"/v2/transactions/{row.id}/"
     assert again.duplicate and not again.created
     assert small.true_balances(BUSINESS)[user_id] == before + 20
 
@@ -341,6 +348,7 @@ def test_award_points_survives_truncated_responses(small: Sandbox) -> None:
     user_id = next(iter(small.true_balances(BUSINESS)))
     perk = small.ledger.businesses[BUSINESS].perk_ids[1]
     before = small.true_balances(BUSINESS)[user_id]
+    small.set_behaviour(return_data=True)  # an empty body cannot be cut short
     small.set_faults(rate_truncate=1.0)
     with client_for(small, max_retries=1, backoff_base=0.001) as client:
         result = client.award_points(perk=perk, user=user_id, trans_source_id="perkamo:t1")
@@ -364,6 +372,7 @@ def test_once_per_day_limit(small: Sandbox) -> None:
 
 
 def test_external_member_upsert_and_connection_status(small: Sandbox) -> None:
+    small.set_behaviour(return_data=True)
     connection_id = small.ledger.businesses[BUSINESS].connection_ids[0]
     with client_for(small) as client:
         created = client.upsert_external_member(
@@ -372,13 +381,16 @@ def test_external_member_upsert_and_connection_status(small: Sandbox) -> None:
         updated = client.upsert_external_member(
             {"business": BUSINESS, "system_id": "POS", "member_id": "X-1", "membership_status": "INACTIVE"}
         )
+        assert created is not None
         patched = client.upsert_external_member(
-            {"membership_type": "Annual"},
-            external_member_id=created["external_member_id"] if created else None,
+            {"membership_type": "Annual"}, resource_uri=created["resource_uri"]
         )
         status = client.update_connection_status(connection_id, "INACTIVE")
     assert created and updated and patched
-    assert created["external_member_id"] == updated["external_member_id"] == patched["external_member_id"]
+    # The record's own key is a neutral id; external_member_id is the external system's member id.
+    assert created["id"] == updated["id"] == patched["id"]
+    assert created["resource_uri"] == f"/v2/external-members/{created['id']}/"
+    assert patched["external_member_id"] == "X-1"
     assert patched["membership_status"] == "INACTIVE" and patched["membership_type"] == "Annual"
     assert status["status"] == "INACTIVE"
 
