@@ -77,6 +77,7 @@ def writeback_config(settings: Settings, business: str, *, space: str | None = N
         event_perks=dict(settings.writeback.event_perks),
         external_members=settings.writeback.external_members,
         batch_size=settings.writeback.batch_size,
+        id_strategy=settings.sync.id_strategy,
         timezone=settings.perkville_timezone,
         lease_seconds=settings.schedule.lease_seconds,
         secrets=secret_values(settings),
@@ -166,6 +167,7 @@ def perkville_client(settings: Settings, **overrides: Any) -> PerkvilleClient:
         "timezone": settings.perkville_timezone,
         "backoff_base": tuning.backoff_base_seconds,
         "backoff_max": tuning.backoff_max_seconds,
+        "external_member_field": tuning.external_member_field,
     }
     kwargs.update(overrides)
     if not kwargs["access_token"]:

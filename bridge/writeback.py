@@ -8,15 +8,19 @@ order.  ``Writeback.run`` reads it from its own cursor (``bridge_cursors``, reso
   to a Perkville award with ``trans_source_id`` ``perkamo:{transaction_id}``; events whose id
   starts with ``perkville:`` (everything the bridge imported) are never sent back, and a pulled
   row whose ``trans_source_id`` starts with ``perkamo:`` maps back to the original Perkamo id,
-  so the next sync sees it as a duplicate — loop-free by construction;
+  so the next sync sees it as a duplicate — loop-free by construction; the customer is the
+  Perkville user of the id map, or, under ``[sync] id_strategy = "external_member"``, the
+  customer id itself sent as the external system's member id (``external_member_id``; its wire
+  name is ``[perkville] external_member_field``);
 - an identify call becomes an external-member upsert (system ``PERKAMO``) when
   ``[writeback] external_members`` is on, and carries membership fields.
 
 Nothing is marked done before Perkville confirms it: the cursor only moves past an item once
-Perkville answered 2xx (or "duplicate ``trans_source_id``", the idempotent success), or once
-the item was dead-lettered for a 4xx.  A retriable failure (network, 429, 5xx after the
-connector's retry budget) or an auth failure ends the run with the cursor before that item; it
-is sent again next time with the same ``trans_source_id``.  The cursor, the run counters and the
+Perkville answered 2xx (or "duplicate ``trans_source_id``", the idempotent success: an
+"already recorded" answer, or a refused or unanswered POST whose row the connector then read back
+by ``trans_source_id``), or once the item was dead-lettered for a 4xx.  A retriable failure
+(network, 429, 5xx after the connector's retry budget) or an auth failure ends the run with the
+cursor before that item; it is sent again next time with the same ``trans_source_id``.  The cursor, the run counters and the
 dead letters of a batch commit in one transaction, fenced by the ``writeback:{business}`` lease.
 Counts balance: ``read = written_back + duplicate + skipped + dead_lettered``.
 """
@@ -32,9 +36,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-
-from bridge.sources import PerkvilleWriter
 from bridge.leased import Finish, leased, recorded
+from bridge.sources import PerkvilleWriter
 from bridge.state import LeaseKeeper, StateStore, redact, utcnow
 from mapping.writeback import to_perkville_transaction
 from perkamo_core.service import REDEMPTION_EVENT  # the outbox's name for a redemption
@@ -69,6 +72,8 @@ class WritebackConfig:
     event_perks: Mapping[str, int | str] = field(default_factory=dict)
     external_members: bool = False
     batch_size: int = 100
+    id_strategy: str = "perkville_user"
+    """``external_member``: awards name customers by their id, the external system's member id."""
     timezone: str = "UTC"
     lease_seconds: int = 120
     secrets: tuple[str, ...] = ()
@@ -398,6 +403,16 @@ class Writeback:
         except Exception as exc:  # retriable after the connector's budget, auth, network
             raise _StopBatch(exc) from exc
 
+    def _external_member_id(self, customer_id: str) -> str | None:
+        """The customer's external member id, under id strategy ``external_member``.
+
+        There a customer id is the external system's member id, except the ``perkville:{id}``
+        fallback of a member without one (``mapping.ids``), which is named by its Perkville user.
+        """
+        if self.config.id_strategy != "external_member" or not customer_id:
+            return None
+        return None if customer_id.startswith("perkville:") else customer_id
+
     def _guard_redemption_echo(self, item: Any) -> None:
         """Make the redemption's id known to the core as an *event* before Perkville sees it.
 
@@ -444,10 +459,12 @@ class Writeback:
         if transaction_id.startswith("perkville:"):
             batch.skip("born_in_perkville")  # cheap path: most of the outbox after a backfill
             return
+        member = self._external_member_id(item.user_id)
         decision = to_perkville_transaction(
             item,
             event_perks=self._event_perks(item),
-            perkville_user_id=self._perkville_user(item.user_id),
+            perkville_user_id=None if member else self._perkville_user(item.user_id),
+            external_member_id=member,
             timezone=self.config.timezone,
         )
         if decision.payload is None:
@@ -472,6 +489,7 @@ class Writeback:
                 trans_source_id=payload.trans_source_id,
                 user=payload.perkville_user_id,
                 email=payload.email,
+                external_member_id=payload.external_member_id,
                 location=payload.location_id,
                 business=self.config.business,
                 quantity=payload.quantity,

@@ -75,6 +75,9 @@ class PerkvilleTuning(BaseModel):
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
     scope: str | None = None
+    external_member_field: str = Field(default="external_member_id", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The award body's field naming the customer by the external system's member id, used by
+    write-back when ``[sync] id_strategy = "external_member"`` (Perkville's name for it is unknown)."""
 
 
 class ScheduleSettings(BaseModel):

@@ -198,13 +198,18 @@ class PerkvilleTransactionPayload(BaseModel):
     trans_source_id: str
     perkville_user_id: str | None = None
     email: str | None = None
+    external_member_id: str | None = None
+    """The external system's member id naming the customer (id strategy ``external_member``)."""
     location_id: str | None = None
     quantity: int = 1
     transaction_dt: str | None = None
     limit_to_once_per_calendar_day: bool = False
 
-    def to_wire(self) -> dict[str, Any]:
-        """The POST body (field names as far as known; see perkville-api.md §10)."""
+    def to_wire(self, *, external_member_field: str = "external_member_id") -> dict[str, Any]:
+        """The POST body (field names as far as known; see perkville-api.md §10).
+
+        ``external_member_field`` is the wire name of ``external_member_id`` (unknown, so a setting).
+        """
         body: dict[str, Any] = {
             "perk": f"/v2/perks/{self.perk_id}/",
             "quantity": self.quantity,
@@ -214,6 +219,8 @@ class PerkvilleTransactionPayload(BaseModel):
             body["user"] = f"/v2/users/{self.perkville_user_id}/"
         if self.email is not None:
             body["user__emails__email"] = self.email
+        if self.external_member_id is not None:
+            body[external_member_field] = self.external_member_id
         if self.location_id is not None:
             body["location"] = f"/v2/locations/{self.location_id}/"
         if self.transaction_dt is not None:

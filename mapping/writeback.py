@@ -26,6 +26,7 @@ def to_perkville_transaction(
     event_perks: Mapping[str, int | str],
     perkville_user_id: str | int | None = None,
     email: str | None = None,
+    external_member_id: str | None = None,
     location_id: str | int | None = None,
     timezone: Zone = "UTC",
     limit_to_once_per_calendar_day: bool = False,
@@ -37,7 +38,9 @@ def to_perkville_transaction(
     Perkville (id ``perkville:…`` or event ``perkville.…``) and events without a perk in
     ``event_perks`` are not written back; the decision's ``reason`` says why. The Perkville user is
     ``perkville_user_id`` (from the id map), else derived from a ``perkville:{id}`` customer id, else
-    ``email``. ``transaction_dt`` is written in ``timezone`` (Perkville's zone), without offset.
+    ``email``; or, when ``external_member_id`` is given (id strategy ``external_member``), the
+    customer is named by that alone. ``transaction_dt`` is written in ``timezone`` (Perkville's
+    zone), without offset.
     """
     zone = c.resolve_timezone(timezone)
     transaction_id = _get(event, "transaction_id")
@@ -71,14 +74,17 @@ def to_perkville_transaction(
                                  code="not_round_trippable",
                                  reason="transaction_id would not round-trip (too long or control characters)")
     user: str | None = None
-    if perkville_user_id is not None and str(perkville_user_id).strip():
+    member = external_member_id.strip() if isinstance(external_member_id, str) else None
+    if member:
+        pass  # named by the external system's member id: no Perkville user, no email
+    elif perkville_user_id is not None and str(perkville_user_id).strip():
         user = str(perkville_user_id).strip()
     else:
         customer = _get(event, "user_id")
         if isinstance(customer, str) and customer.startswith(PERKVILLE_PREFIX) and customer[len(PERKVILLE_PREFIX):]:
             user = customer[len(PERKVILLE_PREFIX):]
-    address = email.strip() if isinstance(email, str) and email.strip() else None
-    if user is None and address is None:
+    address = email.strip() if isinstance(email, str) and email.strip() and not member else None
+    if user is None and address is None and not member:
         return WritebackDecision(transaction_id=transaction_id,
                                  code="no_perkville_member",
                                  reason="no Perkville user known for this customer (id map has no entry)")
@@ -95,6 +101,7 @@ def to_perkville_transaction(
         trans_source_id=trans_source_id,
         perkville_user_id=user,
         email=None if user is not None else address,
+        external_member_id=member or None,
         location_id=str(location_id) if location_id is not None else None,
         transaction_dt=transaction_dt,
         limit_to_once_per_calendar_day=limit_to_once_per_calendar_day,

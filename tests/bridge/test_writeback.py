@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import SourceUnavailableError
+from bridge.pipeline import RunOptions
 from bridge.writeback import Writeback, WritebackConfig, to_external_member
 from connectors.perkville.sandbox import Faults
 from perkamo_core.models import EventInput
@@ -128,7 +129,11 @@ def test_round_trip_is_loop_free_and_balances_stay_exact(bridge: Bridge) -> None
     assert len(_rows_with_source(bridge, "perkamo:pos:checkin:1")) == 1
 
 
-def test_a_resend_after_a_lost_commit_is_an_idempotent_duplicate(bridge: Bridge) -> None:
+@pytest.mark.parametrize("answer", ["field", "conflict", "code", "django", "server_error"])
+def test_a_resend_after_a_lost_commit_is_an_idempotent_duplicate(bridge: Bridge, answer: str) -> None:
+    # Whatever shape Perkville's duplicate answer has — even Tastypie's canned 500, which only the
+    # read-back by trans_source_id can tell from an outage — the resend counts once.
+    bridge.box.set_behaviour(duplicate_answer=answer)
     perk = _prepared(bridge)
     user = _member(bridge)
     bridge.service.ingest(
@@ -140,9 +145,49 @@ def test_a_resend_after_a_lost_commit_is_an_idempotent_duplicate(bridge: Bridge)
     with bridge.engine.begin() as conn:
         bridge.state.cursors.delete(conn, bridge.business, f"writeback:{SPACE}")
     second = _writeback(bridge, {VISIT: perk["perk_id"]}).run()
-    assert (second.written_back, second.duplicate) == (0, 1)
+    assert (second.written_back, second.duplicate, second.dead_lettered) == (0, 1, 0)
     assert second.balanced
     assert len(_rows_with_source(bridge, "perkamo:pos:resend")) == 1
+    assert bridge.state.dead_letters.list(bridge.business) == []
+
+
+def test_under_external_member_ids_awards_name_the_customer_by_external_member_id(bridge: Bridge) -> None:
+    assert bridge.pipeline(id_strategy="external_member").run(RunOptions()).status == "succeeded"
+    perk = _earn_perk(bridge)
+    rule = {"event": VISIT, "key": "visit", "wallet": "points", "formula": str(perk["points"])}
+    _load_program(bridge, [rule])
+    entries = sorted(bridge.state.id_map.iter_all(bridge.business), key=lambda e: e.customer_id)
+    member = next(e for e in entries if not e.customer_id.startswith("perkville:") and _has_email(bridge, e))
+    fallback = next(e for e in entries if e.customer_id.startswith("perkville:"))
+    for customer, tid in ((member.customer_id, "pos:member:1"), (fallback.customer_id, "pos:fallback:1")):
+        bridge.service.ingest(SPACE, EventInput(user_id=customer, event=VISIT, transaction_id=tid))
+
+    # A field Perkville (here the sandbox) does not know names nobody: only the member's award fails.
+    odd = make_client(bridge.box, external_member_field="member_ref")
+    config = WritebackConfig(business=bridge.business, space=SPACE, event_perks={VISIT: perk["perk_id"]},
+                             id_strategy="external_member")
+    try:
+        first = Writeback(state=bridge.state, outbox=bridge.service, client=odd, config=config).run()
+    finally:
+        odd.close()
+    assert (first.written_back, first.dead_lettered) == (1, 1)
+    (letter,) = bridge.state.dead_letters.list(bridge.business)
+    assert (letter.record_id, letter.reason) == ("pos:member:1", "perkville_400")
+    (row,) = _rows_with_source(bridge, "perkamo:pos:fallback:1")
+    assert row.user_id == int(fallback.perkville_user_id)
+
+    # With the field the sandbox knows, the retried award reaches the member the record links to.
+    retry = _writeback(bridge, {VISIT: perk["perk_id"]}, id_strategy="external_member").retry_dead_letters()
+    assert retry.written_back == 1
+    (row,) = _rows_with_source(bridge, "perkamo:pos:member:1")
+    assert row.user_id == int(member.perkville_user_id)
+
+
+def _has_email(bridge: Bridge, entry: Any) -> bool:
+    return any(
+        r["external_member_id"] == entry.customer_id and r["email"]
+        for r in bridge.box.ledger.external_members.values()
+    )
 
 
 def test_a_4xx_dead_letters_the_item_and_the_run_goes_on(bridge: Bridge) -> None:

@@ -72,6 +72,10 @@ def test_toml_file_is_read_and_env_wins(tmp_path: Path) -> None:
         pytest.param('PERKAMO_TARGET = "cloud"\n', "PERKAMO_TARGET", id="bad-literal"),
         pytest.param("[writeback]\nenabled = true\nbogus = 1\n", "bogus", id="unknown-key"),
         pytest.param("this is = = not toml", "not valid TOML", id="bad-toml"),
+        pytest.param(
+            '[perkville]\nexternal_member_field = "a b"\n', "external_member_field", id="bad-field-name"
+        ),
+        pytest.param('[sync]\nid_strategy = "pos"\n', "id_strategy", id="bad-id-strategy"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, content: str, fragment: str) -> None:
@@ -79,6 +83,17 @@ def test_invalid_config_names_the_key(tmp_path: Path, content: str, fragment: st
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ConfigError, match=fragment):
         load_settings(path, environ={})
+
+
+def test_external_member_awards_are_configured_in_two_places(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text(
+        '[sync]\nid_strategy = "external_member"\n[perkville]\nexternal_member_field = "member_ref"\n'
+    )
+    settings = load_settings(path, environ={})
+    assert settings.sync.id_strategy == "external_member"
+    assert settings.perkville.external_member_field == "member_ref"
+    assert load_settings(None, environ={}).perkville.external_member_field == "external_member_id"
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:

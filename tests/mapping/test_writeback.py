@@ -17,6 +17,7 @@ def test_writeback(case: dict[str, Any]) -> None:
         event_perks=load("writeback")["event_perks"],
         perkville_user_id=case.get("perkville_user_id"),
         email=case.get("email"),
+        external_member_id=case.get("external_member_id"),
         location_id=case.get("location_id"),
         timezone=case.get("timezone", "UTC"),
         limit_to_once_per_calendar_day=case.get("limit_daily", False),
@@ -50,3 +51,13 @@ def test_written_back_row_maps_home_to_the_same_id() -> None:
     assert mapped.transaction_id == event.transaction_id
     again = to_perkville_transaction(mapped, event_perks={"perkville.points_earned": 1})
     assert again.payload is None
+
+
+def test_the_external_member_field_is_named_by_the_caller() -> None:
+    event = {"user_id": "ACC-9", "event": "visit.checked_in", "transaction_id": "t-1"}
+    decision = to_perkville_transaction(
+        event, event_perks={"visit.checked_in": 1}, external_member_id="ACC-9"
+    )
+    assert decision.payload is not None
+    wire = decision.payload.to_wire(external_member_field="member__account_id")
+    assert wire["member__account_id"] == "ACC-9" and "external_member_id" not in wire
