@@ -83,6 +83,13 @@ class AwardResult:
     resource_uri: str | None = None
     read_back: bool = False
 
+    @property
+    def transaction_id(self) -> str | None:
+        """The row's id, from the answered row or the trailing segment of its URI."""
+        if self.transaction and self.transaction.get("transaction_id") is not None:
+            return str(self.transaction["transaction_id"])
+        return trailing_id(self.resource_uri) if self.resource_uri else None
+
 
 @dataclass(frozen=True)
 class Answer:

@@ -339,7 +339,7 @@ def test_award_points_is_idempotent_and_updates_the_truth(small: Sandbox) -> Non
     # Tastypie's default answer: 201, a Location header and no body.
     (row,) = [t for t in small.ledger.businesses[BUSINESS].txns if t.trans_source_id == "perkamo:abc"]
     assert first.created and first.transaction is None
-    assert first.resource_uri == f"/v2/transactions/{row.id}/"
+    assert first.resource_uri == f"/v2/transactions/{row.id}/" and first.transaction_id == str(row.id)
     assert again.duplicate and not again.created
     assert small.true_balances(BUSINESS)[user_id] == before + 20
 

@@ -409,6 +409,7 @@ def test_award_by_external_member_id_uses_the_configured_field(
     client = make_client(router, fake_time, external_member_field=field)
     result = client.award_points(perk=1, external_member_id="ACC-17", trans_source_id="perkamo:e-10")
     assert result.created and result.transaction is None and result.resource_uri == "/v2/transactions/9/"
+    assert result.transaction_id == "9"
     body = json.loads(route.calls.last.request.content)
     assert body[field] == "ACC-17" and "user" not in body and "user__emails__email" not in body
 
