@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from connectors.perkville import AwardResult
+from connectors.perkville import AwardResult, RecordedAnswer
 from connectors.perkville.paging import Page
 
 __all__ = ["AwardResult", "Page", "PerkvilleSource", "PerkvilleWriter", "request_rate"]
@@ -98,6 +98,9 @@ class PerkvilleSource(Protocol):
 
 class PerkvilleWriter(Protocol):
     """What write-back calls on Perkville."""
+
+    duplicate_answers: tuple[RecordedAnswer, ...]
+    """Answers to a repeated ``trans_source_id`` recorded by ``perkbridge probe --write-test``."""
 
     def award_points(
         self,

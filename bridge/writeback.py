@@ -205,6 +205,7 @@ class Writeback:
                 details={"space": config.space},
             )
             summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
+            self._learn_duplicate_answer()
             with recorded(run_id, self._finisher(summary, started), what="write-back run", secrets=config.secrets):
                 self._run_batches(summary, keeper)
             self._finisher(summary, started)("stopped" if self.stop.is_set() else "succeeded", None)
@@ -228,6 +229,7 @@ class Writeback:
                 target="perkville", owner=keeper.owner, details={"reason": reason, "ids": ids or []},
             )
             summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
+            self._learn_duplicate_answer()
             letters = [
                 letter
                 for letter in self.state.dead_letters.list(config.business, reason=reason, ids=ids)
@@ -239,6 +241,16 @@ class Writeback:
                 self._retry(letters, summary, keeper)
             self._finisher(summary, started)("succeeded", None)
             return summary
+
+    def _learn_duplicate_answer(self) -> None:
+        """Teach the client the duplicate answer ``perkbridge probe --write-test`` recorded for
+        this business (the newest probe that made the test), if it has not got it yet."""
+        from bridge.probe import recorded_duplicate_answer
+
+        record = self.state.probes.latest_with(self.config.business, "write_test")
+        answer = recorded_duplicate_answer(record.report) if record is not None else None
+        if answer is not None and answer not in self.client.duplicate_answers:
+            self.client.duplicate_answers = (*self.client.duplicate_answers, answer)
 
     def _retry(self, letters: list[Any], summary: WritebackSummary, keeper: LeaseKeeper) -> None:
         for start in range(0, len(letters), self.config.batch_size):

@@ -39,7 +39,7 @@ def probe(
     from bridge.probe import MARKS, WriteTest, blocking
     from bridge.probe import probe as run_probe
     from bridge.wiring import business_of, open_engine, open_state, perkville_client
-    from connectors.perkville.client import _is_duplicate
+    from connectors.perkville.duplicates import is_duplicate_answer
 
     if write_test and not perk:
         fail("--write-test awards points: name the test perk with --perk ID", EXIT_USAGE)
@@ -58,7 +58,7 @@ def probe(
                     chosen,
                     expected_locations=expect_locations,
                     write_test=WriteTest(perk, customer) if write_test and perk else None,
-                    is_duplicate=_is_duplicate,
+                    is_duplicate=is_duplicate_answer,
                 )
             finally:
                 client.close()

@@ -9,7 +9,7 @@
 
 from bridge.probe.assumptions import CONFIRMED, CONTRADICTED, MARKS, UNKNOWN, Assumption, blocking, judge
 from bridge.probe.reach import Reach, assess, referenced_locations
-from bridge.probe.run import PROBE_PREFIX, ProbeReport, WriteTest, probe
+from bridge.probe.run import PROBE_PREFIX, ProbeReport, WriteTest, probe, recorded_duplicate_answer
 
 __all__ = [
     "CONFIRMED",
@@ -25,5 +25,6 @@ __all__ = [
     "blocking",
     "judge",
     "probe",
+    "recorded_duplicate_answer",
     "referenced_locations",
 ]

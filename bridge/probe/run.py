@@ -16,7 +16,8 @@ from typing import Any
 from bridge.probe.assumptions import Assumption, judge
 from bridge.probe.reach import assess, referenced_locations
 from connectors.perkville.client import PerkvilleClient
-from connectors.perkville.errors import PerkvilleHTTPError
+from connectors.perkville.duplicates import RecordedAnswer
+from connectors.perkville.errors import PerkvilleHTTPError, RetryBudgetExhausted
 from connectors.perkville.schema import discover
 
 RESOURCES = ("businesses", "locations", "perks", "users", "connections", "transactions", "external-members")
@@ -133,3 +134,28 @@ def _answer(client: PerkvilleClient, body: Mapping[str, Any]) -> dict[str, Any]:
         return {"status": "2xx", "body": client.request("POST", "transactions/", body=body)}
     except PerkvilleHTTPError as exc:
         return {"status": exc.status, "body": exc.body}
+    except RetryBudgetExhausted as exc:
+        # E.g. Tastypie's canned 500 for a duplicate: no answer to record, rows_with_id decides.
+        return {"status": "unanswered", "body": None, "last_error": exc.last_error}
+
+
+def recorded_duplicate_answer(report: Mapping[str, Any]) -> RecordedAnswer | None:
+    """The duplicate answer a probe's write test recorded, for write-back's client; None when the
+    report has none usable.
+
+    Only a refusal (a 4xx) of the second award, after a first one that succeeded and with the id
+    on one row at most, is Perkville's answer to a repeated ``trans_source_id``; a 2xx second
+    answer (idempotent or a double award), a 5xx or no answer teach nothing to match on.
+    """
+    test = report.get("write_test")
+    if not isinstance(test, Mapping):
+        return None
+    first, second = test.get("first"), test.get("second")
+    if not isinstance(first, Mapping) or not isinstance(second, Mapping) or first.get("status") != "2xx":
+        return None
+    status = second.get("status")
+    rows = test.get("rows_with_id")
+    if not isinstance(status, int) or not 400 <= status < 500 or (isinstance(rows, int) and rows > 1):
+        return None
+    source_id = test.get("trans_source_id")
+    return RecordedAnswer(status, second.get("body"), source_id if isinstance(source_id, str) else None)

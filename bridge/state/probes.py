@@ -45,14 +45,27 @@ class ProbeStore:
         stmt = select(probes).where(probes.c.business == business).order_by(probes.c.id.desc()).limit(1)
         with read_connection(self._engine) as c:
             row = c.execute(stmt).mappings().first()
-        if row is None:
-            return None
-        try:
-            report = json.loads(row["report"])
-        except ValueError:
-            report = {}
-        probed_at = as_utc(row["probed_at"])
-        assert probed_at is not None
-        return ProbeRecord(
-            int(row["id"]), str(row["business"]), probed_at, report if isinstance(report, dict) else {}
-        )
+        return None if row is None else _to_record(row)
+
+    def latest_with(self, business: str, key: str) -> ProbeRecord | None:
+        """The newest report that holds ``key`` (e.g. ``write_test``: a later probe without
+        ``--write-test`` does not forget the answers an earlier one recorded)."""
+        stmt = select(probes).where(probes.c.business == business).order_by(probes.c.id.desc())
+        with read_connection(self._engine) as c:
+            for row in c.execute(stmt).mappings():
+                record = _to_record(row)
+                if key in record.report:
+                    return record
+        return None
+
+
+def _to_record(row: Mapping[str, Any]) -> ProbeRecord:
+    try:
+        report = json.loads(row["report"])
+    except ValueError:
+        report = {}
+    probed_at = as_utc(row["probed_at"])
+    assert probed_at is not None
+    return ProbeRecord(
+        int(row["id"]), str(row["business"]), probed_at, report if isinstance(report, dict) else {}
+    )

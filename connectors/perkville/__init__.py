@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from connectors.perkville.client import ID_FIELDS, PerkvilleClient
 from connectors.perkville.datetimes import format_filter_datetime, parse_perkville_datetime
-from connectors.perkville.duplicates import RecordedAnswer
+from connectors.perkville.duplicates import RecordedAnswer, is_duplicate_answer
 from connectors.perkville.errors import (
     AuthError,
     ConfigurationError,
@@ -39,6 +39,7 @@ __all__ = [
     "RetriableError",
     "RetryBudgetExhausted",
     "format_filter_datetime",
+    "is_duplicate_answer",
     "parse_perkville_datetime",
     "sanitize_path",
 ]

@@ -10,11 +10,12 @@ the rows it got.  What Perkville really answers to a duplicate is unknown (docs/
 * text naming the trans source id (``trans_source_id`` or Django's "Trans source id") together
   with duplicate / already / unique / exists, e.g. "Transaction with this Business and Trans source
   id already exists.";
-* an answer ``perkbridge probe --write-test`` recorded on this business (``RecordedAnswer``);
 * whatever an extra predicate given to the client says.
 
-A code that only names the field (``pv_txn_trans_source_id…`` without a duplicate word) is a
-*maybe*: it may as well say the id is malformed, so it needs the read-back to confirm it.
+Two signals are only a *maybe*, confirmed by the read-back (and trusted when the read-back cannot
+tell): a code that only names the field (``pv_txn_trans_source_id…`` without a duplicate word),
+which may as well say the id is malformed; and an answer ``perkbridge probe --write-test``
+recorded on this business (``RecordedAnswer``), which may be its answer to other refusals too.
 """
 
 from __future__ import annotations
@@ -76,8 +77,6 @@ def duplicate_signal(
         return "duplicate"
     if predicate is not None and predicate(status, body):
         return "duplicate"
-    if any(answer.matches(status, body, trans_source_id) for answer in recorded):
-        return "duplicate"
     codes = [code.lower() for code in error_codes(body)]
     if any("duplicate" in code for code in codes):
         return "duplicate"
@@ -86,7 +85,16 @@ def duplicate_signal(
         return "duplicate"
     if any("trans_source" in code for code in codes) or "trans source" in text:
         return "maybe"
+    if any(answer.matches(status, body, trans_source_id) for answer in recorded):
+        # The business's own answer, but it may be its answer to other refusals too.
+        return "maybe"
     return None
+
+
+def is_duplicate_answer(status: int, body: Any) -> bool:
+    """The built-in rules alone (no recorded answer, no predicate, no read-back): whether an answer
+    reads as "already recorded" — what ``perkbridge probe --write-test`` judges its second answer by."""
+    return duplicate_signal(status, body, trans_source_id="") == "duplicate"
 
 
 def is_once_per_day(body: Any) -> bool:

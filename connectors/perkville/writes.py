@@ -238,10 +238,12 @@ class WriteMethods:
             )
             return _duplicate(trans_source_id, row)
         if signal == "maybe" and verdict == "unknown":
-            # The answer names the field and the read-back could not tell (the filter was ignored).
+            # The answer suggests a duplicate (it names trans_source_id, or it is the answer the
+            # probe recorded) and the read-back could not tell (the filter seems ignored).
             log.warning(
-                "perkville: POST transactions/ for trans_source_id %s was refused with HTTP %d naming "
-                "trans_source_id, and the read-back could not confirm it; treating it as already recorded",
+                "perkville: POST transactions/ for trans_source_id %s was refused with HTTP %d, an "
+                "answer that suggests it is already recorded; the read-back could not confirm it, so "
+                "it is treated as already recorded",
                 trans_source_id,
                 exc.status,
             )

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.probe import CONFIRMED, CONTRADICTED, UNKNOWN, assess, judge, referenced_locations
+from bridge.probe import (
+    CONFIRMED,
+    CONTRADICTED,
+    UNKNOWN,
+    assess,
+    judge,
+    recorded_duplicate_answer,
+    referenced_locations,
+)
+from connectors.perkville import RecordedAnswer
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from tests.bridge.conftest import event_count, run
@@ -157,3 +167,27 @@ def test_reach_assessment() -> None:
 def test_judge_with_no_findings_is_all_unknown() -> None:
     table = judge({})
     assert {row.status for row in table} == {UNKNOWN}
+
+
+@pytest.mark.parametrize(
+    ("test", "expected"),
+    [
+        (
+            {"trans_source_id": "perkbridge-probe:1", "first": {"status": "2xx"},
+             "second": {"status": 400, "body": {"error": "taken"}}, "rows_with_id": 1},
+            RecordedAnswer(400, {"error": "taken"}, "perkbridge-probe:1"),
+        ),
+        ({"first": {"status": "2xx"}, "second": {"status": "2xx", "body": None}, "rows_with_id": 1}, None),
+        ({"first": {"status": "2xx"}, "second": {"status": 400, "body": {}}, "rows_with_id": 2}, None),
+        ({"first": {"status": 400}, "second": {"status": 400, "body": {}}}, None),
+        ({"first": {"status": "2xx"}, "second": {"status": "unanswered", "body": None}}, None),
+        ({"first": {"status": "2xx"}, "second": {"status": 503, "body": {}}}, None),
+        (None, None),
+    ],
+    ids=[
+        "refusal-recorded", "idempotent-2xx", "double-award", "first-failed", "unanswered", "5xx", "no-test"
+    ],
+)
+def test_the_recorded_duplicate_answer_write_back_learns(test: Any, expected: RecordedAnswer | None) -> None:
+    report = {} if test is None else {"write_test": test}
+    assert recorded_duplicate_answer(report) == expected

@@ -17,6 +17,7 @@ import pytest
 from bridge.errors import SourceUnavailableError
 from bridge.pipeline import RunOptions
 from bridge.writeback import Writeback, WritebackConfig, to_external_member
+from connectors.perkville import RequestRejected
 from connectors.perkville.sandbox import Faults
 from perkamo_core.models import EventInput
 from tests.bridge.conftest import SPACE, Bridge, make_client
@@ -292,3 +293,34 @@ def test_dead_letters_retry_once_the_member_exists_in_perkville(bridge: Bridge) 
     assert len(_rows_with_source(bridge, "perkamo:late:1")) == 1
     # A second retry finds nothing open; the cursor never moved back.
     assert _writeback(bridge, {VISIT: perk["perk_id"]}).retry_dead_letters().read == 0
+
+
+def test_write_back_learns_the_duplicate_answer_the_probe_recorded(bridge: Bridge) -> None:
+    # A duplicate answer no built-in rule knows, on a server whose trans_source_id filter does not
+    # work: only the answer `perkbridge probe --write-test` recorded can tell the resend is done.
+    from bridge.probe import WriteTest, probe
+
+    bridge.box.set_behaviour(duplicate_answer="opaque")
+    perk = _prepared(bridge)
+    user = _member(bridge)
+    email = bridge.box.ledger.users[user]["emails"][0]["email"]
+    report = probe(bridge.client, bridge.business, write_test=WriteTest(str(perk["perk_id"]), email))
+    assert report.findings["write_test"]["second"]["status"] == 400
+    bridge.state.probes.record(bridge.business, report.to_json())
+    bridge.state.probes.record(bridge.business, {"business": bridge.business})  # a later, read-only probe
+
+    event = EventInput(user_id=f"perkville:{user}", event=VISIT, transaction_id="pos:opaque")
+    bridge.service.ingest(SPACE, event)
+    assert _writeback(bridge, {VISIT: perk["perk_id"]}).run().written_back == 1
+    bridge.box.set_behaviour(ignore_filters=True)
+    with bridge.engine.begin() as conn:
+        bridge.state.cursors.delete(conn, bridge.business, f"writeback:{SPACE}")
+    unlearned = make_client(bridge.box)
+    try:
+        with pytest.raises(RequestRejected):
+            unlearned.award_points(perk=perk["perk_id"], user=user, trans_source_id="perkamo:pos:opaque")
+    finally:
+        unlearned.close()
+    again = _writeback(bridge, {VISIT: perk["perk_id"]}).run()
+    assert (again.written_back, again.duplicate, again.dead_lettered) == (0, 1, 0)
+    assert len(_rows_with_source(bridge, "perkamo:pos:opaque")) == 1

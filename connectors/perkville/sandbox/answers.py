@@ -19,6 +19,9 @@ docs/perkville.md; nothing may key logic on them):
                   again later."}`` (Tastypie's canned answer to an ``IntegrityError``)
 ``silent``        201 as if created, naming the existing row (its ``Location``; its body with
                   ``return_data``)
+``opaque``        400 with a code and words no rule recognises (``pv_txn_rejected``, "This
+                  transaction cannot be accepted."): only a read-back, or the answer
+                  ``perkbridge probe --write-test`` recorded, tells it is a duplicate
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 from connectors.perkville.sandbox.state import Ledger, SandboxError, Txn
 
-DUPLICATE_ANSWERS = ("field", "conflict", "code", "django", "server_error", "silent")
+DUPLICATE_ANSWERS = ("field", "conflict", "code", "django", "server_error", "silent", "opaque")
 TASTYPIE_CANNED_ERROR = "Sorry, this request could not be processed. Please try again later."
 DJANGO_UNIQUE_MESSAGE = "Transaction with this Business and Trans source id already exists."
 
@@ -60,6 +63,9 @@ def duplicate_reply(kind: str, row: dict[str, Any], *, return_data: bool) -> Rep
         return 500, {"error_message": TASTYPIE_CANNED_ERROR}, {}
     if kind == "silent":
         return created(201, row, return_data=return_data)
+    if kind == "opaque":
+        message = "This transaction cannot be accepted."
+        return 400, {"errors": {"__all__": [{"code": "pv_txn_rejected", "message": message}]}}, {}
     return None
 
 

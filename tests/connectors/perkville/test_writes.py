@@ -350,15 +350,27 @@ def test_a_once_per_day_refusal_of_a_write_that_happened_is_a_duplicate(
     assert result.duplicate and not result.limited
 
 
-def test_a_recorded_duplicate_answer_is_recognised(router: respx.MockRouter, fake_time: FakeTime) -> None:
+@pytest.mark.parametrize(
+    ("rows", "duplicate"),
+    [([{"transaction_id": 1, "trans_source_id": "other"}], True), ([], False)],
+    ids=["read-back-cannot-tell", "read-back-finds-no-row"],
+)
+def test_a_recorded_duplicate_answer_is_recognised_unless_the_read_back_disproves_it(
+    router: respx.MockRouter, fake_time: FakeTime, rows: list[dict[str, Any]], duplicate: bool
+) -> None:
     # What `perkbridge probe --write-test` would record: an answer no built-in rule knows.
     recorded = RecordedAnswer(
         status=400, body={"detail": "perkbridge-probe:1 is taken"}, trans_source_id="perkbridge-probe:1"
     )
     token_route(router)
     router.post(TXNS).mock(return_value=httpx.Response(400, json={"detail": "perkamo:e-8 is taken"}))
+    _read_back_route(router, rows)
     client = make_client(router, fake_time, duplicate_answers=[recorded])
-    assert client.award_points(perk=1, user=2, trans_source_id="perkamo:e-8").duplicate
+    if duplicate:
+        assert client.award_points(perk=1, user=2, trans_source_id="perkamo:e-8").duplicate
+    else:
+        with pytest.raises(RequestRejected):
+            client.award_points(perk=1, user=2, trans_source_id="perkamo:e-8")
 
 
 def test_an_extra_predicate_is_consulted(router: respx.MockRouter, fake_time: FakeTime) -> None:
