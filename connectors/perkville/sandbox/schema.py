@@ -146,13 +146,16 @@ _RESOURCES: dict[str, dict[str, Any]] = {
     "external-members": {
         "fields": {
             "business": "related",
+            "external_member_id": "string",  # the external system's member id: not unique
             "member_id": "string",
             "system_id": "string",
             "membership_status": "string",
             "last_mod_dt": "datetime",
         },
-        "filtering": {"business": EXACT, "member_id": EXACT, "last_mod_dt": RANGE},
-        "ordering": ["last_mod_dt"],
+        "filtering": {
+            "business": EXACT, "external_member_id": EXACT, "member_id": EXACT, "last_mod_dt": RANGE,
+        },
+        "ordering": ["id", "last_mod_dt"],
         "list": ["get", "post"],
         "detail": ["get", "patch"],
     },

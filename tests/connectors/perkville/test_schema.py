@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from connectors.perkville import PerkvilleClient
-from connectors.perkville.schema import ApiSchema, discover, parse_resource_schema, split_filter
 from connectors.perkville.sandbox import Sandbox
+from connectors.perkville.schema import ApiSchema, discover, parse_resource_schema, split_filter
 
 RESOURCES = ("locations", "users", "connections", "transactions", "external-members")
 
@@ -122,3 +122,10 @@ def test_schema_parsing_is_tolerant() -> None:
     assert parse_resource_schema("<html>") is None
     assert split_filter("user__emails__email") == ("user__emails__email", "exact")
     assert split_filter("transaction_dt__lt") == ("transaction_dt", "lt")
+
+
+def test_external_members_are_keyed_by_a_neutral_id(box: Sandbox) -> None:
+    with _client(box) as client:
+        fields = client.request("GET", "external-members/schema/")["fields"]
+    assert fields["id"]["unique"] is True and fields["resource_uri"]["readonly"] is True
+    assert fields["external_member_id"]["unique"] is False  # the external system's member id
