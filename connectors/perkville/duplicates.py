@@ -6,14 +6,14 @@ the rows it got.  What Perkville really answers to a duplicate is unknown (docs/
 "Writes"); every shape below is plausible for a Django/Tastypie server:
 
 * HTTP 409;
-* an error whose code names a duplicate (``pv_txn_duplicate…``, ``pv_duplicate_trans_source_id``);
+* an error whose code contains ``duplicate`` (in a field's errors or a code-only ``__all__``);
 * text naming the trans source id (``trans_source_id`` or Django's "Trans source id") together
   with duplicate / already / unique / exists, e.g. "Transaction with this Business and Trans source
   id already exists.";
 * whatever an extra predicate given to the client says.
 
 Two signals are only a *maybe*, confirmed by the read-back (and trusted when the read-back cannot
-tell): a code that only names the field (``pv_txn_trans_source_id…`` without a duplicate word),
+tell): a code that only names the field (one containing ``trans_source`` but no duplicate word),
 which may as well say the id is malformed; and an answer ``perkbridge probe --write-test``
 recorded on this business (``RecordedAnswer``), which may be its answer to other refusals too.
 """

@@ -118,7 +118,8 @@ def test_a_redemption_past_the_perks_limit_is_dead_lettered_once_not_retried(bri
     requests = bridge.box.stats()["requests"]
     back = _writeback(bridge, earn, redeem).run()
     assert (back.written_back, back.dead_lettered) == (1, 1)
-    assert bridge.box.stats()["requests"] - requests == 2  # one POST each: the refusal is not retried
+    # One POST each (the refusal is not retried), and one read-back of the refused one.
+    assert bridge.box.stats()["requests"] - requests == 3
     (letter,) = bridge.state.dead_letters.list(bridge.business)
     assert (letter.record_id, letter.reason) == ("app:limit:1", "perkville_redemption_limit_reached")
     assert "pv_perk_redemption_limit_reached" in (letter.detail or "")

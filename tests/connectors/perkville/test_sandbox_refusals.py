@@ -67,7 +67,7 @@ def test_too_few_points_answers_the_documented_code_and_the_client_does_not_retr
         before = box.stats()["requests"]
         with pytest.raises(RequestRejected) as raised:
             client.award_points(perk=reward["perk_id"], user=user, trans_source_id="perkamo:poor")
-    assert box.stats()["requests"] - before == 1
+    assert box.stats()["requests"] - before == 2  # one POST, not retried, and its read-back GET
     assert (raised.value.status, raised.value.error_code) == (400, "pv_txn_insufficient_points")
     assert documented_refusal(raised.value.body) == "pv_txn_insufficient_points"
     assert "pv_txn_insufficient_points" in str(raised.value)
@@ -84,7 +84,7 @@ def test_a_redemption_past_the_limit_answers_the_documented_code_over_http(box: 
         with pytest.raises(RequestRejected) as raised:
             client.award_points(perk=reward["perk_id"], user=user, trans_source_id="perkamo:r2")
     assert first.created
-    assert box.stats()["requests"] - before == 1  # refused once, not retried
+    assert box.stats()["requests"] - before == 2  # refused once, not retried; then read back once
     assert (raised.value.status, raised.value.error_code) == (400, "pv_perk_redemption_limit_reached")
     assert documented_refusal(raised.value.body) == "pv_perk_redemption_limit_reached"
     assert not raised.value.body["errors"].get("trans_source_id")  # never mistaken for a duplicate
