@@ -10,15 +10,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.perkville.sandbox.network import Network
-from connectors.perkville.sandbox.server import (
-    API_PREFIX,
-    TOKEN_PATH,
-    Behaviour,
-    Faults,
-    SandboxServer,
-    render,
-    render_txn,
-)
+from connectors.perkville.sandbox.rows import API_PREFIX, render, render_txn
+from connectors.perkville.sandbox.server import TOKEN_PATH, Behaviour, Faults, SandboxServer
 from connectors.perkville.sandbox.state import ALL_SCOPES, REDEEM_SIGNS, Ledger, SandboxError
 
 __all__ = ["ALL_SCOPES", "REDEEM_SIGNS", "Behaviour", "Faults", "Sandbox", "SandboxError"]

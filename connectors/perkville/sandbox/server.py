@@ -14,26 +14,23 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from connectors.perkville.client import ID_FIELDS
-from connectors.perkville.datetimes import parse_perkville_datetime
 from connectors.perkville.sandbox import answers
 from connectors.perkville.sandbox.network import Network
-from connectors.perkville.sandbox.schema import HIDEABLE, is_field, resource_schema, top_level, within_reach
+from connectors.perkville.sandbox.rows import API_PREFIX, ID_FIELD, fmt_dt, query, render, render_txn
+from connectors.perkville.sandbox.schema import HIDEABLE, resource_schema, top_level
 from connectors.perkville.sandbox.state import (
     ALL_SCOPES,
     Ledger,
     SandboxError,
-    Txn,
     to_int,
 )
 
-API_PREFIX = "/v2/"
 TOKEN_PATH = "/api/token/"
 CONTROL_PREFIX = "/_sandbox/"
 DEFAULT_LIMIT = 20  # Tastypie's default page size
@@ -167,268 +164,6 @@ class SandboxServer(ThreadingHTTPServer):
                 self._cache.popitem(last=False)
             return rows
 
-
-# ---------------------------------------------------------------------- rendering
-def _fmt_dt(value: datetime | None, server: SandboxServer) -> str | None:
-    if value is None:
-        return None
-    local = value.astimezone(server.ledger.tz)
-    style = server.behaviour.datetime_style
-    if style == "offset":
-        return local.isoformat(timespec="seconds")
-    text = local.strftime("%Y-%m-%d %H:%M:%S")
-    return text.replace(" ", "T") if style == "t" else text
-
-
-def _uri(resource: str, value: int | None) -> str | None:
-    return None if value is None else f"{API_PREFIX}{resource}/{value}/"
-
-
-def render_txn(txn: Txn, server: SandboxServer) -> dict[str, Any]:
-    shown = txn.points
-    if txn.classification == "REDEEM" and server.ledger.redeem_sign == "negative":
-        shown = -shown
-    if txn.status == "VOID_REF":
-        shown = -shown
-    out = {
-        "transaction_id": txn.id,
-        "business": _uri("businesses", txn.business_id),
-        "user": _uri("users", txn.user_id),
-        "connection": _uri("connections", txn.connection_id),
-        "perk": _uri("perks", txn.perk_id),
-        "location": _uri("locations", txn.location_id),
-        "title": txn.title,
-        "classification": txn.classification,
-        "points": shown,
-        "quantity": txn.quantity,
-        "transaction_dt": _fmt_dt(txn.dt, server),
-        "transaction_status": txn.status,
-        "voucher": _uri("vouchers", txn.voucher_id),
-        "voided_transaction": _uri("transactions", txn.void_of),
-        "trans_source_id": txn.trans_source_id,
-        "last_mod_dt": _fmt_dt(txn.last_mod, server),
-        "resource_uri": _uri("transactions", txn.id),
-    }
-    for name in server.behaviour.hidden_transaction_fields:
-        out.pop(name, None)
-    return out
-
-
-def render(resource: str, record: Any, server: SandboxServer) -> dict[str, Any]:
-    if resource == "transactions":
-        return render_txn(record, server)
-    ledger = server.ledger
-    out = dict(record)
-    if resource == "businesses":
-        out["resource_uri"] = _uri("businesses", record["business_id"])
-        return out
-    if "business" in out:
-        out["business"] = _uri("businesses", out["business"])
-    if "last_mod_dt" in out:
-        out["last_mod_dt"] = _fmt_dt(out["last_mod_dt"], server)
-    if resource == "connections":
-        aggregate = ledger.aggregates[record["connection_id"]]
-        out["user"] = _uri("users", record["user"])
-        out["home_location"] = _uri("locations", record["home_location"])
-        out["point_balance"] = aggregate.balance
-        out["lifetime_earned_points"] = aggregate.lifetime
-        out["last_transaction_dt"] = _fmt_dt(aggregate.last_txn, server)
-        out["last_visited_location"] = _uri("locations", aggregate.last_location)
-        out["vouchers"] = []
-        out["resource_uri"] = _uri("connections", record["connection_id"])
-    elif resource == "users":
-        out["emails"] = [dict(item) for item in record["emails"]]
-        out["connections"] = [_uri("connections", c) for c in record["connections"]]
-        out["resource_uri"] = _uri("users", record["user_id"])
-    elif resource == "locations":
-        out["resource_uri"] = _uri("locations", record["location_id"])
-    elif resource == "perks":
-        out["resource_uri"] = _uri("perks", record["perk_id"])
-    elif resource == "external-members":
-        out["resource_uri"] = _uri("external-members", record["id"])
-    return out
-
-
-# ---------------------------------------------------------------------- querying
-_TXN_FIELDS: dict[str, Callable[[Txn], Any]] = {
-    "transaction_id": lambda t: t.id,
-    "id": lambda t: t.id,
-    "business": lambda t: t.business_id,
-    "user": lambda t: t.user_id,
-    "user_id": lambda t: t.user_id,
-    "connection": lambda t: t.connection_id,
-    "perk": lambda t: t.perk_id,
-    "location": lambda t: t.location_id,
-    "classification": lambda t: t.classification,
-    "transaction_status": lambda t: t.status,
-    "trans_source_id": lambda t: t.trans_source_id,
-    "transaction_dt": lambda t: t.dt,
-    "last_mod_dt": lambda t: t.last_mod,
-    "points": lambda t: t.points,
-    "quantity": lambda t: t.quantity,
-}
-_ID_FIELD = {**ID_FIELDS, "external-members": "id"}
-_IGNORED_PARAMS = {"limit", "offset", "order_by", "format"}
-_RELATION_INT = {"business", "user", "user_id", "connection", "perk", "location", "home_location"}
-
-
-def _records(resource: str, server: SandboxServer) -> list[Any]:
-    rows = _all_records(resource, server)
-    limited = server.behaviour.staff_locations
-    return rows if limited is None else within_reach(resource, rows, frozenset(limited), server.ledger)
-
-
-def _all_records(resource: str, server: SandboxServer) -> list[Any]:
-    ledger = server.ledger
-    if resource == "transactions":
-        return list(ledger.txns.values())
-    if resource == "businesses":
-        return [b.record for b in ledger.businesses.values()]
-    if resource == "external-members":
-        return list(ledger.external_members.values())
-    table = {
-        "locations": ledger.locations,
-        "perks": ledger.perks,
-        "users": ledger.users,
-        "connections": ledger.connections,
-    }[resource]
-    return list(table.values())
-
-
-def _getter(resource: str, name: str, server: SandboxServer) -> Callable[[Any], Any] | None:
-    if resource == "transactions":
-        if name == "user__emails__email":
-            return lambda t: [e["email"].lower() for e in server.ledger.users[t.user_id]["emails"]]
-        return _TXN_FIELDS.get(name)
-    if name == "id":
-        name = _ID_FIELD[resource]
-    if resource == "users" and name in ("emails__email", "user__emails__email"):
-        return lambda r: [e["email"].lower() for e in r["emails"]]
-    if resource == "connections" and name == "user__emails__email":
-        return lambda r: [e["email"].lower() for e in server.ledger.users[r["user"]]["emails"]]
-    if resource == "connections" and name in ("user_id",):
-        return lambda r: r["user"]
-    if resource == "connections" and name == "point_balance":
-        return lambda r: server.ledger.aggregates[r["connection_id"]].balance
-    if resource == "users" and name == "business":
-        return lambda r: [server.ledger.connections[c]["business"] for c in r["connections"]]
-    return lambda r: r.get(name)
-
-
-def _coerce(name: str, raw: str, server: SandboxServer) -> Any:
-    if name.endswith("_dt"):
-        value = parse_perkville_datetime(raw, server.ledger.tz)
-        if value is None:
-            raise ValueError("empty datetime")
-        return value
-    if (
-        name in _RELATION_INT
-        or name.endswith("_id")
-        and name not in ("trans_source_id", "member_id", "system_id", "external_member_id")
-    ):
-        if raw == "me" and name in ("user", "user_id"):
-            return server.ledger.staff_user_id
-        number = to_int(raw)
-        if number is None:
-            raise ValueError(f"not an id: {raw!r}")
-        return number
-    if name.endswith("email"):
-        return raw.lower()
-    return raw
-
-
-def query(resource: str, params: list[tuple[str, str]], server: SandboxServer) -> list[Any]:
-    """Filter and order ``resource`` as Tastypie would (raises ``SandboxError`` for a bad filter)."""
-    behaviour = server.behaviour
-    filters: list[tuple[str, str, Any]] = []
-    order: list[str] = []
-    for key, raw in params:
-        if key == "order_by":
-            order.append(raw)
-            continue
-        if key in _IGNORED_PARAMS:
-            continue
-        name, op = key, "exact"
-        for suffix in ("__gte", "__gt", "__lte", "__lt", "__in"):
-            if key.endswith(suffix):
-                name, op = key[: -len(suffix)], suffix[2:]
-        hidden = behaviour.hidden_transaction_fields
-        if not is_field(resource, name, _ID_FIELD.get(resource, "id"), hidden):
-            if behaviour.unknown_filters == "ignore":
-                continue  # Tastypie: "It's not a field we know about. Move along citizen."
-            if resource == "transactions":
-                raise SandboxError(400, key, "pv_invalid_filter", f"The '{name}' field does not allow filtering.")
-        if _getter(resource, name, server) is None:
-            raise SandboxError(400, key, "pv_invalid_filter", f"The '{name}' field does not allow filtering.")
-        try:
-            value = (
-                [_coerce(name, part, server) for part in raw.split(",")]
-                if op == "in"
-                else _coerce(name, raw, server)
-            )
-        except ValueError:
-            raise SandboxError(400, key, "pv_invalid_filter_value", f"Invalid value for '{key}'.") from None
-        filters.append((name, op, value))
-    if behaviour.ignore_filters:
-        filters = []
-    if behaviour.ignore_order:
-        order = []
-    for item in order:
-        if _getter(resource, item.lstrip("-"), server) is None or (
-            resource == "transactions" and item.lstrip("-") in behaviour.hidden_transaction_fields
-        ):
-            raise SandboxError(
-                400, "order_by", "pv_invalid_order", f"No matching '{item}' field for ordering."
-            )
-    reach = tuple(behaviour.staff_locations) if behaviour.staff_locations is not None else None
-    cache_key = (resource, tuple(sorted((n, o, repr(v)) for n, o, v in filters)), tuple(order), reach)
-
-    def compute() -> list[Any]:
-        rows = _records(resource, server)
-        for name, op, value in filters:
-            getter = _getter(resource, name, server)
-            assert getter is not None
-            rows = [row for row in rows if _match(getter(row), op, value)]
-        id_getter = _getter(resource, "id", server)
-        assert id_getter is not None
-        rows.sort(key=id_getter)
-        for item in reversed(order):
-            getter = _getter(resource, item.lstrip("-"), server)
-            assert getter is not None
-            rows.sort(key=_sorter(getter), reverse=item.startswith("-"))
-        return rows
-
-    return server.cached_query(cache_key, compute)
-
-
-def _sorter(getter: Callable[[Any], Any]) -> Callable[[Any], tuple[int, Any]]:
-    return lambda row: _sort_key(getter(row))
-
-
-def _sort_key(value: Any) -> tuple[int, Any]:
-    return (0, 0) if value is None else (1, value)
-
-
-def _match(actual: Any, op: str, wanted: Any) -> bool:
-    values = actual if isinstance(actual, list) else [actual]
-    for value in values:
-        if op == "exact" and value == wanted:
-            return True
-        if op == "in" and value in wanted:
-            return True
-        if value is None or op in ("exact", "in"):
-            continue
-        try:
-            if (
-                (op == "gte" and value >= wanted)
-                or (op == "gt" and value > wanted)
-                or (op == "lte" and value <= wanted)
-                or (op == "lt" and value < wanted)
-            ):
-                return True
-        except TypeError:
-            continue
-    return False
 
 
 # ---------------------------------------------------------------------- the handler
@@ -666,7 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._body()
             self._send(404, {"error": "not_found"})
             return
-        if resource not in _ID_FIELD:
+        if resource not in ID_FIELD:
             self._body()
             self._send(404, {"error": "not_found"})
             return
@@ -734,16 +469,16 @@ class _Handler(BaseHTTPRequestHandler):
         """Tastypie's ``GET /v2/`` and ``GET /v2/{resource}/schema/``; False: not one of them."""
         behaviour = self.server.behaviour
         hidden = [name for name in behaviour.hidden_transaction_fields if name in HIDEABLE]
-        resources = [r for r in _ID_FIELD if r != "external-members" or behaviour.external_members]
+        resources = [r for r in ID_FIELD if r != "external-members" or behaviour.external_members]
         if not behaviour.schema_endpoints or (resource and resource not in resources):
             self._send(404, {"error": "not_found"})
             return True
         limits = {"default_limit": DEFAULT_LIMIT, "max_limit": self._cap()}
         if not resource:
             full = dict(params).get("fullschema", "").lower() in ("1", "true")
-            self._send(200, top_level(API_PREFIX, resources, dict(_ID_FIELD), full=full, hidden=hidden, **limits))
+            self._send(200, top_level(API_PREFIX, resources, dict(ID_FIELD), full=full, hidden=hidden, **limits))
         else:
-            self._send(200, resource_schema(resource, _ID_FIELD[resource], hidden=hidden, **limits))
+            self._send(200, resource_schema(resource, ID_FIELD[resource], hidden=hidden, **limits))
         return True
 
     def _cap(self) -> int:
@@ -868,7 +603,7 @@ class _Handler(BaseHTTPRequestHandler):
                 with ledger.lock:
                     ledger.clock_offset = timedelta(seconds=offset)
             self._send(200, {"offset_seconds": ledger.clock_offset.total_seconds(),
-                             "now": _fmt_dt(ledger.now(), server)})
+                             "now": fmt_dt(ledger.now(), server)})
         elif path == "behaviour" and method == "POST":
             server.behaviour = _update(server.behaviour, body)
             self._send(200, asdict(server.behaviour))
