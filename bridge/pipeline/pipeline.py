@@ -305,6 +305,10 @@ class Pipeline(Phases):
             this_kind.add(page.counts)
             kinds[kind] = this_kind.as_dict()
             self.state.runs.add(conn, self._run_id, page.counts, details={"kinds": kinds})
+            self.state.run_pages.record(  # the run → applied events link (audit, rollback)
+                conn, self._run_id, getattr(self.target, "space", None),
+                [e.transaction_id for e, o in zip(events, ev_outcomes) if o.status == "applied"],
+            )
             committed.append(page)
 
         self.target.deliver(identifies, events, commit)

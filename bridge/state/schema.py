@@ -140,6 +140,20 @@ class ProbeRow(BridgeTable, table=True):
     report: str = Field(sa_type=Text)  # JSON: schema, reach, write test, assumptions; no secrets
 
 
+class RunPageRow(BridgeTable, table=True):
+    """The transaction ids one page of a run applied, written in the page's own transaction
+    (the link from a run to the core events it applied; ``bridge.state.run_pages``)."""
+
+    __tablename__ = "bridge_run_pages"
+    __table_args__ = (Index("ix_bridge_run_pages_run", "run_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
+    run_id: int
+    space: str | None = Field(default=None, max_length=128)
+    transaction_ids: str = Field(sa_type=Text)  # JSON list, in the order the page applied them
+    committed_at: datetime = Field(sa_type=AwareDateTime)
+
+
 metadata = BridgeTable.metadata
 cursors = CursorRow.__table__  # type: ignore[attr-defined]
 runs = RunRow.__table__  # type: ignore[attr-defined]
@@ -148,6 +162,7 @@ dead_letters = DeadLetterRow.__table__  # type: ignore[attr-defined]
 leases = LeaseRow.__table__  # type: ignore[attr-defined]
 staged_users = StagedUserRow.__table__  # type: ignore[attr-defined]
 probes = ProbeRow.__table__  # type: ignore[attr-defined]
+run_pages = RunPageRow.__table__  # type: ignore[attr-defined]
 
 _V1_TABLES = (cursors, runs, id_map, dead_letters, leases, staged_users)
 
@@ -169,11 +184,16 @@ def _v3(conn: Connection) -> None:
     probes.create(conn, checkfirst=True)
 
 
+def _v4(conn: Connection) -> None:
+    run_pages.create(conn, checkfirst=True)
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
     Migration(2, "cursors record the source's newest change (lag in the source's clock)", _v2),
     Migration(3, "probes: what perkbridge probe found about each business's API", _v3),
+    Migration(4, "run pages: the transaction ids each run applied, page by page", _v4),
 )
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""
 
