@@ -104,7 +104,16 @@ class ServeSettings(BaseModel):
     require_signatures: bool = False
 
 
-_SECTIONS = ("writeback", "sync", "perkville", "schedule", "serve")
+class AuditSettings(BaseModel):
+    """Signed audit packs (``perkbridge audit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    private_key_path: str | None = None
+    """The Ed25519 private key (PEM) that signs packs (env ``PERKBRIDGE_AUDIT_KEY``); never logged."""
+
+
+_SECTIONS = ("writeback", "sync", "perkville", "schedule", "serve", "audit")
 
 
 class Settings(BaseSettings):
@@ -173,6 +182,7 @@ class Settings(BaseSettings):
     perkville: PerkvilleTuning = Field(default_factory=PerkvilleTuning)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("perkville_api_url", "perkville_token_url", "perkamo_base_url")
     @classmethod
@@ -236,6 +246,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             "yes",
             "on",
         }
+    audit_key = environ.get("PERKBRIDGE_AUDIT_KEY")
+    if audit_key:
+        overrides.setdefault("audit", {})["private_key_path"] = audit_key
     return overrides
 
 

@@ -124,7 +124,7 @@ def test_unknown_toml_section_is_named_with_the_valid_ones(
         load_settings(path, environ={})
     message = str(info.value)
     assert f"unknown section [{section}]" in message
-    assert "valid sections: [writeback], [sync], [perkville], [schedule], [serve]" in message
+    assert "valid sections: [writeback], [sync], [perkville], [schedule], [serve], [audit]" in message
     assert "\n" not in message
     if suggestion is None:
         assert "did you mean" not in message
