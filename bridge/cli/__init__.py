@@ -69,6 +69,7 @@ def _root() -> None:
 def _register_commands() -> None:
     # Each module adds its own commands; kept in one place so the contract is easy to audit.
     from bridge.cli import (
+        audit_cmd,
         core_cmds,
         deadletters_cmd,
         inspect_cmds,
@@ -80,7 +81,8 @@ def _register_commands() -> None:
     )
 
     for module in (
-        core_cmds, serve_cmd, sandbox_cmd, run_cmds, probe_cmd, inspect_cmds, deadletters_cmd, schedule_cmd
+        core_cmds, serve_cmd, sandbox_cmd, run_cmds, probe_cmd, inspect_cmds, deadletters_cmd, schedule_cmd,
+        audit_cmd,
     ):
         module.register(app)
 
