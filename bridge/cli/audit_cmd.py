@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,6 @@ def export(
     json_output: bool = JsonOpt,
 ) -> None:
     """Write the run's signed audit pack: manifest, reconcile, id map, dead letters, ledger chain."""
-    from datetime import UTC, datetime
     from importlib.metadata import version
 
     from bridge.audit.export import export_pack
@@ -71,7 +71,7 @@ def export(
                     settings=settings, engine=ctx.engine, state=ctx.state, run=run, space=chosen,
                     reconcile_csv=csv_text.getvalue().encode(), private_key=key, out=out,
                     secrets=(*secret_values(settings), *_database_password(settings)),
-                    exported_at=datetime.now(UTC), tool_version=version("perkbridge"),
+                    exported_at=_now(), tool_version=version("perkbridge"),
                 )
             except KeyFileError as exc:
                 fail(str(exc), EXIT_CONFIG)
@@ -126,6 +126,11 @@ def _ledger_from_db(manifest: dict[str, Any]) -> str:
             return f"(the database cannot give the chain: {exc})\n"
     finally:
         engine.dispose()
+
+
+def _now() -> datetime:
+    """The export time written in the manifest (the one thing two exports of a run differ in)."""
+    return datetime.now(UTC)
 
 
 def _private_key_path() -> Path:
