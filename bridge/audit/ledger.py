@@ -60,15 +60,16 @@ def chain(entries: Iterable[tuple[str, dict[str, Decimal]]]) -> Chain:
     return Chain("".join(lines), link, n)
 
 
-def run_entries(engine: Engine, run_pages: RunPages, run_id: int, space: str) -> Iterator[
-    tuple[str, dict[str, Decimal]]
-]:
+def run_entries(
+    engine: Engine, run_pages: RunPages, run_id: int, space: str
+) -> Iterator[tuple[str, dict[str, Decimal]]]:
     """``(transaction_id, wallet deltas)`` of every event run ``run_id`` applied, in commit order."""
     batch: list[str] = []
     for page_space, transaction_id in run_pages.applied(run_id):
         if page_space is not None and page_space != space:
             raise LedgerUnavailable(
-                f"run {run_id} applied events to Space {page_space!r}, not {space!r}; pass --space {page_space}"
+                f"run {run_id} applied events to Space {page_space!r}, not {space!r}; "
+                f"pass --space {page_space}"
             )
         batch.append(transaction_id)
         if len(batch) >= CHUNK:
@@ -78,17 +79,23 @@ def run_entries(engine: Engine, run_pages: RunPages, run_id: int, space: str) ->
         yield from _deltas(engine, space, batch)
 
 
-def _deltas(engine: Engine, space: str, transaction_ids: Sequence[str]) -> list[tuple[str, dict[str, Decimal]]]:
+def _deltas(
+    engine: Engine, space: str, transaction_ids: Sequence[str]
+) -> list[tuple[str, dict[str, Decimal]]]:
     from perkamo_core.storage import events, ledger, spaces
 
     with engine.connect() as conn:
         space_id = conn.execute(select(spaces.c.id).where(spaces.c.slug == space)).scalar()
-        found = {} if space_id is None else dict(
-            conn.execute(
-                select(events.c.transaction_id, events.c.id).where(
-                    events.c.space_id == space_id, events.c.transaction_id.in_(list(transaction_ids))
-                )
-            ).all()
+        found = (
+            {}
+            if space_id is None
+            else dict(
+                conn.execute(
+                    select(events.c.transaction_id, events.c.id).where(
+                        events.c.space_id == space_id, events.c.transaction_id.in_(list(transaction_ids))
+                    )
+                ).all()
+            )
         )
         missing = [t for t in transaction_ids if t not in found]
         if missing:

@@ -165,7 +165,11 @@ def check_no_secret(parts: Mapping[str, bytes], secrets: Sequence[str]) -> None:
     for name, data in parts.items():
         for secret in secrets:
             if len(secret) >= 6 and secret.encode() in data:
-                raise PackError(f"part {name} would hold a secret value of the settings; nothing written")
+                raise PackError(
+                    f"part {name} would hold the value of a secret setting; nothing written (a secret "
+                    "that is also an ordinary word of the data, such as an id, triggers this too: "
+                    "choose a longer, random one)"
+                )
 
 
 def zip_bytes(members: Mapping[str, bytes]) -> bytes:
@@ -186,11 +190,27 @@ def zip_bytes(members: Mapping[str, bytes]) -> bytes:
 def write_zip(out: Path, members: Mapping[str, bytes]) -> None:
     """Write the canonical archive of ``members`` to ``out`` atomically (temp file + rename)."""
     out = out.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=".audit-", suffix=".zip", dir=out.parent)
+    check_writable(out)
+    data = zip_bytes(members)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".audit-", suffix=".zip", dir=out.parent)
+    except OSError as exc:
+        raise PackError(f"cannot write {out}: {exc.strerror or type(exc).__name__}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(zip_bytes(members))
+            handle.write(data)
         os.replace(tmp, out)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PackError(f"cannot write {out}: {exc.strerror or type(exc).__name__}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(out: Path) -> None:
+    """``out`` can be a new or replaced file: its folder exists and it is not a folder itself."""
+    if out.is_dir():
+        raise PackError(f"{out} is a directory; give the path of the zip file to write")
+    if not out.resolve().parent.is_dir():
+        raise PackError(f"the folder of {out} does not exist")

@@ -78,15 +78,25 @@ def verify_pack(
             # The signature is over ``checksums``: if it still lists the parts as they are,
             # the signature is what changed (or the key is another's); else ``checksums`` did.
             if len(parts) == len(pack.PARTS) and pack.checksums(parts) == sums:
-                findings.append(Finding(pack.SIGNATURE, "does not verify with this public key "
-                                        "(the signature changed, or the pack was signed by another key)"))
+                findings.append(
+                    Finding(
+                        pack.SIGNATURE,
+                        "does not verify with this public key "
+                        "(the signature changed, or the pack was signed by another key)",
+                    )
+                )
             else:
                 findings.append(Finding(pack.CHECKSUMS, "does not match its signature (checksums changed)"))
             return findings
         findings.extend(_part_findings(parts, sums))
     if not findings and len(members) == len(pack.MEMBERS) and pack.zip_bytes(members) != _read_bytes(path):
-        findings.append(Finding("zip", "the archive is not the canonical zip of its parts "
-                                "(a header, the directory or a comment changed)"))
+        findings.append(
+            Finding(
+                "zip",
+                "the archive is not the canonical zip of its parts "
+                "(a header, the directory or a comment changed)",
+            )
+        )
     if ledger_from_db is not None and not findings:
         findings.extend(_against_db(parts, ledger_from_db))
     return findings

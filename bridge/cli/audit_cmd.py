@@ -49,6 +49,7 @@ def export(
     """Write the run's signed audit pack: manifest, reconcile, id map, dead letters, ledger chain."""
     from importlib.metadata import version
 
+    from bridge.audit import pack
     from bridge.audit.export import export_pack
     from bridge.audit.ledger import LedgerUnavailable
     from bridge.audit.pack import PackError
@@ -58,6 +59,10 @@ def export(
     with errors():
         settings = common.settings()
         key = _private_key_path()
+        try:
+            pack.check_writable(out)  # before Perkville is read for reconcile.csv
+        except PackError as exc:
+            fail(str(exc), EXIT_USAGE)
         ctx = _open_for_run(run_id, space)
         try:
             run = ctx.state.runs.get(run_id)
@@ -68,10 +73,17 @@ def export(
             ctx.reconciler().compare(csv_out=csv_text)
             try:
                 done = export_pack(
-                    settings=settings, engine=ctx.engine, state=ctx.state, run=run, space=chosen,
-                    reconcile_csv=csv_text.getvalue().encode(), private_key=key, out=out,
+                    settings=settings,
+                    engine=ctx.engine,
+                    state=ctx.state,
+                    run=run,
+                    space=chosen,
+                    reconcile_csv=csv_text.getvalue().encode(),
+                    private_key=key,
+                    out=out,
                     secrets=(*secret_values(settings), *_database_password(settings)),
-                    exported_at=_now(), tool_version=version("perkbridge"),
+                    exported_at=_now(),
+                    tool_version=version("perkbridge"),
                 )
             except KeyFileError as exc:
                 fail(str(exc), EXIT_CONFIG)
@@ -80,10 +92,19 @@ def export(
         finally:
             ctx.close()
     if json_output:
-        print_json({"path": str(done.path), "run_id": run_id, "ledger_entries": done.ledger.entries,
-                    "ledger_head": done.ledger.head, "parts": done.digests})
+        print_json(
+            {
+                "path": str(done.path),
+                "run_id": run_id,
+                "ledger_entries": done.ledger.entries,
+                "ledger_head": done.ledger.head,
+                "parts": done.digests,
+            }
+        )
     else:
-        typer.echo(f"wrote {out}: run {run_id}, {done.ledger.entries} applied events, ledger head {done.ledger.head}")
+        typer.echo(
+            f"wrote {out}: run {run_id}, {done.ledger.entries} applied events, ledger head {done.ledger.head}"
+        )
 
 
 @audit_app.command("verify")
@@ -91,7 +112,9 @@ def verify(
     pack_file: Path = typer.Argument(..., help="The audit pack (zip)."),
     public_key: Path = typer.Option(..., "--public-key", help="The signer's public key (PEM)."),
     against_db: bool = typer.Option(
-        False, "--against-db", help="Also recompute the ledger chain from the database (PERKBRIDGE_DATABASE_URL)."
+        False,
+        "--against-db",
+        help="Also recompute the ledger chain from the database (PERKBRIDGE_DATABASE_URL).",
     ),
 ) -> None:
     """Check the signature and every checksum; exit 1 naming each part that differs."""
@@ -106,8 +129,10 @@ def verify(
         findings = verify_pack(pack_file, key, ledger_from_db=_ledger_from_db if against_db else None)
     if findings:
         fail(f"{pack_file} does not verify: " + "; ".join(f"part {f}" for f in findings), EXIT_FAILURE)
-    checked = "signature, checksums and the ledger chain against the database" if against_db else (
-        "signature and checksums"
+    checked = (
+        "signature, checksums and the ledger chain against the database"
+        if against_db
+        else ("signature and checksums")
     )
     typer.echo(f"{pack_file}: verified ({checked})")
 

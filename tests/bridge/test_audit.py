@@ -48,13 +48,17 @@ def _backfill(capsys: pytest.CaptureFixture[str], config: Path) -> dict[str, Any
 
 def _export(capsys: pytest.CaptureFixture[str], config: Path, run_id: int, name: str) -> Path:
     out = config.parent / name
-    code, body, err = run(capsys, config, "audit", "export", "--run", str(run_id), "--out", str(out), "--json")
+    code, body, err = run(
+        capsys, config, "audit", "export", "--run", str(run_id), "--out", str(out), "--json"
+    )
     assert code == 0, err
     assert body["path"] == str(out)
     return out
 
 
-def _verify(capsys: pytest.CaptureFixture[str], config: Path, zip_file: Path, public: Path, *extra: str) -> tuple[int, str]:
+def _verify(
+    capsys: pytest.CaptureFixture[str], config: Path, zip_file: Path, public: Path, *extra: str
+) -> tuple[int, str]:
     code, _, err = run(capsys, config, "audit", "verify", str(zip_file), "--public-key", str(public), *extra)
     return code, err
 
@@ -110,13 +114,19 @@ def test_export_then_verify_passes_and_the_chain_matches_the_database(
     assert code == 0, err
     code, err = _verify(capsys, audit_env, zip_file, public, "--against-db")
     assert code == 0, err
-    assert "against the database" in run(capsys, audit_env, "audit", "verify", str(zip_file), "--public-key",
-                                         str(public), "--against-db")[1]
+    assert (
+        "against the database"
+        in run(
+            capsys, audit_env, "audit", "verify", str(zip_file), "--public-key", str(public), "--against-db"
+        )[1]
+    )
 
     members = _members(zip_file)
     assert list(members) == list(pack.MEMBERS)
     manifest = json.loads(members[pack.MANIFEST])
-    assert manifest["run"]["id"] == run_body["run_id"] and manifest["business"] == str(sandbox.business_ids[0])
+    assert manifest["run"]["id"] == run_body["run_id"] and manifest["business"] == str(
+        sandbox.business_ids[0]
+    )
     assert manifest["space"] == SPACE and manifest["mode"] == "history"
     assert manifest["run"]["counts"]["applied"] == run_body["applied"]
     assert set(manifest["run"]["counts_by_kind"]) >= {"connection", "transaction"}
@@ -169,7 +179,12 @@ def test_one_changed_byte_in_any_part_fails_naming_the_part(
         infos = archive.infolist()
     for info in infos:
         header = raw[info.header_offset : info.header_offset + 30]
-        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        start = (
+            info.header_offset
+            + 30
+            + int.from_bytes(header[26:28], "little")
+            + int.from_bytes(header[28:30], "little")
+        )
         data = bytearray(raw)
         data[start + info.compress_size // 2] ^= 0x10
         flipped = audit_env.parent / f"flipped-{info.filename}.zip"
@@ -284,16 +299,22 @@ def test_a_later_run_chains_only_what_it_applied(
     lines = _members(zip_file)[pack.LEDGER].decode().splitlines()
     (entry,) = lines[1:-1]
     transaction_id, deltas = json.loads(entry.split("\t")[2])
-    assert transaction_id.startswith(f"perkville:{sandbox.business_ids[0]}:") and Decimal(deltas["points"]) > 0
+    assert (
+        transaction_id.startswith(f"perkville:{sandbox.business_ids[0]}:") and Decimal(deltas["points"]) > 0
+    )
     assert _verify(capsys, audit_env, zip_file, public, "--against-db")[0] == 0
     assert backfill["run_id"] != sync["run_id"]
 
 
-def test_operator_errors(audit_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_errors(
+    audit_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     public = _keygen(capsys, audit_env)
     code, _, err = run(capsys, audit_env, "audit", "keygen", "--public", str(public))
     assert code == 2 and "already exists" in err and "audit.pem" not in err
-    code, _, err = run(capsys, audit_env, "audit", "export", "--run", "99", "--out", str(audit_env.parent / "x.zip"))
+    code, _, err = run(
+        capsys, audit_env, "audit", "export", "--run", "99", "--out", str(audit_env.parent / "x.zip")
+    )
     assert code == 2 and "no run 99" in err
     run_body = _backfill(capsys, audit_env)
     zip_file = _export(capsys, audit_env, run_body["run_id"], "run.zip")
@@ -305,14 +326,38 @@ def test_operator_errors(audit_env: Path, capsys: pytest.CaptureFixture[str], mo
     assert code == 1 and "part SIGNATURE:" in err
     # A key file that is missing: exit 3 naming the setting, never the path.
     monkeypatch.setenv("PERKBRIDGE_AUDIT_KEY", str(audit_env.parent / "keys" / "missing.pem"))
-    code, _, err = run(capsys, audit_env, "audit", "export", "--run", str(run_body["run_id"]), "--out",
-                       str(audit_env.parent / "y.zip"))
+    code, _, err = run(
+        capsys,
+        audit_env,
+        "audit",
+        "export",
+        "--run",
+        str(run_body["run_id"]),
+        "--out",
+        str(audit_env.parent / "y.zip"),
+    )
     assert code == 3 and "private_key_path" in err and "missing.pem" not in err
     assert not (audit_env.parent / "y.zip").exists()
     monkeypatch.delenv("PERKBRIDGE_AUDIT_KEY")
-    code, _, err = run(capsys, audit_env, "audit", "export", "--run", str(run_body["run_id"]), "--out",
-                       str(audit_env.parent / "y.zip"))
+    code, _, err = run(
+        capsys,
+        audit_env,
+        "audit",
+        "export",
+        "--run",
+        str(run_body["run_id"]),
+        "--out",
+        str(audit_env.parent / "y.zip"),
+    )
     assert code == 3 and "no audit signing key" in err
+    monkeypatch.setenv("PERKBRIDGE_AUDIT_KEY", str(audit_env.parent / "keys" / "audit.pem"))
+    for out in (audit_env.parent / "no-such-folder" / "z.zip", audit_env.parent):
+        code, _, err = run(
+            capsys, audit_env, "audit", "export", "--run", str(run_body["run_id"]), "--out", str(out)
+        )
+        assert code == 2 and err.count("\n") == 1 and ("does not exist" in err or "is a directory" in err), (
+            err
+        )
     code, err = _verify(capsys, audit_env, audit_env.parent / "nothing.zip", public)
     assert code == 1 and "part zip:" in err
     not_zip = audit_env.parent / "not.zip"
@@ -323,11 +368,13 @@ def test_operator_errors(audit_env: Path, capsys: pytest.CaptureFixture[str], mo
 def test_settings_without_secrets_hides_the_database_password() -> None:
     from config.settings import load_settings
 
-    settings = load_settings(environ={
-        "PERKBRIDGE_DATABASE_URL": "postgresql://bridge:s3cret-db-pass@db.internal:5432/pb",
-        "PERKVILLE_CLIENT_SECRET": "client-secret-value",
-        "PERKBRIDGE_AUDIT_KEY": "/srv/keys/audit.pem",
-    })
+    settings = load_settings(
+        environ={
+            "PERKBRIDGE_DATABASE_URL": "postgresql://bridge:s3cret-db-pass@db.internal:5432/pb",
+            "PERKVILLE_CLIENT_SECRET": "client-secret-value",
+            "PERKBRIDGE_AUDIT_KEY": "/srv/keys/audit.pem",
+        }
+    )
     body = pack.settings_without_secrets(settings, ["s3cret-db-pass", "client-secret-value"])
     text = json.dumps(body)
     assert "s3cret-db-pass" not in text and "client-secret-value" not in text and "audit.pem" not in text
