@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from bridge.audit import pack
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
-from tests.bridge.conftest import SPACE, event_count, run
+from tests.bridge.conftest import SPACE, Bridge, event_count, run
 
 pytestmark = pytest.mark.db
 
@@ -379,3 +379,18 @@ def test_settings_without_secrets_hides_the_database_password() -> None:
     text = json.dumps(body)
     assert "s3cret-db-pass" not in text and "client-secret-value" not in text and "audit.pem" not in text
     assert body["database_url"].startswith("postgresql://bridge:***@db.internal:5432/pb")
+
+
+def test_a_page_rolled_back_by_a_conflict_is_linked_to_its_run_once(bridge: Bridge) -> None:
+    """The run → events link commits with the page: a page sent again after a rollback is in it once."""
+    from bridge.pipeline import RunOptions
+    from tests.bridge.test_targets_conflict import CollidingService, _pipeline
+
+    service = CollidingService(bridge.service, {1, 3})
+    summary = _pipeline(bridge, service).run(RunOptions(kind="backfill"))
+    assert summary.status == "succeeded"
+    applied = [txid for _space, txid in bridge.state.run_pages.applied(summary.run_id)]
+    assert len(applied) == len(set(applied)) == event_count(bridge.engine)
+    assert bridge.state.run_pages.spaces(summary.run_id) == [SPACE]
+    again = bridge.backfill("history", force=True)  # everything is a duplicate now: nothing linked
+    assert list(bridge.state.run_pages.applied(again.run_id)) == []
