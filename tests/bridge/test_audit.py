@@ -56,6 +56,11 @@ def _export(capsys: pytest.CaptureFixture[str], config: Path, run_id: int, name:
     return out
 
 
+def _export_code(capsys: pytest.CaptureFixture[str], config: Path, run_id: int, out: Path) -> tuple[int, str]:
+    code, _, err = run(capsys, config, "audit", "export", "--run", str(run_id), "--out", str(out))
+    return code, err
+
+
 def _verify(
     capsys: pytest.CaptureFixture[str], config: Path, zip_file: Path, public: Path, *extra: str
 ) -> tuple[int, str]:
@@ -326,38 +331,17 @@ def test_operator_errors(
     assert code == 1 and "part SIGNATURE:" in err
     # A key file that is missing: exit 3 naming the setting, never the path.
     monkeypatch.setenv("PERKBRIDGE_AUDIT_KEY", str(audit_env.parent / "keys" / "missing.pem"))
-    code, _, err = run(
-        capsys,
-        audit_env,
-        "audit",
-        "export",
-        "--run",
-        str(run_body["run_id"]),
-        "--out",
-        str(audit_env.parent / "y.zip"),
-    )
+    code, err = _export_code(capsys, audit_env, run_body["run_id"], audit_env.parent / "y.zip")
     assert code == 3 and "private_key_path" in err and "missing.pem" not in err
     assert not (audit_env.parent / "y.zip").exists()
     monkeypatch.delenv("PERKBRIDGE_AUDIT_KEY")
-    code, _, err = run(
-        capsys,
-        audit_env,
-        "audit",
-        "export",
-        "--run",
-        str(run_body["run_id"]),
-        "--out",
-        str(audit_env.parent / "y.zip"),
-    )
+    code, err = _export_code(capsys, audit_env, run_body["run_id"], audit_env.parent / "y.zip")
     assert code == 3 and "no audit signing key" in err
     monkeypatch.setenv("PERKBRIDGE_AUDIT_KEY", str(audit_env.parent / "keys" / "audit.pem"))
     for out in (audit_env.parent / "no-such-folder" / "z.zip", audit_env.parent):
-        code, _, err = run(
-            capsys, audit_env, "audit", "export", "--run", str(run_body["run_id"]), "--out", str(out)
-        )
-        assert code == 2 and err.count("\n") == 1 and ("does not exist" in err or "is a directory" in err), (
-            err
-        )
+        code, err = _export_code(capsys, audit_env, run_body["run_id"], out)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "does not exist" in err or "is a directory" in err, err
     code, err = _verify(capsys, audit_env, audit_env.parent / "nothing.zip", public)
     assert code == 1 and "part zip:" in err
     not_zip = audit_env.parent / "not.zip"
