@@ -13,6 +13,7 @@ from bridge.pipeline import Pipeline, PipelineConfig, RunOptions, RunSummary
 from bridge.progress import Progress
 from bridge.state import StateStore
 from bridge.state.members import plain_decimal
+from bridge.tiers import TierRow
 
 SCRATCH_SPACE = "dry-run"
 
@@ -25,6 +26,13 @@ class DryRunReport:
     issues: dict[str, dict[str, Any]] = field(default_factory=dict)
     predicted: dict[str, Decimal] = field(default_factory=dict)
     perkville: dict[str, Decimal] = field(default_factory=dict)
+    tiers: list[TierRow] | None = None
+    """With ``[tiers]``: every member's predicted Perkamo level against its mapped level."""
+
+    @property
+    def demotions(self) -> int:
+        """Members the run would leave below the level their Perkville level maps to (must be 0)."""
+        return sum(1 for row in self.tiers or () if row.demoted)
 
     @property
     def mismatches(self) -> list[dict[str, Any]]:
@@ -58,6 +66,11 @@ class DryRunReport:
                 "balances": {c: plain_decimal(v) for c, v in sorted(self.predicted.items())},
             },
             "predicted_mismatches": self.mismatches,
+            **({} if self.tiers is None else {"tiers": {
+                "members": [row.to_json() for row in self.tiers],
+                "demotions": self.demotions,
+                "unknown_levels": self.run.unknown_levels,
+            }}),
         }
 
 
@@ -79,7 +92,7 @@ def run_dry(
         state = StateStore(engine)
         state.migrate()
         service = core_service(engine)
-        target = EmbeddedTarget(service, engine, SCRATCH_SPACE)
+        target = EmbeddedTarget(service, engine, SCRATCH_SPACE, tiers=dict(config.tiers))
         scratch_config = PipelineConfig(**{**config.__dict__, "target_kind": "dry-run"})
         run = Pipeline(
             state=state, source=source, target=target, config=scratch_config, progress=progress
@@ -96,7 +109,25 @@ def run_dry(
         for entry in state.id_map.iter_all(config.business):
             if entry.perkville_balance is not None:
                 report.perkville[entry.customer_id] = entry.perkville_balance
+        if config.tiers:
+            report.tiers = _predicted_tiers(state, target, config)
         return report
     finally:
         engine.dispose()
         shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def _predicted_tiers(state: StateStore, target: Any, config: PipelineConfig) -> list[TierRow]:
+    """Each member's Perkville level (its ``perkville_level`` trait), mapped and as predicted."""
+    from bridge.tiers import perkamo_levels, tier_rows
+
+    entries = list(state.id_map.iter_all(config.business))
+    ids = [e.customer_id for e in entries]
+    levels = perkamo_levels(target, ids)
+    names: dict[str, str | None] = {}
+    for cid in ids:
+        traits = target.service.customer(target.space, cid).get("traits") or {}
+        value = traits.get("perkville_level")
+        names[cid] = str(value) if value is not None else None
+    members = [(e.customer_id, e.perkville_user_id, names.get(e.customer_id)) for e in entries]
+    return tier_rows(members, dict(config.tiers), levels)

@@ -13,7 +13,7 @@ the same lease, so a difference that unsynced rows explain is never repaired.
 from __future__ import annotations
 
 import csv
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
@@ -24,6 +24,7 @@ from bridge.progress import NullProgress, Progress
 from bridge.state import IdMapEntry, LeaseKeeper, StateStore, utcnow
 from bridge.state.members import plain_decimal
 from bridge.targets import Delivery, Target
+from bridge.tiers import TierRow, perkamo_levels, tier_rows
 
 CSV_COLUMNS = (
     "customer_id",
@@ -33,6 +34,8 @@ CSV_COLUMNS = (
     "difference",
     "status",
 )
+TIER_CSV_COLUMNS = ("perkville_level", "mapped_level", "perkamo_level", "tier_status")
+"""Appended to ``CSV_COLUMNS`` when ``[tiers]`` is set (``tier_status``: ``ok`` or ``demoted``)."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,17 @@ class ReconcileReport:
     unreadable: int = 0
     perkville_total: Decimal = Decimal(0)
     perkamo_total: Decimal = Decimal(0)
+    tiers_checked: int | None = None
+    """With ``[tiers]``: members whose tier was compared (``None``: tiers are not configured)."""
+    demoted: list[TierRow] = field(default_factory=list)
+    """Members whose Perkamo level is below the level their Perkville level maps to."""
 
     @property
     def ok(self) -> bool:
-        """No mismatch is left (after a repair, none of the re-checked members differs)."""
+        """No mismatch is left (after a repair, none of the re-checked members differs) and no
+        member is demoted."""
+        if self.demoted:
+            return False
         if self.repair_attempted:
             return not self.remaining and not self.pending and self.unreadable == 0
         return not self.mismatches and self.unreadable == 0
@@ -94,6 +104,8 @@ class ReconcileReport:
         body["unreadable"] = self.unreadable
         body["perkville_total"] = plain_decimal(self.perkville_total)
         body["perkamo_total"] = plain_decimal(self.perkamo_total)
+        if self.tiers_checked is not None:
+            body["tiers"] = {"checked": self.tiers_checked, "demoted": [row.to_json() for row in self.demoted]}
         return body
 
 
@@ -110,7 +122,9 @@ class Reconciler:
         timezone: str = "UTC",
         id_strategy: str = "perkville_user",
         progress: Progress | None = None,
+        tiers: Mapping[str, int] | None = None,
     ) -> None:
+        self.tiers = dict(tiers or {})
         self.state = state
         self.source = source
         self.target = target
@@ -126,10 +140,13 @@ class Reconciler:
         report = ReconcileReport()
         writer = csv.writer(csv_out) if csv_out is not None else None
         if writer is not None:
-            writer.writerow(CSV_COLUMNS)
+            writer.writerow(CSV_COLUMNS + (TIER_CSV_COLUMNS if self.tiers else ()))
+        if self.tiers:
+            report.tiers_checked = 0
         self.progress.phase("reconcile")
         for page in self.source.iter_connections(self.business):
             pairs: list[tuple[str, Decimal]] = []
+            level_names: dict[str, str | None] = {}
             for raw in page.objects:
                 parsed = parse_connection(raw, timezone=self.timezone)
                 record = parsed.record
@@ -137,9 +154,17 @@ class Reconciler:
                     report.unreadable += 1
                     continue
                 pairs.append((record.user_id, record.point_balance))
+                level_names[record.user_id] = record.level
             known = self.state.id_map.get_many(self.business, [uid for uid, _ in pairs])
             ids = {uid: self._customer_id(uid, known.get(uid)) for uid, _ in pairs}
             balances = self.target.balances(list(dict.fromkeys(ids.values())))
+            tiers: dict[str, TierRow] = {}
+            if self.tiers:
+                levels = perkamo_levels(self.target, list(dict.fromkeys(ids.values())))
+                rows = tier_rows([(ids[uid], uid, level_names[uid]) for uid, _ in pairs], self.tiers, levels)
+                tiers = {row.perkville_user_id: row for row in rows}
+                report.tiers_checked = (report.tiers_checked or 0) + len(rows)
+                report.demoted.extend(row for row in rows if row.demoted)
             for uid, perkville in pairs:
                 cid = ids[uid]
                 perkamo = balances.get(cid, Decimal(0))
@@ -152,9 +177,14 @@ class Reconciler:
                 else:
                     report.mismatches.append(Mismatch(cid, uid, perkville, perkamo))
                 if writer is not None:
+                    tier = tiers.get(uid)
                     writer.writerow(
                         [cid, uid, plain_decimal(perkville), plain_decimal(perkamo),
                          plain_decimal(perkville - perkamo), status]
+                        + ([] if tier is None else [
+                            tier.perkville_level or "", tier.mapped_level or "", tier.perkamo_level or "",
+                            "demoted" if tier.demoted else "ok",
+                        ])
                     )
             self.progress.advance("reconcile", len(page.objects), total=page.meta.get("total_count"))
         self.progress.done("reconcile", f"{report.matched}/{report.checked} balances match")

@@ -198,6 +198,18 @@ def merge_program(
     return merged
 
 
+def tiers_active(active: Mapping[str, Mapping[str, Any]], modules: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether the Space's ``active`` modules already hold the tier map's leveling and step rules."""
+    if active.get("leveling") != modules.get("leveling"):
+        return False
+    have = {json.dumps(rule, sort_keys=True) for rule in (active.get("events") or {}).get("rules") or []}
+    return all(
+        json.dumps(rule, sort_keys=True) in have
+        for rule in (modules.get("events") or {}).get("rules") or []
+        if str(rule.get("event")) == "perkville.tier_migrated"
+    )
+
+
 class EmbeddedTarget:
     """The embedded core in the bridge's own database: one transaction per page."""
 
@@ -212,8 +224,10 @@ class EmbeddedTarget:
         program_loader: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
         outbox: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        tiers: Mapping[str, int] | None = None,
     ) -> None:
         self.service = service
+        self._tiers = dict(tiers or {})
         self._sleep = sleep
         self.engine = engine
         self.space = space
@@ -234,10 +248,18 @@ class EmbeddedTarget:
             modules = load_migration_program()
         else:
             modules = dict(self._program_loader())
-        if program_has_migration_rules(self.service.program(self.space), modules):
-            return f"migration program rules for perkville.* events already active in Space {self.space!r}"
+        if self._tiers:
+            from bridge.tiers import with_tier_modules
+
+            modules = with_tier_modules(modules, self._tiers)
         active = self._active_modules(set(modules))
+        if program_has_migration_rules(self.service.program(self.space), modules) and (
+            not self._tiers or tiers_active(active, modules)
+        ):
+            return f"migration program rules for perkville.* events already active in Space {self.space!r}"
         merged = merge_program(active, modules)
+        if self._tiers:
+            merged = with_tier_modules(merged, self._tiers)
         self.service.load_program(self.space, merged)
         names = ", ".join(sorted(modules))
         kept = " (merged with the Space's own rules)" if active else ""

@@ -106,6 +106,7 @@ def pipeline_config(settings: Settings, business: str) -> PipelineConfig:
         lease_seconds=settings.schedule.lease_seconds,
         secrets=secret_values(settings),
         target_kind=settings.perkamo_target,
+        tiers=tuple(sorted(settings.tiers.items())),
     )
 
 
@@ -235,7 +236,7 @@ def build_target(settings: Settings, engine: Engine, *, space: str | None = None
         )
     service = core_service(engine)
     return TargetBundle(
-        EmbeddedTarget(service, engine, space or settings.perkamo_space, outbox=False),
+        EmbeddedTarget(service, engine, space or settings.perkamo_space, outbox=False, tiers=settings.tiers),
         service=service,
     )
 
@@ -299,6 +300,7 @@ class RunParts:
             timezone=self.settings.perkville_timezone,
             id_strategy=self.settings.sync.id_strategy,
             progress=progress,
+            tiers=self.settings.tiers,
         )
 
     def close(self) -> None:

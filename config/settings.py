@@ -6,7 +6,7 @@ library code reads the environment.  Secrets are ``SecretStr`` so that they neve
 Precedence, highest first: environment variables, then the TOML file given with ``--config``,
 then the defaults below.  The TOML file may use the environment names (``PERKVILLE_API_URL``)
 or their lower-case form at top level, plus the nested tables ``[writeback]``, ``[sync]``,
-``[perkville]``, ``[schedule]`` and ``[serve]``.
+``[perkville]``, ``[schedule]``, ``[serve]`` and ``[tiers]``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class AuditSettings(BaseModel):
     """The Ed25519 private key (PEM) that signs packs (env ``PERKBRIDGE_AUDIT_KEY``); never logged."""
 
 
-_SECTIONS = ("writeback", "sync", "perkville", "schedule", "serve", "audit")
+_SECTIONS = ("writeback", "sync", "perkville", "schedule", "serve", "audit", "tiers")
 
 
 class Settings(BaseSettings):
@@ -183,6 +183,20 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    tiers: dict[str, int] = Field(default_factory=dict)
+    """``[tiers]``: Perkville level name → Perkamo level (1-based); empty = levels are not carried over."""
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _tier_levels(cls, value: Any) -> Any:
+        # A level is a whole number 1–100 (``true`` or ``2.5`` would otherwise pass as 1 or fail late).
+        if isinstance(value, Mapping):
+            for name, level in value.items():
+                if not str(name).strip():
+                    raise ValueError("a Perkville level name is empty")
+                if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 100:
+                    raise ValueError(f"{name!r} = {level!r}: a Perkamo level is a whole number from 1 to 100")
+        return value
 
     @field_validator("perkville_api_url", "perkville_token_url", "perkamo_base_url")
     @classmethod

@@ -8,13 +8,16 @@ Transaction ids (``b`` is the business id, percent-encoded so it never contains 
     perkville:{b}:void:{id}          reversal of a voided row
     perkville:{b}:opening:{user}     opening balance (balance mode)
     perkville:{b}:adjust:{user}:{n}  repair adjustment number n (n a non-negative integer)
+    perkville:{b}:tier:{u}           a member's first tier migration (``u``: the user id, encoded
+    perkville:{b}:tier:{u}:{n}       like ``b``); a later lift to Perkamo level n
     perkville:{b}:h:{sha256}         any of the above that is longer than 256 characters or
                                      holds control/surrogate characters; the hash covers the
                                      whole un-hashed id, so business and namespace are inside it
 
 Why this is injective: the first three colon-separated fields are ``perkville``, the encoded
 business and the namespace; the namespace fixes how the rest is read (the whole rest is the key,
-except ``adjust`` whose last field is the decimal ``n``). ``h`` is used by no other namespace, so a
+except ``adjust`` whose last field is the decimal ``n``, and ``tier``, whose encoded user holds no
+colon, so a second field is its ``n``). ``h`` is used by no other namespace, so a
 hashed id never equals an un-hashed one, and distinct un-hashed ids have distinct hashes. A
 round-trip id ``T`` never starts with ``perkville:`` (such an S is treated as an ordinary source
 id), so it cannot equal any id of the other forms.
@@ -43,6 +46,7 @@ __all__ = [
     "to_adjustment_transaction_id",
     "to_customer_id",
     "to_opening_transaction_id",
+    "to_tier_transaction_id",
     "to_transaction_id",
     "to_void_transaction_id",
 ]
@@ -55,7 +59,7 @@ _MAX_BUSINESS_LENGTH = 64
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BUSINESS_SAFE = re.compile(r"[A-Za-z0-9._~\-]")
 _BUSINESS_ID_PLAIN = re.compile(r"[A-Za-z0-9._~\-]+")
-_NAMESPACES = ("src", "txn", "void", "opening", "adjust")
+_NAMESPACES = ("src", "txn", "void", "opening", "adjust", "tier")
 
 
 def _unsafe(text: str) -> bool:
@@ -155,8 +159,18 @@ def to_adjustment_transaction_id(business_id: str | int, perkville_user_id: str 
     return _finish(encode_business_id(business_id), "adjust", f"{user}:{n}")
 
 
+def to_tier_transaction_id(business_id: str | int, perkville_user_id: str | int, n: int | None = None) -> str:
+    """The id of a member's tier migration: ``tier:{user}`` for the first, ``tier:{user}:{n}`` for a
+    later lift to Perkamo level ``n`` (the user encoded like the business, so it holds no colon)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise MappingConfigError("tier level n must be a positive integer")
+    user = encode_business_id(_key(perkville_user_id, "perkville user id"))
+    return _finish(encode_business_id(business_id), "tier", user if n is None else f"{user}:{n}")
+
+
 class TransactionIdParts(NamedTuple):
-    """The parts of an un-hashed ``perkville:`` id (``n`` only for ``adjust``; business encoded)."""
+    """The parts of an un-hashed ``perkville:`` id (``n`` only for ``adjust`` and a later
+    ``tier``; business encoded)."""
 
     business: str
     namespace: str
@@ -185,6 +199,11 @@ def parse_transaction_id(transaction_id: str) -> TransactionIdParts | None:
         if not sep or not user or not number.isdigit() or str(int(number)) != number:
             return None
         return TransactionIdParts(business, namespace, user, int(number))
+    if namespace == "tier":
+        user, sep, number = rest.partition(":")
+        if not user or (sep and (not number.isdigit() or str(int(number)) != number or int(number) < 1)):
+            return None
+        return TransactionIdParts(business, namespace, user, int(number) if sep else None)
     if namespace in _NAMESPACES or (namespace == "h" and re.fullmatch(r"[0-9a-f]{64}", rest)):
         return TransactionIdParts(business, namespace, rest) if rest else None
     return None

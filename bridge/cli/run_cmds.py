@@ -110,6 +110,11 @@ def backfill(
                 client.close()
                 close_progress(progress)
             _print_dry_run(report, json_output)
+            if report.demotions:
+                common.fail(
+                    f"{report.demotions} members would end below the level their Perkville level maps to",
+                    common.EXIT_FAILURE,
+                )
             return
         ctx = open_run(business, space)
         progress = make_progress(json_output)
@@ -152,6 +157,25 @@ def _print_dry_run(report: Any, json_output: bool) -> None:
         typer.echo(
             f"    {item['customer_id']:<32} perkville {item['perkville_balance']} "
             f"predicted {item['predicted_balance']}"
+        )
+    if "tiers" in body:
+        _print_tiers(body["tiers"])
+
+
+def _print_tiers(tiers: dict[str, Any]) -> None:
+    """The predicted tier of every member, the would-be demotions and the unmapped level names."""
+    members = tiers["members"]
+    by_level: dict[Any, int] = {}
+    for row in members:
+        by_level[row["perkamo_level"]] = by_level.get(row["perkamo_level"], 0) + 1
+    spread = ", ".join(f"level {n}: {c}" for n, c in sorted(by_level.items(), key=lambda kv: kv[0] or 0))
+    typer.echo(f"  predicted tiers of {len(members)} members ({spread}); would-be demotions: {tiers['demotions']}")
+    for name, count in tiers["unknown_levels"].items():
+        typer.echo(f"  unknown Perkville level {name!r}: {count} members (not in [tiers])")
+    for row in members:
+        typer.echo(
+            f"    {row['customer_id']:<32} {row['perkville_level'] or '-':<12} mapped {row['mapped_level'] or '-'}"
+            f"  predicted {row['perkamo_level'] or '-'}" + ("  DEMOTED" if row["demoted"] else "")
         )
 
 
@@ -241,6 +265,13 @@ def reconcile(
                 )
         if report.unreadable:
             typer.echo(f"  {report.unreadable} connections had no readable point_balance")
+        if report.tiers_checked is not None:
+            typer.echo(f"tiers: checked {report.tiers_checked}, demoted {len(report.demoted)}")
+            for row in report.demoted[:50]:
+                typer.echo(
+                    f"  {row.customer_id:<32} Perkville {row.perkville_level!r} maps to level "
+                    f"{row.mapped_level}, Perkamo level {row.perkamo_level or '-'}"
+                )
     if not report.ok:
         raise typer.Exit(EXIT_FAILURE)
 

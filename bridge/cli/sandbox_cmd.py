@@ -53,6 +53,10 @@ def register(app: typer.Typer) -> None:
         json_output: bool = typer.Option(
             False, "--json", help="Print the URLs and credentials as one JSON line."
         ),
+        tiered_levels: bool = typer.Option(
+            False, "--tiered-levels",
+            help="Connection levels by lifetime points (none, Bronze, Silver, Gold) instead of at random.",
+        ),
     ) -> None:
         """Serve a local Perkville v2 sandbox with a generated business (test credentials only)."""
         from connectors.perkville.sandbox import Sandbox
@@ -68,6 +72,7 @@ def register(app: typer.Typer) -> None:
                 timezone=timezone,
                 redeem_sign=redeem_sign,
                 clock_offset=clock_offset,
+                tiered_levels=tiered_levels,
             )
             box.set_network(latency_ms=latency_ms, rate_limit=rate_limit or None)
             box.start(host, port)

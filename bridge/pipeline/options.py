@@ -29,6 +29,8 @@ class PipelineConfig:
     lease_seconds: int = 120
     secrets: tuple[str, ...] = ()
     target_kind: str = "embedded"
+    tiers: tuple[tuple[str, int], ...] = ()
+    """``[tiers]``: Perkville level name → Perkamo level; empty = no ``perkville.tier_migrated`` events."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class RunSummary:
     """Customer ids that got an applied event in this run (not part of the JSON)."""
     request_rate: float | None = None
     """The Perkville requests/s the adaptive budget ended the run with (the next run starts there)."""
+    unknown_levels: dict[str, int] = field(default_factory=dict)
+    """Perkville level names ``[tiers]`` does not map, with the members carrying each."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"run_id": self.run_id, "status": self.status, **self.counts.as_dict()}
@@ -76,4 +80,6 @@ class RunSummary:
             body["request_rate"] = self.request_rate
         if self.error:
             body["error"] = self.error
+        if self.unknown_levels:
+            body["unknown_levels"] = self.unknown_levels
         return body

@@ -10,6 +10,7 @@ bound, cut-over and cursor comes from the source's own stamps (its clock, read i
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from datetime import datetime, timedelta
@@ -52,6 +53,7 @@ from bridge.source_clock import (
 from bridge.sources import Page, PerkvilleSource, request_rate
 from bridge.state import RunCounts, StateStore
 from bridge.targets import Target
+from bridge.tiers import unknown_level_note
 from mapping.records import parse_location
 from perkamo_core.db import WalCheckpointer
 
@@ -113,7 +115,13 @@ class Phases:
             upper = options.until
             cutover = self._cutover() if options.kind == "backfill" and options.mode == "balance" else None
         self._open_dead_letters = self.state.dead_letters.open_count(self.business)
+        self._unknown_levels: Counter[str] = Counter()
         self._run_backfill_or_sync(options, summary, upper, cutover)
+        summary.unknown_levels = dict(sorted(self._unknown_levels.items()))
+        tier_note = unknown_level_note(summary.unknown_levels)
+        if tier_note is not None:
+            summary.notes.append(tier_note)
+            self.progress.note(tier_note)
 
     def _run_backfill_or_sync(
         self,
@@ -384,6 +392,7 @@ class Phases:
             locations=self._locations,
             mode=mode,
             cutover=cutover,
+            unknown_levels=getattr(self, "_unknown_levels", None),
         )
 
     def _connection_state(self) -> WriteState:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from bridge.source_clock import to_stamp
 from bridge.state import IdMapEntry
 from mapping.events import to_events_many, to_opening_balance_event
 from mapping.records import parse_connection
+from mapping.tiers import next_tier_event, tier_level
 from mapping.traits import to_identify
 from mapping.types import IdentifyCall, MappingIssue, PerkamoEvent
 
@@ -150,13 +152,18 @@ def map_connections(
     locations: Mapping[str, Any],
     mode: Mode,
     cutover: datetime | None,
+    unknown_levels: Counter[str] | None = None,
 ) -> list[PageRecord]:
-    """Connections → identify calls, id-map entries and (balance mode) opening-balance events.
+    """Connections → identify calls, id-map entries, (balance mode) opening-balance events and
+    (with ``config.tiers``) ``perkville.tier_migrated`` events.
 
     ``users_of`` answers the staged users of a page's user ids, ``known_of`` their id-map
     entries (one lookup each per page). An unchanged member (same customer id and traits hash)
-    gets no identify call.
+    gets no identify call. A member gets a tier event only when its Perkville level maps to a
+    level above the one the id map says was migrated (``mapping.tiers.next_tier_event``);
+    ``unknown_levels`` counts the level names the map lacks.
     """
+    tiers = dict(config.tiers)
     business, tz = config.business, config.timezone
     parsed_rows = [parse_connection(raw, timezone=tz) for raw in rows]
     user_ids = [p.record.user_id for p in parsed_rows if p.record is not None]
@@ -201,7 +208,23 @@ def map_connections(
             connection_status=conn_rec.status,
             perkville_balance=conn_rec.point_balance,
             traits_hash=digest,
+            tier_level=before.tier_level if before is not None else None,
         )
+        if tiers:
+            tier_event, migrated = next_tier_event(
+                business_id=business,
+                perkville_user_id=conn_rec.user_id,
+                customer_id=call.user_id,
+                perkville_level=conn_rec.level,
+                tiers=tiers,
+                migrated=record.entry.tier_level,
+                occurred_at=to_stamp(raw.get("last_mod_dt"), tz),
+            )
+            if tier_event is not None:
+                record.events.append(tier_event)
+                record.entry = replace(record.entry, tier_level=migrated)
+            elif unknown_levels is not None and conn_rec.level and tier_level(conn_rec.level, tiers) is None:
+                unknown_levels[conn_rec.level.strip()] += 1
         if mode == "balance" and cutover is not None:
             opening = to_opening_balance_event(
                 raw,

@@ -30,6 +30,8 @@ class IdMapEntry:
     perkville_balance: Decimal | None = None
     traits_hash: str | None = None
     adjustments: int = 0
+    tier_level: int | None = None
+    """The highest Perkamo level a ``perkville.tier_migrated`` event lifted the member to."""
 
     def exported(self) -> dict[str, Any]:
         """The entry as ``id-map export`` shows it (the columns of ``ID_MAP_CSV_COLUMNS``)."""
@@ -70,6 +72,7 @@ class IdMap:
                     "perkville_balance": e.perkville_balance,
                     "traits_hash": e.traits_hash,
                     "adjustments": e.adjustments,
+                    "tier_level": e.tier_level,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -83,6 +86,7 @@ class IdMap:
                 "connection_status",
                 "perkville_balance",
                 "traits_hash",
+                "tier_level",
                 "updated_at",
             ),
         )
@@ -173,6 +177,7 @@ def _to_entry(row: Mapping[str, Any]) -> IdMapEntry:
         perkville_balance=None if balance is None else plain_decimal(Decimal(str(balance))),
         traits_hash=row["traits_hash"],
         adjustments=int(row["adjustments"] or 0),
+        tier_level=None if row.get("tier_level") is None else int(row["tier_level"]),
     )
 
 

@@ -84,6 +84,7 @@ class IdMapRow(BridgeTable, table=True):
     perkville_balance: Decimal | None = Field(default=None, sa_type=Numeric(24, 6))
     traits_hash: str | None = Field(default=None, max_length=64)
     adjustments: int = 0
+    tier_level: int | None = None
     created_at: datetime = Field(sa_type=AwareDateTime)
     updated_at: datetime = Field(sa_type=AwareDateTime)
 
@@ -188,12 +189,19 @@ def _v4(conn: Connection) -> None:
     run_pages.create(conn, checkfirst=True)
 
 
+def _v5(conn: Connection) -> None:
+    # As in _v2: a database created after this change got the column from migration 1.
+    if "tier_level" not in {c["name"] for c in inspect(conn).get_columns("bridge_id_map")}:
+        conn.exec_driver_sql("ALTER TABLE bridge_id_map ADD COLUMN tier_level INTEGER")
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
     Migration(2, "cursors record the source's newest change (lag in the source's clock)", _v2),
     Migration(3, "probes: what perkbridge probe found about each business's API", _v3),
     Migration(4, "run pages: the transaction ids each run applied, page by page", _v4),
+    Migration(5, "id map: the highest Perkamo level a member's Perkville tier was migrated to", _v5),
 )
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""
 

@@ -26,7 +26,8 @@ class Sandbox:
     (negative: behind), like a Perkville whose server clock is off. ``redeem_sign="negative"``
     (the default, as Perkville's docs describe its ledger) shows a redemption as ``-N`` points and
     its ``VOID_REF`` as ``+N``; ``"positive"`` shows redemptions as magnitudes and every ``VOID_REF``
-    negated. ``start()`` returns the base URL once the server listens; ``api_url`` and
+    negated. ``tiered_levels=True`` gives connections levels by lifetime points (``sandbox/tiers.py``).
+    ``start()`` returns the base URL once the server listens; ``api_url`` and
     ``token_url`` are what a ``PerkvilleClient`` needs, ``credentials`` the password-grant test
     credentials. Faults and behaviours can be switched from Python or over HTTP (``/_sandbox/``).
     """
@@ -43,6 +44,7 @@ class Sandbox:
         void_ratio: float = 0.02,
         now: Callable[[], datetime] | None = None,
         clock_offset: float = 0.0,
+        tiered_levels: bool = False,
     ) -> None:
         if businesses < 1 or members < 1 or transactions < 0:
             raise ValueError("need at least one business and one member, and transactions >= 0")
@@ -58,6 +60,10 @@ class Sandbox:
             now=now,
             clock_offset=clock_offset,
         )
+        if tiered_levels:  # levels by lifetime points (sandbox/tiers.py); no random draw
+            from connectors.perkville.sandbox.tiers import level_connections_by_lifetime
+
+            level_connections_by_lifetime(self.ledger)
         rng = random.Random(f"credentials-{seed}")
         self.credentials: dict[str, str] = {
             "client_id": f"sandbox-client-{seed}",
