@@ -199,15 +199,35 @@ def program_from_perkville(
         help="Read integer redemption_limit_interval CODE as INTERVAL (DAY, WEEK, MONTH, YEAR, LIFETIME); "
         "repeatable. Replaces the guessed table 1=DAY 2=WEEK 3=MONTH 4=YEAR.",
     ),
+    tiers_out: Path | None = typer.Option(
+        None, "--tiers-out", metavar="FILE",
+        help="Write the proposed [tiers] table (level names by their members' lifetime points) to FILE.",
+    ),
 ) -> None:
-    """Translate the business's Perkville perks into Perkamo program modules (printed as JSON)."""
+    """Translate the business's Perkville perks into Perkamo program modules (printed as JSON).
+
+    It also proposes a [tiers] map from the level names on the connections, in order of their
+    members' lifetime points; with [tiers] set, the printed program holds the tier modules.
+    """
     from bridge.wiring import business_of, perkville_client
 
     codes = _interval_codes(interval_code)
     with errors():
         settings = common.settings()
         chosen = business_of(settings, business)
+        proposal, levels = _propose_tiers(perkville_client(settings), chosen, settings.perkville_timezone)
         modules, issues = _translate_perks(perkville_client(settings), chosen, settings.perkville_timezone, codes)
+        notes, tier_warnings = _tier_issues(settings.tiers, proposal, levels)
+        issues += tier_warnings
+        if settings.tiers:
+            from bridge.tiers import with_tier_modules
+
+            modules = with_tier_modules(modules, settings.tiers)
+        if tiers_out is not None:
+            tiers_out.write_text(proposal.to_toml(), encoding="utf-8")
+            common.diagnostic(f"wrote the proposed [tiers] table to {tiers_out}")
+        for note in notes:
+            common.diagnostic(note)
         if load:
             from bridge.wiring import core_service, open_engine
 
@@ -223,6 +243,45 @@ def program_from_perkville(
     for issue in issues:
         common.diagnostic(issue, "WARNING")
     print_json(modules)
+
+
+def _propose_tiers(client: Any, business: str, timezone: str) -> tuple[Any, list[str | None]]:
+    """The ``[tiers]`` proposal from every connection's level and lifetime points, and the levels."""
+    from mapping.records import parse_connection
+    from mapping.tiers import propose_tiers
+
+    pairs: list[tuple[str | None, Any]] = []
+    try:
+        for page in client.iter_connections(business):
+            for raw in page.objects:
+                record = parse_connection(raw, timezone=timezone).record
+                if record is not None:
+                    pairs.append((record.level, record.lifetime_earned_points))
+    finally:
+        client.close()
+    return propose_tiers(pairs), [name for name, _ in pairs]
+
+
+def _tier_issues(
+    tiers: dict[str, int], proposal: Any, levels: list[str | None]
+) -> tuple[list[str], list[str]]:
+    """The proposal in words (one line per name), and warnings: the names ``[tiers]`` does not map."""
+    from mapping.tiers import unknown_levels
+
+    lines = [
+        f"tiers: proposed {name!r} = {level} ({proposal.members[name]} members, median lifetime "
+        f"{proposal.median_lifetime[name]} points)"
+        for name, level in proposal.tiers.items()
+    ]
+    if not proposal.tiers:
+        lines.append("tiers: no connection carries a level name; nothing to propose")
+    if not tiers:
+        lines.append("tiers: [tiers] is not set; levels are not carried over (--tiers-out FILE writes the proposal)")
+        return lines, []
+    return lines, [
+        f"tiers: Perkville level {name!r} ({count} members) is not in [tiers]; its members keep their level"
+        for name, count in unknown_levels(levels, tiers).items()
+    ]
 
 
 def _interval_codes(pairs: list[str] | None) -> dict[int, str] | None:
