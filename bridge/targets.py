@@ -357,7 +357,10 @@ class RemoteTarget:
 
     kind = "remote"
 
-    def __init__(self, client: Any, engine: Engine, *, batch_size: int = 100, max_in_flight: int = 4) -> None:
+    def __init__(
+        self, client: Any, engine: Engine, *, batch_size: int = 100, max_in_flight: int = 4,
+        tiers: Mapping[str, int] | None = None,
+    ) -> None:
         if not 1 <= batch_size <= 100:
             raise ValueError("remote batches hold 1 to 100 events")
         if max_in_flight < 1:
@@ -366,12 +369,23 @@ class RemoteTarget:
         self.engine = engine
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
+        self._tiers = dict(tiers or {})
 
     def ensure_program(self) -> str:
         try:
             blueprint = self.client.program()
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on
             return f"could not read the remote program ({_api_error_text(exc)}); make sure it has rules for perkville.* events"
+        if self._tiers:
+            from bridge.tiers import with_tier_modules
+            from config.programs import load_migration_program
+
+            wanted = with_tier_modules(load_migration_program(), self._tiers)
+            if not program_has_migration_rules(blueprint, wanted) or "tier_points" not in json.dumps(blueprint):
+                return (
+                    "WARNING: [tiers] is set but the remote program shows no tier rules on tier_points; "
+                    "load the output of `perkbridge program from-perkville` into the remote Space"
+                )
         if program_has_migration_rules(blueprint):
             return "the remote program has rules for perkville.* events"
         return (

@@ -231,6 +231,7 @@ def build_target(settings: Settings, engine: Engine, *, space: str | None = None
                 engine,
                 batch_size=settings.sync.remote_batch_size,
                 max_in_flight=settings.perkville.max_in_flight,
+                tiers=settings.tiers,
             ),
             client=client,
         )

@@ -242,3 +242,30 @@ def test_cli_proposes_the_map_dry_runs_backfills_and_reconciles_tiers(
     assert code == 0, err
     assert body["tiers"] == {"checked": MEMBERS, "demoted": []}
     assert Decimal(body["perkville_total"]) == Decimal(body["perkamo_total"])
+
+
+class _Program:
+    """A remote Perkamo whose program is ``modules`` (only ``program()`` is asked)."""
+
+    def __init__(self, modules: dict[str, Any]) -> None:
+        self.modules = modules
+
+    def program(self) -> dict[str, Any]:
+        return self.modules
+
+
+def test_a_remote_target_warns_when_its_program_lacks_the_tier_rules(tmp_path: Path) -> None:
+    from bridge.targets import RemoteTarget
+    from bridge.tiers import with_tier_modules
+    from config.programs import load_migration_program
+    from perkamo_core.db import create_db_engine
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'remote.db'}")
+    try:
+        plain = _Program(load_migration_program())
+        tiered = _Program(with_tier_modules(load_migration_program(), TIERS))
+        assert RemoteTarget(plain, engine).ensure_program().startswith("the remote program has rules")
+        assert "no tier rules" in RemoteTarget(plain, engine, tiers=TIERS).ensure_program()
+        assert RemoteTarget(tiered, engine, tiers=TIERS).ensure_program().startswith("the remote program has")
+    finally:
+        engine.dispose()
