@@ -118,16 +118,16 @@ def run_dry(
 
 
 def _predicted_tiers(state: StateStore, target: Any, config: PipelineConfig) -> list[TierRow]:
-    """Each member's Perkville level (its ``perkville_level`` trait), mapped and as predicted."""
-    from bridge.tiers import perkamo_levels, tier_rows
+    """Each member's Perkville level (its ``perkville_level`` trait), mapped and as predicted:
+    one read of the scratch core's customer read model per member."""
+    from bridge.tiers import tier_rows
 
-    entries = list(state.id_map.iter_all(config.business))
-    ids = [e.customer_id for e in entries]
-    levels = perkamo_levels(target, ids)
-    names: dict[str, str | None] = {}
-    for cid in ids:
-        traits = target.service.customer(target.space, cid).get("traits") or {}
-        value = traits.get("perkville_level")
-        names[cid] = str(value) if value is not None else None
-    members = [(e.customer_id, e.perkville_user_id, names.get(e.customer_id)) for e in entries]
+    members: list[tuple[str, str, str | None]] = []
+    levels: dict[str, int | None] = {}
+    for entry in state.id_map.iter_all(config.business):
+        customer = target.service.customer(target.space, entry.customer_id)
+        name = (customer.get("traits") or {}).get("perkville_level")
+        level = customer.get("level")
+        levels[entry.customer_id] = level.get("level") if isinstance(level, dict) else None
+        members.append((entry.customer_id, entry.perkville_user_id, None if name is None else str(name)))
     return tier_rows(members, dict(config.tiers), levels)

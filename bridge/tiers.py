@@ -32,6 +32,8 @@ def perkamo_levels(target: Any, customer_ids: Sequence[str]) -> dict[str, int | 
 
     The embedded core is read through its service; a remote Perkamo through ``GET /v1/customer``.
     """
+    from perkamo_core.errors import NotFoundError
+
     out: dict[str, int | None] = {}
     service, space, client = getattr(target, "service", None), getattr(target, "space", None), None
     if service is None:
@@ -46,8 +48,11 @@ def perkamo_levels(target: Any, customer_ids: Sequence[str]) -> dict[str, int | 
                 raise TargetError("the target cannot report levels")
         except TargetError:
             raise
-        except Exception as exc:  # noqa: BLE001 - an unknown customer has no level
-            if getattr(exc, "status", None) == 404 or type(exc).__name__ in ("NotFoundError", "UnknownCustomer"):
+        except NotFoundError:  # an unknown customer has no level
+            out[cid] = None
+            continue
+        except Exception as exc:  # noqa: BLE001 - a remote 404 is an unknown customer too
+            if getattr(exc, "status", None) == 404:
                 out[cid] = None
                 continue
             raise TargetError(f"customer {cid} could not be read for its level: {type(exc).__name__}") from exc
