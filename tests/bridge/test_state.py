@@ -335,8 +335,8 @@ def test_merge_program(active: dict, expected_rules: list[str]) -> None:  # type
     assert [w["key"] for w in merged["wallets"]["wallets"]] == ["points"]
 
 
-def test_migration_4_adds_tier_level_to_an_older_id_map(store: StateStore) -> None:
-    """An id map from before migration 4: its members survive with no tier migrated (NULL), and
+def test_migration_5_adds_tier_level_to_an_older_id_map(store: StateStore) -> None:
+    """An id map from before migration 5: its members survive with no tier migrated (NULL), and
     the column then keeps the highest level a tier event was sent for."""
     from sqlalchemy import delete
 
@@ -345,13 +345,13 @@ def test_migration_4_adds_tier_level_to_an_older_id_map(store: StateStore) -> No
     with store.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE bridge_id_map DROP COLUMN tier_level")
         conn.execute(delete(schema_migrations).where(
-            schema_migrations.c.component == "bridge", schema_migrations.c.version == 4))
+            schema_migrations.c.component == "bridge", schema_migrations.c.version == 5))
         conn.exec_driver_sql(
             "INSERT INTO bridge_id_map (business, perkville_user_id, customer_id, strategy, adjustments, "
             "created_at, updated_at) VALUES ('25', '7', 'perkville:7', 'perkville_user', 0, "
             "'2026-12-05 02:09:21', '2026-12-05 02:09:21')"
         )
-    assert store.migrate() == [4]
+    assert store.migrate() == [5]
     assert store.id_map.get_many("25", ["7"])["7"].tier_level is None
     with store.engine.begin() as conn:
         store.id_map.put(conn, [IdMapEntry("25", "7", "perkville:7", "perkville_user", tier_level=3)])
