@@ -73,6 +73,7 @@ def _register_commands() -> None:
         deadletters_cmd,
         inspect_cmds,
         probe_cmd,
+        rollback_cmd,
         run_cmds,
         sandbox_cmd,
         schedule_cmd,
@@ -80,7 +81,8 @@ def _register_commands() -> None:
     )
 
     for module in (
-        core_cmds, serve_cmd, sandbox_cmd, run_cmds, probe_cmd, inspect_cmds, deadletters_cmd, schedule_cmd
+        core_cmds, serve_cmd, sandbox_cmd, run_cmds, probe_cmd, inspect_cmds, deadletters_cmd, schedule_cmd,
+        rollback_cmd,
     ):
         module.register(app)
 
