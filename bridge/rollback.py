@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,7 @@ from bridge.leased import leased, recorded
 from bridge.reissue import reissued_id, rollback_id
 from bridge.state import LeaseKeeper, RunCounts, RunRecord, StateStore
 from bridge.state.stores import read_connection
-from bridge.targets import merge_program
+from bridge.targets import CONFLICT_ATTEMPTS, merge_program
 
 EVENT = "perkbridge.rolled_back"
 DIRECTION = "rollback"
@@ -390,9 +390,23 @@ def _apply(
         for chunk in _chunks(plan.reversals, batch):
             if stop.is_set():
                 break
-            summary.counts.add(_apply_batch(engine, state, service, plan, rid, keeper, chunk))
+            summary.counts.add(_with_retries(lambda: _apply_batch(engine, state, service, plan, rid, keeper, chunk)))
     finish("stopped" if stop.is_set() else "succeeded", None)
     return summary
+
+
+def _with_retries(attempt: Callable[[], RunCounts], sleep: Callable[[float], None] = time.sleep) -> RunCounts:
+    """A batch whose transaction a concurrent writer spoiled (PostgreSQL) is sent again, like a page."""
+    from perkamo_core.errors import ConflictError
+
+    for n in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except ConflictError:
+            if n == CONFLICT_ATTEMPTS:
+                raise
+            sleep(min(0.05 * 2 ** (n - 1), 1.0))
+    raise AssertionError("unreachable")
 
 
 def _apply_batch(
