@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from bridge.reissue import reissued_id, rollback_id
 from bridge.rollback import DIRECTION, EVENT, RollbackRefusedError, check_run, plan_rollback, run_rollback
 from bridge.state import StateStore
 from bridge.state.schema import runs
@@ -34,6 +35,41 @@ def _rollback(bridge: Bridge, run_id: int, **options: object) -> dict[str, objec
 def _earn_perk(bridge: Bridge) -> int:
     return int(next(p["perk_id"] for p in bridge.box.ledger.perks.values()
                     if p["classification"] == "EARN" and p["points"] > 0))
+
+
+@pytest.mark.parametrize(
+    ("full", "generation", "expected"),
+    [
+        ("perkville:25:txn:1", 0, "perkville:25:txn:1"),
+        ("perkville:25:txn:1", 2, "perkville:25:txn:1:again:2"),
+        ("perkville:25:src:" + "x" * 240, 1, None),  # past 256 characters: hashed
+    ],
+    ids=["first", "reissued", "hashed"],
+)
+def test_reissued_and_rollback_ids_are_deterministic_and_bounded(
+    full: str, generation: int, expected: str | None
+) -> None:
+    sent = reissued_id(full, generation, "25")
+    assert sent == reissued_id(full, generation, "25") and len(sent) <= 256
+    if expected is None:
+        assert sent.startswith("perkville:25:h:") and len(sent) == len("perkville:25:h:") + 64
+    else:
+        assert sent == expected
+    assert rollback_id("perkville:25:txn:1", "25") == "perkville:25:txn:1:rollback"
+    assert rollback_id("perkville:25:txn:" + "y" * 240, "25").startswith("perkville:25:h:")
+
+
+def test_a_run_links_exactly_the_events_it_applied_in_commit_order(bridge: Bridge) -> None:
+    from perkamo_core.storage import events
+
+    first = bridge.backfill()
+    linked = list(bridge.state.run_events.of_run(first.run_id))
+    with bridge.engine.connect() as conn:
+        stored = [row[0] for row in conn.execute(select(events.c.transaction_id).order_by(events.c.id))]
+    assert [link.transaction_id for link in linked] == stored  # all of them, in commit order
+    assert {link.space for link in linked} == {SPACE} and all(link.base_id is None for link in linked)
+    again = bridge.backfill()  # everything a duplicate: nothing linked
+    assert again.counts.applied == 0 and bridge.state.run_events.count(again.run_id) == 0
 
 
 def test_rollback_of_a_sync_gives_the_wallets_as_before_it_once(bridge: Bridge) -> None:
