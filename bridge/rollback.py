@@ -34,7 +34,8 @@ from bridge.targets import CONFLICT_ATTEMPTS, merge_program
 
 EVENT = "perkbridge.rolled_back"
 DIRECTION = "rollback"
-LEASE_DIRECTION = "import"
+IMPORT_DIRECTION = "import"
+LEASE_DIRECTION = IMPORT_DIRECTION
 """A rollback takes the business's import lease: no backfill or sync runs meanwhile."""
 BATCH = 200
 CHUNK = 500
@@ -197,6 +198,11 @@ def check_run(state: StateStore, run_id: int) -> RunRecord:
         raise RollbackRefusedError(
             f"run {run_id} is itself a rollback; run the backfill or sync again to re-apply what it reversed"
         )
+    if run.direction != IMPORT_DIRECTION:
+        raise RollbackRefusedError(
+            f"run {run_id} is a {run.direction} run; only import runs (backfill, sync, retry) apply "
+            "events to roll back"
+        )
     if run.target not in (None, "embedded"):
         raise RollbackRefusedError(
             f"run {run_id} went to a {run.target} Perkamo; rollback reverses runs into the embedded core only"
@@ -218,6 +224,8 @@ def plan_rollback(engine: Engine, state: StateStore, run: RunRecord, *, space: s
     if len(recorded_spaces) > 1 or None in recorded_spaces:
         raise RollbackRefusedError(f"run {run.id} applied events outside one embedded Space; it cannot be rolled back")
     chosen = next(iter(recorded_spaces), None) or space
+    if space is not None and chosen != space:
+        raise RollbackRefusedError(f"run {run.id} applied its events to Space {chosen!r}, not {space!r}")
     if chosen is None:
         raise ConfigurationError("no Space: pass --space")
     reversals: list[Reversal] = []
@@ -342,6 +350,7 @@ def run_rollback(
     stop: threading.Event | None = None,
     batch: int = BATCH,
     secrets: tuple[str, ...] = (),
+    space: str | None = None,
 ) -> RollbackSummary:
     """Roll back run ``run_id`` under the business's import lease, as a run of its own."""
     original = check_run(state, run_id)
@@ -351,7 +360,7 @@ def run_rollback(
         original = check_run(state, run_id)  # the lease marked a dead runner's run interrupted
         if original.status == "running":
             raise RollbackRefusedError(f"run {run_id} is still running; roll it back once it has ended")
-        plan = plan_rollback(engine, state, original)
+        plan = plan_rollback(engine, state, original, space=space)
         shortfalls = plan.shortfalls()
         if shortfalls and not allow_negative:
             raise RollbackRefusedError(refusal_message(run_id, shortfalls))

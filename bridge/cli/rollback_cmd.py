@@ -57,7 +57,7 @@ def rollback(
                 with stop_on_sigterm() as stop:
                     summary = run_rollback(
                         engine, state, core_service(engine), run, lease_seconds=settings.schedule.lease_seconds,
-                        allow_negative=allow_negative, wait=wait, stop=stop, batch=batch, secrets=secrets(),
+                        allow_negative=allow_negative, wait=wait, stop=stop, batch=batch, secrets=secrets(), space=space,
                     )
             except UnknownRunError as exc:
                 fail(exc.message, EXIT_USAGE)

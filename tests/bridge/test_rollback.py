@@ -198,7 +198,17 @@ def test_unknown_runs_and_rollbacks_of_rollbacks_are_refused(
     code, _, err = run(capsys, cli_env, "rollback", "--run", "999")
     assert code == 2 and "999" in err
     first = bridge.backfill()
+    with pytest.raises(RollbackRefusedError, match="Space 'test', not 'other'"):
+        plan_rollback(bridge.engine, bridge.state, check_run(bridge.state, first.run_id), space="other")
+    # A boost on every event would multiply the reversals of redemptions (positive movements).
+    bridge.service.load_program(SPACE, {"boosts": {"boosts": [{"key": "double", "multiplier": 2}]}})
+    with pytest.raises(RollbackRefusedError, match="boost 'double'"):
+        _rollback(bridge, first.run_id)
+    assert set(_wallets(bridge).values()) != {Decimal(0)}  # nothing reversed
+    bridge.service.load_program(SPACE, {"boosts": {"boosts": [
+        {"key": "double", "multiplier": 2, "events": ["perkville.points_earned"]}]}})
     body = _rollback(bridge, first.run_id)
+    assert set(_wallets(bridge).values()) == {Decimal(0)}
     with pytest.raises(RollbackRefusedError, match="itself a rollback"):
         check_run(bridge.state, int(body["run_id"]))  # type: ignore[arg-type]
     assert plan_rollback(bridge.engine, bridge.state, check_run(bridge.state, first.run_id)).pending == []
