@@ -67,7 +67,10 @@ def rollback(
             engine.dispose()
     print_run(summary, json_output, title="rollback")
     if not json_output:
-        typer.echo(f"  reversed what run {summary.rolled_back} applied:")
+        if not summary.wallets:
+            typer.echo(f"  nothing left to reverse of run {summary.rolled_back}")
+        else:
+            typer.echo(f"  reversed what run {summary.rolled_back} applied:")
         for wallet, amount in summary.wallets.items():
             typer.echo(f"  {wallet}: {amount:+}")
     for note in summary.notes:
