@@ -27,7 +27,7 @@ class Exported:
 
 def run_chain(engine: Engine, state: StateStore, run_id: int, space: str) -> Chain:
     """The ledger chain of run ``run_id`` as the database holds it now."""
-    return chain(run_entries(engine, state.run_pages, run_id, space))
+    return chain(run_entries(engine, state.run_events, run_id, space))
 
 
 def export_pack(

@@ -1,6 +1,6 @@
 """``ledger.sha256``: a hash chain over every transaction id a run applied and its wallet deltas.
 
-The run's applied ids come from ``bridge_run_pages`` (commit order: page by page, in the order
+The run's applied ids come from ``bridge_run_events`` (commit order: page by page, in the order
 each page sent them); each id's wallet deltas are the core's ledger rows of that event
 (``core_ledger.event_id``), summed per wallet. Entry ``n`` is the JSON
 ``[transaction_id, {wallet: delta}]`` (wallets sorted, deltas as plain decimals) and
@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from sqlalchemy import Engine, select
 
-from bridge.state import RunPages, plain_decimal
+from bridge.state import RunEvents, plain_decimal
 
 SEED = hashlib.sha256(b"perkbridge-ledger-v1").hexdigest()
 HEADER = "# perkbridge ledger chain v1: seq, chain sha256, [transaction_id, {wallet: delta}]\n"
@@ -61,11 +61,12 @@ def chain(entries: Iterable[tuple[str, dict[str, Decimal]]]) -> Chain:
 
 
 def run_entries(
-    engine: Engine, run_pages: RunPages, run_id: int, space: str
+    engine: Engine, run_events: RunEvents, run_id: int, space: str
 ) -> Iterator[tuple[str, dict[str, Decimal]]]:
     """``(transaction_id, wallet deltas)`` of every event run ``run_id`` applied, in commit order."""
     batch: list[str] = []
-    for page_space, transaction_id in run_pages.applied(run_id):
+    for event in run_events.of_run(run_id):
+        page_space, transaction_id = event.space, event.transaction_id
         if page_space is not None and page_space != space:
             raise LedgerUnavailable(
                 f"run {run_id} applied events to Space {page_space!r}, not {space!r}; "

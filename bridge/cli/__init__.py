@@ -74,6 +74,7 @@ def _register_commands() -> None:
         deadletters_cmd,
         inspect_cmds,
         probe_cmd,
+        rollback_cmd,
         run_cmds,
         sandbox_cmd,
         schedule_cmd,
@@ -83,6 +84,7 @@ def _register_commands() -> None:
     for module in (
         core_cmds, serve_cmd, sandbox_cmd, run_cmds, probe_cmd, inspect_cmds, deadletters_cmd, schedule_cmd,
         audit_cmd,
+        rollback_cmd,
     ):
         module.register(app)
 

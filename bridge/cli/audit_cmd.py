@@ -67,7 +67,7 @@ def export(
         try:
             run = ctx.state.runs.get(run_id)
             assert run is not None
-            recorded = ctx.state.run_pages.spaces(run_id)
+            recorded = ctx.state.run_events.spaces(run_id)
             chosen = space or (recorded[0] if len(recorded) == 1 else ctx.space)
             csv_text = io.StringIO(newline="")
             ctx.reconciler().compare(csv_out=csv_text)

@@ -47,6 +47,7 @@ from bridge.pipeline.records import ExternalMembers, PageRecord, map_transaction
 from bridge.pipeline.tally import PageTally, tally
 from bridge.probe.reach import Reach, refuse_partial
 from bridge.progress import NullProgress, Progress
+from bridge.reissue import reissue_page
 from bridge.sources import PerkvilleSource, request_rate
 from bridge.state import LeaseKeeper, RunCounts, StateStore, redact, utcnow
 from bridge.targets import Delivery, Target
@@ -232,6 +233,7 @@ class Pipeline(Phases):
         self._clock_details = {}
         self._applied_to: set[str] = set()
         self._ahead = ReadAhead()
+        self._reissues: bool | None = None  # whether a rollback reversed any of the business's ids
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -276,6 +278,8 @@ class Pipeline(Phases):
         """
         identifies = [r.identify for r in records if r.identify is not None and r.problem is None]
         events = [e for r in records if r.problem is None for e in r.events]
+        events, bases = self._reissued(events)
+        space = getattr(self.target, "space", None) if self.target.kind == "embedded" else None
         committed: list[PageTally] = []
 
         def commit(
@@ -300,15 +304,15 @@ class Pipeline(Phases):
                     conn, self.business, kind, [r.record_id for r in page.delivered]
                 )
             write_state(conn, page)
+            self.state.run_events.record(conn, self._run_id, self.business, space, [
+                (e.transaction_id, bases.get(e.transaction_id))
+                for e, outcome in zip(events, ev_outcomes, strict=True) if outcome.status == "applied"
+            ])
             kinds = {k: v.as_dict() for k, v in self._kinds.items()}
             this_kind = RunCounts(**kinds.get(kind, {}))
             this_kind.add(page.counts)
             kinds[kind] = this_kind.as_dict()
             self.state.runs.add(conn, self._run_id, page.counts, details={"kinds": kinds})
-            self.state.run_pages.record(  # the run → applied events link (audit, rollback)
-                conn, self._run_id, getattr(self.target, "space", None),
-                [e.transaction_id for e, o in zip(events, ev_outcomes) if o.status == "applied"],
-            )
             committed.append(page)
 
         self.target.deliver(identifies, events, commit)
@@ -316,6 +320,17 @@ class Pipeline(Phases):
             self._kinds.setdefault(kind, RunCounts()).add(page.counts)
             self._counts.add(page.counts)
             self._applied_to.update(page.applied_to)
+
+
+    def _reissued(self, events: list[Any]) -> tuple[list[Any], dict[str, str]]:
+        """The page's events, those a rollback reversed sent under their next id (``bridge.reissue``)."""
+        if not events:
+            return events, {}
+        if self._reissues is None:
+            self._reissues = self.state.run_events.any_reissued(self.business)
+        if not self._reissues:
+            return events, {}
+        return reissue_page(self.state.run_events, self.business, events)
 
 
 def _no_state(_conn: Connection, _page: PageTally) -> None:

@@ -8,7 +8,7 @@ from bridge.state.dead_letters import DeadLetter, DeadLetterStore
 from bridge.state.leases import Lease, LeaseKeeper, LeaseStore, lease_name, new_owner_id
 from bridge.state.members import IdMap, IdMapEntry, StagedUsers, plain_decimal
 from bridge.state.probes import ProbeRecord, ProbeStore
-from bridge.state.run_pages import RunPages
+from bridge.state.run_events import RunEvent, RunEvents
 from bridge.state.schema import MIGRATIONS, as_utc, utcnow
 from bridge.state.stores import (
     Clock,
@@ -35,8 +35,9 @@ __all__ = [
     "ProbeRecord",
     "ProbeStore",
     "RunCounts",
+    "RunEvent",
+    "RunEvents",
     "RunLog",
-    "RunPages",
     "RunRecord",
     "StagedUsers",
     "plain_decimal",
@@ -62,7 +63,7 @@ class StateStore:
         self.users = StagedUsers(engine, clock=clock)
         self.leases = LeaseStore(engine, clock=clock)
         self.probes = ProbeStore(engine, clock=clock)
-        self.run_pages = RunPages(engine, clock=clock)
+        self.run_events = RunEvents(engine, clock=clock)
 
     def migrate(self) -> list[int]:
         """Apply the bridge's missing migrations; returns the versions applied now."""

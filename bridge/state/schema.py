@@ -10,6 +10,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Index,
+    Integer,
     MetaData,
     Numeric,
     Text,
@@ -141,18 +142,42 @@ class ProbeRow(BridgeTable, table=True):
     report: str = Field(sa_type=Text)  # JSON: schema, reach, write test, assumptions; no secrets
 
 
-class RunPageRow(BridgeTable, table=True):
-    """The transaction ids one page of a run applied, written in the page's own transaction
-    (the link from a run to the core events it applied; ``bridge.state.run_pages``)."""
+class RunEventRow(BridgeTable, table=True):
+    """An event a run applied in the core: the link from a run to its wallet effects.
 
-    __tablename__ = "bridge_run_pages"
-    __table_args__ = (Index("ix_bridge_run_pages_run", "run_id", "id"),)
+    Written in the page's own transaction (``Pipeline._deliver``, ``bridge.rollback``), one row
+    per event whose outcome was ``applied``; duplicates and refusals get none. ``perkbridge
+    rollback`` reverses exactly these; an audit of a run reads them in ``id`` (commit) order.
+    """
 
-    id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
+    __tablename__ = "bridge_run_events"
+    __table_args__ = (Index("ix_bridge_run_events_run", "run_id", "id"),)
+
+    id: int | None = Field(
+        default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer, "sqlite"),
+        sa_column_kwargs={"autoincrement": True},
+    )
     run_id: int
-    space: str | None = Field(default=None, max_length=128)
-    transaction_ids: str = Field(sa_type=Text)  # JSON list, in the order the page applied them
-    committed_at: datetime = Field(sa_type=AwareDateTime)
+    business: str = Field(max_length=64)
+    space: str | None = Field(default=None, max_length=128)  # None: a remote Perkamo
+    transaction_id: str = Field(max_length=256)  # as the core stores it
+    base_id: str | None = Field(default=None, max_length=256)  # the mapped id, when reissued
+
+
+class ReissueRow(BridgeTable, table=True):
+    """How often the application of a mapped transaction id was rolled back (its generation).
+
+    A mapped id T whose application a rollback reversed is sent again as ``{T}:again:{n}``
+    (``bridge.reissue``): the core keeps T, and its reversal, as they are.
+    """
+
+    __tablename__ = "bridge_reissues"
+
+    business: str = Field(max_length=64, primary_key=True)
+    transaction_id: str = Field(max_length=256, primary_key=True)
+    generation: int
+    run_id: int | None = None  # the rollback run that set this generation
+    updated_at: datetime = Field(sa_type=AwareDateTime)
 
 
 metadata = BridgeTable.metadata
@@ -163,7 +188,8 @@ dead_letters = DeadLetterRow.__table__  # type: ignore[attr-defined]
 leases = LeaseRow.__table__  # type: ignore[attr-defined]
 staged_users = StagedUserRow.__table__  # type: ignore[attr-defined]
 probes = ProbeRow.__table__  # type: ignore[attr-defined]
-run_pages = RunPageRow.__table__  # type: ignore[attr-defined]
+run_events = RunEventRow.__table__  # type: ignore[attr-defined]
+reissues = ReissueRow.__table__  # type: ignore[attr-defined]
 
 _V1_TABLES = (cursors, runs, id_map, dead_letters, leases, staged_users)
 
@@ -186,7 +212,8 @@ def _v3(conn: Connection) -> None:
 
 
 def _v4(conn: Connection) -> None:
-    run_pages.create(conn, checkfirst=True)
+    run_events.create(conn, checkfirst=True)
+    reissues.create(conn, checkfirst=True)
 
 
 def _v5(conn: Connection) -> None:
@@ -200,7 +227,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
     Migration(2, "cursors record the source's newest change (lag in the source's clock)", _v2),
     Migration(3, "probes: what perkbridge probe found about each business's API", _v3),
-    Migration(4, "run pages: the transaction ids each run applied, page by page", _v4),
+    Migration(4, "run events (what each run applied) and reissued ids (rollback)", _v4),
     Migration(5, "id map: the highest Perkamo level a member's Perkville tier was migrated to", _v5),
 )
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""

@@ -373,8 +373,8 @@ def test_a_page_rolled_back_by_a_conflict_is_linked_to_its_run_once(bridge: Brid
     service = CollidingService(bridge.service, {1, 3})
     summary = _pipeline(bridge, service).run(RunOptions(kind="backfill"))
     assert summary.status == "succeeded"
-    applied = [txid for _space, txid in bridge.state.run_pages.applied(summary.run_id)]
+    applied = [e.transaction_id for e in bridge.state.run_events.of_run(summary.run_id)]
     assert len(applied) == len(set(applied)) == event_count(bridge.engine)
-    assert bridge.state.run_pages.spaces(summary.run_id) == [SPACE]
+    assert bridge.state.run_events.spaces(summary.run_id) == [SPACE]
     again = bridge.backfill("history", force=True)  # everything is a duplicate now: nothing linked
-    assert list(bridge.state.run_pages.applied(again.run_id)) == []
+    assert list(bridge.state.run_events.of_run(again.run_id)) == []
