@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="L")
     parser.add_argument("--rate-limit", type=int, default=0, metavar="R", help="0: no request budget")
+    parser.add_argument(
+        "--tiered-levels", action="store_true", help="connection levels by lifetime points (Bronze, Silver, Gold)"
+    )
     args = parser.parse_args(argv)
     sandbox = Sandbox(
         seed=args.seed,
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         timezone=args.timezone,
         redeem_sign=args.redeem_sign,
         clock_offset=args.clock_offset,
+        tiered_levels=args.tiered_levels,
     )
     sandbox.set_network(latency_ms=args.latency_ms, rate_limit=args.rate_limit or None)
     sandbox.start(args.host, args.port)
