@@ -62,6 +62,7 @@ def judge(findings: Mapping[str, Any]) -> list[Assumption]:
     rows.append(_page_cap(schema, findings.get("paging") or {}))
     rows.append(_total_count(findings.get("paging") or {}))
     rows.extend(_filters(schema))
+    rows.append(_writes(schema))
     rows.append(_reach(findings.get("reach")))
     rows.append(_external_members(findings.get("external_members")))
     rows.append(_duplicates(findings.get("write_test")))
@@ -178,6 +179,24 @@ _FILTERS = (
         "the filter is not sent: sync reads every connection and keeps the changed ones",
     ),
 )
+
+
+def _writes(schema: ApiSchema) -> Assumption:
+    statement = "transactions accept POST (write-back awards and redemptions)"
+    transactions = schema.of("transactions")
+    if transactions is None or not transactions.list_methods:
+        return Assumption(
+            "transactions_post", statement, UNKNOWN, "write-back tries, and dead-letters a refusal"
+        )
+    if "post" in transactions.list_methods:
+        return Assumption("transactions_post", statement, CONFIRMED, "write-back can run")
+    return Assumption(
+        "transactions_post",
+        statement,
+        CONTRADICTED,
+        "keep write-back off: every award would be refused",
+        "allowed: " + " ".join(sorted(transactions.list_methods)),
+    )
 
 
 def _filters(schema: ApiSchema) -> list[Assumption]:

@@ -59,6 +59,7 @@ def test_probe_prints_every_assumption_and_records_it(
     assert code == 0, err
     statuses = _statuses(body)
     assert statuses["schema"] == CONFIRMED and statuses["sync_cursor"] == CONFIRMED
+    assert statuses["transactions_post"] == CONFIRMED
     assert statuses["staff_reach"] == CONFIRMED and statuses["duplicate_answer"] == UNKNOWN
     assert body["schema"]["how"] == "fullschema"
     assert body["probe_id"] == 2  # both probes were recorded
