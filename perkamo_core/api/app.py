@@ -26,8 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perkamo_core.api.gate import API_KEY_HEADER, DEFAULT_MAX_BODY_BYTES, STATE_KEY, Gate, RequestMeter
 from perkamo_core.api.ratelimit import FixedWindowLimiter
-from perkamo_core.api.responses import PerkamoJSONResponse, Scope, error_body, error_response, validation_error
-from perkamo_core.models import MAX_USER_ID
+from perkamo_core.api.responses import (
+    PerkamoJSONResponse,
+    Scope,
+    error_body,
+    error_response,
+    validation_error,
+)
 from perkamo_core.api.schemas import (
     BatchBody,
     ConfigBody,
@@ -43,7 +48,7 @@ from perkamo_core.errors import (
     PermissionDeniedError,
     ValidationError,
 )
-from perkamo_core.models import ApiKeyInfo, EventInput, IngestOutcome
+from perkamo_core.models import MAX_USER_ID, ApiKeyInfo, EventInput, IngestOutcome
 
 if TYPE_CHECKING:
     from perkamo_core.service import CoreService

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from decimal import Context, Decimal, InvalidOperation
 
-
 _CTX = Context(prec=60, traps=[InvalidOperation])
 """Balances and totals: 60 significant digits, so sums of bounded amounts never round silently."""
 

@@ -22,11 +22,11 @@ from perkamo_core.engine.outcome import (
 from perkamo_core.engine.periods import _limit_keys, _local_day, _period_start, _window_days
 from perkamo_core.engine.plans import (
     _AchievementPlan,
+    _event_plan,
     _EventPlan,
+    _program_plan,
     _ProgramPlan,
     _RulePlan,
-    _event_plan,
-    _program_plan,
 )
 from perkamo_core.engine.state import CustomerState, EngineEvent, PerkUnlock, StateQuery, StreakState
 from perkamo_core.formula import EvaluationError, NumberRangeError

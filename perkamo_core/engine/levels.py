@@ -8,7 +8,7 @@ from decimal import ROUND_DOWN, Decimal
 
 from perkamo_core.engine.decimals import _CTX, _ONE, _PROGRESS_QUANTUM, _ZERO, _quantize
 from perkamo_core.engine.outcome import LevelState
-from perkamo_core.engine.plans import _ProgramPlan, _program_plan
+from perkamo_core.engine.plans import _program_plan, _ProgramPlan
 from perkamo_core.program import Program
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from perkamo_core.engine.slots import _slot_setters
 
-
 _FRESH_CONTEXT: Mapping[str, Any] = MappingProxyType({})
 """The default `EngineEvent.context` marker: each event without a context gets a new empty dict."""
 

@@ -276,10 +276,10 @@ def test_a_server_that_ignores_filters_order_and_limit_still_migrates_exactly(br
 def test_both_redeem_signs_and_local_timezones_reconcile(
     db_url: str, timezone: str, redeem_sign: str
 ) -> None:
+    from bridge.state import StateStore
     from connectors.perkville.sandbox import Sandbox
     from perkamo_core.db import create_db_engine
     from perkamo_core.service import CoreService
-    from bridge.state import StateStore
     from tests.bridge.conftest import make_client
 
     box = Sandbox(seed=23, members=12, transactions=200, redeem_sign=redeem_sign, timezone=timezone)

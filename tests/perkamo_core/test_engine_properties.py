@@ -8,7 +8,15 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perkamo_core.engine import CustomerState, EngineEvent, Outcome, StateQuery, apply_outcome, evaluate, plan_state_query
+from perkamo_core.engine import (
+    CustomerState,
+    EngineEvent,
+    Outcome,
+    StateQuery,
+    apply_outcome,
+    evaluate,
+    plan_state_query,
+)
 from perkamo_core.program import Program
 from tests.perkamo_core.test_engine_rules import PRAGUE
 
