@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from connectors.perkville import AwardResult, RecordedAnswer
 from connectors.perkville.paging import Page
 
-__all__ = ["AwardResult", "Page", "PerkvilleSource", "PerkvilleWriter", "request_rate"]
+__all__ = ["AwardResult", "Page", "PerkvilleSource", "PerkvilleWriter", "request_rate", "request_stats", "stats_since"]
 
 
 def request_rate(source: object) -> float | None:
@@ -23,6 +23,21 @@ def request_rate(source: object) -> float | None:
     test source (only ``PerkvilleClient`` has a ``budget``)."""
     rate = getattr(getattr(source, "budget", None), "rate", None)
     return round(float(rate), 2) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
+
+
+def request_stats(source: object) -> dict[str, int]:
+    """The counters a source keeps of its requests (``PerkvilleClient.stats``: requests, 429s,
+    answers by status class, …); empty for a source that keeps none."""
+    stats = getattr(source, "stats", None)
+    if not isinstance(stats, dict):
+        return {}
+    return {str(k): int(v) for k, v in stats.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def stats_since(source: object, before: dict[str, int]) -> dict[str, int]:
+    """What the source's counters grew by since ``before`` (``request_stats`` then): one run's
+    share of a client that serves several runs."""
+    return {name: n - before.get(name, 0) for name, n in request_stats(source).items()}
 
 
 def allows_filter(source: object, resource: str, param: str) -> bool | None:

@@ -37,7 +37,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from bridge.leased import Finish, leased, recorded
-from bridge.sources import PerkvilleWriter
+from bridge.sources import PerkvilleWriter, request_stats, stats_since
 from bridge.state import LeaseKeeper, StateStore, redact, utcnow
 from mapping.writeback import to_perkville_transaction
 from perkamo_core.service import REDEMPTION_EVENT  # the outbox's name for a redemption
@@ -181,6 +181,7 @@ class Writeback:
         self.stop = stop or threading.Event()
         self.clock = clock
         self._users: dict[str, str | None] = {}
+        self._stats_before: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------ entry
 
@@ -205,6 +206,7 @@ class Writeback:
                 details={"space": config.space},
             )
             summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
+            self._stats_before = request_stats(self.client)
             self._learn_duplicate_answer()
             with recorded(run_id, self._finisher(summary, started), what="write-back run", secrets=config.secrets):
                 self._run_batches(summary, keeper)
@@ -229,6 +231,7 @@ class Writeback:
                 target="perkville", owner=keeper.owner, details={"reason": reason, "ids": ids or []},
             )
             summary = WritebackSummary(run_id=run_id, cursor=self._cursor())
+            self._stats_before = request_stats(self.client)
             self._learn_duplicate_answer()
             letters = [
                 letter
@@ -294,6 +297,8 @@ class Writeback:
                 "cursor": summary.cursor,
                 "skip_reasons": summary.skip_reasons,
                 "seconds": round(time.monotonic() - started, 3),
+                # This run's Perkville requests, 429s and answers by status class.
+                "perkville": stats_since(self.client, self._stats_before),
             },
         )
 

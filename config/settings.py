@@ -102,6 +102,8 @@ class ServeSettings(BaseModel):
 
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     require_signatures: bool = False
+    # GET /metrics (Prometheus text format, no key: see docs/operations.md, "Monitoring").
+    metrics: bool = True
 
 
 class AuditSettings(BaseModel):

@@ -14,8 +14,13 @@ AUTH_CACHE_SECONDS = 1.0
 """How long a successful key check is remembered: a revoked key stops working within this time."""
 
 
-def build_app(database_url: str, *, rate_limit: int | None, require_signatures: bool) -> Any:
-    """The FastAPI app over a migrated core on ``database_url`` (also used by ``bench/``)."""
+def build_app(
+    database_url: str, *, rate_limit: int | None, require_signatures: bool, metrics: bool = False
+) -> Any:
+    """The FastAPI app over a migrated core on ``database_url`` (also used by ``bench/``).
+
+    With ``metrics``, ``GET /metrics`` answers in the Prometheus text format (``bridge.metrics``).
+    """
     from perkamo_core.api import create_app
     from perkamo_core.db import create_db_engine
     from perkamo_core.service import CoreService
@@ -23,12 +28,19 @@ def build_app(database_url: str, *, rate_limit: int | None, require_signatures: 
     engine = create_db_engine(database_url)
     service = CoreService(engine)
     service.migrate()
-    return create_app(
+    app = create_app(
         service,
         rate_limit=rate_limit,
         require_signatures=require_signatures,
         auth_cache_seconds=AUTH_CACHE_SECONDS,
     )
+    if metrics:
+        from bridge import metrics as prometheus
+        from bridge.wiring import open_state
+
+        open_state(engine)  # the bridge's tables, so a scrape before any run reads empty ones
+        prometheus.install(app, engine)
+    return app
 
 
 def _display_url(database_url: str) -> str:
@@ -96,6 +108,7 @@ def register(app: typer.Typer) -> None:
                 cfg.database_url,
                 rate_limit=cfg.serve.rate_limit_per_minute,
                 require_signatures=cfg.serve.require_signatures,
+                metrics=cfg.serve.metrics,
             )
         except ValueError as exc:
             listener.close()
@@ -112,6 +125,7 @@ def register(app: typer.Typer) -> None:
                     "database": _display_url(cfg.database_url),
                     "rate_limit_per_minute": cfg.serve.rate_limit_per_minute,
                     "require_signatures": cfg.serve.require_signatures,
+                    "metrics": f"{url}/metrics" if cfg.serve.metrics else None,
                 },
                 indent=None,
             )

@@ -48,7 +48,7 @@ from bridge.pipeline.tally import PageTally, tally
 from bridge.probe.reach import Reach, refuse_partial
 from bridge.progress import NullProgress, Progress
 from bridge.reissue import reissue_page
-from bridge.sources import PerkvilleSource, request_rate
+from bridge.sources import PerkvilleSource, request_rate, request_stats, stats_since
 from bridge.state import LeaseKeeper, RunCounts, StateStore, redact, utcnow
 from bridge.targets import Delivery, Target
 from connectors.perkville.errors import NotFound, RequestRejected
@@ -222,6 +222,7 @@ class Pipeline(Phases):
 
     def _reset(self) -> None:
         """Fresh counters for a new run of this (reusable) pipeline."""
+        self._stats_before = request_stats(self.source)  # the client may outlive the run
         self._counts = RunCounts()
         self._kinds: dict[str, RunCounts] = {}
         self._open_dead_letters = 0
@@ -249,7 +250,9 @@ class Pipeline(Phases):
         summary.kinds = {k: v.as_dict() for k, v in self._kinds.items()}
         summary.applied_to = frozenset(self._applied_to)
         summary.request_rate = request_rate(self.source)
-        pace = {} if summary.request_rate is None else {"request_rate": summary.request_rate}
+        pace: dict[str, Any] = {} if summary.request_rate is None else {"request_rate": summary.request_rate}
+        if perkville := stats_since(self.source, self._stats_before):
+            pace["perkville"] = perkville  # this run's requests, 429s and answers by status class
         if error is not None:
             summary.error = redact(error, self.config.secrets)
         try:

@@ -144,7 +144,9 @@ class PerkvilleClient(WriteMethods):
         self._external_members_enabled = True
         self._warned: set[str] = set()
         self._schema: ApiSchema | None = None
-        self.stats = {"requests": 0, "retries": 0, "reauths": 0, "dropped_rows": 0, "throttled": 0}
+        self.stats = {"requests": 0, "retries": 0, "reauths": 0, "dropped_rows": 0, "throttled": 0,
+                      # Answers by status class (a request lost to the network has none).
+                      "status_2xx": 0, "status_3xx": 0, "status_4xx": 0, "status_5xx": 0}
 
     # ----------------------------------------------------------------- lifecycle and auth
     def __repr__(self) -> str:
@@ -259,6 +261,8 @@ class PerkvilleClient(WriteMethods):
                 )
                 continue
             status = response.status_code
+            if 200 <= status < 600:
+                self._count(f"status_{status // 100}xx")
             if status == 401:
                 if reauthed:
                     raise AuthError(
