@@ -70,6 +70,8 @@ def refuse_partial(reach: Reach, allow_partial: bool) -> str | None:
 
 
 def uri_id(value: Any) -> str | None:
+    """A row's relation id as text (``bridge.pipeline.records.trailing_id``, which this module
+    cannot import: the pipeline imports it)."""
     number = to_row_id(value)
     return None if number is None else str(number)
 

@@ -26,7 +26,14 @@ from connectors.perkville.errors import (
     RequestRejected,
     RetryBudgetExhausted,
 )
-from connectors.perkville.guard import StreamGuard, apply_guard, guard_for, trailing_id
+from connectors.perkville.guard import (
+    StreamGuard,
+    apply_guard,
+    filter_warning,
+    guard_for,
+    order_warning,
+    trailing_id,
+)
 from connectors.perkville.overlap import OverlappedReader, overlap_plan
 from connectors.perkville.pacing import Backoff, RequestBudget, parse_retry_after
 from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
@@ -479,7 +486,8 @@ class PerkvilleClient(WriteMethods):
         sent, withheld = sendable(schema, params)
         for name in withheld:
             # The guard's own keys: its later "the server ignored ..." warning stays silent.
-            key = f"order:{spath}" if name.startswith("order_by=") else f"filter:{spath}:{name.split('__')[0]}"
+            ordering = name.startswith("order_by=")
+            key = order_warning(spath) if ordering else filter_warning(spath, name.split("__")[0])
             self._warn_once(
                 key,
                 "perkville: the API's schema lists no %s on %s; not sending it, and %s on the client",

@@ -57,6 +57,17 @@ _BUSINESS_SEEN_MAX = 64
 
 
 
+def filter_warning(spath: str, name: str) -> str:
+    """The once-only warning key for the ``name`` filter on ``spath`` (the client's too, when it
+    withholds a filter the schema lacks: one warning names it, not two)."""
+    return f"filter:{spath}:{name}"
+
+
+def order_warning(spath: str) -> str:
+    """The once-only warning key for ``order_by`` on ``spath``."""
+    return f"order:{spath}"
+
+
 def guard_for(params: Mapping[str, Any], tz: tzinfo, id_field: str) -> StreamGuard:
     """The guard of a list asked with ``params`` (its datetime windows, business and order)."""
     guard = StreamGuard(id_field=id_field)
@@ -156,7 +167,7 @@ def apply_guard(
         if reason is not None:
             dropped += 1
             warn(
-                f"filter:{spath}:{reason}",
+                filter_warning(spath, reason),
                 "perkville: the server ignored the %s filter on %s; filtering on the client side "
                 "(every page is still read, so this is slower)",
                 reason,
@@ -174,7 +185,7 @@ def apply_guard(
         if not in_order:
             if guard.ordered:
                 warn(
-                    f"order:{spath}",
+                    order_warning(spath),
                     "perkville: the server ignored order_by on %s; sorting each page on the client "
                     "side (the stream as a whole is no longer ordered; page.ordered is False)",
                     spath,
