@@ -13,6 +13,10 @@ from perkamo_core.errors import CoreError
 SERVER_SCOPES: tuple[str, ...] = ("events:write", "profile:read", "rewards:redeem", "admin:config")
 """The four server-key scopes of the v1 API (a key created without scopes gets all four)."""
 
+KEY_SCOPES: tuple[str, ...] = (*SERVER_SCOPES, "dashboard")
+"""Every scope a server key may hold: the v1 API's four, plus ``dashboard`` (signs in to the
+operator dashboard of ``perkbridge serve`` and reads ``/metrics``; no v1 route accepts it)."""
+
 ENVIRONMENTS: tuple[str, ...] = ("test", "live")
 
 RESERVED_CONTEXT_KEYS: frozenset[str] = frozenset(

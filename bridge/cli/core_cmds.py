@@ -126,7 +126,11 @@ def register(app: typer.Typer) -> None:
         space: SpaceOption = None,
         scope: Annotated[
             list[str] | None,
-            typer.Option("--scope", help=f"Repeatable; default all of {', '.join(SERVER_SCOPES)}."),
+            typer.Option(
+                "--scope",
+                help=f"Repeatable; default all of {', '.join(SERVER_SCOPES)}; also: dashboard "
+                "(sign in to /dashboard, read /metrics).",
+            ),
         ] = None,
         as_json: JsonOption = False,
     ) -> None:

@@ -144,6 +144,10 @@ class CoreService:
         """The key's Space and scopes; ``AuthenticationError`` for a missing/unknown/revoked key."""
         return self._spaces.authenticate(api_key)
 
+    def active_key(self, key_id: str) -> ApiKeyInfo | None:
+        """The unrevoked key ``key_id``, else ``None``."""
+        return self._spaces.active_key(key_id)
+
     # --- program and usage -----------------------------------------------------------------------
 
     def load_program_module(

@@ -18,6 +18,7 @@ from perkamo_core import storage as st
 from perkamo_core.errors import AuthenticationError, NotFoundError, ValidationError
 from perkamo_core.models import (
     ENVIRONMENTS,
+    KEY_SCOPES,
     MAX_SPACE_SLUG,
     SERVER_SCOPES,
     ApiKeyInfo,
@@ -87,9 +88,9 @@ class Spaces:
         """A new server key for ``space`` (all four server scopes by default), stored hashed."""
         chosen = tuple(SERVER_SCOPES if not scopes else dict.fromkeys(scopes))
         for scope in chosen:
-            if scope not in SERVER_SCOPES:
+            if scope not in KEY_SCOPES:
                 raise ValidationError(
-                    f"unknown scope {scope!r}; expected one of {', '.join(SERVER_SCOPES)}",
+                    f"unknown scope {scope!r}; expected one of {', '.join(KEY_SCOPES)}",
                     field="scopes",
                 )
 
@@ -139,4 +140,17 @@ class Spaces:
             raise AuthenticationError(f"API key {row.key_id} was revoked; create a new one")
         if not api_key.startswith(f"sk_{row.environment}_"):
             raise AuthenticationError("API key prefix does not match its Space environment")
+        return ApiKeyInfo(row.key_id, row.slug, frozenset(row.scopes.split()), row.environment)
+
+    def active_key(self, key_id: str) -> ApiKeyInfo | None:
+        """The key ``key_id`` names, or ``None`` when it is unknown or revoked (a session made
+        with a key ends when the key is revoked)."""
+        with self._store.read() as conn:
+            row = conn.execute(
+                select(st.api_keys, st.spaces.c.slug)
+                .join(st.spaces, st.spaces.c.id == st.api_keys.c.space_id)
+                .where(st.api_keys.c.key_id == key_id, st.api_keys.c.revoked_at.is_(None))
+            ).first()
+        if row is None:
+            return None
         return ApiKeyInfo(row.key_id, row.slug, frozenset(row.scopes.split()), row.environment)
