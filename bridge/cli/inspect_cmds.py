@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from bridge.cli.runs import (
     SpaceOpt,
     errors,
 )
+from bridge.status import status_report
 
 
 def status(
@@ -33,7 +33,7 @@ def status(
         engine = open_engine(settings)
         try:
             state = open_state(engine)
-            body = _status_body(state, chosen, limit)
+            body = status_report(state, chosen, limit)
             from bridge.scheduler import job_statuses
 
             body["jobs"] = [
@@ -106,61 +106,6 @@ def _safe_url(url: str) -> str:
         return make_url(url).set(query={}).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001
         return "(unparseable URL)"
-
-
-def _status_body(state: Any, business: str | None, limit: int) -> dict[str, Any]:
-    from bridge.source_clock import lag_seconds
-    from bridge.state import utcnow
-
-    now = utcnow()
-    cursors = []
-    for cursor in state.cursors.all(business):
-        item: dict[str, Any] = {
-            "business": cursor.business,
-            "resource": cursor.resource,
-            "value": cursor.value,
-            "updated_at": cursor.updated_at,
-            "source_newest": cursor.source_newest,
-        }
-        # Lag is in the source's clock: its newest change when the last run looked, minus the
-        # cursor (never this machine's clock, which says nothing about what the source holds).
-        try:
-            item["lag_seconds"] = lag_seconds(
-                datetime.fromisoformat(cursor.value),
-                datetime.fromisoformat(cursor.source_newest) if cursor.source_newest else None,
-            )
-        except ValueError:
-            item["lag_seconds"] = None
-        cursors.append(item)
-    leases = [
-        {"name": lease.name, "owner": lease.owner, "expires_at": lease.expires_at, "expired": lease.expired(now)}
-        for lease in state.leases.all()
-    ]
-    return {
-        "business": business,
-        "runs": [run.to_json() for run in state.runs.recent(business, limit)],
-        "cursors": cursors,
-        "leases": leases,
-        "dead_letters": state.dead_letters.counts(business),
-        "id_map": state.id_map.count(business),
-        # The Perkville request rate the adaptive budget learned; the next run starts there.
-        "request_rate": state.runs.learned_rate(business) if business else None,
-        "probe": _probe_summary(state, business),
-    }
-
-
-def _probe_summary(state: Any, business: str | None) -> dict[str, Any] | None:
-    """The business's last ``perkbridge probe``: when, and what it found contradicted or unknown."""
-    recorded = state.probes.latest(business) if business else None
-    if recorded is None:
-        return None
-    rows = recorded.report.get("assumptions") or []
-    return {
-        "probe_id": recorded.id,
-        "probed_at": recorded.probed_at.isoformat(),
-        "contradicted": [row.get("key") for row in rows if row.get("status") == "contradicted"],
-        "unknown": [row.get("key") for row in rows if row.get("status") == "unknown"],
-    }
 
 
 def idmap(

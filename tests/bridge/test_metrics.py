@@ -13,11 +13,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.cli.inspect_cmds import _status_body
 from bridge.pipeline import Pipeline, RunOptions
 from bridge.progress import NullProgress
 from bridge.reconcile import Reconciler
 from bridge.state import RunCounts
+from bridge.status import status_report
 from bridge.usecases import reconcile
 from connectors.perkville.sandbox import Sandbox
 from tests.bridge.conftest import MEMBERS, Bridge, make_client, subprocess_env
@@ -154,7 +154,7 @@ def test_metrics_during_and_after_a_backfill_match_the_run_log_on_two_serve_proc
     assert value(first, "perkbridge_reconcile_checked", business=business) == MEMBERS
     assert value(first, "perkbridge_reconcile_mismatches", business=business) == len(report.mismatches) > 0
     # Lag per business and resource, as `perkbridge status` computes it.
-    lags = [c for c in _status_body(bridge.state, business, 1)["cursors"] if c["lag_seconds"] is not None]
+    lags = [c for c in status_report(bridge.state, business, 1)["cursors"] if c["lag_seconds"] is not None]
     assert lags
     for cursor in lags:
         got = value(first, "perkbridge_cursor_lag_seconds", business=business, resource=cursor["resource"])
