@@ -148,6 +148,20 @@ def register(app: typer.Typer) -> None:
                     f"{' '.join(created.scopes)}. Store the key now: it is not shown again."
                 )
 
+    @keys_app.command("revoke")
+    def keys_revoke(
+        key_id: Annotated[str, typer.Argument(help="The key's id (key_…), as `keys create` printed it.")],
+        as_json: JsonOption = False,
+    ) -> None:
+        """Revoke a server key: the API refuses it, and dashboard sessions made with it end."""
+        with open_service() as service:
+            with core_errors():
+                service.revoke_api_key(key_id)
+            if as_json:
+                common.print_json({"key_id": key_id, "revoked": True})
+            else:
+                typer.echo(f"Revoked {key_id}.")
+
     @program_app.command("load")
     def program_load(
         path: Annotated[Path, typer.Argument(help="JSON or TOML file: {module name: module body}.")],

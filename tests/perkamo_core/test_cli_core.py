@@ -55,6 +55,23 @@ def test_keys_create_prints_the_key_once_and_it_authenticates(db_url: str) -> No
     assert service.authenticate(key).scopes == frozenset({"profile:read", "events:write"})
 
 
+def test_a_dashboard_key_is_made_on_request_and_keys_revoke_ends_it(db_url: str) -> None:
+    created = invoke(db_url, "keys", "create", "--space", "shop", "--scope", "dashboard", "--json")
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["scopes"] == ["dashboard"]
+    service = CoreService(create_db_engine(db_url))
+    info = service.authenticate(json.loads(created.stdout)["key"])
+    assert service.active_key(info.key_id) == info
+    revoked = invoke(db_url, "keys", "revoke", info.key_id, "--json")
+    assert revoked.exit_code == 0, revoked.output
+    assert json.loads(revoked.stdout) == {"key_id": info.key_id, "revoked": True}
+    assert service.active_key(info.key_id) is None
+    again = invoke(db_url, "keys", "revoke", "key_nosuch")
+    assert again.exit_code != 0 and "does not exist" in again.stderr
+    unknown = invoke(db_url, "keys", "create", "--space", "shop", "--scope", "root")
+    assert unknown.exit_code == common.EXIT_USAGE and "dashboard" in unknown.stderr
+
+
 def test_program_load_toml_and_show(db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "program.toml"
     path.write_text(TOML_PROGRAM)
