@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -301,8 +301,12 @@ class ApiMetrics:
         return "unmatched"
 
 
-def install(app: Any, engine: Engine) -> None:
-    """Serve ``GET /metrics`` on the FastAPI ``app``: the state collector plus this process's API metrics."""
+def install(app: Any, engine: Engine, *, authorize: Callable[[str], bool] | None = None) -> None:
+    """Serve ``GET /metrics`` on the FastAPI ``app``: the state collector plus this process's API metrics.
+
+    With ``authorize`` (``serve`` bound beyond loopback), a scrape must carry
+    ``Authorization: Bearer KEY`` for which ``authorize(KEY)`` is true, else it gets 401.
+    """
     from starlette.requests import Request
     from starlette.responses import Response
 
@@ -311,6 +315,13 @@ def install(app: Any, engine: Engine) -> None:
     app.add_middleware(ApiMetrics, registry=registry, routes=app.router.routes)
 
     def metrics(request: Request) -> Response:  # a plain function: Starlette runs it in a thread
+        if authorize is not None:
+            scheme, _, key = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not key.strip() or not authorize(key.strip()):
+                return Response(
+                    "metrics need Authorization: Bearer <server key with the dashboard or admin:config scope>\n",
+                    status_code=401, media_type="text/plain", headers={"WWW-Authenticate": "Bearer"},
+                )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)

@@ -34,6 +34,7 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
         settings.perkville_password,
         settings.perkville_access_token,
         settings.perkamo_secret_key,
+        settings.dashboard_secret,
     ):
         if secret is not None and secret.get_secret_value():
             values.append(secret.get_secret_value())

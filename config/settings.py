@@ -102,8 +102,12 @@ class ServeSettings(BaseModel):
 
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     require_signatures: bool = False
-    # GET /metrics (Prometheus text format, no key: see docs/operations.md, "Monitoring").
+    # GET /metrics (Prometheus text format: see docs/operations.md, "Monitoring").
     metrics: bool = True
+    # /dashboard, the operator's pages (docs/operations.md, "Dashboard").
+    dashboard: bool = True
+    session_minutes: int = Field(default=480, ge=5, le=7 * 24 * 60)
+    """How long a dashboard sign-in lasts."""
 
 
 class AuditSettings(BaseModel):
@@ -175,6 +179,12 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("PERKAMO_SECRET_KEY", "perkamo_secret_key"),
     )
+    dashboard_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PERKBRIDGE_DASHBOARD_SECRET", "dashboard_secret"),
+    )
+    """Signs dashboard sessions; set the same value on every ``serve`` process behind one address
+    (unset: a random secret per process, so a sign-in holds only on the process that made it)."""
     log_format: Literal["auto", "plain", "json"] = Field(
         default="auto", validation_alias=AliasChoices("PERKBRIDGE_LOG_FORMAT", "log_format")
     )
