@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
-from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -20,9 +21,6 @@ from bridge.cli.runs import (
     open_run,
 )
 
-if TYPE_CHECKING:
-    from bridge.wiring import RunParts
-
 deadletters_app = typer.Typer(
     name="deadletters", help="List, retry or discard records that could not be delivered.", no_args_is_help=True
 )
@@ -37,26 +35,15 @@ class LetterStatus(str, Enum):
     all = "all"
 
 
-def _checked_ids(state: Any, business: str | None, ids: list[int], verb: str) -> None:
-    """Every ``--id`` names an open dead letter (of the business), else one line and exit 2."""
-    if not ids:
-        return
-    found = {d.id: d for d in state.dead_letters.list(business, status=None, ids=ids)}
-    missing = [i for i in ids if i not in found]
-    where = f" of business {business}" if business else ""
-    if missing:
-        fail(
-            f"no dead letter {', '.join(f'#{i}' for i in missing)}{where}; nothing {verb}; "
-            "see: perkbridge deadletters list --status all",
-            EXIT_USAGE,
-        )
-    closed = [found[i] for i in ids if found[i].status != "open"]
-    if closed:
-        fail(
-            "; ".join(f"dead letter #{d.id} is {d.status}, not open" for d in closed)
-            + f"; nothing {verb} (only open dead letters are retried or discarded)",
-            EXIT_USAGE,
-        )
+@contextmanager
+def _choice_errors() -> Iterator[None]:
+    """An unknown or closed ``--id`` is a usage error: its one line and exit 2."""
+    from bridge.deadletters import DeadLetterChoiceError
+
+    try:
+        yield
+    except DeadLetterChoiceError as exc:
+        fail(exc.message, EXIT_USAGE)
 
 
 @deadletters_app.command("list")
@@ -110,23 +97,19 @@ def deadletters_retry(
 
     Exit 1 when any of them still fails (they stay open, with one more attempt).
     """
-    with errors():
+    from bridge import deadletters
+
+    with errors(), _choice_errors():
         ctx = open_run(business, space)
         progress = make_progress(json_output)
         try:
-            _checked_ids(ctx.state, ctx.business, ids, "retried")
-            writeback_letters = _writeback_letters(ctx, reason, ids or None)
-            summary = ctx.pipeline(progress).retry_dead_letters(reason=reason, ids=ids or None, wait=wait)
-            back = _retry_writeback(ctx, writeback_letters, reason, ids or None, wait)
+            result = deadletters.retry(ctx, reason=reason, ids=ids, wait=wait, progress=progress)
         finally:
             close_progress(progress)
             ctx.close()
-    failing = summary.counts.dead_lettered + (back.dead_lettered if back is not None else 0)
+    summary, back = result.run, result.writeback
     if json_output:
-        body = summary.to_json()
-        if back is not None:
-            body["writeback"] = back.to_json()
-        print_json(body)
+        print_json(result.to_json())
     else:
         c = summary.counts
         typer.echo(
@@ -138,55 +121,10 @@ def deadletters_retry(
                 f"write-back retry run {back.run_id}: {back.read} dead letters retried: "
                 f"{back.written_back + back.duplicate} written back, {back.dead_lettered} still failing"
             )
-        if failing:
-            typer.echo(f"  {failing} stay open; see them with: perkbridge deadletters list")
-    if failing:
+        if result.failing:
+            typer.echo(f"  {result.failing} stay open; see them with: perkbridge deadletters list")
+    if result.failing:
         raise typer.Exit(EXIT_FAILURE)
-
-
-def _writeback_letters(ctx: RunParts, reason: str | None, ids: list[int] | None) -> list[Any]:
-    """The open write-back dead letters a retry covers; refused (exit 3, nothing retried) when
-    the write-back settings they need are missing: without them they would be dropped unsent."""
-    from bridge.errors import ConfigurationError
-    from bridge.pipeline import IMPORT_KINDS
-
-    letters = [
-        d for d in ctx.state.dead_letters.list(ctx.business, reason=reason, ids=ids)
-        if d.kind not in IMPORT_KINDS
-    ]
-    wb = ctx.settings.writeback
-    missing = []
-    if letters and not wb.enabled:
-        missing.append("[writeback] enabled = true (or PERKBRIDGE_WRITEBACK_ENABLED=1)")
-    if any(d.kind == "writeback_event" for d in letters) and not wb.event_perks:
-        missing.append("[writeback] event_perks")
-    if any(d.kind == "writeback_identify" for d in letters) and not wb.external_members:
-        missing.append("[writeback] external_members = true")
-    if missing:
-        raise ConfigurationError(
-            f"{len(letters)} write-back dead letters need the write-back settings, which are not "
-            f"set: {'; '.join(missing)}; nothing was retried"
-        )
-    return letters
-
-
-def _retry_writeback(
-    ctx: RunParts, letters: list[Any], reason: str | None, ids: list[int] | None, wait: bool
-) -> Any:
-    """Hand open write-back dead letters (kinds ``writeback_*``) to write-back's own retry."""
-    if not letters or ctx.bundle.service is None:
-        return None
-    if ctx.source is None:
-        common.fail("write-back dead letters need the Perkville connection; check PERKVILLE_* settings")
-    from bridge.wiring import writeback_config
-    from bridge.writeback import Writeback
-
-    return Writeback(
-        state=ctx.state,
-        outbox=ctx.bundle.service,
-        client=ctx.source,
-        config=writeback_config(ctx.settings, ctx.business, space=ctx.space),
-    ).retry_dead_letters(reason=reason, ids=ids, wait=wait)
 
 
 @deadletters_app.command("discard")
@@ -198,18 +136,17 @@ def deadletters_discard(
     json_output: bool = JsonOpt,
 ) -> None:
     """Mark open dead letters as discarded (kept for the record, never retried)."""
+    from bridge import deadletters
     from bridge.wiring import open_engine, open_state
 
     if reason is None and not ids and not all_open:
         fail("say what to discard: --reason R, --id N or --all", EXIT_USAGE)
-    with errors():
+    with errors(), _choice_errors():
         settings = common.settings()
         engine = open_engine(settings)
         try:
-            state = open_state(engine)
             chosen = business or settings.perkville_business_id
-            _checked_ids(state, chosen, ids, "discarded")
-            n = state.dead_letters.discard(chosen, reason=reason, ids=ids or None)
+            n = deadletters.discard(open_state(engine), chosen, reason=reason, ids=ids, everything=all_open)
         finally:
             engine.dispose()
     if json_output:
