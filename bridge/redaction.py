@@ -1,0 +1,74 @@
+"""Secret-free copies of raw records, for pages that show them (a dead letter's raw Perkville record).
+
+Pure: ``redact_record(value)`` returns a copy in which the value of every secret-looking key
+(password, secret, token, API key, authorization, cookie, credentials, …; any case, any
+separator, at any depth of dicts and lists) is ``MARKER``, and every string has its
+``key=value`` / ``key: value`` secrets, ``Bearer``/``Basic`` credentials, a URL's
+``user:password@`` and ``sk_…`` keys replaced by ``MARKER`` too. The input is never changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MARKER = "***"
+
+# Parts of a key name (lower-cased, separators dropped) that make its value a secret.
+_SECRET_PARTS = (
+    "password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey", "privatekey",
+    "authorization", "cookie", "credential", "sessionid", "signature",
+)
+# Whole key names (lower-cased, separators dropped) that are secrets but too short to match inside others.
+_SECRET_NAMES = frozenset({"pwd", "pass", "key", "auth", "session", "jwt", "otp", "pin", "sid", "xperkamoapikey"})
+
+# A secret-looking name followed by = or : and its value, inside free text (query strings, JSON
+# text, headers). The name may carry a prefix (``refresh_token``, ``X-Api-Key``, ``db_password``).
+_NAME = (
+    r"[A-Za-z0-9_\-]*(?:password|passwd|passphrase|secret|token|api[_\-]?key|access[_\-]?key|"
+    r"private[_\-]?key|authorization|cookie|credentials?|session[_\-]?id|signature)|pwd|pass|auth|jwt"
+)
+# (pattern, replacement) in order: a named secret's value, then scheme credentials anywhere,
+# a URL's password, and key-like tokens.
+_INLINE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(
+            rf"(?i)(?<![A-Za-z0-9])((?:{_NAME})[\"']?\s*[:=]\s*[\"']?)"
+            r"((?:bearer|basic|token|digest)\s+)?[^\s\"'&,;}<>]+"
+        ),
+        rf"\1\2{MARKER}",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._\-~+/]+=*"), rf"\1 {MARKER}"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+@"), rf"\1{MARKER}@"),
+    (re.compile(r"\b(?:sk|pk|rk)_(?:test|live)_[A-Za-z0-9_\-]+"), MARKER),
+)
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a key's value is a secret, from its name alone (``Client-Secret``, ``apiKey``, …)."""
+    flat = re.sub(r"[^a-z0-9]", "", name.lower())
+    return flat in _SECRET_NAMES or any(part in flat for part in _SECRET_PARTS)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with inline secrets replaced by ``MARKER``: ``password=…``, ``"token": "…"``,
+    ``Authorization: Bearer …``, a URL's ``user:password@`` and ``sk_live_…`` style keys."""
+    for pattern, replacement in _INLINE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_record(value: Any) -> Any:
+    """A copy of ``value`` (JSON-like: dicts, lists, scalars) with every secret replaced by ``MARKER``."""
+    if isinstance(value, Mapping):
+        return {
+            key: MARKER if isinstance(key, str) and is_secret_key(key) and value[key] is not None
+            else redact_record(value[key])
+            for key in value
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact_record(item) for item in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
