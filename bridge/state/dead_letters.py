@@ -113,7 +113,9 @@ class DeadLetterStore:
         reason: str | None = None,
         ids: Sequence[int] | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[DeadLetter]:
+        """Dead letters by id, filtered; ``limit`` and ``offset`` page through them."""
         stmt = select(dead_letters).order_by(dead_letters.c.id)
         if business is not None:
             stmt = stmt.where(dead_letters.c.business == business)
@@ -125,6 +127,8 @@ class DeadLetterStore:
             stmt = stmt.where(dead_letters.c.id.in_(list(ids)))
         if limit is not None:
             stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
         with read_connection(self._engine) as c:
             return [_to_dead_letter(row) for row in c.execute(stmt).mappings()]
 

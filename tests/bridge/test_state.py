@@ -217,6 +217,8 @@ def test_dead_letters_repeat_resolve_discard(store: StateStore) -> None:
         )
     letters = store.dead_letters.list("25")
     assert [(d.record_id, d.attempts) for d in letters] == [("77", 2), ("78", 1)]
+    assert [d.record_id for d in store.dead_letters.list("25", limit=1, offset=1)] == ["78"]
+    assert store.dead_letters.list("25", limit=1, offset=2) == []
     assert letters[0].raw == {"transaction_id": 77, "classification": "??"}
     assert store.dead_letters.counts("25") == {
         "open": {"unknown_classification": 1, "bad_points": 1}
