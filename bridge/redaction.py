@@ -10,7 +10,7 @@ separator, at any depth of dicts and lists) is ``MARKER``, and every string has 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MARKER = "***"
@@ -51,24 +51,30 @@ def is_secret_key(name: str) -> bool:
     return flat in _SECRET_NAMES or any(part in flat for part in _SECRET_PARTS)
 
 
-def redact_text(text: str) -> str:
+def redact_text(text: str, known: Iterable[str] = ()) -> str:
     """``text`` with inline secrets replaced by ``MARKER``: ``password=…``, ``"token": "…"``,
-    ``Authorization: Bearer …``, a URL's ``user:password@`` and ``sk_live_…`` style keys."""
+    ``Authorization: Bearer …``, a URL's ``user:password@``, ``sk_live_…`` style keys, and any
+    of the ``known`` secret values (the settings' own, of four characters or more)."""
+    for secret in known:
+        if len(secret) >= 4:
+            text = text.replace(secret, MARKER)
     for pattern, replacement in _INLINE:
         text = pattern.sub(replacement, text)
     return text
 
 
-def redact_record(value: Any) -> Any:
-    """A copy of ``value`` (JSON-like: dicts, lists, scalars) with every secret replaced by ``MARKER``."""
+def redact_record(value: Any, known: Iterable[str] = ()) -> Any:
+    """A copy of ``value`` (JSON-like: dicts, lists, scalars) with every secret replaced by
+    ``MARKER``; ``known``: secret values to remove wherever they appear in a string."""
+    known = tuple(known)
     if isinstance(value, Mapping):
         return {
             key: MARKER if isinstance(key, str) and is_secret_key(key) and value[key] is not None
-            else redact_record(value[key])
+            else redact_record(value[key], known)
             for key in value
         }
     if isinstance(value, (list, tuple)):
-        return [redact_record(item) for item in value]
+        return [redact_record(item, known) for item in value]
     if isinstance(value, str):
-        return redact_text(value)
+        return redact_text(value, known)
     return value

@@ -81,6 +81,14 @@ def test_inline_secrets_in_strings(text: str, gone: str, kept: str) -> None:
     assert gone not in out and MARKER in out and kept in out, out
 
 
+def test_known_secret_values_go_wherever_they_appear() -> None:
+    raw = {"note": "paid with K3yValue-99 at the desk", "list": ["K3yValue-99"], "n": 1}
+    assert redact_record(raw, known=("K3yValue-99", "abc")) == {
+        "note": f"paid with {MARKER} at the desk", "list": [MARKER], "n": 1
+    }
+    assert redact_text("abc stays: too short to be a secret", known=("abc",)).startswith("abc")
+
+
 def test_plain_text_is_left_as_it_is() -> None:
     text = "transaction 1234 has classification MYSTERY; see https://api.perkville.com/v2/transactions/1234/"
     assert redact_text(text) == text
