@@ -262,3 +262,26 @@ def test_a_long_list_pages_and_keeps_its_filters(signed_in: SignedIn, monkeypatc
     assert "page 1 of 2" in one and 'href="/dashboard/deadletters?reason=bad_classification&amp;page=2"' in one
     two = signed_in.client.get(LIST, params={"reason": "bad_classification", "page": 2}).text
     assert f'<td class="mono">{second}</td>' in two and "page 2 of 2" in two
+
+
+def test_write_back_letters_without_their_settings_are_refused_like_the_cli_refuses_them(
+    signed_in: SignedIn,
+) -> None:
+    from perkamo_core.models import EventInput
+    from tests.bridge.test_writeback import VISIT, _member, _prepared, _writeback
+
+    bridge = signed_in.bridge
+    perk = _prepared(bridge)
+    user = _member(bridge)
+    bridge.service.ingest(SPACE, EventInput(user_id=f"perkville:{user}", event="late.perk", transaction_id="late:1"))
+    assert _writeback(bridge, {VISIT: perk["perk_id"], "late.perk": 999_999}).run().dead_lettered == 1
+    (letter,) = bridge.state.dead_letters.list(bridge.business)
+    runs_before = _runs(bridge)
+
+    for path in ("retry", "retry/confirm"):
+        refused = signed_in.post(f"{LIST}/{path}", {"id": letter.id})
+        assert refused.status_code == 409
+        assert "1 write-back dead letters need the write-back settings" in refused.text
+        assert "[writeback] event_perks" in refused.text and "nothing was retried" in refused.text
+    assert [d.status for d in bridge.state.dead_letters.list(bridge.business, status=None)] == ["open"]
+    assert _runs(bridge) == runs_before
