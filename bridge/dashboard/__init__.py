@@ -5,6 +5,7 @@
 - ``auth``: sign-in/out and the guards ``current_session`` and ``checked_form``;
 - ``context``: ``Dashboard``, the parts every page uses;
 - ``web``: the Jinja2 templates, their filters and ``render``;
+- ``deadletters``: the dead-letter list, and retry/discard through a confirmation page;
 - ``app``: ``mount`` puts the routers of the page modules (``overview``, …) on an app.
 
 Templates live in ``templates/``; the one stylesheet and the one small script in ``static/``
