@@ -147,6 +147,8 @@ def test_discard_confirms_then_discards_for_good(signed_in: SignedIn) -> None:
     assert again.status_code == 409
     assert f"dead letter #{ids[0]} is discarded, not open; nothing discarded" in again.text
     assert "No open dead letters" in signed_in.client.get(LIST).text
+    everything = signed_in.client.get(LIST, params={"status": "all"}).text
+    assert f'<tr id="letter-{ids[0]}">' in everything and f'name="id" value="{ids[0]}"' not in everything
 
 
 @pytest.mark.parametrize("path", ["retry", "retry/confirm", "discard", "discard/confirm"])
@@ -285,3 +287,38 @@ def test_write_back_letters_without_their_settings_are_refused_like_the_cli_refu
         assert "[writeback] event_perks" in refused.text and "nothing was retried" in refused.text
     assert [d.status for d in bridge.state.dead_letters.list(bridge.business, status=None)] == ["open"]
     assert _runs(bridge) == runs_before
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(-5, "0 s"), (45, "45 s"), (12 * 60 + 5, "12 min"), (5 * 3600 + 3 * 60, "5 h 03 min"), (3 * 86400 + 4 * 3600, "3 d 4 h")],
+    ids=["future", "seconds", "minutes", "hours", "days"],
+)
+def test_age_is_short_and_coarse(seconds: int, shown: str) -> None:
+    from bridge.dashboard.deadletters import age
+
+    assert age(timedelta(seconds=seconds)) == shown
+
+
+@pytest.mark.parametrize(
+    ("form", "ids"),
+    [
+        ({"id": ["3", "1", "3"]}, [3, 1]),
+        ({"one": ["7"], "id": ["1", "2"]}, [7]),
+        ({"id": [""]}, []),
+        ({}, []),
+    ],
+    ids=["ticked-deduplicated", "row-button-wins", "blank", "none"],
+)
+def test_chosen_ids(form: dict[str, list[str]], ids: list[int]) -> None:
+    from bridge.dashboard.deadletters import chosen_ids
+
+    assert chosen_ids(form) == ids
+
+
+@pytest.mark.parametrize("bad", ["x1", "-2", "0", "1.5"])
+def test_chosen_ids_refuses_what_is_not_an_id(bad: str) -> None:
+    from bridge.dashboard.deadletters import chosen_ids
+
+    with pytest.raises(ValueError):
+        chosen_ids({"id": [bad]})
