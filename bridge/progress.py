@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any, Protocol
 
-from bridge.state import RunCounts
+from bridge.state import RunCounts, RunLog, utcnow
+
+log = logging.getLogger("bridge.progress")
 
 
 class Progress(Protocol):
@@ -166,6 +170,117 @@ class RichProgress:
 
     def note(self, text: str) -> None:
         self._bars.console.print(f"[dim]•[/dim] {text}")
+
+
+class TeeProgress:
+    """Reports to each of ``parts`` in turn (the terminal's progress and the run's row)."""
+
+    def __init__(self, *parts: Progress) -> None:
+        self.parts = parts
+
+    def phase(self, name: str) -> None:
+        for part in self.parts:
+            part.phase(name)
+
+    def advance(
+        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None,
+        pace: float | None = None,
+    ) -> None:
+        for part in self.parts:
+            part.advance(name, n, total=total, counts=counts, pace=pace)
+
+    def done(self, name: str, text: str | None) -> None:
+        for part in self.parts:
+            part.done(name, text)
+
+    def note(self, text: str) -> None:
+        for part in self.parts:
+            part.note(text)
+
+
+class RecordedProgress:
+    """The run's phases in its run-log row (``details.progress``), where another process (the
+    dashboard of ``perkbridge serve``) reads them while the run goes on.
+
+    Written at each phase's start and end and at most every ``every`` seconds in between, in a
+    transaction of its own: a few small updates a second at most. A failed write is logged once
+    and otherwise ignored; it never fails the run (the run's own end records the final phases).
+    """
+
+    def __init__(
+        self, runs: RunLog, run_id: int, *, every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runs = runs
+        self.run_id = run_id
+        self.every = every
+        self.clock = clock
+        self._phases: dict[str, dict[str, Any]] = {}
+        self._started: dict[str, float] = {}
+        self._pace: float | None = None
+        self._last = clock()
+        self._failed = False
+
+    def phase(self, name: str) -> None:
+        self._phases[name] = {
+            "name": name, "done": 0, "total": None, "rate": None, "finished": False,
+            "summary": None, "started_at": utcnow().isoformat(), "finished_at": None,
+        }
+        self._started[name] = self.clock()
+        self.flush()
+
+    def advance(
+        self, name: str, n: int, *, total: Any = None, counts: RunCounts | None = None,
+        pace: float | None = None,
+    ) -> None:
+        if name not in self._phases:
+            self.phase(name)
+        entry = self._phases[name]
+        entry["done"] += n
+        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+            entry["total"] = total
+        entry["rate"] = self._rate(name)
+        if pace is not None:
+            self._pace = pace
+        if self.clock() - self._last >= self.every:
+            self.flush()
+
+    def done(self, name: str, text: str | None) -> None:
+        entry = self._phases.get(name)
+        if entry is None:
+            return
+        entry.update(finished=True, summary=text, rate=self._rate(name), finished_at=utcnow().isoformat())
+        self.flush()
+
+    def note(self, text: str) -> None:
+        pass  # the run records its notes itself, at its end
+
+    def _rate(self, name: str) -> float:
+        elapsed = max(self.clock() - self._started.get(name, self.clock()), 1e-6)
+        return round(int(self._phases[name]["done"]) / elapsed, 1)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The phases so far (JSON-ready): what ``details.progress`` holds."""
+        body: dict[str, Any] = {
+            "phases": [dict(p) for p in self._phases.values()],
+            "updated_at": utcnow().isoformat(),
+        }
+        if self._pace is not None:
+            body["pace"] = self._pace
+        return body
+
+    def flush(self) -> None:
+        """Write the phases now; a failure is logged once and never raised."""
+        self._last = self.clock()
+        try:
+            self.runs.update_details(self.run_id, {"progress": self.snapshot()})
+        except Exception as exc:  # noqa: BLE001 - progress is for watching; the run must go on
+            if not self._failed:
+                self._failed = True
+                log.warning(
+                    "run %s: could not record its progress (%s); the run goes on", self.run_id,
+                    type(exc).__name__,
+                )
 
 
 def make_progress(mode: str, *, json_output: bool) -> Progress:

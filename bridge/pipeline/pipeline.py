@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
+from bridge.journal import LogCapture
 from bridge.leased import leased, recorded
 from bridge.pipeline import checkpoint as checkpoints
 from bridge.pipeline.options import (
@@ -46,7 +48,7 @@ from bridge.pipeline.phases import Phases, WriteState
 from bridge.pipeline.records import ExternalMembers, PageRecord, map_transaction_rows
 from bridge.pipeline.tally import PageTally, tally
 from bridge.probe.reach import Reach, refuse_partial
-from bridge.progress import NullProgress, Progress
+from bridge.progress import NullProgress, Progress, RecordedProgress, TeeProgress
 from bridge.reissue import reissue_page
 from bridge.sources import PerkvilleSource, request_rate, request_stats, stats_since
 from bridge.state import LeaseKeeper, RunCounts, StateStore, redact, utcnow
@@ -59,6 +61,9 @@ RETRY_CHUNK = 100
 
 class Pipeline(Phases):
     """Runs backfills, sync passes and dead-letter retries of one business into one target."""
+
+    _recorder: RecordedProgress | None
+    _journal: LogCapture | None
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class Pipeline(Phases):
             started_at=self._now,
         )
         summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
-        with recorded(
+        with self._watched(), recorded(
             self._run_id, lambda status, error: self._finish(summary, status, error, started),
             what="run", secrets=self.config.secrets,
         ):
@@ -167,7 +172,7 @@ class Pipeline(Phases):
                 details={"reason": reason, "ids": list(ids or [])},
             )
             summary = RunSummary(run_id=self._run_id, status="running", counts=self._counts)
-            with recorded(
+            with self._watched(), recorded(
                 self._run_id, lambda status, error: self._finish(summary, status, error, started),
                 what="run", secrets=self.config.secrets,
             ):
@@ -175,6 +180,21 @@ class Pipeline(Phases):
                 self._retry(reason, ids)
             self._finish(summary, "succeeded", None, started)
             return summary
+
+    @contextmanager
+    def _watched(self) -> Iterator[None]:
+        """While the block runs, its progress also goes to the run's row (``RecordedProgress``,
+        for the dashboard of another process) and its warning and error log lines are kept for
+        the row's ``details.log`` (``LogCapture``); ``_finish`` writes both."""
+        outer = self.progress
+        self._recorder = RecordedProgress(self.state.runs, self._run_id)
+        self._journal = LogCapture(self.config.secrets)
+        self.progress = TeeProgress(outer, self._recorder)
+        try:
+            with self._journal.attached():
+                yield
+        finally:
+            self.progress = outer
 
     def _retry(self, reason: str | None, ids: Sequence[int] | None) -> None:
         letters = [
@@ -235,6 +255,8 @@ class Pipeline(Phases):
         self._applied_to: set[str] = set()
         self._ahead = ReadAhead()
         self._reissues: bool | None = None  # whether a rollback reversed any of the business's ids
+        self._recorder = None
+        self._journal = None
 
     def _window_details(self, options: RunOptions) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -255,13 +277,20 @@ class Pipeline(Phases):
             pace["perkville"] = perkville  # this run's requests, 429s and answers by status class
         if error is not None:
             summary.error = redact(error, self.config.secrets)
+        watched: dict[str, Any] = {}
+        if self._recorder is not None:
+            watched["progress"] = self._recorder.snapshot()
+        if self._journal is not None:
+            watched["log"] = self._journal.lines()
         try:
             self.state.runs.finish(
                 self._run_id,
                 status,
                 error=summary.error,
                 secrets=self.config.secrets,
-                details={"kinds": summary.kinds, "notes": summary.notes, **self._clock_details, **pace},
+                details={
+                    "kinds": summary.kinds, "notes": summary.notes, **self._clock_details, **pace, **watched,
+                },
             )
         except Exception:  # noqa: BLE001 - the database may be what failed; the caller reports
             pass

@@ -279,11 +279,19 @@ class RunLog:
         *,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        """Add ``counts`` to the run inside the caller's (page) transaction."""
+        """Add ``counts`` to the run inside the caller's (page) transaction; ``details`` replaces
+        those top-level keys of its details (the others stay)."""
         values: dict[str, Any] = {name: runs.c[name] + getattr(counts, name) for name in COUNTER_NAMES}
         if details is not None:
-            values["details"] = json.dumps(dict(details), default=str)
+            values["details"] = _merged_details(conn, run_id, details)
         conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+
+    def update_details(self, run_id: int, details: Mapping[str, Any]) -> None:
+        """Replace the given top-level keys of the run's details (the others stay), in a
+        transaction of its own (what a run records besides its pages: its progress)."""
+        with self._engine.begin() as conn:
+            merged = _merged_details(conn, run_id, details)
+            conn.execute(update(runs).where(runs.c.id == run_id).values(details=merged))
 
     def finish(
         self,
@@ -294,6 +302,7 @@ class RunLog:
         secrets: Iterable[str | None] = (),
         details: Mapping[str, Any] | None = None,
     ) -> None:
+        """End the run; ``details`` replaces those top-level keys of its details (the others stay)."""
         now = self._clock()
         with self._engine.begin() as conn:
             started = conn.execute(select(runs.c.started_at).where(runs.c.id == run_id)).scalar()
@@ -303,7 +312,7 @@ class RunLog:
             if error is not None:
                 values["error"] = redact(error, secrets)
             if details is not None:
-                values["details"] = json.dumps(dict(details), default=str)
+                values["details"] = _merged_details(conn, run_id, details)
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
 
     def interrupt_stale(self, business: str, direction: str, *, keep: int | None = None) -> int:
@@ -373,6 +382,21 @@ class RunLog:
         )
         with read_connection(self._engine) as c:
             return {(kind, mode) for kind, mode in c.execute(stmt).all()}
+
+
+def _merged_details(conn: Connection, run_id: int, details: Mapping[str, Any]) -> str:
+    """The run's stored details with the top-level keys of ``details`` replaced, as JSON text.
+
+    Keys a run wrote earlier (its window at start, its progress) survive a page's or the end's
+    write of other keys.
+    """
+    text = conn.execute(select(runs.c.details).where(runs.c.id == run_id)).scalar()
+    try:
+        stored = json.loads(text) if text else {}
+    except ValueError:
+        stored = {}
+    merged = {**(stored if isinstance(stored, dict) else {}), **details}
+    return json.dumps(merged, default=str)
 
 
 def _to_run(row: Mapping[str, Any]) -> RunRecord:
