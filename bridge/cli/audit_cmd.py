@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import typer
 
 from bridge.cli import common
 from bridge.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, fail, print_json
-from bridge.cli.runs import JsonOpt, SpaceOpt, errors, open_run
+from bridge.cli.runs import JsonOpt, SpaceOpt, errors
 
 audit_app = typer.Typer(
     name="audit", help="Signed audit packs: one zip per run that shows what moved.", no_args_is_help=True
@@ -50,11 +49,12 @@ def export(
     from importlib.metadata import version
 
     from bridge.audit import pack
-    from bridge.audit.export import export_pack
+    from bridge.audit.export import export_run
     from bridge.audit.ledger import LedgerUnavailable
     from bridge.audit.pack import PackError
     from bridge.audit.signing import KeyFileError
-    from bridge.wiring import secret_values
+    from bridge.rollback import UnknownRunError
+    from bridge.wiring import open_engine
 
     with errors():
         settings = common.settings()
@@ -63,34 +63,20 @@ def export(
             pack.check_writable(out)  # before Perkville is read for reconcile.csv
         except PackError as exc:
             fail(str(exc), EXIT_USAGE)
-        ctx = _open_for_run(run_id, space)
+        engine = open_engine(settings)
         try:
-            run = ctx.state.runs.get(run_id)
-            assert run is not None
-            recorded = ctx.state.run_events.spaces(run_id)
-            chosen = space or (recorded[0] if len(recorded) == 1 else ctx.space)
-            csv_text = io.StringIO(newline="")
-            ctx.reconciler().compare(csv_out=csv_text)
-            try:
-                done = export_pack(
-                    settings=settings,
-                    engine=ctx.engine,
-                    state=ctx.state,
-                    run=run,
-                    space=chosen,
-                    reconcile_csv=csv_text.getvalue().encode(),
-                    private_key=key,
-                    out=out,
-                    secrets=(*secret_values(settings), *_database_password(settings)),
-                    exported_at=_now(),
-                    tool_version=version("perkbridge"),
-                )
-            except KeyFileError as exc:
-                fail(str(exc), EXIT_CONFIG)
-            except (LedgerUnavailable, PackError) as exc:
-                fail(f"run {run_id}: {exc}", EXIT_FAILURE)
+            done = export_run(
+                settings=settings, engine=engine, run_id=run_id, space=space, private_key=key, out=out,
+                exported_at=_now(), tool_version=version("perkbridge"),
+            )
+        except UnknownRunError as exc:
+            fail(exc.message, EXIT_USAGE)
+        except KeyFileError as exc:
+            fail(str(exc), EXIT_CONFIG)
+        except (LedgerUnavailable, PackError) as exc:
+            fail(f"run {run_id}: {exc}", EXIT_FAILURE)
         finally:
-            ctx.close()
+            engine.dispose()
     if json_output:
         print_json(
             {
@@ -163,31 +149,6 @@ def _private_key_path() -> Path:
     if not path:
         fail(f"no audit signing key configured: set {KEY_SETTING}", EXIT_CONFIG)
     return Path(path).expanduser()
-
-
-def _open_for_run(run_id: int, space: str | None) -> Any:
-    """The run parts of the run's business (Perkville client included, for reconcile.csv)."""
-    from bridge.wiring import open_engine, open_state
-
-    settings = common.settings()
-    engine = open_engine(settings)
-    try:
-        run = open_state(engine).runs.get(run_id)
-    finally:
-        engine.dispose()
-    if run is None:
-        fail(f"no run {run_id}; see: perkbridge status", EXIT_USAGE)
-    return open_run(run.business, space)
-
-
-def _database_password(settings: Any) -> tuple[str, ...]:
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(settings.database_url).password
-    except Exception:  # noqa: BLE001 - an unparseable URL is left out of the manifest whole
-        return ()
-    return (str(password),) if password else ()
 
 
 def register(app: typer.Typer) -> None:
