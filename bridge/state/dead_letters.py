@@ -183,6 +183,15 @@ class DeadLetterStore:
                 out.setdefault(status, {})[reason] = int(n)
         return out
 
+    def of_run(self, run_id: int, *, limit: int = 100) -> tuple[Sequence[DeadLetter], int]:
+        """The dead letters whose latest failure was in run ``run_id`` (any status; at most
+        ``limit``, by id) and how many there are in all."""
+        where = dead_letters.c.run_id == run_id
+        with read_connection(self._engine) as c:
+            total = int(c.execute(select(func.count()).where(where)).scalar() or 0)
+            rows = c.execute(select(dead_letters).where(where).order_by(dead_letters.c.id).limit(limit))
+            return [_to_dead_letter(row) for row in rows.mappings()], total
+
     def open_count(self, business: str, conn: Connection | None = None) -> int:
         stmt = select(func.count()).where(
             dead_letters.c.business == business, dead_letters.c.status == "open"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from bridge.state.schema import as_utc, cursors, runs, utcnow
 from bridge.state.sql import upsert
@@ -341,6 +341,33 @@ class RunLog:
             stmt = stmt.where(runs.c.business == business)
         with read_connection(self._engine) as c:
             return [_to_run(row) for row in c.execute(stmt).mappings()]
+
+    def listing(
+        self,
+        *,
+        business: str | None = None,
+        direction: str | None = None,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[RunRecord], int]:
+        """One page of the runs matching the filters, newest first, and how many match in all."""
+        where = [
+            column == value
+            for column, value in ((runs.c.business, business), (runs.c.direction, direction), (runs.c.status, status))
+            if value is not None
+        ]
+        with read_connection(self._engine) as c:
+            total = int(c.execute(select(func.count()).select_from(runs).where(*where)).scalar() or 0)
+            rows = c.execute(select(runs).where(*where).order_by(runs.c.id.desc()).offset(offset).limit(limit))
+            return [_to_run(row) for row in rows.mappings()], total
+
+    def values(self, column: str) -> list[str]:
+        """The distinct values of ``direction`` or ``status`` in the log (the list's filters)."""
+        if column not in ("direction", "status", "business"):
+            raise ValueError(f"not a filter column: {column!r}")
+        with read_connection(self._engine) as c:
+            return sorted(str(v) for (v,) in c.execute(select(runs.c[column]).distinct()))
 
     def last_success(self, business: str, kind: str | None = None) -> RunRecord | None:
         stmt = (
