@@ -3,7 +3,9 @@
 ``LogCapture`` listens on the ``bridge``, ``connectors`` and ``perkbridge`` loggers while a run
 goes on and keeps the records emitted by the run's thread and by the helper threads a run starts
 (page read-ahead, in-flight Perkville pages, delivery lanes): at most ``limit`` lines, each
-redacted like the run's error. The run writes them into ``details.log`` at its end; the
+redacted like the run's error. Helper threads do not say which run they serve, so while several
+runs of one process capture at once (a scheduler's businesses), their records are kept by none
+rather than given to the wrong run. The run writes them into ``details.log`` at its end; the
 dashboard's run page shows them.
 """
 
@@ -14,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from bridge.state import redact
 
@@ -28,6 +30,10 @@ MESSAGE_LIMIT = 500
 class LogCapture(logging.Handler):
     """Keeps the run's warning and error records (see the module docstring)."""
 
+    _attached: ClassVar[int] = 0
+    """Captures attached in this process now (helper threads' records are kept only when one is)."""
+    _count_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self, secrets: Sequence[str] = (), *, limit: int = LIMIT, level: int = logging.WARNING) -> None:
         super().__init__(level)
         self.secrets = tuple(secrets)
@@ -37,8 +43,10 @@ class LogCapture(logging.Handler):
         self._thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self._thread and not (record.threadName or "").startswith(HELPER_THREADS):
-            return  # another run's (a scheduler runs several businesses at once)
+        if record.thread != self._thread:
+            helper = (record.threadName or "").startswith(HELPER_THREADS)
+            if not helper or LogCapture._attached != 1:
+                return  # another run's (a scheduler runs several businesses at once)
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is not worth failing a run over
@@ -69,6 +77,8 @@ class LogCapture(logging.Handler):
         """Listen while the block runs, on the run's thread (the one entering the block)."""
         self._thread = threading.get_ident()
         loggers = [logging.getLogger(name) for name in LOGGERS]
+        with LogCapture._count_lock:
+            LogCapture._attached += 1
         for logger in loggers:
             logger.addHandler(self)
         try:
@@ -76,3 +86,5 @@ class LogCapture(logging.Handler):
         finally:
             for logger in loggers:
                 logger.removeHandler(self)
+            with LogCapture._count_lock:
+                LogCapture._attached -= 1

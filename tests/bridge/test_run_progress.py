@@ -98,6 +98,24 @@ def test_log_capture_keeps_the_runs_own_warnings_bounded_and_redacted() -> None:
     assert lines[0]["level"] == "warning" and lines[0]["logger"] == "connectors.perkville"
 
 
+def _from_helper_thread(message: str) -> None:
+    thread = threading.Thread(
+        target=lambda: logging.getLogger("connectors.perkville").warning(message), name="perkville-page_0"
+    )
+    thread.start()
+    thread.join()
+
+
+def test_a_helper_threads_lines_belong_to_the_only_capturing_run_else_to_none() -> None:
+    alone, first, second = LogCapture(), LogCapture(), LogCapture()
+    with alone.attached():
+        _from_helper_thread("page 3 answered 429; retry 1")
+    assert [line["message"] for line in alone.lines()] == ["page 3 answered 429; retry 1"]
+    with first.attached(), second.attached():  # two runs in one process: whose page was it?
+        _from_helper_thread("page 4 answered 429; retry 1")
+    assert first.lines() == [] and second.lines() == []
+
+
 def _phases(state: StateStore, run_id: int) -> dict[str, dict[str, Any]]:
     run = state.runs.get(run_id)
     assert run is not None
