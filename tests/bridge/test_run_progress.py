@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from bridge.pipeline import Pipeline, RunOptions
 from bridge.progress import NullProgress, RecordedProgress
 from bridge.state import RunCounts, StateStore
 from perkamo_core.db import create_db_engine
-from tests.bridge.conftest import Bridge
+from tests.bridge.conftest import Bridge, run
 
 
 class _Writes:
@@ -184,3 +186,19 @@ def test_a_progress_write_failure_never_fails_the_run(
     assert [line["message"] for line in run.details["log"]] == [
         f"run {summary.run_id}: could not record its progress (OperationalError); the run goes on"
     ]
+
+
+@pytest.mark.db
+def test_the_backfill_command_tees_its_terminal_progress_with_the_row(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], db_url: str
+) -> None:
+    code, body, err = run(capsys, cli_env, "backfill", "--json", "--business", os.environ["PERKVILLE_BUSINESS_ID"])
+    assert code == 0, err
+    assert "phase_done phase=transactions" in err  # the terminal's progress is still there
+    engine = create_db_engine(db_url)
+    try:
+        phases = _phases(StateStore(engine), body["run_id"])
+    finally:
+        engine.dispose()
+    assert phases["transactions"]["finished"] and phases["transactions"]["done"] == body["read"] - phases[
+        "members"]["done"]
