@@ -203,3 +203,22 @@ def test_the_audit_pack_downloads_and_verifies_or_the_page_says_how_to_configure
     code, out, err = run(capsys, config, "audit", "verify", str(pack), "--public-key", str(public))
     assert code == 0, err
     assert "verified" in out
+
+
+def test_the_runs_own_warnings_are_its_issues_and_its_log(
+    signed_in: SignedIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = signed_in.bridge
+    secret = bridge.box.credentials["client_secret"]
+
+    def locked(run_id: int, details: dict[str, Any]) -> None:
+        raise RuntimeError(f"database is locked (client_secret={secret})")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bridge.state.runs, "update_details", locked)
+        summary = bridge.backfill()
+    assert summary.status == "succeeded"
+    page = signed_in.client.get(f"/dashboard/runs/{summary.run_id}").text
+    assert "1 warning or error line in the" in page
+    assert f"run {summary.run_id}: could not record its progress (RuntimeError); the run goes on" in page
+    assert 'class="log-warning"' in page and secret not in page
