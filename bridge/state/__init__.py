@@ -1,4 +1,5 @@
-"""The bridge's state store: cursors, run log, id map, dead letters and leases, in the core's database."""
+"""The bridge's state store: cursors, run log, id map, dead letters, leases and reconcile results, in the
+core's database."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from bridge.state.dead_letters import DeadLetter, DeadLetterStore
 from bridge.state.leases import Lease, LeaseKeeper, LeaseStore, lease_name, new_owner_id
 from bridge.state.members import IdMap, IdMapEntry, StagedUsers, plain_decimal
 from bridge.state.probes import ProbeRecord, ProbeStore
+from bridge.state.reconciled import ReconciledMember, ReconcileResults, ReconcileTotals
 from bridge.state.run_events import RunEvent, RunEvents
 from bridge.state.schema import MIGRATIONS, as_utc, utcnow
 from bridge.state.stores import (
@@ -34,6 +36,9 @@ __all__ = [
     "LeaseStore",
     "ProbeRecord",
     "ProbeStore",
+    "ReconcileResults",
+    "ReconcileTotals",
+    "ReconciledMember",
     "RunCounts",
     "RunEvent",
     "RunEvents",
@@ -64,6 +69,7 @@ class StateStore:
         self.leases = LeaseStore(engine, clock=clock)
         self.probes = ProbeStore(engine, clock=clock)
         self.run_events = RunEvents(engine, clock=clock)
+        self.reconciled = ReconcileResults(engine, clock=clock)
 
     def migrate(self) -> list[int]:
         """Apply the bridge's missing migrations; returns the versions applied now."""

@@ -180,6 +180,40 @@ class ReissueRow(BridgeTable, table=True):
     updated_at: datetime = Field(sa_type=AwareDateTime)
 
 
+class ReconciledRow(BridgeTable, table=True):
+    """The latest reconcile result of one member: both balances, the difference and a status.
+
+    Written page by page by ``bridge.reconcile.Reconciler`` (one upsert per page), updated by its
+    repair; read by the dashboard's reconciliation page (``bridge.state.reconciled``).  ``flagged``
+    is 1 when the member needs a look (balances differ, or a demoted tier) and ``abs_difference``
+    orders the flagged rows, so "mismatches first, largest first" is one walk of
+    ``ix_bridge_reconciled_order``.
+    """
+
+    __tablename__ = "bridge_reconciled"
+    __table_args__ = (
+        Index("ix_bridge_reconciled_order", "business", "flagged", "abs_difference", "perkville_user_id"),
+        Index("ix_bridge_reconciled_customer", "business", "customer_id"),
+        Index("ix_bridge_reconciled_status", "business", "status"),
+    )
+
+    business: str = Field(max_length=64, primary_key=True)
+    perkville_user_id: str = Field(max_length=64, primary_key=True)
+    customer_id: str = Field(max_length=256)
+    perkville_balance: Decimal = Field(sa_type=Numeric(24, 6))
+    perkamo_balance: Decimal = Field(sa_type=Numeric(24, 6))
+    difference: Decimal = Field(sa_type=Numeric(24, 6))  # Perkville − Perkamo
+    abs_difference: Decimal = Field(sa_type=Numeric(24, 6))
+    status: str = Field(max_length=16)  # match, mismatch, repaired, pending
+    flagged: int = 0
+    tier_status: str | None = Field(default=None, max_length=16)  # ok, demoted; NULL without [tiers]
+    perkville_level: str | None = Field(default=None, max_length=128)
+    mapped_level: int | None = None
+    perkamo_level: int | None = None
+    run_id: int | None = None  # the reconcile run (bridge_runs) that wrote the row
+    checked_at: datetime = Field(sa_type=AwareDateTime)
+
+
 metadata = BridgeTable.metadata
 cursors = CursorRow.__table__  # type: ignore[attr-defined]
 runs = RunRow.__table__  # type: ignore[attr-defined]
@@ -190,6 +224,7 @@ staged_users = StagedUserRow.__table__  # type: ignore[attr-defined]
 probes = ProbeRow.__table__  # type: ignore[attr-defined]
 run_events = RunEventRow.__table__  # type: ignore[attr-defined]
 reissues = ReissueRow.__table__  # type: ignore[attr-defined]
+reconciled = ReconciledRow.__table__  # type: ignore[attr-defined]
 
 _V1_TABLES = (cursors, runs, id_map, dead_letters, leases, staged_users)
 
@@ -222,6 +257,10 @@ def _v5(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE bridge_id_map ADD COLUMN tier_level INTEGER")
 
 
+def _v6(conn: Connection) -> None:
+    reconciled.create(conn, checkfirst=True)
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
@@ -229,6 +268,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "probes: what perkbridge probe found about each business's API", _v3),
     Migration(4, "run events (what each run applied) and reissued ids (rollback)", _v4),
     Migration(5, "id map: the highest Perkamo level a member's Perkville tier was migrated to", _v5),
+    Migration(6, "reconciled: each member's latest reconcile result (the dashboard's reconciliation)", _v6),
 )
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""
 
