@@ -8,6 +8,10 @@ repeated repair never reuses a number) and the amount Perkville's balance minus 
 measured now: a later pass that finds the member off again adjusts by the new difference, so
 repeated repairs converge instead of adding up.  ``bridge.usecases.reconcile`` syncs first, under
 the same lease, so a difference that unsynced rows explain is never repaired.
+
+Given the reconcile run's id, ``compare`` stores each member's result in ``bridge_reconciled``
+(``bridge.state.reconciled``, one upsert per page) and ``repair`` updates the rows it adjusted:
+the dashboard's reconciliation page reads them.
 """
 
 from __future__ import annotations
@@ -21,21 +25,14 @@ from typing import IO, Any
 from sqlalchemy import Connection
 
 from bridge.progress import NullProgress, Progress
-from bridge.state import IdMapEntry, LeaseKeeper, StateStore, utcnow
+from bridge.state import IdMapEntry, LeaseKeeper, ReconciledMember, StateStore, utcnow
 from bridge.state.members import plain_decimal
+from bridge.state.reconciled import CSV_COLUMNS, TIER_CSV_COLUMNS
 from bridge.targets import Delivery, Target
 from bridge.tiers import TierRow, perkamo_levels, tier_rows
 
-CSV_COLUMNS = (
-    "customer_id",
-    "perkville_user_id",
-    "perkville_balance",
-    "perkamo_balance",
-    "difference",
-    "status",
-)
-TIER_CSV_COLUMNS = ("perkville_level", "mapped_level", "perkamo_level", "tier_status")
-"""Appended to ``CSV_COLUMNS`` when ``[tiers]`` is set (``tier_status``: ``ok`` or ``demoted``)."""
+# The CSV has CSV_COLUMNS, and TIER_CSV_COLUMNS after them when [tiers] is set (tier_status: ok or
+# demoted): the dashboard's export writes the same columns from the stored results.
 
 
 @dataclass(frozen=True)
@@ -133,10 +130,16 @@ class Reconciler:
         self.id_strategy = id_strategy
         self.progress = progress or NullProgress()
 
-    def compare(self, csv_out: IO[str] | None = None) -> ReconcileReport:
-        """Every connection's balance against Perkamo's (read only; ``csv_out``: one row each)."""
+    def compare(self, csv_out: IO[str] | None = None, *, run_id: int | None = None) -> ReconcileReport:
+        """Every connection's balance against Perkamo's (``csv_out``: one row each).
+
+        Without ``run_id`` this only reads. With it (the reconcile run), each page's results are
+        stored in one statement, and once every connection was read the results of members it no
+        longer saw are dropped.
+        """
         from mapping.records import parse_connection
 
+        started = self.state.clock()
         report = ReconcileReport()
         writer = csv.writer(csv_out) if csv_out is not None else None
         if writer is not None:
@@ -165,6 +168,8 @@ class Reconciler:
                 tiers = {row.perkville_user_id: row for row in rows}
                 report.tiers_checked = (report.tiers_checked or 0) + len(rows)
                 report.demoted.extend(row for row in rows if row.demoted)
+            now = self.state.clock()
+            results: dict[str, ReconciledMember] = {}
             for uid, perkville in pairs:
                 cid = ids[uid]
                 perkamo = balances.get(cid, Decimal(0))
@@ -176,17 +181,22 @@ class Reconciler:
                     report.matched += 1
                 else:
                     report.mismatches.append(Mismatch(cid, uid, perkville, perkamo))
+                tier = tiers.get(uid)
+                result = ReconciledMember(
+                    self.business, uid, cid, perkville, perkamo, status, run_id, now,
+                    tier_status=None if tier is None else ("demoted" if tier.demoted else "ok"),
+                    perkville_level=None if tier is None else tier.perkville_level,
+                    mapped_level=None if tier is None else tier.mapped_level,
+                    perkamo_level=None if tier is None else tier.perkamo_level,
+                )
+                results[uid] = result
                 if writer is not None:
-                    tier = tiers.get(uid)
-                    writer.writerow(
-                        [cid, uid, plain_decimal(perkville), plain_decimal(perkamo),
-                         plain_decimal(perkville - perkamo), status]
-                        + ([] if tier is None else [
-                            tier.perkville_level or "", tier.mapped_level or "", tier.perkamo_level or "",
-                            "demoted" if tier.demoted else "ok",
-                        ])
-                    )
+                    writer.writerow(result.csv_row(bool(self.tiers)))
+            if run_id is not None:
+                self.state.reconciled.record(list(results.values()))
             self.progress.advance("reconcile", len(page.objects), total=page.meta.get("total_count"))
+        if run_id is not None:
+            self.state.reconciled.prune(self.business, before=started)
         self.progress.done("reconcile", f"{report.matched}/{report.checked} balances match")
         return report
 
@@ -199,11 +209,14 @@ class Reconciler:
         return getattr(assigned, "customer_id", f"perkville:{perkville_user_id}")
 
     def repair(
-        self, report: ReconcileReport, keeper: LeaseKeeper, *, pending: Collection[str] = ()
+        self, report: ReconcileReport, keeper: LeaseKeeper, *, pending: Collection[str] = (),
+        run_id: int | None = None,
     ) -> None:
         """Adjust every mismatched member to Perkville's balance, except those in ``pending``
         (customer ids that got new rows while they were checked: their difference may be those
-        rows, so they wait for the next reconcile). Under the import lease ``keeper`` holds."""
+        rows, so they wait for the next reconcile). Under the import lease ``keeper`` holds.
+        With ``run_id``, the stored results of these members say ``repaired`` (or ``mismatch``
+        with the balance measured after, or ``pending``)."""
         from mapping.events import to_adjustment_event
 
         report.repair_attempted = True
@@ -260,4 +273,14 @@ class Reconciler:
             for m in todo
             if after.get(m.customer_id, Decimal(0)) != m.perkville_balance
         ]
+        if run_id is not None:
+            outcomes: dict[str, tuple[Decimal, Decimal, str]] = {
+                m.perkville_user_id: (m.perkville_balance, m.perkamo_balance, "pending") for m in report.pending
+            }
+            for m in todo:
+                measured = after.get(m.customer_id, Decimal(0))
+                outcomes[m.perkville_user_id] = (
+                    m.perkville_balance, measured, "repaired" if measured == m.perkville_balance else "mismatch"
+                )
+            self.state.reconciled.settle(self.business, outcomes, run_id=run_id)
 

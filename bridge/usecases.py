@@ -13,13 +13,13 @@ from typing import IO, Any
 
 from sqlalchemy import Engine
 
-from bridge.errors import ConfigurationError
+from bridge.errors import ConfigurationError, classify, describe_failure
 from bridge.leased import leased
 from bridge.pipeline import Mode, Pipeline, RunOptions, RunSummary
 from bridge.pipeline.options import DIRECTION
 from bridge.reconcile import Reconciler, ReconcileReport
 from bridge.sources import PerkvilleWriter, request_rate
-from bridge.state import StateStore, utcnow
+from bridge.state import utcnow
 from bridge.wiring import core_service, open_state, perkville_client, writeback_config
 from bridge.writeback import Writeback, WritebackSummary
 from config import Settings
@@ -111,36 +111,38 @@ def reconcile(
 ) -> ReconcileReport:
     """Compare every member's balances; with ``repair``, adjust what differs.
 
-    Without ``repair`` or ``sync_first`` this only reads. Otherwise, under the business's
-    import lease (so no other sync runs meanwhile): a sync pass brings in every row Perkville
-    holds, then the comparison; with ``repair`` and mismatches, a second sync pass shows which
-    members got new rows while they were compared (Perkville's balance may already count
-    them), and only the other members are adjusted, to Perkville's balance as compared. The
-    members left out are reported ``pending``; the next reconcile checks them again.
+    Without ``repair`` or ``sync_first`` this only reads Perkville and Perkamo. Otherwise, under
+    the business's import lease (so no other sync runs meanwhile): a sync pass brings in every
+    row Perkville holds, then the comparison; with ``repair`` and mismatches, a second sync pass
+    shows which members got new rows while they were compared (Perkville's balance may already
+    count them), and only the other members are adjusted, to Perkville's balance as compared.
+    The members left out are reported ``pending``; the next reconcile checks them again.
+
+    The reconcile is logged as a run (direction ``reconcile``) that starts when the comparison
+    does, so each member's stored result (``bridge_reconciled``) carries its id; a comparison
+    that fails ends the run ``failed`` (``interrupted`` on Ctrl-C) and its error propagates as it is.
     """
-    started = utcnow()
-    report = _reconcile(
-        pipeline, reconciler, mode=mode, repair=repair, sync_first=sync_first, csv_out=csv_out,
-        wait=wait, timeout=timeout, stop=stop,
-    )
-    record_reconcile(
-        pipeline.state, pipeline.business, report, started, target=pipeline.config.target_kind,
-        rate=request_rate(reconciler.source),
-    )
+    run = _ReconcileRun(pipeline, utcnow())
+    try:
+        report = _reconcile(
+            pipeline, reconciler, run, mode=mode, repair=repair, sync_first=sync_first,
+            csv_out=csv_out, wait=wait, timeout=timeout, stop=stop,
+        )
+    except BaseException as exc:
+        run.abort(exc)
+        raise
+    run.finish(report, rate=request_rate(reconciler.source))
     return report
 
 
 RECONCILE_DIRECTION = "reconcile"
 
 
-def record_reconcile(
-    state: StateStore, business: str, report: ReconcileReport, started: datetime, *, target: str | None,
-    rate: float | None = None,
-) -> int:
-    """Log a finished reconcile as a run (direction ``reconcile``): ``succeeded`` when balances
-    match, else ``mismatched``, with the figures (no member ids) in its details for status and
-    ``/metrics``.  It reads nothing into the ledger, so its record counters stay 0.  Its Perkville
-    requests are not counted here (its sync passes, on the same client, count their own)."""
+def reconcile_details(report: ReconcileReport, rate: float | None = None) -> dict[str, Any]:
+    """A finished reconcile's figures (no member ids) for the run's details, status and ``/metrics``:
+    ``succeeded`` when balances match, else ``mismatched``.  A reconcile reads nothing into the
+    ledger, so its record counters stay 0; its Perkville requests are not counted here (its sync
+    passes, on the same client, count their own)."""
     left = len(report.remaining) + len(report.pending) if report.repair_attempted else len(report.mismatches)
     details: dict[str, Any] = {
         "checked": report.checked, "matched": report.matched, "mismatches": left,
@@ -149,17 +151,51 @@ def record_reconcile(
     }
     if rate is not None:
         details["request_rate"] = rate  # what the budget allows now, as runs record it
-    run_id = state.runs.start(
-        business, direction=RECONCILE_DIRECTION, kind="reconcile", target=target, details=details,
-        started_at=started,
-    )
-    state.runs.finish(run_id, "succeeded" if report.ok else "mismatched", details=details)
-    return run_id
+    return details
+
+
+class _ReconcileRun:
+    """The run a reconcile is logged as: started just before the comparison (after the sync
+    pass that precedes it, if any), dated from when the reconcile began."""
+
+    def __init__(self, pipeline: Pipeline, started: datetime) -> None:
+        self.state = pipeline.state
+        self.business = pipeline.business
+        self.target = pipeline.config.target_kind
+        self.secrets = pipeline.config.secrets
+        self.started = started
+        self.run_id: int | None = None
+
+    def start(self) -> int:
+        self.run_id = self.state.runs.start(
+            self.business, direction=RECONCILE_DIRECTION, kind="reconcile", target=self.target,
+            details={}, started_at=self.started,
+        )
+        return self.run_id
+
+    def finish(self, report: ReconcileReport, *, rate: float | None) -> None:
+        run_id = self.run_id if self.run_id is not None else self.start()
+        details = reconcile_details(report, rate)
+        self.state.runs.finish(run_id, "succeeded" if report.ok else "mismatched", details=details)
+
+    def abort(self, exc: BaseException) -> None:
+        """End a started run ``failed`` (``interrupted``) with a secret-free message."""
+        if self.run_id is None:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            status, message = "interrupted", "interrupted by the operator"
+        else:
+            status, message = "failed", describe_failure(classify(exc) or exc)
+        try:
+            self.state.runs.finish(self.run_id, status, error=message, secrets=self.secrets)
+        except Exception:  # noqa: BLE001 - the database may be what failed; the caller reports exc
+            pass
 
 
 def _reconcile(
     pipeline: Pipeline,
     reconciler: Reconciler,
+    run: _ReconcileRun,
     *,
     mode: Mode,
     repair: bool,
@@ -170,7 +206,7 @@ def _reconcile(
     stop: threading.Event | None,
 ) -> ReconcileReport:
     if not repair and not sync_first:
-        return reconciler.compare(csv_out)
+        return reconciler.compare(csv_out, run_id=run.start())
     business, config = pipeline.business, pipeline.config
     sync = RunOptions(kind="sync", mode=mode)
     with leased(
@@ -178,8 +214,9 @@ def _reconcile(
         wait=wait, timeout=timeout, stop=stop,
     ) as keeper:
         pipeline.run_leased(sync, keeper)
-        report = reconciler.compare(csv_out)
+        run_id = run.start()
+        report = reconciler.compare(csv_out, run_id=run_id)
         if repair and report.mismatches and not pipeline.stop.is_set():
             arrived = pipeline.run_leased(sync, keeper).applied_to
-            reconciler.repair(report, keeper, pending=arrived)
+            reconciler.repair(report, keeper, pending=arrived, run_id=run_id)
         return report

@@ -45,12 +45,12 @@ class RowsArriveWhileComparing(Reconciler):
         super().__init__(state=bridge.state, source=bridge.client, target=bridge.target, business=bridge.business)
         self.bridge, self.users, self.fired = bridge, users, False
 
-    def compare(self, csv_out: IO[str] | None = None) -> ReconcileReport:
+    def compare(self, csv_out: IO[str] | None = None, *, run_id: int | None = None) -> ReconcileReport:
         if not self.fired:
             self.fired = True
             for user in self.users:
                 self.bridge.box.add_transaction(perk=_earn_perk(self.bridge), user=user, quantity=2)
-        return super().compare(csv_out)
+        return super().compare(csv_out, run_id=run_id)
 
 
 def _nightly(bridge: Bridge, db_url: str) -> dict[str, object]:
