@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,3 +103,17 @@ class OutboxItem:
     context: dict[str, Any]
     occurred_at: datetime | None
     traits: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CustomerEvent:
+    """One logged event of a customer, as ``CoreService.customer_events`` lists them (newest first)."""
+
+    seq: int
+    event: str
+    transaction_id: str
+    occurred_at: datetime
+    recorded_at: datetime
+    deltas: tuple[tuple[str, Decimal], ...]
+    """``(wallet, amount)`` of each movement the event's first application made."""
+

@@ -32,6 +32,7 @@ from perkamo_core import storage as st
 from perkamo_core.models import (
     ApiKeyInfo,
     CreatedKey,
+    CustomerEvent,
     EventInput,
     IngestOutcome,
     OutboxItem,
@@ -234,6 +235,13 @@ class CoreService:
     def customer(self, space: str, user_id: str) -> dict[str, Any]:
         """The customer read model (``GET /v1/customer/{id}``) in the seed's key order."""
         return self._reads.customer(space, user_id)
+
+    def customer_events(
+        self, space: str, user_id: str, *, limit: int = 50, before_seq: int | None = None
+    ) -> list[CustomerEvent]:
+        """The customer's events with their transaction ids, newest first, at most ``limit`` (1–500);
+        ``before_seq``: the events older than that one. ``NotFoundError`` for an unknown customer."""
+        return self._reads.customer_events(space, user_id, limit=limit, before_seq=before_seq)
 
     def wallet_balances(
         self, space: str, wallet: str = "points", user_ids: Sequence[str] | None = None

@@ -6,18 +6,22 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from perkamo_core import engine as core_engine
 from perkamo_core import storage as st
 from perkamo_core.engine import CustomerState
-from perkamo_core.errors import NotFoundError
+from perkamo_core.errors import NotFoundError, ValidationError
+from perkamo_core.models import CustomerEvent
 from perkamo_core.service.store import CoreStore
 from perkamo_core.service.wire import to_wire
 from perkamo_core.storage.state import state_balance
 
 READ_MODEL_EVENTS = 20
 """How many of a customer's latest events the read model lists."""
+
+MAX_EVENT_PAGE = 500
+"""The most events one ``customer_events`` call returns."""
 
 
 class ReadModel:
@@ -69,6 +73,40 @@ class ReadModel:
         })
         return profile
 
+    def customer_events(
+        self, space: str, user_id: str, *, limit: int = 50, before_seq: int | None = None
+    ) -> list[CustomerEvent]:
+        """The customer's events newest first, at most ``limit`` (``before_seq``: the page after)."""
+        if not 1 <= limit <= MAX_EVENT_PAGE:
+            raise ValidationError(f"limit must be between 1 and {MAX_EVENT_PAGE}", field="limit")
+        e = st.events
+        with self._store.read() as conn:
+            row = self._store.space(conn, space)
+            customer_id = _customer_key(conn, row.id, user_id)
+            if customer_id is None:
+                raise NotFoundError(f"customer {user_id!r} does not exist in Space {row.slug!r}",
+                                    field="user_id")
+            stmt = (
+                select(e.c.id, e.c.event, e.c.transaction_id, e.c.occurred_at, e.c.recorded_at, e.c.result)
+                .where(e.c.space_id == row.id, e.c.customer_id == customer_id)
+                .order_by(e.c.id.desc())
+                .limit(limit)
+            )
+            if before_seq is not None:
+                stmt = stmt.where(e.c.id < before_seq)
+            rows = conn.execute(stmt).all()
+        return [
+            CustomerEvent(
+                seq=int(ev.id), event=ev.event, transaction_id=ev.transaction_id,
+                occurred_at=ev.occurred_at, recorded_at=ev.recorded_at,
+                deltas=tuple(
+                    (str(d.get("wallet")), Decimal(str(d.get("amount", 0))))
+                    for d in (ev.result or {}).get("delta", []) if isinstance(d, dict)
+                ),
+            )
+            for ev in rows
+        ]
+
     def wallet_balances(
         self, space: str, wallet: str = "points", user_ids: Sequence[str] | None = None
     ) -> dict[str, Decimal]:
@@ -82,15 +120,12 @@ class ReadModel:
 
     def ledger_sums(self, space: str, user_id: str) -> dict[str, Decimal]:
         """``wallet → sum of the ledger`` of one customer (an audit of the materialized balance)."""
-        c = st.customers
         lg = st.ledger
         e = st.events
         r = st.redemptions
         with self._store.read() as conn:
             row = self._store.space(conn, space)
-            customer_id = conn.execute(
-                select(c.c.id).where(c.c.space_id == row.id, c.c.user_id == user_id)
-            ).scalar()
+            customer_id = _customer_key(conn, row.id, user_id)
             sums: dict[str, Decimal] = {}
             if customer_id is None:
                 return sums
@@ -107,3 +142,10 @@ class ReadModel:
                 for wallet, amount in conn.execute(query):
                     sums[wallet] = sums.get(wallet, Decimal(0)) + amount
             return sums
+
+
+def _customer_key(conn: Connection, space_id: int, user_id: str) -> int | None:
+    """The customer row's id of ``user_id`` in the Space, if it exists."""
+    c = st.customers
+    found = conn.execute(select(c.c.id).where(c.c.space_id == space_id, c.c.user_id == user_id)).scalar()
+    return None if found is None else int(found)
