@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
-from bridge.dashboard import auth, deadletters, overview, runs
+from bridge.dashboard import auth, deadletters, overview, reconcile, runs
 from bridge.dashboard.auth import BadForm, NotSignedIn, login_redirect
 from bridge.dashboard.context import Dashboard
 from bridge.dashboard.sessions import SessionSigner
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from config.settings import Settings
     from perkamo_core.service import CoreService
 
-ROUTERS: list[APIRouter] = [auth.router, overview.router, runs.router, deadletters.router]
+ROUTERS: list[APIRouter] = [auth.router, overview.router, runs.router, deadletters.router, reconcile.router]
 """Every page module's router; a new page adds its own here."""
 
 

@@ -15,7 +15,7 @@ from perkamo_core.models import EventInput
 from tests.bridge.conftest import MEMBERS, SPACE, Bridge
 
 
-def _shift(bridge: Bridge, user: int, amount: int, txid: str) -> None:
+def shift(bridge: Bridge, user: int, amount: int, txid: str) -> None:
     """Someone moves points in Perkamo behind the bridge's back."""
     bridge.service.ingest(
         SPACE,
@@ -32,8 +32,8 @@ def test_a_reconcile_stores_every_member_under_its_run_and_a_repair_updates_them
     assert bridge.backfill().status == "succeeded"
     truth = bridge.box.true_balances()
     small, large = sorted(truth)[:2]
-    _shift(bridge, small, 3, "manual-1")
-    _shift(bridge, large, -40, "manual-2")
+    shift(bridge, small, 3, "manual-1")
+    shift(bridge, large, -40, "manual-2")
 
     report = bridge.reconcile()
     assert len(report.mismatches) == 2
