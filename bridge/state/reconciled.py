@@ -19,6 +19,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Integer,
+    and_,
     bindparam,
     case,
     delete,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 
 from bridge.state.members import plain_decimal
-from bridge.state.schema import as_utc, reconciled, staged_users, utcnow
+from bridge.state.schema import as_utc, reconciled, runs, staged_users, utcnow
 from bridge.state.sql import upsert
 from bridge.state.stores import Clock, read_connection
 
@@ -89,7 +90,7 @@ class ReconciledMember:
 
 @dataclass(frozen=True)
 class ReconcileTotals:
-    """The counts of a business's latest results, by status, and the run that wrote the newest."""
+    """The counts of a business's latest results, by status, and its latest reconcile run."""
 
     checked: int = 0
     matched: int = 0
@@ -99,7 +100,8 @@ class ReconcileTotals:
     demoted: int = 0
     flagged: int = 0
     last_run_id: int | None = None
-    last_checked_at: datetime | None = None
+    """The business's latest reconcile run (it may have failed, or still run), if any."""
+    last_run_at: datetime | None = None
 
 
 class ReconcileResults:
@@ -108,6 +110,7 @@ class ReconcileResults:
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self._engine = engine
         self._clock = clock
+        self._ranged = engine.dialect.name == "sqlite"  # see _search
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -167,13 +170,14 @@ class ReconcileResults:
         limit: int = 50, offset: int = 0,
     ) -> list[ReconciledMember]:
         """Flagged members first (largest absolute difference first), then the rest."""
-        stmt = _ordered(select(reconciled).where(*_filters(business, search, only)))
+        stmt = _ordered(select(reconciled).where(*_filters(business, search, only, ranged=self._ranged)), search)
         with read_connection(self._engine) as conn:
             rows = conn.execute(stmt.limit(max(limit, 0)).offset(max(offset, 0))).mappings()
             return [_to_member(row) for row in rows]
 
     def count(self, business: str, *, search: str | None = None, only: str | None = None) -> int:
-        stmt = select(func.count()).select_from(reconciled).where(*_filters(business, search, only))
+        clauses = _filters(business, search, only, ranged=self._ranged)
+        stmt = select(func.count()).select_from(reconciled).where(*clauses)
         with read_connection(self._engine) as conn:
             return int(conn.execute(stmt).scalar() or 0)
 
@@ -181,7 +185,7 @@ class ReconcileResults:
         self, business: str, *, search: str | None = None, only: str | None = None, batch: int = 1000
     ) -> Iterator[ReconciledMember]:
         """Every matching member in page order, streamed ``batch`` rows at a time (the CSV export)."""
-        stmt = _ordered(select(reconciled).where(*_filters(business, search, only)))
+        stmt = _ordered(select(reconciled).where(*_filters(business, search, only, ranged=self._ranged)), search)
         with read_connection(self._engine) as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
             for row in result.mappings():
@@ -206,7 +210,11 @@ class ReconcileResults:
             return conn.execute(stmt).first() is not None
 
     def totals(self, business: str) -> ReconcileTotals:
+        """Counts by status (``ix_bridge_reconciled_status`` covers them), the flagged and demoted
+        members (through the flagged part of ``ix_bridge_reconciled_order``) and the business's
+        latest reconcile run."""
         by_status: dict[str, int] = {}
+        flagged_only = (reconciled.c.business == business, reconciled.c.flagged == 1)
         with read_connection(self._engine) as conn:
             for status, n in conn.execute(
                 select(reconciled.c.status, func.count())
@@ -214,18 +222,14 @@ class ReconcileResults:
                 .group_by(reconciled.c.status)
             ):
                 by_status[str(status)] = int(n)
-            flagged = conn.execute(
-                select(func.count()).select_from(reconciled)
-                .where(reconciled.c.business == business, reconciled.c.flagged == 1)
-            ).scalar()
-            demoted = conn.execute(
-                select(func.count()).select_from(reconciled)
-                .where(reconciled.c.business == business, reconciled.c.tier_status == "demoted")
-            ).scalar()
+            flagged, demoted = conn.execute(
+                select(func.count(), func.coalesce(func.sum(case((reconciled.c.tier_status == "demoted", 1), else_=0)), 0))
+                .where(*flagged_only)
+            ).one()
             last = conn.execute(
-                select(reconciled.c.run_id, reconciled.c.checked_at)
-                .where(reconciled.c.business == business)
-                .order_by(reconciled.c.checked_at.desc())
+                select(runs.c.id, runs.c.started_at)
+                .where(runs.c.business == business, runs.c.direction == "reconcile")
+                .order_by(runs.c.id.desc())
                 .limit(1)
             ).first()
         return ReconcileTotals(
@@ -236,19 +240,24 @@ class ReconcileResults:
             pending=by_status.get("pending", 0),
             demoted=int(demoted or 0),
             flagged=int(flagged or 0),
-            last_run_id=None if last is None else last.run_id,
-            last_checked_at=None if last is None else as_utc(last.checked_at),
+            last_run_id=None if last is None else int(last.id),
+            last_run_at=None if last is None else as_utc(last.started_at),
         )
 
 
-def _ordered(stmt: Any) -> Any:
-    # One direction throughout, so ix_bridge_reconciled_order serves it walked backwards.
+def _ordered(stmt: Any, search: str | None) -> Any:
+    # One direction throughout, so ix_bridge_reconciled_order serves it walked backwards. A search
+    # sorts its (few) matches instead: ``flagged + 0`` is not the indexed column, so the planner
+    # finds them through the id indexes rather than walking every member in order.
+    flagged = reconciled.c.flagged + 0 if (search or "").strip() else reconciled.c.flagged
     return stmt.order_by(
-        reconciled.c.flagged.desc(), reconciled.c.abs_difference.desc(), reconciled.c.perkville_user_id.desc()
+        flagged.desc(), reconciled.c.abs_difference.desc(), reconciled.c.perkville_user_id.desc()
     )
 
 
-def _filters(business: str, search: str | None, only: str | None) -> list[ColumnElement[bool]]:
+def _filters(
+    business: str, search: str | None, only: str | None, *, ranged: bool
+) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = [reconciled.c.business == business]
     if only:
         if only not in FILTERS:
@@ -261,19 +270,21 @@ def _filters(business: str, search: str | None, only: str | None) -> list[Column
             clauses.append(reconciled.c.status == only)
     query = (search or "").strip()
     if query:
-        clauses.append(_search(business, query))
+        clauses.append(_search(business, query, ranged=ranged))
     return clauses
 
 
-def _search(business: str, query: str) -> ColumnElement[bool]:
-    """The member with this Perkville user id or customer id, or ids starting with it; with an
-    ``@``, also the members whose staged Perkville user has an email starting with it."""
-    matches = [
-        reconciled.c.perkville_user_id == query,
-        reconciled.c.customer_id == query,
-        reconciled.c.perkville_user_id.startswith(query, autoescape=True),
-        reconciled.c.customer_id.startswith(query, autoescape=True),
-    ]
+def _search(business: str, query: str, *, ranged: bool) -> ColumnElement[bool]:
+    """The members whose Perkville user id or customer id is ``query`` or starts with it; with an
+    ``@``, also those whose staged Perkville user has an email starting with it.
+
+    ``ranged`` (SQLite, whose text compares byte by byte) adds the range of ids that start with
+    ``query``, so the primary key and ``ix_bridge_reconciled_customer`` find them without a scan.
+    PostgreSQL's collations do not order every id with a prefix inside that range, so there the
+    prefix test stands alone.
+    """
+    matches = [_prefix(reconciled.c.perkville_user_id, query, ranged),
+               _prefix(reconciled.c.customer_id, query, ranged)]
     if "@" in query:
         # As the staged record's compact JSON spells it (orjson: no spaces, JSON escapes).
         needle = EMAIL_MARKER + orjson.dumps(query.lower()).decode()[1:-1]
@@ -283,6 +294,13 @@ def _search(business: str, query: str) -> ColumnElement[bool]:
         )
         matches.append(reconciled.c.perkville_user_id.in_(users))
     return or_(*matches)
+
+
+def _prefix(column: Any, query: str, ranged: bool) -> ColumnElement[bool]:
+    starts: ColumnElement[bool] = column.startswith(query, autoescape=True)
+    if not ranged:
+        return starts
+    return and_(column >= query, column < query + "\U0010ffff", starts)
 
 
 def _to_row(m: ReconciledMember) -> dict[str, Any]:

@@ -87,7 +87,8 @@ def test_a_record_upserts_the_latest_result(store: StateStore) -> None:
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("1", ["15", "1"]),                 # a prefix of the Perkville user id
+        ("1", ["15", "1"]),
+        ("PERKVILLE:2", []),                  # ids are compared as they are spelled                 # a prefix of the Perkville user id
         ("15", ["15"]),
         ("perkville:2", ["2"]),              # the customer id
         ("perkville:", ["3", "2", "4", "5", "15", "1"]),
@@ -96,7 +97,7 @@ def test_a_record_upserts_the_latest_result(store: StateStore) -> None:
         ("_", []),
         ("9", []),                           # another business's member
     ],
-    ids=["user-prefix", "user-exact", "customer-id", "customer-prefix", "trimmed", "percent", "underscore",
+    ids=["user-prefix", "case", "user-exact", "customer-id", "customer-prefix", "trimmed", "percent", "underscore",
          "other-business"],
 )
 def test_search_by_member(store: StateStore, query: str, expected: list[str]) -> None:
@@ -137,9 +138,13 @@ def test_an_unknown_filter_is_refused(store: StateStore) -> None:
 def test_totals_and_the_repair_update(store: StateStore) -> None:
     assert store.reconciled.totals("25").checked == 0 and store.reconciled.totals("25").last_run_id is None
     seed(store)
+    store.runs.start("25", direction="import", kind="sync")
+    run_id = store.runs.start("25", direction="reconcile", kind="reconcile", started_at=T0)
+    store.runs.start("25", direction="import", kind="sync")
+    store.runs.start("26", direction="reconcile", kind="reconcile")
     totals = store.reconciled.totals("25")
     assert (totals.checked, totals.matched, totals.mismatched, totals.demoted, totals.flagged) == (6, 4, 2, 1, 3)
-    assert totals.last_run_id == 1 and totals.last_checked_at == T0
+    assert totals.last_run_id == run_id and totals.last_run_at == T0
 
     store.reconciled.settle(
         "25", {"2": (Decimal(10), Decimal(10), "repaired"), "3": (Decimal(5), Decimal("25.5"), "pending")},

@@ -201,7 +201,7 @@ def test_reconcile_fails_on_a_demoted_member_and_names_it_in_the_csv(bridge: Bri
     user = _user_with(bridge.box, "Bronze")
     _set_level(bridge.box, user, "Gold")  # not synced yet: Perkamo holds the member at Bronze
     out = io.StringIO()
-    report: ReconcileReport = _reconciler(bridge).compare(csv_out=out)
+    report: ReconcileReport = _reconciler(bridge).compare(csv_out=out, run_id=7)
     assert not report.ok
     assert [(row.perkville_user_id, row.mapped_level, row.perkamo_level) for row in report.demoted] == [
         (str(user), 4, 2)
@@ -211,6 +211,11 @@ def test_reconcile_fails_on_a_demoted_member_and_names_it_in_the_csv(bridge: Bri
     assert [line for line in lines if line.endswith(",demoted")] == [
         next(line for line in lines if line.split(",")[1] == str(user))
     ]
+    # The stored results (the dashboard's list and export): the demoted member first, same rows.
+    stored = list(bridge.state.reconciled.iter_members(bridge.business))
+    assert stored[0].perkville_user_id == str(user) and stored[0].tier_status == "demoted" and stored[0].flagged
+    assert stored[0].status == "match" and stored[0].run_id == 7
+    assert sorted(",".join(m.csv_row(tiers=True)) for m in stored) == sorted(lines[1:])
     assert _run(bridge, "sync").status == "succeeded"
     assert _reconciler(bridge).compare().ok
 
