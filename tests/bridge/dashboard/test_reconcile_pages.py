@@ -74,6 +74,8 @@ def test_search_by_member_id_customer_id_and_email(reconciled: tuple[SignedIn, i
     nothing = signed_in.client.get(f"/dashboard/reconcile?business={business}&q=no-such-member")
     assert nothing.status_code == 200 and _member_ids(nothing.text) == []
     assert "No member matches" in nothing.text
+    hostile = signed_in.client.get("/dashboard/reconcile", params={"business": business, "q": "<script>x</script>"})
+    assert "<script>x" not in hostile.text and "&lt;script&gt;x" in hostile.text  # shown escaped
     flagged = signed_in.client.get(f"/dashboard/reconcile?business={business}&only=flagged")
     assert _member_ids(flagged.text) == [str(user)]
     unknown = signed_in.client.get(f"/dashboard/reconcile?business={business}&only=bogus")
@@ -147,3 +149,28 @@ def test_without_a_session_nothing_is_shown(bridge: Bridge, dashboard_client: Te
         assert answer.text == ""
     answer = dashboard_client.get("/dashboard/reconcile.csv", follow_redirects=False)
     assert answer.status_code == 401 and answer.text == ""
+
+
+def test_before_a_reconcile_a_member_shows_the_last_syncs_balance_and_pages_its_history(
+    signed_in: SignedIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = signed_in.bridge
+    bridge.backfill()
+    monkeypatch.setattr(pages, "HISTORY_SIZE", 3)
+    user = sorted(bridge.box.true_balances())[0]
+    customer = f"perkville:{user}"
+    events = bridge.service.customer_events(SPACE, customer, limit=500)
+    assert len(events) > 3
+    page = signed_in.client.get(f"/dashboard/members/{user}?business={bridge.business}")
+    assert page.status_code == 200 and "from the last sync (no reconcile yet)" in page.text
+    entry = bridge.state.id_map.get_many(bridge.business, [str(user)])[str(user)]
+    assert entry.perkville_balance is not None
+    assert f'data-balance="perkville">{entry.perkville_balance:,}<' in page.text
+    shown = [e.transaction_id for e in events if e.transaction_id in page.text]
+    assert shown == [e.transaction_id for e in events[:3]]
+    older = re.search(r'href="\?([^"]+)" rel="next">older events', page.text)
+    assert older is not None
+    second = signed_in.client.get(f"/dashboard/members/{user}?{html.unescape(older.group(1))}")
+    assert [e.transaction_id for e in events if e.transaction_id in second.text] == [
+        e.transaction_id for e in events[3:6]
+    ]
