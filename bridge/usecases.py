@@ -139,10 +139,10 @@ RECONCILE_DIRECTION = "reconcile"
 
 
 def reconcile_details(report: ReconcileReport, rate: float | None = None) -> dict[str, Any]:
-    """A finished reconcile's figures (no member ids) for the run's details, status and ``/metrics``:
-    ``succeeded`` when balances match, else ``mismatched``.  A reconcile reads nothing into the
-    ledger, so its record counters stay 0; its Perkville requests are not counted here (its sync
-    passes, on the same client, count their own)."""
+    """A finished reconcile's figures (no member ids) for its run's details, which status and
+    ``/metrics`` read; the run ends ``succeeded`` when balances match, else ``mismatched``.  A
+    reconcile reads nothing into the ledger, so its record counters stay 0; its Perkville
+    requests are not counted here (its sync passes, on the same client, count their own)."""
     left = len(report.remaining) + len(report.pending) if report.repair_attempted else len(report.mismatches)
     details: dict[str, Any] = {
         "checked": report.checked, "matched": report.matched, "mismatches": left,
