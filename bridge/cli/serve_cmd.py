@@ -104,7 +104,10 @@ def bind_listener(host: str, port: int) -> socket.socket:
     "serving on" line followed by a failure.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP, not 0: asyncio switches Nagle off (TCP_NODELAY) only on accepted
+    # sockets whose proto says TCP. With Nagle on, a keep-alive client waited ~40 ms (a delayed
+    # ACK) for every response written in two parts.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

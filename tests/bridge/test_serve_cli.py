@@ -56,3 +56,35 @@ def test_serve_announces_the_address_it_listens_on(tmp_path: Path) -> None:
         for stream in (server.stdout, server.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_the_listener_hands_asyncio_tcp_sockets_so_nagle_is_off_for_keep_alive_clients() -> None:
+    """asyncio sets TCP_NODELAY only on accepted sockets whose proto is TCP; with a proto-0
+    listener a keep-alive client waited a delayed ACK (~40 ms) on every response."""
+    import asyncio
+
+    from bridge.cli.serve_cmd import bind_listener
+
+    listener = bind_listener("127.0.0.1", 0)
+    assert listener.proto == socket.IPPROTO_TCP
+    port = listener.getsockname()[1]
+
+    async def accept_one() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            nodelay = await asyncio.wait_for(seen, timeout=30)
+            writer.close()
+            return nodelay
+        finally:
+            server.close()
+
+    assert asyncio.run(accept_one()) != 0
