@@ -5,9 +5,12 @@
 - ``auth``: sign-in/out and the guards ``current_session`` and ``checked_form``;
 - ``context``: ``Dashboard``, the parts every page uses;
 - ``web``: the Jinja2 templates, their filters and ``render``;
+- ``overview``: per business, runs, lag, leases, dead letters, reconcile, write-back, request rate;
+- ``runs``: the run list, a run's page with live progress, rollback and its audit pack;
 - ``deadletters``: the dead-letter list, and retry/discard through a confirmation page;
-- ``app``: ``mount`` puts the routers of the page modules (``overview``, …) on an app.
+- ``reconcile``: members who differ first, search, a member's page, the CSV export;
+- ``app``: ``mount`` puts the routers of the page modules on an app.
 
-Templates live in ``templates/``; the one stylesheet and the one small script in ``static/``
-(no CDN, no build step: it works offline).
+Templates live in ``templates/``; the stylesheets and the small scripts in ``static/`` (no CDN, no
+build step: it works offline).
 """
