@@ -261,6 +261,25 @@ def _v6(conn: Connection) -> None:
     reconciled.create(conn, checkfirst=True)
 
 
+def _v7(conn: Connection) -> None:
+    # Procrastinate's tables, functions and triggers (the job queue of ``perkbridge worker``),
+    # exactly as the pinned Procrastinate 3 ships them.  PostgreSQL only: on SQLite there are no
+    # workers (``perkbridge schedule`` runs the jobs in-process), so nothing is created.
+    # A later Procrastinate release whose schema changes gets its own migration here, applying
+    # its migration scripts; the version pin in pyproject.toml keeps the two in step.
+    if conn.dialect.name != "postgresql":
+        return
+    from procrastinate.schema import SchemaManager
+
+    # The DB-API cursor, without parameters: the script is run as one simple query, its
+    # ``%`` characters untouched (SQLAlchemy's ``exec_driver_sql`` would pass parameters).
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(SchemaManager.get_schema())
+    finally:
+        cursor.close()
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
@@ -269,6 +288,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "run events (what each run applied) and reissued ids (rollback)", _v4),
     Migration(5, "id map: the highest Perkamo level a member's Perkville tier was migrated to", _v5),
     Migration(6, "reconciled: each member's latest reconcile result (the dashboard's reconciliation)", _v6),
+    Migration(7, "the job queue: Procrastinate 3's schema (PostgreSQL only; nothing on SQLite)", _v7),
 )
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""
 
