@@ -93,6 +93,17 @@ class ScheduleSettings(BaseModel):
     misfire_grace_seconds: int = Field(default=300, ge=1)
     lease_seconds: int = Field(default=120, ge=5)
     businesses: list[str] = Field(default_factory=list)
+    # ``perkbridge worker`` (PostgreSQL): docs/scheduling.md, "Workers".
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
+    """Jobs one worker process runs at once (each in a thread)."""
+    worker_heartbeat_seconds: float = Field(default=10, gt=0)
+    """How often a worker tells the queue it is alive."""
+    stalled_after_seconds: float = Field(default=60, gt=0)
+    """A running job whose worker sent no heartbeat for this long is retried on another worker."""
+    job_max_attempts: int = Field(default=5, ge=1)
+    """Attempts of a job that failed for a transient reason (Perkville or Perkamo unavailable)."""
+    job_retry_seconds: int = Field(default=4, ge=1)
+    """Backoff base: the n-th retry waits ``job_retry_seconds ** n`` seconds."""
 
 
 class ServeSettings(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,13 @@ def db_url(db_backend: str, tmp_path: Path) -> Iterator[str]:
     if db_backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'perkbridge-test.db'}"
         return
+    with postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of its own for the block, dropped after it."""
     admin_url = _postgres_admin_url()
     url = _create_postgres_database(admin_url)
     try:
@@ -90,10 +98,27 @@ def db_url(db_backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    """An engine (project settings) on the test's own database."""
-    engine = create_db_engine(db_url)
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of its own, for what exists on PostgreSQL only (the job queue)."""
+    with postgres_database() as url:
+        yield url
+
+
+def _engine_on(url: str) -> Iterator[Engine]:
+    engine = create_db_engine(url)
     try:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    """An engine (project settings) on the test's own database."""
+    yield from _engine_on(db_url)
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """An engine on ``pg_url``'s database."""
+    yield from _engine_on(pg_url)

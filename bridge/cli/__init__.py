@@ -73,18 +73,22 @@ def _register_commands() -> None:
         core_cmds,
         deadletters_cmd,
         inspect_cmds,
+        jobs_cmd,
         probe_cmd,
         rollback_cmd,
         run_cmds,
         sandbox_cmd,
         schedule_cmd,
         serve_cmd,
+        worker_cmd,
     )
 
     for module in (
         core_cmds, serve_cmd, sandbox_cmd, run_cmds, probe_cmd, inspect_cmds, deadletters_cmd, schedule_cmd,
         audit_cmd,
         rollback_cmd,
+        jobs_cmd,
+        worker_cmd,
     ):
         module.register(app)
 

@@ -40,6 +40,9 @@ def status(
                 job for job in job_statuses(engine)
                 if chosen is None or job.get("business_id") == chosen
             ]
+            from bridge.queue.ops import queue_summary
+
+            body["queue"] = queue_summary(engine)
         finally:
             engine.dispose()
     if json_output:
@@ -90,12 +93,32 @@ def status(
             f"  last failure {str(job.get('last_failure_at') or '-')[:19]:<19}"
             f"  next {str(job.get('next_run_at') or '-')[:19]}"
         )
+    if body["queue"] is not None:
+        _print_queue(body["queue"])
     typer.echo("dead letters:")
     if not body["dead_letters"]:
         typer.echo("  (none)")
     for state_name, reasons in body["dead_letters"].items():
         for reason, n in reasons.items():
             typer.echo(f"  {state_name:<10} {reason:<32} {n}")
+
+
+def _print_queue(queue: dict[str, Any]) -> None:
+    counts = queue["counts"]
+    typer.echo(
+        f"job queue: {queue['depth']} waiting ({queue['due']} due), {counts['doing']} running, "
+        f"{counts['failed']} failed; {queue['workers']} workers"
+    )
+    for job in queue["running"]:
+        typer.echo(
+            f"  running #{job['id']:<7} {job['kind']:<9} {str(job['business']):<10} on "
+            f"{job['worker'] or '-'} (worker {job['worker_id']})  since {str(job['started_at'] or '-')[:19]}"
+        )
+    for job in queue["failed"]:
+        typer.echo(
+            f"  failed  #{job['id']:<7} {job['kind']:<9} {str(job['business']):<10} after "
+            f"{job['attempts']} attempts  at {str(job['at'] or '-')[:19]}  (perkbridge jobs retry {job['id']})"
+        )
 
 
 def _safe_url(url: str) -> str:

@@ -69,6 +69,10 @@ def backfill(
         help="Import even though the staff account does not see every location's customers.",
     ),
     space: str | None = SpaceOpt,
+    enqueue: bool = typer.Option(
+        False, "--enqueue",
+        help="Defer the backfill onto the workers (perkbridge worker, PostgreSQL) and print its job id.",
+    ),
     json_output: bool = JsonOpt,
 ) -> None:
     """One-off migration of a business: members, then the points history (resumable)."""
@@ -96,6 +100,9 @@ def backfill(
             force=force,
             allow_partial=allow_partial,
         )
+        if enqueue:
+            _enqueue_backfill(business, options, dry_run=dry_run, space=space, json_output=json_output)
+            return
         if dry_run:
             from bridge.dryrun import run_dry
 
@@ -128,6 +135,35 @@ def backfill(
     for note in summary.notes:
         common.diagnostic(f"  note: {note}")
     exit_if_stopped(summary.status == "stopped", "backfill", summary.run_id)
+
+
+def _enqueue_backfill(
+    business: str | None, options: Any, *, dry_run: bool, space: str | None, json_output: bool
+) -> None:
+    """``backfill --enqueue``: one job on the queue, its arguments the business and the options."""
+    from bridge.queue.ops import BackfillQueuedError, enqueue_backfill, opened_app
+    from bridge.wiring import business_of
+
+    if dry_run or space is not None or options.wait:
+        fail("--enqueue runs on a worker: --dry-run, --space and --wait do not apply", EXIT_USAGE)
+    settings = common.settings()
+    chosen = business_of(settings, business)
+    kwargs = {
+        "mode": options.mode,
+        "since": options.since.isoformat() if options.since else None,
+        "until": options.until.isoformat() if options.until else None,
+        "force": options.force,
+        "allow_partial": options.allow_partial,
+    }
+    try:
+        with opened_app(settings) as app:
+            job_id = enqueue_backfill(app, chosen, kwargs)
+    except BackfillQueuedError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    if json_output:
+        print_json({"job_id": job_id, "business": chosen, "status": "todo"})
+    else:
+        typer.echo(f"backfill of business {chosen} queued as job {job_id} (perkbridge jobs list)")
 
 
 def _print_dry_run(report: Any, json_output: bool) -> None:

@@ -1,0 +1,133 @@
+"""``perkbridge worker``: one Procrastinate worker process on the shared PostgreSQL database.
+
+Every worker defers the periodic jobs of the configured businesses (Procrastinate records each
+period's deferral, so a period's job is deferred once whichever worker gets there first), runs
+whatever job is due on queue ``perkbridge``, sends a heartbeat every
+``schedule.worker_heartbeat_seconds`` and, every ``stalled_after_seconds / 4``, gives jobs whose
+worker has sent no heartbeat for ``schedule.stalled_after_seconds`` back to the queue
+(``get_stalled_jobs`` then ``retry_job``).  Workers need nothing but the database URL: start
+as many as you like, on as many machines.
+
+SIGTERM (or SIGINT) sets the stop flag the running jobs check between pages and stops fetching
+jobs; the running jobs commit their page and return, then the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from procrastinate import App
+from procrastinate.worker import Worker
+from sqlalchemy import Engine
+
+from bridge.queue.app import QUEUE, build_app, register_periodic
+from bridge.queue.tasks import set_config_file
+from bridge.scheduler import SchedulerRuntime, default_worker_name, installed_runtime, prepare_database
+from bridge.wiring import scheduled_businesses
+from config import Settings
+
+log = logging.getLogger("perkbridge.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    signal: str | None
+    businesses: tuple[str, ...]
+
+
+async def recover_stalled(app: App, stalled_after: float, stop: asyncio.Event) -> None:
+    """Every ``stalled_after / 4`` seconds, put the jobs of silent workers back in the queue."""
+    interval = max(stalled_after / 4, 0.2)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+            return
+        except TimeoutError:
+            pass
+        try:
+            await retry_stalled(app, stalled_after)
+        except Exception:  # the next round tries again; recovery must not take the worker down
+            log.warning("stalled-job recovery failed; retrying", exc_info=True)
+
+
+async def retry_stalled(app: App, stalled_after: float) -> list[int]:
+    """Retry (now, any worker) each running job whose worker is silent for ``stalled_after`` s."""
+    retried: list[int] = []
+    stalled = await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=stalled_after)
+    for job in stalled:
+        try:
+            await app.job_manager.retry_job(job)
+        except Exception:  # another worker retried it first
+            log.debug("job %s was already retried", job.id, exc_info=True)
+            continue
+        assert job.id is not None
+        retried.append(job.id)
+        log.warning(
+            "job %s (%s %s) was stalled on worker %s: retried",
+            job.id, job.task_name, job.task_kwargs.get("business_id"), job.worker_id,
+        )
+    return retried
+
+
+def run_worker(
+    settings: Settings,
+    engine: Engine,
+    *,
+    config_file: str | None,
+    name: str | None = None,
+    concurrency: int | None = None,
+) -> WorkerOutcome:
+    """Run one worker in the foreground until SIGTERM/SIGINT; returns how it ended."""
+    businesses = scheduled_businesses(settings)
+    prepare_database(engine)  # the bridge's migrations include the queue's schema
+    app = build_app(settings, worker=True)
+    register_periodic(app, settings, businesses)
+    runtime = SchedulerRuntime(worker=name or default_worker_name(), engine=engine)
+    set_config_file(config_file)
+    received = asyncio.run(_serve(app, runtime, settings, concurrency))
+    return WorkerOutcome(received, tuple(businesses))
+
+
+async def _serve(
+    app: App, runtime: SchedulerRuntime, settings: Settings, concurrency: int | None
+) -> str | None:
+    schedule = settings.schedule
+    received: list[str] = []
+    async with app.open_async():
+        worker = Worker(
+            app,
+            queues=[QUEUE],
+            name=runtime.worker,
+            concurrency=concurrency or schedule.worker_concurrency,
+            install_signal_handlers=False,
+            update_heartbeat_interval=schedule.worker_heartbeat_seconds,
+            stalled_worker_timeout=schedule.stalled_after_seconds,
+            fetch_job_polling_interval=min(5.0, schedule.worker_heartbeat_seconds),
+        )
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: signal.Signals) -> None:
+            if not received:
+                log.info("%s: the running jobs finish their page, then the worker exits", signum.name)
+            received.append(signum.name)
+            runtime.stop.set()
+            stopping.set()
+            worker.stop()  # type: ignore[no-untyped-call]
+
+        for wanted in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(wanted, on_signal, wanted)
+        recovery = asyncio.create_task(recover_stalled(app, schedule.stalled_after_seconds, stopping))
+        log.info("worker %s ready on queue %s", runtime.worker, QUEUE)
+        try:
+            with installed_runtime(runtime):
+                await worker.run()  # type: ignore[no-untyped-call]
+        finally:
+            stopping.set()
+            await recovery
+            for wanted in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(wanted)
+    return received[0] if received else None

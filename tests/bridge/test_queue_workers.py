@@ -1,0 +1,216 @@
+"""``perkbridge worker`` processes against the sandbox and one PostgreSQL database: a deferred
+backfill and the periodic syncs of two businesses; two workers never run one business at once;
+SIGTERM mid-backfill commits the page, exits 0, and the job resumes on the next worker."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, inspect, text
+
+from bridge.state import StateStore
+from connectors.perkville.sandbox import Sandbox
+from perkamo_core.db import create_db_engine
+from tests.bridge.conftest import SPACE, subprocess_env
+from tests.bridge.gates import gated_transactions
+
+TIMEOUT = 180
+PAGE = 25
+
+
+def _config(path: Path, businesses: list[str], *, interval_minutes: float = 0.05) -> Path:
+    path.write_text(
+        f"[schedule]\nbusinesses = {json.dumps(businesses)}\nsync_interval_minutes = {interval_minutes}\n"
+        "worker_heartbeat_seconds = 0.5\nstalled_after_seconds = 3\nlease_seconds = 10\n"
+        f"[perkville]\npage_size = {PAGE}\nrequests_per_second = 1000\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _perkbridge(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--config", str(config), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def _run(config: Path, env: dict[str, str], *args: str) -> Any:
+    proc = _perkbridge(config, env, *args)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+def _wait(what: str, check: Callable[[], bool], procs: list[subprocess.Popen[str]]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    return err
+
+
+def _rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(sql), params))
+
+
+def _job_status(engine: Engine, job_id: int) -> str:
+    rows = _rows(engine, "SELECT status::text FROM procrastinate_jobs WHERE id = :id", id=job_id)
+    return str(rows[0][0]) if rows else "missing"
+
+
+@contextmanager
+def _sandbox(**kwargs: Any) -> Iterator[Sandbox]:
+    box = Sandbox(**kwargs)
+    box.start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+def _synced(engine: Engine, business: str) -> bool:
+    return bool(_rows(
+        engine,
+        "SELECT 1 FROM scheduler_job_runs WHERE kind = 'sync' AND business_id = :b AND outcome = 'success'",
+        b=business,
+    ))
+
+
+def test_a_worker_runs_a_deferred_backfill_and_the_periodic_syncs_of_two_businesses(
+    pg_url: str, tmp_path: Path
+) -> None:
+    with _sandbox(seed=3, businesses=2, members=10, transactions=60) as box:
+        b1, b2 = (str(b) for b in box.business_ids)
+        config = _config(tmp_path / "perkbridge.toml", [b1, b2])
+        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
+        job_id = _run(config, env, "backfill", "--enqueue", "--business", b1, "--json")["job_id"]
+        worker = _perkbridge(config, env, "worker", "--name", "w-one")
+        engine = create_db_engine(pg_url)
+        try:
+            _wait("the backfill", lambda: _job_status(engine, job_id) == "succeeded", [worker])
+            _wait("a sync of each business", lambda: _synced(engine, b1) and _synced(engine, b2), [worker])
+            listed = _run(config, env, "jobs", "list", "--json", "--business", b2)["jobs"]
+            assert listed and {job["kind"] for job in listed} <= {"sync"}
+            assert {job["args"]["business_id"] for job in listed} == {b2}
+            err = _stop(worker)
+            assert f"job {job_id} perkbridge.backfill business {b1} on worker w-one" in err
+            runs = _rows(engine, "SELECT DISTINCT worker FROM scheduler_job_runs")
+            assert runs == [("w-one",)]
+            backfills = [r for r in StateStore(engine).runs.recent(b1, 50) if r.kind == "backfill"]
+            assert [r.status for r in backfills] == ["succeeded"]
+        finally:
+            engine.dispose()
+        # The result reconciles (both businesses, each in its own Space).
+        for business in (b1, b2):
+            report = _run(config, env, "reconcile", "--business", business, "--json")
+            assert report["mismatches"] == [] and report["checked"] == report["matched"] > 0
+
+
+def test_two_workers_never_run_one_business_at_once(pg_url: str, tmp_path: Path) -> None:
+    with _sandbox(seed=4, businesses=2, members=15, transactions=120) as box:
+        businesses = [str(b) for b in box.business_ids]
+        config = _config(tmp_path / "perkbridge.toml", businesses)
+        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
+        for business in businesses:
+            _run(config, env, "backfill", "--enqueue", "--business", business, "--json")
+        workers = [_perkbridge(config, env, "worker", "--name", f"w{n}") for n in (1, 2)]
+        engine = create_db_engine(pg_url)
+        try:
+            def enough() -> bool:
+                with engine.connect() as conn:
+                    if not inspect(conn).has_table("scheduler_job_runs"):
+                        return False  # the workers are still migrating
+                rows = _rows(engine, "SELECT count(*) FROM scheduler_job_runs WHERE outcome = 'success'")
+                return int(rows[0][0]) >= 8
+
+            _wait("eight syncs", enough, workers)
+            for worker in workers:
+                _stop(worker)
+            runs = _rows(
+                engine,
+                "SELECT business, direction, kind, started_at, finished_at FROM bridge_runs ORDER BY started_at",
+            )
+            for business in businesses:
+                mine = [r for r in runs if r[0] == business and r[1] == "import"]
+                assert len(mine) >= 2, business
+                for before, after in zip(mine, mine[1:], strict=False):
+                    assert before[4] is not None and before[4] <= after[3], (
+                        f"two runs of business {business} overlapped: {before} and {after}"
+                    )
+            # One job per business and period, whichever worker deferred it.
+            periods = _rows(
+                engine,
+                "SELECT task_name, args->>'business_id', args->>'timestamp', count(*) FROM procrastinate_jobs "
+                "WHERE args ? 'timestamp' GROUP BY 1, 2, 3 HAVING count(*) > 1",
+            )
+            assert periods == []
+            assert StateStore(engine).leases.all() == []
+        finally:
+            engine.dispose()
+        for business in businesses:
+            report = _run(config, env, "reconcile", "--business", business, "--json")
+            assert report["mismatches"] == [] and report["checked"] == report["matched"] > 0
+
+
+def _offset(engine: Engine, business: str) -> int:
+    raw = StateStore(engine).cursors.get(business, "backfill")
+    return int(json.loads(raw).get("offset", 0)) if raw else 0
+
+
+def test_sigterm_mid_backfill_commits_the_page_exits_0_and_the_job_resumes(
+    pg_url: str, tmp_path: Path
+) -> None:
+    with _sandbox(seed=5, members=25, transactions=2000) as box:
+        business = str(box.business_ids[0])
+        # A long interval: only the backfill runs in this test.
+        config = _config(tmp_path / "perkbridge.toml", [business], interval_minutes=60)
+        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
+        job_id = _run(config, env, "backfill", "--enqueue", "--json")["job_id"]
+        engine = create_db_engine(pg_url)
+        try:
+            with gated_transactions(box, 100) as gate:
+                first = _perkbridge(config, env, "worker", "--name", "first")
+                try:
+                    assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
+                    _wait("a committed page", lambda: _offset(engine, business) >= PAGE, [first])
+                    first.send_signal(signal.SIGTERM)
+                finally:
+                    gate.open()
+                _out, err = first.communicate(timeout=TIMEOUT)
+            assert first.returncode == 0, err
+            stopped_at = _offset(engine, business)
+            assert PAGE <= stopped_at < 2000
+            [run] = StateStore(engine).runs.recent(business, 10)
+            assert run.status == "stopped" and run.finished_at is not None
+            assert StateStore(engine).leases.all() == [], "the stopped run kept its lease"
+            # The job is back in the queue, due now, for whichever worker comes next.
+            assert _job_status(engine, job_id) == "todo"
+
+            second = _perkbridge(config, env, "worker", "--name", "second")
+            _wait("the resumed backfill", lambda: _job_status(engine, job_id) == "succeeded", [second])
+            _stop(second)
+            runs = StateStore(engine).runs.recent(business, 10)
+            assert [r.status for r in runs if r.kind == "backfill"] == ["succeeded", "stopped"]
+        finally:
+            engine.dispose()
+        report = _run(config, env, "reconcile", "--json")
+        assert report["mismatches"] == [] and report["checked"] == report["matched"] > 0
