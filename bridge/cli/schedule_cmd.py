@@ -13,6 +13,8 @@ from bridge.cli import common
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from config import Settings
+
 
 def register(app: typer.Typer) -> None:
     """Add ``schedule`` to ``app``."""
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
         Jobs per business (schedule.businesses, else PERKVILLE_BUSINESS_ID): sync every schedule.sync_interval_minutes, write-back every schedule.writeback_interval_seconds when enabled, reconcile on schedule.reconcile_cron.
 
-        Several workers on one PostgreSQL database share the businesses through leases.  See docs/scheduling.md.
+        One scheduler per database: for several processes or machines, use perkbridge worker (PostgreSQL).  See docs/scheduling.md.
         """
         from config import ConfigError
         from perkamo_core.db import create_db_engine
@@ -39,30 +41,64 @@ def register(app: typer.Typer) -> None:
             if status:
                 _print_status(engine, json_output)
                 return
-            _configure_logging(json_output, settings.log_format)
+            configure_logging(json_output, settings.log_format)
             import faulthandler
             import signal
 
             # Operators (and tests) can ask a stuck worker where it is: kill -USR1 PID.
             faulthandler.register(signal.SIGUSR1, all_threads=True)
-            from bridge.workers import NoFreeSlotError, run_worker
-
             config_file = common.STATE.config_file
             if config_file is not None:
                 config_file = str(Path(config_file).resolve())
             try:
-                code = run_worker(settings, engine, config_file=config_file)
+                run_single(settings, engine, config_file=config_file)
             except ConfigError as exc:
                 common.fail(str(exc), common.EXIT_CONFIG)
-            except NoFreeSlotError as exc:
+            except SchedulerRunningError as exc:
                 common.fail(str(exc), common.EXIT_FAILURE)
-            if code != common.EXIT_OK:
-                common.fail("this worker's slot lease was taken over; it stopped", code)
         finally:
             engine.dispose()
 
 
-def _configure_logging(json_output: bool, log_format: str) -> None:
+SCHEDULER_LEASE = "scheduler"
+"""Held by the one ``perkbridge schedule`` process of a database (its APScheduler job table is
+not shareable)."""
+
+
+class SchedulerRunningError(Exception):
+    """Another ``perkbridge schedule`` process already runs against this database."""
+
+
+def run_single(settings: Settings, engine: Engine, *, config_file: str | None) -> None:
+    """The embedded scheduler: every configured business's jobs in this one process, until
+    SIGTERM/SIGINT (the running jobs commit their page first)."""
+    from datetime import timedelta
+
+    from bridge.scheduler import SchedulerRuntime, default_worker_name, prepare_database, run_scheduler
+    from bridge.state import LeaseKeeper, LeaseStore, new_owner_id
+    from bridge.wiring import scheduled_businesses
+
+    scheduled_businesses(settings)  # ConfigError before anything starts
+    prepare_database(engine)
+    store = LeaseStore(engine)
+    ttl = timedelta(seconds=settings.schedule.lease_seconds)
+    lease = store.try_acquire(SCHEDULER_LEASE, new_owner_id(), ttl)
+    if lease is None:
+        holder = next((held.owner for held in store.all() if held.name == SCHEDULER_LEASE), "?")
+        raise SchedulerRunningError(
+            f"perkbridge schedule already runs against this database ({holder}); one scheduler per "
+            "database: to share the work between processes or machines use perkbridge worker "
+            "(PostgreSQL, docs/scheduling.md)"
+        )
+    runtime = SchedulerRuntime(worker=default_worker_name(), engine=engine)
+    try:
+        with LeaseKeeper(store, lease, ttl):
+            run_scheduler(settings, engine, runtime, config_file=config_file)
+    finally:
+        store.release(SCHEDULER_LEASE, lease.owner)
+
+
+def configure_logging(json_output: bool, log_format: str) -> None:
     root = logging.getLogger()
     if (json_output or log_format == "json") and common.STATE.log_format != "json":
         common.configure_logging("json")
@@ -71,7 +107,7 @@ def _configure_logging(json_output: bool, log_format: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
-    for noisy in ("apscheduler", "httpx", "httpcore"):
+    for noisy in ("apscheduler", "procrastinate", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -72,11 +72,6 @@ class ForegroundScheduler(BlockingScheduler):  # type: ignore[misc]
             wait_seconds = self._process_jobs()
 
 
-def jobstore_table(slot: int) -> str:
-    """The job-store table of worker slot ``slot`` (slot 1 uses APScheduler's default name)."""
-    return JOBSTORE_TABLE if slot == 1 else f"{JOBSTORE_TABLE}_{slot}"
-
-
 def _jobstore_engine(engine: Engine) -> Engine:
     """The engine the job store uses: on SQLite its transactions begin ``DEFERRED``.
 
@@ -94,19 +89,17 @@ def build_scheduler(
     engine: Engine,
     *,
     config_file: str | None,
-    slot: int = 1,
     start: datetime | None = None,
 ) -> ForegroundScheduler:
     """A scheduler with every job of the configured businesses (nothing runs until ``start``).
 
-    APScheduler job stores must not be shared between schedulers, so each worker slot has a
-    table of its own; the jobs are the same in every slot and leases decide who runs them.
-    """
+    APScheduler job stores must not be shared between schedulers: one ``perkbridge schedule``
+    per database (several processes: ``perkbridge worker``)."""
     triggers = build_triggers(settings, start=start)
     scheduler = ForegroundScheduler(
         jobstores={
             "default": SQLAlchemyJobStore(
-                engine=_jobstore_engine(engine), tablename=jobstore_table(slot)
+                engine=_jobstore_engine(engine), tablename=JOBSTORE_TABLE
             )
         },
         executors={"default": ThreadPoolExecutor(max_workers=max(2, min(8, len(triggers))))},
@@ -194,7 +187,6 @@ def run_scheduler(
     runtime: SchedulerRuntime,
     *,
     config_file: str | None,
-    slot: int = 1,
     install_signals: bool = True,
     on_started: Callable[[ForegroundScheduler], None] | None = None,
 ) -> ScheduleOutcome:
@@ -204,7 +196,7 @@ def run_scheduler(
     and return; then the scheduler shuts down waiting for them and this function returns.
     """
     migrate_scheduler(engine)
-    scheduler = build_scheduler(settings, engine, config_file=config_file, slot=slot)
+    scheduler = build_scheduler(settings, engine, config_file=config_file)
     received: list[str] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -232,13 +224,13 @@ def run_scheduler(
 
     watcher = threading.Thread(target=watch_stop_flag, name="perkbridge-stopwatch", daemon=True)
     scheduler.add_listener(
-        _status_listener(_jobstore_engine(engine), jobstore_table(slot)),
+        _status_listener(_jobstore_engine(engine), JOBSTORE_TABLE),
         # Both are dispatched from the executor thread, never blocking the scheduler loop.
         EVENT_JOB_EXECUTED | EVENT_JOB_ERROR,
     )
-    create_jobstore_table(engine, jobstore_table(slot))
+    create_jobstore_table(engine, JOBSTORE_TABLE)
     keep = list(build_triggers(settings).keys())
-    for removed in remove_stale_jobs(engine, jobstore_table(slot), keep):
+    for removed in remove_stale_jobs(engine, JOBSTORE_TABLE, keep):
         log.info("removed job %s: its business is no longer configured", removed)
 
     def on_scheduler_started(_event: SchedulerEvent) -> None:

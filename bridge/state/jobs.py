@@ -34,7 +34,7 @@ JobKind = Literal["sync", "writeback", "reconcile"]
 JOB_KINDS: tuple[JobKind, ...] = ("sync", "writeback", "reconcile")
 JOB_ID_PREFIX = "perkbridge"
 JOBSTORE_TABLE = "apscheduler_jobs"
-"""APScheduler's own table (its default name); a worker slot ``n > 1`` uses ``_{n}`` after it."""
+"""APScheduler's own table (its default name), of the one ``perkbridge schedule`` of a database."""
 
 
 def job_id(kind: JobKind, business_id: str) -> str:

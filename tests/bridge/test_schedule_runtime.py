@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from bridge.scheduler import (
+    JOBSTORE_TABLE,
     JobContext,
     JobSkipped,
     SchedulerRuntime,
     job_run_log,
     job_statuses,
-    jobstore_table,
     prepare_database,
     run_scheduled_job,
     run_scheduler,
@@ -165,7 +165,7 @@ def test_stale_jobs_of_dropped_businesses_are_removed(db_url: str, db_engine: En
         runtime.stop.set()
         thread.join(timeout=30)
         with db_engine.connect() as conn:
-            return {row[0] for row in conn.execute(text(f"SELECT id FROM {jobstore_table(1)}"))}
+            return {row[0] for row in conn.execute(text(f"SELECT id FROM {JOBSTORE_TABLE}"))}
 
     first = run_once(_settings(db_url))
     assert "perkbridge:sync:b2" in first
