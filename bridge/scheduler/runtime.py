@@ -79,7 +79,7 @@ class SchedulerRuntime:
     runners: Mapping[str, JobRunner] | None = None
     gate: Callable[[JobContext], Any] | None = None
     """Optional context-manager factory deciding whether this worker may run the job now
-    (several workers: a business lease); raising ``JobSkipped`` skips the run."""
+    (a test, or a future policy); raising ``JobSkipped`` skips the run."""
 
 
 _runtime_lock = threading.Lock()

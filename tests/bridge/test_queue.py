@@ -186,3 +186,17 @@ def test_an_interval_off_the_clock_is_a_configuration_error(seconds: float) -> N
 
     with pytest.raises(ConfigurationError, match="interval"):
         interval_cron(seconds)
+
+
+def test_a_second_schedule_on_one_database_exits_naming_the_holder(db_url: str, db_engine: Engine) -> None:
+    from datetime import timedelta
+
+    from bridge.cli.schedule_cmd import SCHEDULER_LEASE, SchedulerRunningError, run_single
+    from bridge.scheduler import prepare_database
+
+    prepare_database(db_engine)
+    holder = "other-host:4242:abcd"  # a live scheduler elsewhere
+    assert StateStore(db_engine).leases.try_acquire(SCHEDULER_LEASE, holder, timedelta(minutes=5))
+    with pytest.raises(SchedulerRunningError, match="other-host:4242:abcd.*perkbridge worker"):
+        run_single(_settings(db_url), db_engine, config_file=None)
+    assert [lease.owner for lease in StateStore(db_engine).leases.all()] == [holder]
