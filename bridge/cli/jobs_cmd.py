@@ -88,7 +88,7 @@ def cancel_cmd(
     business: str | None = typer.Option(None, "--business", help="Refuse unless the job is this business's."),
     json_output: bool = JsonOpt,
 ) -> None:
-    """Cancel a waiting job; a running one is asked to abort and stops after its current page."""
+    """Cancel a waiting job; a running backfill stops after its current page (ends aborted)."""
     from bridge.queue.ops import cancel_job
 
     _one(job_id, business, cancel_job, json_output)

@@ -17,6 +17,8 @@ from bridge.queue.app import QUEUE, TASK_PREFIX, build_app, job_lock, queueing_l
 from config import Settings
 
 JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborting", "aborted")
+"""Procrastinate's job statuses (3.x no longer sets ``aborting``: a running job asked to stop is
+``doing`` with ``abort_requested``)."""
 
 
 class JobNotFoundError(LookupError):
@@ -55,6 +57,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "business": job.task_kwargs.get("business_id"),
         "status": job.status,
         "attempts": job.attempts,
+        "abort_requested": job.abort_requested,
         "worker_id": job.worker_id,
         "lock": job.lock,
         "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
@@ -92,7 +95,8 @@ def retry_job(app: App, job_id: int) -> dict[str, Any]:
 
 
 def cancel_job(app: App, job_id: int) -> dict[str, Any]:
-    """Cancel a waiting job; a running one is asked to abort (it stops at its next page)."""
+    """Cancel a waiting job; a running one is asked to abort (a backfill stops after its page; a
+    sync, write-back or reconcile is short and runs to its end)."""
     job = _job(app, job_id)
     if job.status == "todo":
         done = app.job_manager.cancel_job_by_id(job_id)

@@ -8,7 +8,9 @@ expired) ends as ``skipped`` with the holder named, and the next period runs it.
 A backfill runs the pipeline as ``perkbridge backfill`` does.  If its lease is held it waits up
 to ``lease_seconds``, then fails and is retried with backoff.  If the worker is stopped
 (SIGTERM) the backfill commits its page and the job is retried at once (``JobInterrupted``):
-another worker, or this one when it comes back, resumes from the checkpoint.
+another worker, or this one when it comes back, resumes from the checkpoint.  ``jobs cancel`` of
+a running backfill stops it after its page (the job ends ``aborted``; ``backfill --enqueue``
+again resumes).  A running sync, write-back or reconcile is short and runs to its end.
 
 The worker installs its ``SchedulerRuntime`` (engine, stop flag, name) and its config file for
 the process (``bridge.queue.worker``); job arguments carry business ids and options only.
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from procrastinate import JobContext
+from procrastinate.exceptions import JobAborted
 
 from bridge.scheduler import current_runtime, run_scheduled_job
 
@@ -36,6 +41,27 @@ class JobInterrupted(Exception):
 
 def set_config_file(path: str | None) -> None:
     _config[0] = path
+
+
+@contextmanager
+def _job_stop(context: JobContext, worker_stop: threading.Event) -> Iterator[threading.Event]:
+    """A stop flag for one job: set when the worker stops or ``jobs cancel`` asks this job to abort."""
+    stop = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            if worker_stop.is_set() or context.should_abort():
+                stop.set()
+                return
+
+    watcher = threading.Thread(target=watch, name=f"job-{context.job.id}-stop", daemon=True)
+    watcher.start()
+    try:
+        yield stop
+    finally:
+        done.set()
+        watcher.join()
 
 
 def _log_start(context: JobContext, business_id: str) -> None:
@@ -97,9 +123,12 @@ def backfill_task(
         allow_partial=allow_partial,
     )
     try:
-        summary = parts.pipeline(stop=stop).run(options)
+        with _job_stop(context, stop) as job_stop:
+            summary = parts.pipeline(stop=job_stop).run(options)
     finally:
         parts.close()
+    if summary.status == "stopped" and not stop.is_set():
+        raise JobAborted(f"backfill run {summary.run_id} of business {business_id} cancelled after its page")
     if summary.status == "stopped":
         raise JobInterrupted(
             f"backfill run {summary.run_id} of business {business_id} stopped with the worker; "

@@ -200,3 +200,27 @@ def test_a_second_schedule_on_one_database_exits_naming_the_holder(db_url: str, 
     with pytest.raises(SchedulerRunningError, match="other-host:4242:abcd.*perkbridge worker"):
         run_single(_settings(db_url), db_engine, config_file=None)
     assert [lease.owner for lease in StateStore(db_engine).leases.all()] == [holder]
+
+
+def test_each_business_gets_its_periodic_jobs_with_its_locks(pg_url: str) -> None:
+    from bridge.queue.app import register_periodic
+
+    settings = Settings.model_validate({
+        "PERKBRIDGE_DATABASE_URL": pg_url,
+        "schedule": {"businesses": ["25", "26"], "sync_interval_minutes": 15, "writeback_interval_seconds": 30},
+        "writeback": {"enabled": True},
+    })
+    app = build_app(settings)
+    register_periodic(app, settings, ["25", "26"])
+    periodic = app.periodic_registry.periodic_tasks
+    assert sorted(periodic) == [
+        (f"perkbridge.{kind}", business)
+        for kind in ("reconcile", "sync", "writeback") for business in ("25", "26")
+    ]
+    sync = periodic[("perkbridge.sync", "25")]
+    assert sync.cron == "*/15 * * * * 0"
+    assert sync.configure_kwargs == {
+        "lock": "import:25", "queueing_lock": "sync:25", "task_kwargs": {"business_id": "25"}
+    }
+    assert periodic[("perkbridge.writeback", "26")].configure_kwargs["lock"] == "writeback:26"
+    assert periodic[("perkbridge.reconcile", "26")].cron == "0 3 * * *"

@@ -214,3 +214,29 @@ def test_sigterm_mid_backfill_commits_the_page_exits_0_and_the_job_resumes(
             engine.dispose()
         report = _run(config, env, "reconcile", "--json")
         assert report["mismatches"] == [] and report["checked"] == report["matched"] > 0
+
+
+def test_cancelling_a_running_backfill_stops_it_after_its_page(pg_url: str, tmp_path: Path) -> None:
+    with _sandbox(seed=6, members=25, transactions=2000) as box:
+        business = str(box.business_ids[0])
+        config = _config(tmp_path / "perkbridge.toml", [business], interval_minutes=60)
+        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
+        job_id = _run(config, env, "backfill", "--enqueue", "--json")["job_id"]
+        engine = create_db_engine(pg_url)
+        try:
+            with gated_transactions(box, 100) as gate:
+                worker = _perkbridge(config, env, "worker")
+                try:
+                    assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
+                    _wait("a committed page", lambda: _offset(engine, business) >= PAGE, [worker])
+                    [job] = _run(config, env, "jobs", "cancel", str(job_id), "--json")["jobs"]
+                    assert job["status"] == "doing" and job["abort_requested"] is True
+                finally:
+                    gate.open()
+                _wait("the aborted job", lambda: _job_status(engine, job_id) == "aborted", [worker])
+            [run] = StateStore(engine).runs.recent(business, 10)
+            assert run.status == "stopped"
+            assert PAGE <= _offset(engine, business) < 2000
+            _stop(worker)  # the worker itself kept running
+        finally:
+            engine.dispose()
