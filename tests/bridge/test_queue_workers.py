@@ -20,7 +20,7 @@ from bridge.state import StateStore
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from tests.bridge.conftest import SPACE, subprocess_env
-from tests.bridge.gates import gated_transactions
+from tests.bridge.gates import TransactionsGate, gated_transactions
 
 TIMEOUT = 180
 PAGE = 25
@@ -176,6 +176,16 @@ def _offset(engine: Engine, business: str) -> int:
     return int(json.loads(raw).get("offset", 0)) if raw else 0
 
 
+def _worker_past_a_page(
+    config: Path, env: dict[str, str], engine: Engine, business: str, gate: TransactionsGate, name: str
+) -> subprocess.Popen[str]:
+    """A worker whose backfill committed a page and waits at the gate (the test then acts)."""
+    worker = _perkbridge(config, env, "worker", "--name", name)
+    assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
+    _wait("a committed page", lambda: _offset(engine, business) >= PAGE, [worker])
+    return worker
+
+
 def test_sigterm_mid_backfill_commits_the_page_exits_0_and_the_job_resumes(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -188,10 +198,8 @@ def test_sigterm_mid_backfill_commits_the_page_exits_0_and_the_job_resumes(
         engine = create_db_engine(pg_url)
         try:
             with gated_transactions(box, 100) as gate:
-                first = _perkbridge(config, env, "worker", "--name", "first")
                 try:
-                    assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
-                    _wait("a committed page", lambda: _offset(engine, business) >= PAGE, [first])
+                    first = _worker_past_a_page(config, env, engine, business, gate, "first")
                     first.send_signal(signal.SIGTERM)
                 finally:
                     gate.open()
@@ -225,10 +233,8 @@ def test_cancelling_a_running_backfill_stops_it_after_its_page(pg_url: str, tmp_
         engine = create_db_engine(pg_url)
         try:
             with gated_transactions(box, 100) as gate:
-                worker = _perkbridge(config, env, "worker")
                 try:
-                    assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
-                    _wait("a committed page", lambda: _offset(engine, business) >= PAGE, [worker])
+                    worker = _worker_past_a_page(config, env, engine, business, gate, "canceller")
                     [job] = _run(config, env, "jobs", "cancel", str(job_id), "--json")["jobs"]
                     assert job["status"] == "doing" and job["abort_requested"] is True
                 finally:
