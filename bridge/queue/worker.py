@@ -20,6 +20,7 @@ import signal
 from dataclasses import dataclass
 
 from procrastinate import App
+from procrastinate.jobs import Status
 from procrastinate.worker import Worker
 from sqlalchemy import Engine
 
@@ -54,20 +55,32 @@ async def recover_stalled(app: App, stalled_after: float, stop: asyncio.Event) -
 
 
 async def retry_stalled(app: App, stalled_after: float) -> list[int]:
-    """Retry (now, any worker) each running job whose worker is silent for ``stalled_after`` s."""
+    """Retry (now, any worker) each running job whose worker is silent for ``stalled_after`` s.
+
+    When a job of the same kind and business is already waiting (its queueing lock), the stalled
+    one is marked failed instead: the waiting job resumes from the same checkpoint, and the
+    stalled one must not keep holding the business's lock.
+    """
     retried: list[int] = []
     stalled = await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=stalled_after)
     for job in stalled:
+        assert job.id is not None
+        business = job.task_kwargs.get("business_id")
         try:
             await app.job_manager.retry_job(job)
-        except Exception:  # another worker retried it first
-            log.debug("job %s was already retried", job.id, exc_info=True)
+        except Exception:
+            if await app.job_manager.get_job_status_async(job.id) != Status.DOING:
+                log.debug("job %s was already retried", job.id, exc_info=True)
+                continue
+            await app.job_manager.finish_job_by_id_async(job.id, status=Status.FAILED, delete_job=False)
+            log.warning(
+                "job %s (%s %s) was stalled on worker %s and the same job already waits: marked failed",
+                job.id, job.task_name, business, job.worker_id,
+            )
             continue
-        assert job.id is not None
         retried.append(job.id)
         log.warning(
-            "job %s (%s %s) was stalled on worker %s: retried",
-            job.id, job.task_name, job.task_kwargs.get("business_id"), job.worker_id,
+            "job %s (%s %s) was stalled on worker %s: retried", job.id, job.task_name, business, job.worker_id
         )
     return retried
 

@@ -167,9 +167,25 @@ def test_a_job_of_a_silent_worker_is_retried(pg_url: str, pg_engine: Engine) -> 
     with pg_engine.begin() as conn:
         conn.execute(text("UPDATE procrastinate_jobs SET worker_id = :w WHERE id = :id"), {"w": dead, "id": job_id})
     assert asyncio.run(recover()) == [job_id]
-    with pg_engine.connect() as conn:
+    assert _status(pg_engine, job_id) == "todo"
+
+    # Stalled again, while the same job (kind and business) waits: the stalled one is marked
+    # failed, so it no longer holds the business's lock, and the waiting one runs.
+    with pg_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :id"),
+            {"w": dead, "id": job_id},
+        )
+    with app.open():
+        waiting = enqueue_backfill(app, "41", {})
+    assert asyncio.run(recover()) == []
+    assert (_status(pg_engine, job_id), _status(pg_engine, waiting)) == ("failed", "todo")
+
+
+def _status(engine: Engine, job_id: int) -> str:
+    with engine.connect() as conn:
         status = conn.execute(text("SELECT status FROM procrastinate_jobs WHERE id = :id"), {"id": job_id})
-        assert status.scalar_one() == "todo"
+        return str(status.scalar_one())
 
 
 @pytest.mark.parametrize(
