@@ -104,6 +104,8 @@ class ScheduleSettings(BaseModel):
     """Attempts of a job that failed for a transient reason (Perkville or Perkamo unavailable)."""
     job_retry_seconds: int = Field(default=4, ge=1)
     """Backoff base: the n-th retry waits ``job_retry_seconds ** n`` seconds."""
+    job_history_hours: int = Field(default=48, ge=1)
+    """Succeeded jobs stay in the queue's table this long (failed ones until retried or deleted)."""
 
 
 class ServeSettings(BaseModel):

@@ -5,7 +5,8 @@ period's deferral, so a period's job is deferred once whichever worker gets ther
 whatever job is due on queue ``perkbridge``, sends a heartbeat every
 ``schedule.worker_heartbeat_seconds`` and, every ``stalled_after_seconds / 4``, gives jobs whose
 worker has sent no heartbeat for ``schedule.stalled_after_seconds`` back to the queue
-(``get_stalled_jobs`` then ``retry_job``).  Workers need nothing but the database URL: start
+(``get_stalled_jobs`` then ``retry_job``); succeeded jobs older than ``job_history_hours`` are
+deleted (the history of what ran where stays that long).  Workers need nothing but the database URL: start
 as many as you like, on as many machines.
 
 SIGTERM (or SIGINT) sets the stop flag the running jobs check between pages and stops fetching
@@ -29,6 +30,7 @@ from bridge.queue.tasks import set_config_file
 from bridge.scheduler import SchedulerRuntime, default_worker_name, installed_runtime, prepare_database
 from bridge.wiring import scheduled_businesses
 from config import Settings
+from config.settings import ScheduleSettings
 
 log = logging.getLogger("perkbridge.worker")
 
@@ -39,9 +41,16 @@ class WorkerOutcome:
     businesses: tuple[str, ...]
 
 
-async def recover_stalled(app: App, stalled_after: float, stop: asyncio.Event) -> None:
-    """Every ``stalled_after / 4`` seconds, put the jobs of silent workers back in the queue."""
+PRUNE_EVERY_SECONDS = 600.0
+
+
+async def recover_stalled(app: App, schedule: ScheduleSettings, stop: asyncio.Event) -> None:
+    """Every ``stalled_after_seconds / 4``, put the jobs of silent workers back in the queue; every
+    ten minutes, delete the succeeded jobs older than ``job_history_hours``."""
+    stalled_after = schedule.stalled_after_seconds
     interval = max(stalled_after / 4, 0.2)
+    pruned = 0.0
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
@@ -50,6 +59,9 @@ async def recover_stalled(app: App, stalled_after: float, stop: asyncio.Event) -
             pass
         try:
             await retry_stalled(app, stalled_after)
+            if loop.time() - pruned >= PRUNE_EVERY_SECONDS:
+                pruned = loop.time()
+                await app.job_manager.delete_old_jobs(nb_hours=schedule.job_history_hours, queue=QUEUE)
         except Exception:  # the next round tries again; recovery must not take the worker down
             log.warning("stalled-job recovery failed; retrying", exc_info=True)
 
@@ -133,7 +145,7 @@ async def _serve(
 
         for wanted in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(wanted, on_signal, wanted)
-        recovery = asyncio.create_task(recover_stalled(app, schedule.stalled_after_seconds, stopping))
+        recovery = asyncio.create_task(recover_stalled(app, schedule, stopping))
         log.info("worker %s ready on queue %s", runtime.worker, QUEUE)
         try:
             with installed_runtime(runtime):
