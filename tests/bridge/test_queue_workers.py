@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from bridge.state import StateStore
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from tests.bridge.conftest import SPACE, subprocess_env
-from tests.bridge.gates import TransactionsGate, gated_transactions
+from tests.bridge.gates import gated_transactions
 
 TIMEOUT = 180
 PAGE = 25
@@ -176,73 +177,101 @@ def _offset(engine: Engine, business: str) -> int:
     return int(json.loads(raw).get("offset", 0)) if raw else 0
 
 
-def _worker_past_a_page(
-    config: Path, env: dict[str, str], engine: Engine, business: str, gate: TransactionsGate, name: str
-) -> subprocess.Popen[str]:
-    """A worker whose backfill committed a page and waits at the gate (the test then acts)."""
-    worker = _perkbridge(config, env, "worker", "--name", name)
-    assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
-    _wait("a committed page", lambda: _offset(engine, business) >= PAGE, [worker])
-    return worker
+@dataclass
+class Queued:
+    """A backfill of one sandbox business waiting in the queue (no sync runs: a long interval)."""
+
+    box: Sandbox
+    business: str
+    config: Path
+    env: dict[str, str]
+    job_id: int
+    engine: Engine
+
+    def worker_past_a_page(self, name: str, act: Callable[[subprocess.Popen[str]], None]) -> subprocess.Popen[str]:
+        """Start a worker; once its backfill committed a page and waits at the sandbox's gate,
+        ``act`` on it, then let the sandbox serve the rest."""
+        with gated_transactions(self.box, 100) as gate:
+            try:
+                worker = _perkbridge(self.config, self.env, "worker", "--name", name)
+                assert gate.reached.wait(TIMEOUT), "the backfill never asked for the gated page"
+                _wait("a committed page", lambda: _offset(self.engine, self.business) >= PAGE, [worker])
+                act(worker)
+            finally:
+                gate.open()
+        return worker
+
+    def status(self) -> str:
+        return _job_status(self.engine, self.job_id)
+
+    def backfills(self) -> list[str]:
+        return [r.status for r in StateStore(self.engine).runs.recent(self.business, 10) if r.kind == "backfill"]
+
+    def assert_reconciles(self) -> None:
+        report = _run(self.config, self.env, "reconcile", "--json")
+        assert report["mismatches"] == [] and report["checked"] == report["matched"] > 0
+
+
+@contextmanager
+def _queued_backfill(pg_url: str, tmp_path: Path, seed: int) -> Iterator[Queued]:
+    with _sandbox(seed=seed, members=25, transactions=2000) as box:
+        business = str(box.business_ids[0])
+        config = _config(tmp_path / "perkbridge.toml", [business], interval_minutes=60)
+        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
+        job_id = _run(config, env, "backfill", "--enqueue", "--json")["job_id"]
+        engine = create_db_engine(pg_url)
+        try:
+            yield Queued(box, business, config, env, job_id, engine)
+        finally:
+            engine.dispose()
 
 
 def test_sigterm_mid_backfill_commits_the_page_exits_0_and_the_job_resumes(
     pg_url: str, tmp_path: Path
 ) -> None:
-    with _sandbox(seed=5, members=25, transactions=2000) as box:
-        business = str(box.business_ids[0])
-        # A long interval: only the backfill runs in this test.
-        config = _config(tmp_path / "perkbridge.toml", [business], interval_minutes=60)
-        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
-        job_id = _run(config, env, "backfill", "--enqueue", "--json")["job_id"]
-        engine = create_db_engine(pg_url)
-        try:
-            with gated_transactions(box, 100) as gate:
-                try:
-                    first = _worker_past_a_page(config, env, engine, business, gate, "first")
-                    first.send_signal(signal.SIGTERM)
-                finally:
-                    gate.open()
-                _out, err = first.communicate(timeout=TIMEOUT)
-            assert first.returncode == 0, err
-            stopped_at = _offset(engine, business)
-            assert PAGE <= stopped_at < 2000
-            [run] = StateStore(engine).runs.recent(business, 10)
-            assert run.status == "stopped" and run.finished_at is not None
-            assert StateStore(engine).leases.all() == [], "the stopped run kept its lease"
-            # The job is back in the queue, due now, for whichever worker comes next.
-            assert _job_status(engine, job_id) == "todo"
+    with _queued_backfill(pg_url, tmp_path, seed=5) as queued:
+        first = queued.worker_past_a_page("first", lambda worker: worker.send_signal(signal.SIGTERM))
+        _out, err = first.communicate(timeout=TIMEOUT)
+        assert first.returncode == 0, err
+        assert PAGE <= _offset(queued.engine, queued.business) < 2000
+        [run] = StateStore(queued.engine).runs.recent(queued.business, 10)
+        assert run.status == "stopped" and run.finished_at is not None
+        assert StateStore(queued.engine).leases.all() == [], "the stopped run kept its lease"
+        # The job is back in the queue, due now, for whichever worker comes next.
+        assert queued.status() == "todo"
 
-            second = _perkbridge(config, env, "worker", "--name", "second")
-            _wait("the resumed backfill", lambda: _job_status(engine, job_id) == "succeeded", [second])
-            _stop(second)
-            runs = StateStore(engine).runs.recent(business, 10)
-            assert [r.status for r in runs if r.kind == "backfill"] == ["succeeded", "stopped"]
-        finally:
-            engine.dispose()
-        report = _run(config, env, "reconcile", "--json")
-        assert report["mismatches"] == [] and report["checked"] == report["matched"] > 0
+        second = _perkbridge(queued.config, queued.env, "worker", "--name", "second")
+        _wait("the resumed backfill", lambda: queued.status() == "succeeded", [second])
+        _stop(second)
+        assert queued.backfills() == ["succeeded", "stopped"]
+        queued.assert_reconciles()
 
 
 def test_cancelling_a_running_backfill_stops_it_after_its_page(pg_url: str, tmp_path: Path) -> None:
-    with _sandbox(seed=6, members=25, transactions=2000) as box:
-        business = str(box.business_ids[0])
-        config = _config(tmp_path / "perkbridge.toml", [business], interval_minutes=60)
-        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
-        job_id = _run(config, env, "backfill", "--enqueue", "--json")["job_id"]
-        engine = create_db_engine(pg_url)
-        try:
-            with gated_transactions(box, 100) as gate:
-                try:
-                    worker = _worker_past_a_page(config, env, engine, business, gate, "canceller")
-                    [job] = _run(config, env, "jobs", "cancel", str(job_id), "--json")["jobs"]
-                    assert job["status"] == "doing" and job["abort_requested"] is True
-                finally:
-                    gate.open()
-                _wait("the aborted job", lambda: _job_status(engine, job_id) == "aborted", [worker])
-            [run] = StateStore(engine).runs.recent(business, 10)
-            assert run.status == "stopped"
-            assert PAGE <= _offset(engine, business) < 2000
-            _stop(worker)  # the worker itself kept running
-        finally:
-            engine.dispose()
+    with _queued_backfill(pg_url, tmp_path, seed=6) as queued:
+        def cancel(_worker: subprocess.Popen[str]) -> None:
+            [job] = _run(queued.config, queued.env, "jobs", "cancel", str(queued.job_id), "--json")["jobs"]
+            assert job["status"] == "doing" and job["abort_requested"] is True
+
+        worker = queued.worker_past_a_page("canceller", cancel)
+        _wait("the aborted job", lambda: queued.status() == "aborted", [worker])
+        assert queued.backfills() == ["stopped"]
+        assert PAGE <= _offset(queued.engine, queued.business) < 2000
+        _stop(worker)  # the worker itself kept running
+
+
+def test_a_killed_workers_backfill_is_retried_by_another_worker_and_resumes(
+    pg_url: str, tmp_path: Path
+) -> None:
+    with _queued_backfill(pg_url, tmp_path, seed=7) as queued:
+        doomed = queued.worker_past_a_page("doomed", lambda worker: worker.kill())  # kill -9 mid-run
+        doomed.communicate(timeout=TIMEOUT)
+        assert queued.status() == "doing"  # until a live worker notices
+        rescuer = _perkbridge(queued.config, queued.env, "worker", "--name", "rescuer")
+        _wait("the rescued backfill", lambda: queued.status() == "succeeded", [rescuer])
+        err = _stop(rescuer)
+        assert f"job {queued.job_id} (perkbridge.backfill {queued.business}) was stalled" in err
+        assert queued.backfills() == ["succeeded", "interrupted"]
+        attempts = _rows(queued.engine, "SELECT attempts FROM procrastinate_jobs WHERE id = :id", id=queued.job_id)
+        assert attempts == [(2,)]  # the killed attempt and the rescue
+        queued.assert_reconciles()
