@@ -111,11 +111,11 @@ def pipeline_config(settings: Settings, business: str) -> PipelineConfig:
     )
 
 
-def open_engine(settings: Settings) -> Engine:
+def open_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
     from perkamo_core.db import create_db_engine
 
     try:
-        return create_db_engine(settings.database_url)
+        return create_db_engine(settings.database_url, pool_size=pool_size)
     except Exception as exc:  # noqa: BLE001 - a bad URL is a configuration problem
         problem = database_error(exc, settings.database_url)
         if isinstance(problem, ConfigurationError):

@@ -49,8 +49,11 @@ def register(app: typer.Typer) -> None:
         config_file = common.STATE.config_file
         if config_file is not None:
             config_file = str(Path(config_file).resolve())
+        threads = concurrency or settings.schedule.worker_concurrency
         with common.bridge_errors():
-            engine = open_engine(settings)
+            # Every running job holds a connection or two of its own (state, core): the pool grows
+            # with the concurrency (up to twice pool_size with its overflow).
+            engine = open_engine(settings, pool_size=max(5, threads + 1))
             try:
                 outcome = run_worker(
                     settings, engine, config_file=config_file, name=name, concurrency=concurrency

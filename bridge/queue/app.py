@@ -88,7 +88,12 @@ def build_app(settings: Settings, *, worker: bool = False) -> App:
     """The app with perkbridge's tasks.  ``worker``: an asyncio connector (``perkbridge worker``);
     otherwise a synchronous one (the CLI: ``jobs``, ``backfill --enqueue``, ``status``)."""
     info = conninfo(settings.database_url)
-    connector: BaseConnector = PsycopgConnector(conninfo=info) if worker else SyncPsycopgConnector(conninfo=info)
+    # A worker's own queue connections: the LISTEN connection, the heartbeat, fetching, deferring.
+    connector: BaseConnector = (
+        PsycopgConnector(conninfo=info, min_size=1, max_size=4)
+        if worker
+        else SyncPsycopgConnector(conninfo=info, min_size=1, max_size=1)
+    )
     app = App(connector=connector)
     retry = BridgeRetry(settings.schedule.job_max_attempts, settings.schedule.job_retry_seconds)
     app.task(name=task_name("sync"), queue=QUEUE, retry=retry, pass_context=True)(tasks.sync_task)
