@@ -62,4 +62,10 @@ def register(app: typer.Typer) -> None:
                 common.fail(str(exc), common.EXIT_CONFIG)
             finally:
                 engine.dispose()
-        typer.echo(f"worker stopped by {outcome.signal or 'request'}; nothing half-written", err=True)
+        if outcome.signal is None:
+            common.fail(
+                "the worker stopped without being asked (its connection to the queue failed; see the log "
+                "above); its running jobs committed their page, and other workers retry what it held",
+                common.EXIT_FAILURE,
+            )
+        typer.echo(f"worker stopped by {outcome.signal}; nothing half-written", err=True)

@@ -116,6 +116,12 @@ def test_a_worker_runs_a_deferred_backfill_and_the_periodic_syncs_of_two_busines
             assert f"job {job_id} perkbridge.backfill business {b1} on worker w-one" in err
             runs = _rows(engine, "SELECT DISTINCT worker FROM scheduler_job_runs")
             assert runs == [("w-one",)]
+            # Job arguments: business ids and options only, never a secret.
+            stored = _rows(engine, "SELECT args::text FROM procrastinate_jobs")
+            keys = {key for (args,) in stored for key in json.loads(args)}
+            assert keys == {"business_id", "timestamp"} | ({"mode"} if "mode" in keys else set())
+            secrets = [v for k, v in env.items() if k.endswith(("SECRET", "PASSWORD", "TOKEN", "USERNAME"))]
+            assert secrets and not [v for v in secrets if any(v in args for (args,) in stored)]
             backfills = [r for r in StateStore(engine).runs.recent(b1, 50) if r.kind == "backfill"]
             assert [r.status for r in backfills] == ["succeeded"]
         finally:
