@@ -170,6 +170,13 @@ def test_two_workers_never_run_one_business_at_once(pg_url: str, tmp_path: Path)
                 "WHERE args ? 'timestamp' GROUP BY 1, 2, 3 HAVING count(*) > 1",
             )
             assert periods == []
+            # The fence: every applied transaction was committed by exactly one run.
+            twice = _rows(
+                engine,
+                "SELECT business, transaction_id FROM bridge_run_events GROUP BY 1, 2 "
+                "HAVING count(DISTINCT run_id) > 1",
+            )
+            assert twice == [] and _rows(engine, "SELECT count(*) FROM bridge_run_events")[0][0] > 0
             assert StateStore(engine).leases.all() == []
         finally:
             engine.dispose()
