@@ -135,6 +135,8 @@ def test_enqueue_list_cancel_and_retry(pg_url: str, pg_engine: Engine) -> None:
     status = _cli(pg_url, "status", "--json")
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["queue"]["depth"] == 1
+    text_status = _cli(pg_url, "status")
+    assert text_status.exit_code == 0 and "job queue: 1 waiting (1 due), 0 running, 0 failed" in text_status.output
 
 
 def test_a_job_of_a_silent_worker_is_retried(pg_url: str, pg_engine: Engine) -> None:
