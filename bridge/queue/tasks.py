@@ -12,8 +12,8 @@ another worker, or this one when it comes back, resumes from the checkpoint.  ``
 a running backfill stops it after its page (the job ends ``aborted``; ``backfill --enqueue``
 again resumes).  A running sync, write-back or reconcile is short and runs to its end.
 
-The worker installs its ``SchedulerRuntime`` (engine, stop flag, name) and its config file for
-the process (``bridge.queue.worker``); job arguments carry business ids and options only.
+The worker installs its ``SchedulerRuntime`` (engine, stop flag, name, config file) for the
+process (``bridge.queue.worker``); job arguments carry business ids and options only.
 """
 
 from __future__ import annotations
@@ -31,16 +31,14 @@ from bridge.scheduler import current_runtime, run_scheduled_job
 
 log = logging.getLogger("perkbridge.worker")
 
-_config: list[str | None] = [None]
-"""The config file of this worker process (set by ``run_worker``; never a job argument)."""
-
-
 class JobInterrupted(Exception):
     """The worker stopped while a backfill ran: its page is committed; the job is retried."""
 
 
-def set_config_file(path: str | None) -> None:
-    _config[0] = path
+def _config_file() -> str | None:
+    """The worker's config file (its installed runtime's; never a job argument)."""
+    runtime = current_runtime()
+    return runtime.config_file if runtime is not None else None
 
 
 @contextmanager
@@ -74,17 +72,17 @@ def _log_start(context: JobContext, business_id: str) -> None:
 
 def sync_task(context: JobContext, business_id: str, timestamp: int | None = None) -> None:
     _log_start(context, business_id)
-    run_scheduled_job("sync", business_id, _config[0])
+    run_scheduled_job("sync", business_id, _config_file())
 
 
 def writeback_task(context: JobContext, business_id: str, timestamp: int | None = None) -> None:
     _log_start(context, business_id)
-    run_scheduled_job("writeback", business_id, _config[0])
+    run_scheduled_job("writeback", business_id, _config_file())
 
 
 def reconcile_task(context: JobContext, business_id: str, timestamp: int | None = None) -> None:
     _log_start(context, business_id)
-    run_scheduled_job("reconcile", business_id, _config[0])
+    run_scheduled_job("reconcile", business_id, _config_file())
 
 
 def backfill_task(
@@ -105,7 +103,7 @@ def backfill_task(
     from perkamo_core.db import create_db_engine
 
     _log_start(context, business_id)
-    settings = load_settings(_config[0])
+    settings = load_settings(_config_file())
     runtime = current_runtime()
     stop = runtime.stop if runtime is not None else threading.Event()
     engine = runtime.engine if runtime is not None and runtime.engine is not None else None

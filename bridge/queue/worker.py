@@ -26,7 +26,6 @@ from procrastinate.worker import Worker
 from sqlalchemy import Engine
 
 from bridge.queue.app import QUEUE, build_app, register_periodic
-from bridge.queue.tasks import set_config_file
 from bridge.scheduler import SchedulerRuntime, default_worker_name, installed_runtime, prepare_database
 from bridge.wiring import scheduled_businesses
 from config import Settings
@@ -110,8 +109,7 @@ def run_worker(
     prepare_database(engine)  # the bridge's migrations include the queue's schema
     app = build_app(settings, worker=True)
     register_periodic(app, settings, businesses)
-    runtime = SchedulerRuntime(worker=name or default_worker_name(), engine=engine)
-    set_config_file(config_file)
+    runtime = SchedulerRuntime(worker=name or default_worker_name(), engine=engine, config_file=config_file)
     received = asyncio.run(_serve(app, runtime, settings, concurrency))
     return WorkerOutcome(received, tuple(businesses))
 

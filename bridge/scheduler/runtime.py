@@ -77,6 +77,8 @@ class SchedulerRuntime:
     stop: threading.Event = field(default_factory=threading.Event)
     engine: Engine | None = None
     runners: Mapping[str, JobRunner] | None = None
+    config_file: str | None = None
+    """The process's ``--config`` file, for jobs whose arguments carry none (``perkbridge worker``)."""
     gate: Callable[[JobContext], Any] | None = None
     """Optional context-manager factory deciding whether this worker may run the job now
     (a test, or a future policy); raising ``JobSkipped`` skips the run."""
