@@ -60,11 +60,6 @@ def register(app: typer.Typer) -> None:
             engine.dispose()
 
 
-SCHEDULER_LEASE = "scheduler"
-"""Held by the one ``perkbridge schedule`` process of a database (its APScheduler job table is
-not shareable)."""
-
-
 class SchedulerRunningError(Exception):
     """Another ``perkbridge schedule`` process already runs against this database."""
 
@@ -74,12 +69,20 @@ def run_single(settings: Settings, engine: Engine, *, config_file: str | None) -
     SIGTERM/SIGINT (the running jobs commit their page first)."""
     from datetime import timedelta
 
+    from bridge.queue.ops import live_workers
     from bridge.scheduler import SchedulerRuntime, default_worker_name, prepare_database, run_scheduler
     from bridge.state import LeaseKeeper, LeaseStore, new_owner_id
+    from bridge.state.jobs import SCHEDULER_LEASE
     from bridge.wiring import scheduled_businesses
 
     scheduled_businesses(settings)  # ConfigError before anything starts
     prepare_database(engine)
+    workers = live_workers(engine, settings.schedule.stalled_after_seconds)
+    if workers:
+        raise SchedulerRunningError(
+            f"{workers} perkbridge worker processes run against this database: they run the scheduled "
+            "jobs; stop them before using perkbridge schedule, or keep to workers"
+        )
     store = LeaseStore(engine)
     ttl = timedelta(seconds=settings.schedule.lease_seconds)
     lease = store.try_acquire(SCHEDULER_LEASE, new_owner_id(), ttl)

@@ -135,6 +135,20 @@ def queue_present(engine: Engine) -> bool:
         return inspect(conn).has_table("procrastinate_jobs")
 
 
+def live_workers(engine: Engine, within_seconds: float) -> int:
+    """How many workers sent a heartbeat in the last ``within_seconds`` (0 without a queue)."""
+    if not queue_present(engine):
+        return 0
+    with engine.connect() as conn:
+        return int(conn.execute(
+            text(
+                "SELECT count(*) FROM procrastinate_workers "
+                "WHERE last_heartbeat >= now() - make_interval(secs => :s)"
+            ),
+            {"s": within_seconds},
+        ).scalar_one())
+
+
 def queue_summary(engine: Engine, *, limit: int = 20) -> dict[str, Any] | None:
     """Queue depth, running jobs with their worker, and the latest failed jobs; ``None`` when the
     database holds no queue (SQLite, or migrations not yet applied).  One plain read, cheap enough

@@ -25,8 +25,12 @@ from procrastinate.jobs import Status
 from procrastinate.worker import Worker
 from sqlalchemy import Engine
 
+from bridge.errors import ConfigurationError
 from bridge.queue.app import QUEUE, build_app, register_periodic
 from bridge.scheduler import SchedulerRuntime, default_worker_name, installed_runtime, prepare_database
+from bridge.state.jobs import SCHEDULER_LEASE
+from bridge.state.leases import LeaseStore
+from bridge.state.schema import utcnow
 from bridge.wiring import scheduled_businesses
 from config import Settings
 from config.settings import ScheduleSettings
@@ -107,6 +111,12 @@ def run_worker(
     """Run one worker in the foreground until SIGTERM/SIGINT; returns how it ended."""
     businesses = scheduled_businesses(settings)
     prepare_database(engine)  # the bridge's migrations include the queue's schema
+    scheduler = LeaseStore(engine).holder(SCHEDULER_LEASE)
+    if scheduler is not None and not scheduler.expired(utcnow()):
+        raise ConfigurationError(
+            f"perkbridge schedule runs against this database ({scheduler.owner}) and runs the same jobs: "
+            "stop it before starting workers (docs/scheduling.md)"
+        )
     app = build_app(settings, worker=True)
     register_periodic(app, settings, businesses)
     runtime = SchedulerRuntime(worker=name or default_worker_name(), engine=engine, config_file=config_file)

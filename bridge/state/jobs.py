@@ -33,6 +33,9 @@ log = logging.getLogger("perkbridge.schedule")
 JobKind = Literal["sync", "writeback", "reconcile"]
 JOB_KINDS: tuple[JobKind, ...] = ("sync", "writeback", "reconcile")
 JOB_ID_PREFIX = "perkbridge"
+SCHEDULER_LEASE = "scheduler"
+"""Held by the one ``perkbridge schedule`` of a database while it runs (its APScheduler job table
+is not shareable, and workers must not run the same jobs beside it)."""
 JOBSTORE_TABLE = "apscheduler_jobs"
 """APScheduler's own table (its default name), of the one ``perkbridge schedule`` of a database."""
 

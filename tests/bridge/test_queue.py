@@ -209,8 +209,9 @@ def test_an_interval_off_the_clock_is_a_configuration_error(seconds: float) -> N
 def test_a_second_schedule_on_one_database_exits_naming_the_holder(db_url: str, db_engine: Engine) -> None:
     from datetime import timedelta
 
-    from bridge.cli.schedule_cmd import SCHEDULER_LEASE, SchedulerRunningError, run_single
+    from bridge.cli.schedule_cmd import SchedulerRunningError, run_single
     from bridge.scheduler import prepare_database
+    from bridge.state.jobs import SCHEDULER_LEASE
 
     prepare_database(db_engine)
     holder = "other-host:4242:abcd"  # a live scheduler elsewhere
@@ -242,3 +243,26 @@ def test_each_business_gets_its_periodic_jobs_with_its_locks(pg_url: str) -> Non
     }
     assert periodic[("perkbridge.writeback", "26")].configure_kwargs["lock"] == "writeback:26"
     assert periodic[("perkbridge.reconcile", "26")].cron == "0 3 * * *"
+
+
+def test_schedule_and_workers_refuse_to_run_beside_each_other(pg_url: str, pg_engine: Engine) -> None:
+    from datetime import timedelta
+
+    from bridge.cli.schedule_cmd import SchedulerRunningError, run_single
+    from bridge.errors import ConfigurationError
+    from bridge.queue.worker import run_worker
+    from bridge.scheduler import prepare_database
+    from bridge.state.jobs import SCHEDULER_LEASE
+
+    prepare_database(pg_engine)
+    with pg_engine.begin() as conn:  # a live worker's heartbeat
+        conn.execute(text("INSERT INTO procrastinate_workers DEFAULT VALUES"))
+    with pytest.raises(SchedulerRunningError, match="1 perkbridge worker processes run against this database"):
+        run_single(_settings(pg_url), pg_engine, config_file=None)
+    with pg_engine.begin() as conn:
+        conn.execute(text("DELETE FROM procrastinate_workers"))
+
+    store = StateStore(pg_engine).leases
+    assert store.try_acquire(SCHEDULER_LEASE, "other-host:7:beef", timedelta(minutes=5))
+    with pytest.raises(ConfigurationError, match="perkbridge schedule runs against this database"):
+        run_worker(_settings(pg_url), pg_engine, config_file=None)
