@@ -1,5 +1,7 @@
 """``GET /dashboard``: per business, its last runs, what is running, cursors and lag, leases and who
-holds them, open dead letters by reason, the last reconcile, write-back, and the learned rate."""
+holds them, open dead letters by reason, the last reconcile, write-back, and the learned rate; and,
+with ``perkbridge worker`` on PostgreSQL, the job queue (depth, running jobs and their worker,
+failed jobs)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sqlalchemy import select
 from bridge.dashboard.auth import SessionDep
 from bridge.dashboard.context import Dashboard, dashboard_of
 from bridge.dashboard.web import render
+from bridge.queue.ops import queue_summary
 from bridge.state import utcnow
 from bridge.state.schema import runs
 from bridge.state.stores import RunRecord, read_connection
@@ -75,5 +78,5 @@ def overview(request: Request, session: SessionDep) -> HTMLResponse:
     views = [business_view(dashboard, business) for business in dashboard.businesses()]
     return render(
         request, "overview.html", views=views, now=utcnow(), record_rate=record_rate,
-        ceiling=dashboard.settings.perkville.requests_per_second,
+        ceiling=dashboard.settings.perkville.requests_per_second, queue=queue_summary(dashboard.engine),
     )
