@@ -131,6 +131,7 @@ class Site:
     config: Path
     business: str
     backfill: dict[str, Any]
+    reconcile: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     broken: list[int] = field(default_factory=list)
 
@@ -186,6 +187,10 @@ def migrated_site(workdir: Path, *, members: int, transactions: int, broken: int
         assert done.returncode == 0, done.stderr
         site = Site(url="", box=box, db_url=db_url, env=env, config=config, business=str(box.business_ids[0]),
                     backfill=json.loads(done.stdout), broken=victims)
+        # The members behind the broken rows differ: reconcile says so (exit 1) and logs its run.
+        done = site.perkbridge("reconcile", "--json")
+        assert done.returncode == 1, done.stderr
+        site.reconcile = json.loads(done.stdout)
         for scope in ("admin:config", "dashboard"):
             site.keys[scope] = site.json("keys", "create", "--scope", scope)["key"]
         server, site.url = start_serve(env)
