@@ -136,7 +136,7 @@ class Site:
     broken: list[int] = field(default_factory=list)
 
     def perkbridge(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return perkbridge(self.env, self.config, *args)
+        return perkbridge(self.env, *args)
 
     def json(self, *args: str) -> Any:
         done = self.perkbridge(*args, "--json")
@@ -151,10 +151,10 @@ class Site:
             ledger.version += 1
 
 
-def perkbridge(env: dict[str, str], config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``perkbridge --config CONFIG ARGS`` in a process of its own."""
+def perkbridge(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``perkbridge ARGS`` in a process of its own (its config file: ``PERKBRIDGE_CONFIG``)."""
     return subprocess.run(
-        [sys.executable, "-m", "bridge", "--config", str(config), *args],
+        [sys.executable, "-m", "bridge", *args],
         env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False,
     )
 
@@ -181,9 +181,11 @@ def migrated_site(workdir: Path, *, members: int, transactions: int, broken: int
         db_url = f"sqlite:///{workdir / 'state.db'}"
         config = workdir / "perkbridge.toml"
         config.write_text("[perkville]\npage_size = 100\nrequests_per_second = 1000\n")
-        env = subprocess_env(box, db_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
+        # Every process reads the same file, serve too (its overview shows the configured rate ceiling).
+        env = subprocess_env(box, db_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain",
+                             PERKBRIDGE_CONFIG=str(config))
         victims = break_at_source(box, broken)
-        done = perkbridge(env, config, "backfill", "--json")
+        done = perkbridge(env, "backfill", "--json")
         assert done.returncode == 0, done.stderr
         site = Site(url="", box=box, db_url=db_url, env=env, config=config, business=str(box.business_ids[0]),
                     backfill=json.loads(done.stdout), broken=victims)

@@ -1,0 +1,198 @@
+"""The dashboard in a real browser, over a real migration.
+
+One migration per module (``site``): the sandbox with two unmappable rows, ``perkbridge
+backfill`` and ``perkbridge serve`` as subprocesses (``browser.py``). Each test opens its own
+headless chromium with a fresh profile, so it starts without a session. The tests that change
+state each touch their own dead letter, so they hold in any order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.selenium_manager import SeleniumManager
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.bridge.dashboard.browser import (
+    DESKTOP,
+    PHONE,
+    Site,
+    element,
+    migrated_site,
+    missing_browser,
+    no_selenium_manager,
+    open_browser,
+    path_of,
+    sign_in,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+MEMBERS = 20
+TRANSACTIONS = 300
+SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "dashboard-overview.png"
+COUNTS = ("read", "applied", "duplicate", "skipped", "dead_lettered")
+
+Browsers = Callable[..., WebDriver]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with migrated_site(tmp_path_factory.mktemp("site"), members=MEMBERS, transactions=TRANSACTIONS,
+                       broken=2) as migrated:
+        yield migrated
+
+
+@pytest.fixture
+def browsers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Browsers]:
+    """Opens headless chromium windows (each a new profile: no cookies), closed after the test."""
+    problem = missing_browser()
+    if problem is not None:
+        pytest.fail(problem)
+    monkeypatch.setattr(SeleniumManager, "binary_paths", no_selenium_manager)
+    monkeypatch.setenv("SE_OFFLINE", "true")  # and were it reached anyway, it could not download
+    opened: list[WebDriver] = []
+
+    def open_one(size: tuple[int, int] = DESKTOP, *, phone: bool = False) -> WebDriver:
+        n = len(opened)
+        driver = open_browser(tmp_path / f"profile-{n}", size, phone=phone, log=tmp_path / f"driver-{n}.log")
+        opened.append(driver)
+        return driver
+
+    try:
+        yield open_one
+    finally:
+        for driver in opened:
+            driver.quit()
+
+
+@pytest.fixture
+def browser(browsers: Browsers) -> WebDriver:
+    return browsers()
+
+
+def run_row(site: Site, run_id: int) -> dict[str, Any]:
+    """The run as ``perkbridge status --json`` reports it."""
+    (row,) = [r for r in site.json("status", "--limit", "50")["runs"] if r["run_id"] == run_id]
+    return dict(row)
+
+
+def shown_counts(driver: WebDriver, row_css: str) -> dict[str, int]:
+    """The counts a table row shows in its ``data-count`` cells, as numbers."""
+    row = element(driver, row_css)
+    return {
+        str(cell.get_attribute("data-count")): int(cell.text.replace(",", ""))
+        for cell in row.find_elements(By.CSS_SELECTOR, "[data-count]")
+    }
+
+
+def test_an_admin_config_key_and_a_dashboard_key_sign_in_and_others_do_not(
+    site: Site, browsers: Browsers
+) -> None:
+    for scope in ("admin:config", "dashboard"):
+        driver = browsers()
+        sign_in(driver, site.url, site.keys[scope])
+        assert element(driver, "h1").text == "Overview"
+        element(driver, f"#business-{site.business}")
+        (cookie,) = driver.get_cookies()
+        assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict" and cookie.get("expiry")
+        assert site.keys[scope] not in cookie["value"] and site.keys[scope] not in driver.page_source
+        assert driver.execute_script("return document.cookie") == ""  # out of the page's scripts' reach
+    events_only = site.json("keys", "create", "--scope", "events:write")["key"]
+    driver = browsers()
+    for key, says in ((events_only, "neither the admin:config nor the dashboard scope"),
+                      ("sk_test_not_a_key", "not a valid, unrevoked server key")):
+        driver.get(f"{site.url}/dashboard/login")
+        element(driver, "#key").send_keys(key)
+        driver.find_element(By.CSS_SELECTOR, "#signin").click()
+        alert = element(driver, "#signin-form ~ .error, .error[role=alert]")
+        assert says in alert.text
+        assert path_of(driver) == "/dashboard/login" and driver.get_cookies() == []
+        assert key not in driver.page_source
+
+
+def test_the_overview_shows_the_backfill_with_the_counts_status_reports_and_is_screenshotted(
+    site: Site, browser: WebDriver
+) -> None:
+    run_id = int(site.backfill["run_id"])
+    sign_in(browser, site.url, site.keys["dashboard"])
+    shown = shown_counts(browser, f"#business-{site.business} #run-{run_id}")
+    row = run_row(site, run_id)
+    assert shown == {name: row[name] for name in COUNTS}
+    assert shown["dead_lettered"] == len(site.broken) and shown["read"] == MEMBERS + TRANSACTIONS
+    # The operator's first look, as the README shows it: made by this run, at 1280x800.
+    assert browser.execute_script("return [window.innerWidth, window.innerHeight]") == list(DESKTOP)
+    png = browser.get_screenshot_as_png()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert int.from_bytes(png[16:20], "big") == DESKTOP[0]  # the IHDR width
+    SCREENSHOT.write_bytes(png)
+
+
+def test_on_a_phone_the_overview_fits_the_screen_width(site: Site, browsers: Browsers) -> None:
+    driver = browsers(PHONE, phone=True)
+    sign_in(driver, site.url, site.keys["dashboard"])
+    element(driver, f"#run-{site.backfill['run_id']}")
+    width = driver.execute_script("return window.innerWidth")
+    assert width == PHONE[0]
+    # Nothing widens the page past the screen: wide tables scroll inside their own box.
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+    for link in driver.find_elements(By.CSS_SELECTOR, "header nav a"):
+        assert link.is_displayed(), link.text
+        box = link.rect
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, link.text
+
+
+def test_without_a_session_every_page_goes_to_sign_in_and_shows_nothing(site: Site, browser: WebDriver) -> None:
+    run_id = site.backfill["run_id"]
+    pages = ["/dashboard"]
+    for page in pages:
+        browser.get(site.url + page)
+        wait_for(browser, lambda d: path_of(d) == "/dashboard/login", f"the redirect of {page} to sign-in")
+        element(browser, "#signin-form")
+        source = browser.page_source
+        assert "signout" not in source and "data-count" not in source and f"run-{run_id}" not in source
+        assert f"Business {site.business}" not in source
+        for txn_id in site.broken:
+            assert str(txn_id) not in source
+        for key in site.keys.values():
+            assert key not in source
+    # Anything else than a page answers 401 with an empty body: a script's POST too.
+    answer = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        fetch("/dashboard/logout", {method: "POST", credentials: "same-origin",
+          headers: {"Content-Type": "application/x-www-form-urlencoded"}, body: "csrf_token=x"})
+          .then(r => r.text().then(t => done([r.status, t])));"""
+    )
+    assert answer == [401, ""]
+
+
+def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(site: Site, browser: WebDriver) -> None:
+    sign_in(browser, site.url, site.keys["admin:config"])
+    # A sign-out form whose token a script removed: refused, and the session still holds.
+    browser.execute_script("document.querySelector('form.signout input[name=csrf_token]').remove()")
+    browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
+    wait_for(browser, lambda d: "refused" in d.find_element(By.TAG_NAME, "body").text, "the refusal")
+    assert "nothing was changed" in browser.find_element(By.TAG_NAME, "body").text
+    browser.get(f"{site.url}/dashboard")
+    element(browser, f"#run-{site.backfill['run_id']}")
+    assert path_of(browser) == "/dashboard"
+    # A script's POST with a made-up token: 403 as well.
+    status = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        fetch("/dashboard/logout", {method: "POST", credentials: "same-origin",
+          headers: {"Content-Type": "application/x-www-form-urlencoded"}, body: "csrf_token=forged"})
+          .then(r => done(r.status));"""
+    )
+    assert status == 403
+    browser.get(f"{site.url}/dashboard")
+    element(browser, "form.signout")
+    # With its token, the same form signs out, and the pages are closed again.
+    browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
+    wait_for(browser, lambda d: path_of(d) == "/dashboard/login", "the sign-in page after signing out")
+    browser.get(f"{site.url}/dashboard")
+    wait_for(browser, lambda d: path_of(d) == "/dashboard/login", "the redirect after signing out")
