@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -95,9 +96,9 @@ def open_browser(profile: Path, size: tuple[int, int] = DESKTOP, *, phone: bool 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
     """``condition``'s first truthy answer; fails naming ``what`` and the page it was on."""
-    return WebDriverWait(driver, WAIT_SECONDS).until(
-        condition, message=f"waited {WAIT_SECONDS}s for {what} on {driver.current_url}"
-    )
+    # A page being replaced leaves stale elements behind for a moment: look again.
+    waiting = WebDriverWait(driver, WAIT_SECONDS, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(condition, message=f"waited {WAIT_SECONDS}s for {what} on {driver.current_url}")
 
 
 def element(driver: WebDriver, css: str) -> WebElement:

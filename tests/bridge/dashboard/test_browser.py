@@ -82,6 +82,25 @@ def run_row(site: Site, run_id: int) -> dict[str, Any]:
     return dict(row)
 
 
+def letter_of(site: Site, txn_id: int) -> dict[str, Any]:
+    """The dead letter of a broken row, as ``perkbridge deadletters list --json`` reports it."""
+    found = [d for d in site.json("deadletters", "list", "--status", "all") if d["record_id"] == str(txn_id)]
+    assert len(found) == 1, found
+    return dict(found[0])
+
+
+def retry_from_the_list(driver: WebDriver, site: Site, letter_id: int) -> str:
+    """Retry one dead letter as an operator does: its button, then the confirmation; the outcome."""
+    driver.get(f"{site.url}/dashboard/deadletters")
+    element(driver, f"#letter-{letter_id} button[name=one][formaction$='/retry']").click()
+    wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Retry dead letters?", "the confirmation")
+    assert f"perkbridge deadletters retry --business {site.business} --id {letter_id}" in driver.find_element(
+        By.TAG_NAME, "main").text
+    driver.find_element(By.CSS_SELECTOR, "form[action$='/retry/confirm'] button[type=submit]").click()
+    wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Retried dead letters", "the outcome")
+    return str(element(driver, ".result").text)
+
+
 def shown_counts(driver: WebDriver, row_css: str) -> dict[str, int]:
     """The counts a table row shows in its ``data-count`` cells, as numbers."""
     row = element(driver, row_css)
@@ -149,7 +168,7 @@ def test_on_a_phone_the_overview_fits_the_screen_width(site: Site, browsers: Bro
 
 def test_without_a_session_every_page_goes_to_sign_in_and_shows_nothing(site: Site, browser: WebDriver) -> None:
     run_id = site.backfill["run_id"]
-    pages = ["/dashboard"]
+    pages = ["/dashboard", "/dashboard/deadletters", "/dashboard/deadletters?status=all"]
     for page in pages:
         browser.get(site.url + page)
         wait_for(browser, lambda d: path_of(d) == "/dashboard/login", f"the redirect of {page} to sign-in")
@@ -196,3 +215,54 @@ def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(site: Site
     wait_for(browser, lambda d: path_of(d) == "/dashboard/login", "the sign-in page after signing out")
     browser.get(f"{site.url}/dashboard")
     wait_for(browser, lambda d: path_of(d) == "/dashboard/login", "the redirect after signing out")
+
+
+def test_a_dead_letter_fixed_at_the_source_is_retried_from_the_page_and_resolved(
+    site: Site, browser: WebDriver
+) -> None:
+    txn_id = site.broken[0]
+    letter = letter_of(site, txn_id)
+    assert letter["status"] == "open" and letter["reason"] == "bad_classification"
+    sign_in(browser, site.url, site.keys["admin:config"], then="/dashboard/deadletters")
+    row = element(browser, f"#letter-{letter['id']}")
+    assert str(txn_id) in row.text and "bad_classification" in row.text
+    # Retried before its cause is fixed: it still fails and stays open, one attempt more.
+    assert "1 retried, 0 resolved, 1 still failing" in retry_from_the_list(browser, site, letter["id"])
+    assert "open" in element(browser, f"#letter-{letter['id']}").text
+    again = letter_of(site, txn_id)
+    assert again["status"] == "open" and again["attempts"] == letter["attempts"] + 1
+    # Fixed at Perkville, the same retry delivers it.
+    site.fix_at_source(txn_id)
+    assert "1 retried, 1 resolved, 0 still failing" in retry_from_the_list(browser, site, letter["id"])
+    assert "resolved" in element(browser, f"#letter-{letter['id']}").text
+    assert letter_of(site, txn_id)["status"] == "resolved"
+    browser.get(f"{site.url}/dashboard/deadletters")
+    element(browser, "#letters")
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#letter-{letter['id']}")
+    browser.get(f"{site.url}/dashboard/deadletters?status=resolved")
+    assert "resolved" in element(browser, f"#letter-{letter['id']}").text
+
+
+def test_a_dead_letter_retry_without_the_csrf_token_changes_nothing(site: Site, browser: WebDriver) -> None:
+    txn_id = site.broken[1]
+    letter = letter_of(site, txn_id)
+    assert letter["status"] == "open"
+    site.fix_at_source(txn_id)  # a retry that went through would now resolve it
+    sign_in(browser, site.url, site.keys["dashboard"], then="/dashboard/deadletters")
+    element(browser, f"#letter-{letter['id']}")
+    browser.execute_script("document.querySelector('#letters input[name=csrf_token]').remove()")
+    browser.find_element(By.CSS_SELECTOR, f"#letter-{letter['id']} button[name=one][formaction$='/retry']").click()
+    wait_for(browser, lambda d: "refused" in d.find_element(By.TAG_NAME, "body").text, "the refusal")
+    # The confirmation's own POST, sent by a script without the token: refused as well.
+    browser.get(f"{site.url}/dashboard/deadletters")
+    status = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        fetch("/dashboard/deadletters/retry/confirm", {method: "POST", credentials: "same-origin",
+          headers: {"Content-Type": "application/x-www-form-urlencoded"}, body: "id=" + arguments[0]})
+          .then(r => done(r.status));""",
+        letter["id"],
+    )
+    assert status == 403
+    assert letter_of(site, txn_id) == letter  # still open, not one attempt more
+    browser.get(f"{site.url}/dashboard/deadletters")
+    assert "open" in element(browser, f"#letter-{letter['id']}").text
