@@ -22,7 +22,8 @@ ensure_browser() {
   fi
   echo "scripts/browser.sh: installing Debian's ${BROWSER_PACKAGES[*]} for the browser tests" >&2
   if ! { "${as[@]}" apt-get update -qq \
-      && "${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${BROWSER_PACKAGES[@]}" >/dev/null; }; then
+      && "${as[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq "${BROWSER_PACKAGES[@]}" >/dev/null; }; then
     echo "scripts/browser.sh: apt-get could not install ${BROWSER_PACKAGES[*]}" \
       "(the browser tests fail until they are installed)" >&2
   fi

@@ -66,7 +66,7 @@ def missing_browser() -> str | None:
 def no_selenium_manager(*args: Any, **kwargs: Any) -> NoReturn:
     """Stands in for ``SeleniumManager.binary_paths`` during the tests: it would download a driver
     or a browser, and the browser and driver are always named by path."""
-    raise AssertionError("Selenium Manager was asked for a browser or driver; the tests name Debian's by path")
+    raise AssertionError("Selenium Manager was asked for a browser or driver; the tests name Debian's")
 
 
 def open_browser(profile: Path, size: tuple[int, int] = DESKTOP, *, phone: bool = False,

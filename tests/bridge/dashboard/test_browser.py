@@ -89,15 +89,22 @@ def letter_of(site: Site, txn_id: int) -> dict[str, Any]:
     return dict(found[0])
 
 
+def member_of(site: Site, txn_id: int) -> str:
+    """The Perkville user id of a row's member."""
+    return str(site.box.ledger.txns[txn_id].user_id)
+
+
 def retry_from_the_list(driver: WebDriver, site: Site, letter_id: int) -> str:
     """Retry one dead letter as an operator does: its button, then the confirmation; the outcome."""
     driver.get(f"{site.url}/dashboard/deadletters")
     element(driver, f"#letter-{letter_id} button[name=one][formaction$='/retry']").click()
-    wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Retry dead letters?", "the confirmation")
+    wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Retry dead letters?",
+             "the confirmation")
     assert f"perkbridge deadletters retry --business {site.business} --id {letter_id}" in driver.find_element(
         By.TAG_NAME, "main").text
     driver.find_element(By.CSS_SELECTOR, "form[action$='/retry/confirm'] button[type=submit]").click()
-    wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Retried dead letters", "the outcome")
+    wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Retried dead letters",
+             "the outcome")
     return str(element(driver, ".result").text)
 
 
@@ -166,28 +173,36 @@ def test_on_a_phone_the_overview_fits_the_screen_width(site: Site, browsers: Bro
         assert box["x"] >= 0 and box["x"] + box["width"] <= width, link.text
 
 
-def test_without_a_session_every_page_goes_to_sign_in_and_shows_nothing(site: Site, browser: WebDriver) -> None:
-    run_id = site.backfill["run_id"]
-    pages = ["/dashboard", "/dashboard/deadletters", "/dashboard/deadletters?status=all"]
+def test_without_a_session_every_page_goes_to_sign_in_and_shows_nothing(
+    site: Site, browser: WebDriver
+) -> None:
+    run_id, user = site.backfill["run_id"], member_of(site, site.broken[1])
+    pages = ["/dashboard", "/dashboard/runs", f"/dashboard/runs/{run_id}",
+             "/dashboard/deadletters?status=all", f"/dashboard/reconcile?business={site.business}",
+             f"/dashboard/members/{user}?business={site.business}"]
+    # What a signed-in page would show: counts, balances, customers, emails, dead letters' details.
+    data = ["signout", "data-count", "data-balance", "data-col", "data-total", "MYSTERY",
+            f"Business {site.business}", *site.keys.values(),
+            *(f"perkville:{u}" for u in site.box.ledger.users),
+            *site.box.ledger.email_index]
     for page in pages:
         browser.get(site.url + page)
         wait_for(browser, lambda d: path_of(d) == "/dashboard/login", f"the redirect of {page} to sign-in")
         element(browser, "#signin-form")
+        assert browser.find_element(By.CSS_SELECTOR, "input[name=next]").get_attribute("value") == page
         source = browser.page_source
-        assert "signout" not in source and "data-count" not in source and f"run-{run_id}" not in source
-        assert f"Business {site.business}" not in source
-        for txn_id in site.broken:
-            assert str(txn_id) not in source
-        for key in site.keys.values():
-            assert key not in source
-    # Anything else than a page answers 401 with an empty body: a script's POST too.
-    answer = browser.execute_async_script(
+        assert [s for s in data if s in source] == []
+    # Anything but a page answers 401 with an empty body: a script's POST, the CSV export.
+    answers = browser.execute_async_script(
         """const done = arguments[arguments.length - 1];
-        fetch("/dashboard/logout", {method: "POST", credentials: "same-origin",
-          headers: {"Content-Type": "application/x-www-form-urlencoded"}, body: "csrf_token=x"})
-          .then(r => r.text().then(t => done([r.status, t])));"""
+        const form = {"Content-Type": "application/x-www-form-urlencoded"};
+        Promise.all([
+          fetch("/dashboard/logout", {method: "POST", headers: form, body: "csrf_token=x"}),
+          fetch("/dashboard/deadletters/retry/confirm", {method: "POST", headers: form, body: "id=1"}),
+          fetch("/dashboard/reconcile.csv"),
+        ].map(p => p.then(r => r.text().then(t => [r.status, t])))).then(done);"""
     )
-    assert answer == [401, ""]
+    assert answers == [[401, ""]] * 3
 
 
 def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(site: Site, browser: WebDriver) -> None:
@@ -251,7 +266,8 @@ def test_a_dead_letter_retry_without_the_csrf_token_changes_nothing(site: Site, 
     sign_in(browser, site.url, site.keys["dashboard"], then="/dashboard/deadletters")
     element(browser, f"#letter-{letter['id']}")
     browser.execute_script("document.querySelector('#letters input[name=csrf_token]').remove()")
-    browser.find_element(By.CSS_SELECTOR, f"#letter-{letter['id']} button[name=one][formaction$='/retry']").click()
+    retry = f"#letter-{letter['id']} button[name=one][formaction$='/retry']"
+    browser.find_element(By.CSS_SELECTOR, retry).click()
     wait_for(browser, lambda d: "refused" in d.find_element(By.TAG_NAME, "body").text, "the refusal")
     # The confirmation's own POST, sent by a script without the token: refused as well.
     browser.get(f"{site.url}/dashboard/deadletters")
@@ -266,3 +282,53 @@ def test_a_dead_letter_retry_without_the_csrf_token_changes_nothing(site: Site, 
     assert letter_of(site, txn_id) == letter  # still open, not one attempt more
     browser.get(f"{site.url}/dashboard/deadletters")
     assert "open" in element(browser, f"#letter-{letter['id']}").text
+
+
+def test_the_runs_page_and_the_run_page_show_the_backfill_with_the_counts_status_reports(
+    site: Site, browser: WebDriver
+) -> None:
+    run_id = int(site.backfill["run_id"])
+    sign_in(browser, site.url, site.keys["admin:config"], then="/dashboard/runs")
+    row = run_row(site, run_id)
+    expected = {name: row[name] for name in COUNTS}
+    assert shown_counts(browser, f"table.runs #run-{run_id}") == expected
+    assert "succeeded" in element(browser, f"#run-{run_id}").text
+    element(browser, f"#run-{run_id} a[href='/dashboard/runs/{run_id}']").click()
+    wait_for(browser, lambda d: path_of(d) == f"/dashboard/runs/{run_id}", "the run's page")
+    assert element(browser, "h1").text.startswith(f"Run #{run_id} · import backfill")
+    assert shown_counts(browser, "section#run .cards") == expected
+    by_kind = {
+        cells[0].text: [int(c.text.replace(",", "")) for c in cells[1:]]
+        for tr in browser.find_elements(By.CSS_SELECTOR, "section#run table:not(.phases) tbody tr")
+        if (cells := tr.find_elements(By.TAG_NAME, "td"))
+    }
+    kinds = row["details"]["kinds"]
+    assert by_kind == {kind: [kinds[kind][name] for name in COUNTS] for kind in kinds}
+
+
+def test_a_member_page_shows_the_perkville_balance_beside_the_perkamo_wallet(
+    site: Site, browser: WebDriver
+) -> None:
+    # The member of the letter no test resolves: its balances differ, and stay as reconcile found them.
+    user = member_of(site, site.broken[1])
+    assert user != member_of(site, site.broken[0])
+    (found,) = [m for m in site.reconcile["mismatches"] if m["perkville_user_id"] == user]
+    expected = {"perkville": found["perkville_balance"], "perkamo": found["perkamo_balance"],
+                "difference": found["difference"]}
+    assert expected["difference"] != 0
+    sign_in(browser, site.url, site.keys["dashboard"], then="/dashboard/reconcile")
+    assert int(element(browser, "[data-total=checked]").text) == site.reconcile["checked"]
+    assert int(element(browser, "[data-total=mismatched]").text) == len(site.reconcile["mismatches"])
+    flagged = {m["perkville_user_id"] for m in site.reconcile["mismatches"]}
+    first = browser.find_elements(By.CSS_SELECTOR, "table.members tbody tr")[: len(flagged)]
+    assert {str(tr.get_attribute("id")).removeprefix("member-") for tr in first} == flagged  # they come first
+    row = element(browser, f"#member-{user}")
+    columns = {col: row.find_element(By.CSS_SELECTOR, f"[data-col={col}]").text for col in expected}
+    assert {col: int(text.replace(",", "")) for col, text in columns.items()} == expected
+    row.find_element(By.CSS_SELECTOR, "a").click()
+    wait_for(browser, lambda d: path_of(d) == f"/dashboard/members/{user}", "the member's page")
+    shown = {side: int(element(browser, f"[data-balance={side}]").text.replace(",", "")) for side in expected}
+    assert shown == expected
+    assert found["customer_id"] in element(browser, "table.idmap").text
+    history = browser.find_elements(By.CSS_SELECTOR, "table.events tbody tr")
+    assert history and all(tr.find_elements(By.CSS_SELECTOR, "td.mono") for tr in history)
