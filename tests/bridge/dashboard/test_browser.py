@@ -8,16 +8,21 @@ state each touch their own dead letter, so they hold in any order.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.selenium_manager import SeleniumManager
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.bridge.dashboard.browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
     DESKTOP,
     PHONE,
     Site,
@@ -115,6 +120,21 @@ def shown_counts(driver: WebDriver, row_css: str) -> dict[str, int]:
         str(cell.get_attribute("data-count")): int(cell.text.replace(",", ""))
         for cell in row.find_elements(By.CSS_SELECTOR, "[data-count]")
     }
+
+
+def test_selenium_manager_is_never_reached_so_nothing_is_downloaded(browser: WebDriver) -> None:
+    """Debian's chromium answers; and where a driver were not named, the guard would fail the test
+    instead of letting Selenium Manager fetch one."""
+    def version(program: Path) -> str:
+        return subprocess.run([program, "--version"], capture_output=True, text=True, check=True).stdout
+
+    assert browser.capabilities["browserVersion"] in version(CHROMIUM)
+    assert browser.capabilities["chrome"]["chromedriverVersion"].split()[0] in version(CHROMEDRIVER)
+    assert browser.capabilities["chrome"]["userDataDir"].endswith("profile-0")
+    with pytest.raises(NoSuchDriverException) as refused:
+        webdriver.Chrome(options=webdriver.ChromeOptions())  # no driver path: Selenium Manager's turn
+    assert isinstance(refused.value.__cause__, AssertionError)
+    assert "Selenium Manager was asked" in str(refused.value.__cause__)
 
 
 def test_an_admin_config_key_and_a_dashboard_key_sign_in_and_others_do_not(
