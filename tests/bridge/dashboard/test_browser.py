@@ -179,33 +179,44 @@ def test_the_overview_shows_the_backfill_with_the_counts_status_reports_and_is_s
     SCREENSHOT.write_bytes(png)
 
 
-def test_on_a_phone_the_overview_fits_the_screen_width(site: Site, browsers: Browsers) -> None:
-    driver = browsers(PHONE, phone=True)
+def signed_in_pages(site: Site) -> list[str]:
+    """One page of each kind, each showing this migration's data."""
+    user = member_of(site, site.broken[1])
+    return ["/dashboard", "/dashboard/runs", f"/dashboard/runs/{site.backfill['run_id']}",
+            "/dashboard/deadletters?status=all", f"/dashboard/reconcile?business={site.business}",
+            f"/dashboard/members/{user}?business={site.business}"]
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "1280x800"])
+def test_every_page_fits_the_screen_width_on_a_phone_and_at_1280(
+    site: Site, browsers: Browsers, size: tuple[int, int]
+) -> None:
+    driver = browsers(size, phone=size == PHONE)
     sign_in(driver, site.url, site.keys["dashboard"])
-    element(driver, f"#run-{site.backfill['run_id']}")
-    width = driver.execute_script("return window.innerWidth")
-    assert width == PHONE[0]
-    # Nothing widens the page past the screen: wide tables scroll inside their own box.
-    assert driver.execute_script("return document.documentElement.scrollWidth") <= width
-    for link in driver.find_elements(By.CSS_SELECTOR, "header nav a"):
-        assert link.is_displayed(), link.text
-        box = link.rect
-        assert box["x"] >= 0 and box["x"] + box["width"] <= width, link.text
+    assert driver.execute_script("return window.innerWidth") == size[0]
+    for page in signed_in_pages(site):
+        driver.get(site.url + page)
+        heading = element(driver, "main h1")
+        assert heading.is_displayed() and heading.text, page
+        # Nothing widens the page past the screen: wide tables scroll inside their own box.
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= size[0], page
+        for link in driver.find_elements(By.CSS_SELECTOR, "header nav a, header form.signout button"):
+            box = link.rect
+            inside = box["x"] >= 0 and box["x"] + box["width"] <= size[0]
+            assert link.is_displayed() and inside, (page, link.text)
 
 
 def test_without_a_session_every_page_goes_to_sign_in_and_shows_nothing(
     site: Site, browser: WebDriver
 ) -> None:
-    run_id, user = site.backfill["run_id"], member_of(site, site.broken[1])
-    pages = ["/dashboard", "/dashboard/runs", f"/dashboard/runs/{run_id}",
-             "/dashboard/deadletters?status=all", f"/dashboard/reconcile?business={site.business}",
-             f"/dashboard/members/{user}?business={site.business}"]
+    run_id = site.backfill["run_id"]
     # What a signed-in page would show: counts, balances, customers, emails, dead letters' details.
-    data = ["signout", "data-count", "data-balance", "data-col", "data-total", "MYSTERY",
+    data = ["signout", f'id="run-{run_id}"', "data-count", "data-balance", "data-col", "data-total",
+            "MYSTERY",
             f"Business {site.business}", *site.keys.values(),
             *(f"perkville:{u}" for u in site.box.ledger.users),
             *site.box.ledger.email_index]
-    for page in pages:
+    for page in signed_in_pages(site):
         browser.get(site.url + page)
         wait_for(browser, lambda d: path_of(d) == "/dashboard/login", f"the redirect of {page} to sign-in")
         element(browser, "#signin-form")
