@@ -1,5 +1,5 @@
 """A gate in the sandbox for tests that must act while a run is at a known point: requests for
-``transactions`` at or past an offset wait until the test opens the gate."""
+``transactions`` at or past an offset (of one business, or of any) wait until the test opens the gate."""
 
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ GATE_SECONDS = 120.0
 class TransactionsGate:
     """``reached`` is set when the sandbox was asked for a gated page; ``open()`` lets it be served."""
 
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, business: int | None = None) -> None:
         self.offset = offset
+        self.business = business
         self.reached = threading.Event()
         self._open = threading.Event()
 
     def holds(self, resource: str, params: list[tuple[str, str]]) -> bool:
         values = dict(params)
+        if self.business is not None and values.get("business") != str(self.business):
+            return False
         return resource == "transactions" and int(values.get("offset", 0) or 0) >= self.offset
 
     def wait_here(self) -> None:
@@ -36,9 +39,10 @@ class TransactionsGate:
 
 
 @contextmanager
-def gated_transactions(box: Sandbox, offset: int) -> Iterator[TransactionsGate]:
-    """Hold every ``transactions`` page at ``offset`` or later until ``gate.open()`` (or the block ends)."""
-    gate = TransactionsGate(offset)
+def gated_transactions(box: Sandbox, offset: int, business: int | None = None) -> Iterator[TransactionsGate]:
+    """Hold every ``transactions`` page at ``offset`` or later (of ``business`` only, if given) until
+    ``gate.open()`` (or the block ends)."""
+    gate = TransactionsGate(offset, business)
 
     class Gated(_Handler):
         def _list(self, resource: str, params: list[tuple[str, str]]) -> Any:
