@@ -57,23 +57,10 @@ def build_app(
         mount(app, make_dashboard(engine, service, dashboard))
     if metrics:
         from bridge import metrics as prometheus
+        from bridge.dashboard.auth import scrape_check
 
-        prometheus.install(app, engine, authorize=None if loopback else _scraper_check(service))
+        prometheus.install(app, engine, authorize=None if loopback else scrape_check(service))
     return app
-
-
-def _scraper_check(service: Any) -> Callable[[str], bool]:
-    """Whether a key may read ``/metrics``: an unrevoked key with the dashboard or admin:config scope."""
-    from bridge.dashboard.sessions import DASHBOARD_SCOPES
-    from perkamo_core.errors import AuthenticationError
-
-    def allowed(key: str) -> bool:
-        try:
-            return bool(service.authenticate(key).scopes & DASHBOARD_SCOPES)
-        except AuthenticationError:
-            return False
-
-    return allowed
 
 
 def is_loopback(host: str) -> bool:
@@ -148,8 +135,9 @@ def build_dashboard_app(settings: Settings, *, loopback: bool = True) -> Any:
     mount(app, make_dashboard(engine, service, settings))
     if settings.serve.metrics:
         from bridge import metrics as prometheus
+        from bridge.dashboard.auth import scrape_check
 
-        prometheus.install(app, engine, authorize=None if loopback else _scraper_check(service))
+        prometheus.install(app, engine, authorize=None if loopback else scrape_check(service))
     return app
 
 

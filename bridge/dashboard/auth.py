@@ -7,7 +7,8 @@ and every request checks that key is still unrevoked, so revoking it ends its se
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,6 +18,10 @@ from bridge.dashboard.context import dashboard_of
 from bridge.dashboard.sessions import COOKIE_NAME, DASHBOARD_SCOPES, Session
 from bridge.dashboard.web import SECURITY_HEADERS, render
 from perkamo_core.errors import AuthenticationError
+from perkamo_core.models import ApiKeyInfo
+
+if TYPE_CHECKING:
+    from perkamo_core.service import CoreService
 
 MAX_FORM_BYTES = 1 << 20
 LOGIN_PATH = "/dashboard/login"
@@ -32,6 +37,23 @@ class BadForm(Exception):
     """A POST whose CSRF token is missing or wrong, or whose body is not a form: 403, nothing done."""
 
 
+def may_watch(info: ApiKeyInfo) -> bool:
+    """Whether a key may sign in to the dashboard and read ``/metrics`` beyond loopback."""
+    return bool(info.scopes & DASHBOARD_SCOPES)
+
+
+def scrape_check(service: CoreService) -> Callable[[str], bool]:
+    """``/metrics``' check of a Bearer key: an unrevoked key that ``may_watch``."""
+
+    def allowed(key: str) -> bool:
+        try:
+            return may_watch(service.authenticate(key))
+        except AuthenticationError:
+            return False
+
+    return allowed
+
+
 def current_session(request: Request) -> Session:
     """The request's session (also ``request.state.session``); ``NotSignedIn`` without a valid one."""
     dashboard = dashboard_of(request)
@@ -39,7 +61,7 @@ def current_session(request: Request) -> Session:
     if session is None:
         raise NotSignedIn()
     key = dashboard.service.active_key(session.key_id)
-    if key is None or key.space != session.space or not key.scopes & DASHBOARD_SCOPES:
+    if key is None or key.space != session.space or not may_watch(key):
         raise NotSignedIn()  # revoked, or no longer allowed in
     request.state.session = session
     return session
@@ -109,7 +131,7 @@ async def login(request: Request) -> Response:
             info = dashboard.service.authenticate(key)
         except AuthenticationError:
             error = "That key is not a valid, unrevoked server key of this bridge."
-    if info is not None and not info.scopes & DASHBOARD_SCOPES:
+    if info is not None and not may_watch(info):
         error = "That key has neither the admin:config nor the dashboard scope."
     elif info is not None and info.space != dashboard.space:
         error = f"That key belongs to Space {info.space}; this dashboard shows Space {dashboard.space}."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
@@ -54,10 +54,6 @@ class Dashboard:
             for (name,) in c.execute(select(cursors.c.business).distinct()):
                 known[name] = None
         return sorted(known)
-
-    def describe(self) -> dict[str, Any]:
-        """Facts for the page footer (no secret, no URL with credentials)."""
-        return {"space": self.space, "timezone": self.settings.perkville_timezone}
 
 
 def dashboard_of(request: Request) -> Dashboard:
