@@ -52,11 +52,17 @@ def deadletters_list(
     reason: str | None = typer.Option(None, "--reason", help="Only this reason."),
     status_filter: LetterStatus = typer.Option(LetterStatus.open, "--status", help="Which dead letters."),
     limit: int = typer.Option(100, "--limit", min=1),
-    raw: bool = typer.Option(False, "--raw", help="Include the raw Perkville record."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Include the raw Perkville record (secrets redacted, as the dashboard shows it)."
+    ),
     json_output: bool = JsonOpt,
 ) -> None:
-    """Dead letters with their reason, run and attempt count."""
-    from bridge.wiring import open_engine, open_state
+    """Dead letters with their reason, run and attempt count.
+
+    The raw record and the detail are shown with secrets redacted (``bridge.redaction``, as on the
+    dashboard); the database keeps them as they came.
+    """
+    from bridge.wiring import open_engine, open_state, secret_values
 
     with errors():
         settings = common.settings()
@@ -70,6 +76,8 @@ def deadletters_list(
             )
         finally:
             engine.dispose()
+        known = secret_values(settings)
+    letters = [d.redacted(known) for d in letters]
     if json_output:
         print_json([d.to_json(with_raw=raw) for d in letters])
         return

@@ -20,7 +20,7 @@ from bridge.dashboard.context import Dashboard, dashboard_of
 from bridge.dashboard.web import render
 from bridge.deadletters import DeadLetterChoiceError, RetryPlan, RetryResult
 from bridge.errors import BridgeError, ConfigurationError, classify, describe_failure
-from bridge.redaction import redact_record, redact_text
+from bridge.redaction import redact_text
 from bridge.state.dead_letters import DeadLetter
 from bridge.wiring import RunParts, perkville_client, secret_values, space_for
 
@@ -57,11 +57,9 @@ class LetterRow:
 
 
 def letter_row(letter: DeadLetter, now: datetime, known: Iterable[str] = ()) -> LetterRow:
-    known = tuple(known)
-    raw = json.dumps(
-        redact_record(letter.raw, known), indent=2, sort_keys=True, ensure_ascii=False, default=str
-    )
-    return LetterRow(letter, redact_text(letter.detail or "", known), raw, age(now - letter.created_at))
+    shown = letter.redacted(known)
+    raw = json.dumps(shown.raw, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return LetterRow(letter, shown.detail or "", raw, age(now - letter.created_at))
 
 
 def _now(dashboard: Dashboard) -> datetime:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
 
+from bridge.redaction import redact_record, redact_text
 from bridge.state.schema import as_utc, dead_letters, utcnow
 from bridge.state.sql import upsert
 from bridge.state.stores import Clock, read_connection
@@ -37,6 +38,14 @@ class DeadLetter:
         if not with_raw:
             body.pop("raw")
         return body
+
+    def redacted(self, known: Iterable[str] = ()) -> DeadLetter:
+        """This letter as a page or the CLI shows it: its raw record and detail without secrets
+        (``bridge.redaction``; ``known``: the settings' secret values). The stored letter keeps
+        the record as it came."""
+        known = tuple(known)
+        detail = None if self.detail is None else redact_text(self.detail, known)
+        return replace(self, raw=redact_record(self.raw, known), detail=detail)
 
 
 class DeadLetterStore:

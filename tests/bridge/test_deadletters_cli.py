@@ -130,3 +130,44 @@ def test_retrying_write_back_dead_letters_without_write_back_settings_is_refused
     assert code == 0, err
     assert "1 written back, 0 still failing" in out
     assert len(_rows_with_source(bridge, "perkamo:late:1")) == 1
+
+
+def test_list_raw_shows_the_raw_record_redacted_as_the_dashboard_does(
+    bridge: Bridge, cli_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configured = bridge.box.credentials["password"]  # a settings secret, under an innocent key
+    raw = {
+        "transaction_id": 4242,
+        "classification": "MYSTERY",
+        "user": {"email": "m@example.com", "api_key": "k-0123456789"},
+        "password": "hunter2-plain",
+        "links": ["https://perk.test/cb?access_token=tok-abcdef&page=2"],
+        "note": f"paid at the desk with {configured}",
+    }
+    with bridge.engine.begin() as conn:
+        bridge.state.dead_letters.put(
+            conn, business=bridge.business, kind="transaction", record_id="4242", raw=raw,
+            reason="unknown_classification", detail="refused: Authorization: Bearer eyJ.sekrit.sig", run_id=None,
+        )
+    secrets = ("k-0123456789", "hunter2-plain", "tok-abcdef", configured, "eyJ.sekrit.sig")
+
+    code, body, err = run(capsys, cli_env, "deadletters", "list", "--raw", "--json")
+    assert code == 0, err
+    (letter,) = body
+    assert letter["raw"] == {
+        "transaction_id": 4242,
+        "classification": "MYSTERY",
+        "user": {"email": "m@example.com", "api_key": "***"},
+        "password": "***",
+        "links": ["https://perk.test/cb?access_token=***&page=2"],
+        "note": "paid at the desk with ***",
+    }
+    assert letter["detail"] == "refused: Authorization: Bearer ***"
+
+    code, out, err = run(capsys, cli_env, "deadletters", "list", "--raw")
+    assert code == 0, err
+    assert "m@example.com" in out and "MYSTERY" in out and "***" in out
+    assert not any(secret in out for secret in secrets), out
+    # The stored record is the evidence: kept as it came, only the output is redacted.
+    (stored,) = bridge.state.dead_letters.list(bridge.business)
+    assert stored.raw == raw
