@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from bridge.state import redact
+from bridge.redaction import redact_message
 
 LOGGERS = ("bridge", "connectors", "perkbridge")
 HELPER_THREADS = ("perkbridge-prefetch", "perkville-page", "perkbridge-lane")
@@ -55,7 +55,7 @@ class LogCapture(logging.Handler):
             "at": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(message, self.secrets)[:MESSAGE_LIMIT],
+            "message": redact_message(message, self.secrets)[:MESSAGE_LIMIT],
         }
         if len(self._lines) < self.limit:  # handle() holds the handler's lock around emit
             self._lines.append(line)

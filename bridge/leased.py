@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from bridge.errors import RunFailedError, classify, describe_failure
-from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id, redact
+from bridge.redaction import redact_message
+from bridge.state import LeaseKeeper, StateStore, lease_name, new_owner_id
 
 Finish = Callable[[str, str | None], None]
 """Records a run's end in the run log: ``(status, error or None)``."""
@@ -60,7 +61,7 @@ def recorded(run_id: int, finish: Finish, *, what: str, secrets: tuple[str, ...]
         raise
     except BaseException as exc:
         known = classify(exc)
-        message = redact(describe_failure(known or exc), secrets)
+        message = redact_message(describe_failure(known or exc), secrets)
         finish("failed", message)
         if known is None or isinstance(known, RunFailedError):
             raise RunFailedError(f"{what} {run_id} failed: {message}", run_id=run_id) from exc

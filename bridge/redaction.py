@@ -1,10 +1,14 @@
-"""Secret-free copies of raw records, for pages that show them (a dead letter's raw Perkville record).
+"""Redaction, the bridge's only implementation: secret-free copies of raw records (a dead letter's
+raw Perkville record, on the dashboard and in ``deadletters list``) and of messages (a run's error,
+its log lines, a dead letter's detail, a command's error line, the audit pack).
 
 Pure: ``redact_record(value)`` returns a copy in which the value of every secret-looking key
 (password, secret, token, API key, authorization, cookie, credentials, …; any case, any
 separator, at any depth of dicts and lists) is ``MARKER``, and every string has its
 ``key=value`` / ``key: value`` secrets, ``Bearer``/``Basic`` credentials, a URL's
 ``user:password@`` and ``sk_…`` keys replaced by ``MARKER`` too. The input is never changed.
+``redact_message(text, known)`` is ``redact_text`` for a message that is stored or printed: it
+also drops every URL's query string (``?…``) and keeps at most ``MESSAGE_LIMIT`` characters.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 MARKER = "***"
+MESSAGE_LIMIT = 2000
 
 # Parts of a key name (lower-cased, separators dropped) that make its value a secret.
 _SECRET_PARTS = (
@@ -43,6 +48,8 @@ _INLINE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+@"), rf"\1{MARKER}@"),
     (re.compile(r"\b(?:sk|pk|rk)_(?:test|live)_[A-Za-z0-9_\-]+"), MARKER),
 )
+# A URL's query string (a message keeps the URL, never its parameters).
+_URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
 
 
 def is_secret_key(name: str) -> bool:
@@ -51,19 +58,26 @@ def is_secret_key(name: str) -> bool:
     return flat in _SECRET_NAMES or any(part in flat for part in _SECRET_PARTS)
 
 
-def redact_text(text: str, known: Iterable[str] = ()) -> str:
+def redact_text(text: str, known: Iterable[str | None] = ()) -> str:
     """``text`` with inline secrets replaced by ``MARKER``: ``password=…``, ``"token": "…"``,
     ``Authorization: Bearer …``, a URL's ``user:password@``, ``sk_live_…`` style keys, and any
-    of the ``known`` secret values (the settings' own, of four characters or more)."""
+    of the ``known`` secret values (the settings' own, of four characters or more; ``None``
+    is skipped)."""
     for secret in known:
-        if len(secret) >= 4:
+        if secret and len(secret) >= 4:
             text = text.replace(secret, MARKER)
     for pattern, replacement in _INLINE:
         text = pattern.sub(replacement, text)
     return text
 
 
-def redact_record(value: Any, known: Iterable[str] = ()) -> Any:
+def redact_message(message: str, known: Iterable[str | None] = ()) -> str:
+    """``message`` (an error, a log line, a detail) as it may be stored or shown: ``redact_text``,
+    then every URL's query string replaced by ``?…``, at most ``MESSAGE_LIMIT`` characters."""
+    return _URL_QUERY.sub(r"\1?…", redact_text(message, known))[:MESSAGE_LIMIT]
+
+
+def redact_record(value: Any, known: Iterable[str | None] = ()) -> Any:
     """A copy of ``value`` (JSON-like: dicts, lists, scalars) with every secret replaced by
     ``MARKER``; ``known``: secret values to remove wherever they appear in a string."""
     known = tuple(known)

@@ -37,8 +37,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from bridge.leased import Finish, leased, recorded
+from bridge.redaction import redact_message
 from bridge.sources import PerkvilleWriter, request_stats, stats_since
-from bridge.state import LeaseKeeper, StateStore, redact, utcnow
+from bridge.state import LeaseKeeper, StateStore, utcnow
 from mapping.writeback import to_perkville_transaction
 from perkamo_core.service import REDEMPTION_EVENT  # the outbox's name for a redemption
 
@@ -408,7 +409,7 @@ class Writeback:
         except PerkvilleHTTPError as exc:
             if exc.status in (401, 403):
                 raise _StopBatch(exc) from exc
-            detail = redact(str(exc), self.config.secrets)
+            detail = redact_message(str(exc), self.config.secrets)
             refusal = documented_refusal(exc.body)
             if refusal is not None:  # e.g. too few points: named, so the operator reads why
                 name, words = DOCUMENTED_REFUSALS[refusal]

@@ -25,7 +25,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from bridge.audit.ledger import Chain
-from bridge.state import RunRecord, StateStore, redact
+from bridge.redaction import redact_message
+from bridge.state import RunRecord, StateStore
 from config.settings import Settings
 
 FORMAT = "perkbridge-audit-pack/1"
@@ -71,7 +72,7 @@ def settings_without_secrets(settings: Settings, secrets: Sequence[str]) -> dict
 
 def _scrub(value: Any, secrets: Sequence[str]) -> Any:
     if isinstance(value, str):
-        return redact(value, secrets)
+        return redact_message(value, secrets)
     if isinstance(value, dict):
         return {str(k): _scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
@@ -124,7 +125,7 @@ def manifest(
             "started_at": run.started_at.isoformat(),
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
             "duration_ms": run.duration_ms,
-            "error": redact(run.error, secrets) if run.error else None,
+            "error": redact_message(run.error, secrets) if run.error else None,
             "counts": run.counts.as_dict(),
             "counts_by_kind": run.details.get("kinds", {}),
         },

@@ -219,7 +219,7 @@ def bridge_errors(secrets: Callable[[], tuple[str, ...]] = tuple) -> Iterator[No
     password or any value of ``secrets()``. A closed stdout and exits pass through untouched.
     """
     from bridge.errors import BridgeError, classify, describe_failure
-    from bridge.state import redact
+    from bridge.redaction import redact_message
     from config import ConfigError
 
     try:
@@ -227,14 +227,14 @@ def bridge_errors(secrets: Callable[[], tuple[str, ...]] = tuple) -> Iterator[No
     except (typer.Exit, BrokenPipeError):
         raise
     except ConfigError as exc:
-        fail(redact(str(exc), secrets()), EXIT_CONFIG)
+        fail(redact_message(str(exc), secrets()), EXIT_CONFIG)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to resume", EXIT_FAILURE)
     except Exception as exc:
         known = exc if isinstance(exc, BridgeError) else classify(exc, _database_url())
         if known is None:
-            fail(redact(describe_failure(exc), secrets()), EXIT_FAILURE)
-        fail(redact(known.message, secrets()), exit_code_for(known))
+            fail(redact_message(describe_failure(exc), secrets()), EXIT_FAILURE)
+        fail(redact_message(known.message, secrets()), exit_code_for(known))
 
 
 def _database_url() -> str | None:

@@ -18,7 +18,8 @@ from bridge.dashboard.auth import FormDep, SessionDep
 from bridge.dashboard.context import Dashboard, dashboard_of
 from bridge.dashboard.web import SECURITY_HEADERS, render
 from bridge.errors import BridgeError, classify, describe_failure
-from bridge.state import DeadLetter, RunRecord, redact, utcnow
+from bridge.redaction import redact_message
+from bridge.state import DeadLetter, RunRecord, utcnow
 
 router = APIRouter()
 
@@ -277,7 +278,7 @@ def audit_pack(request: Request, run_id: int, session: SessionDep) -> Response:
             from bridge.wiring import secret_values
 
             known = classify(exc)
-            return _plain(redact(describe_failure(known or exc), secret_values(dashboard.settings)), 503)
+            return _plain(redact_message(describe_failure(known or exc), secret_values(dashboard.settings)), 503)
         body = out.read_bytes()
     headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="perkbridge-run-{run_id}-audit.zip"'}
     return Response(body, media_type="application/zip", headers=headers)

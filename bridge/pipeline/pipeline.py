@@ -49,9 +49,10 @@ from bridge.pipeline.records import ExternalMembers, PageRecord, map_transaction
 from bridge.pipeline.tally import PageTally, tally
 from bridge.probe.reach import Reach, refuse_partial
 from bridge.progress import NullProgress, Progress, RecordedProgress, TeeProgress
+from bridge.redaction import redact_message
 from bridge.reissue import reissue_page
 from bridge.sources import PerkvilleSource, request_rate, request_stats, stats_since
-from bridge.state import LeaseKeeper, RunCounts, StateStore, redact, utcnow
+from bridge.state import LeaseKeeper, RunCounts, StateStore, utcnow
 from bridge.targets import Delivery, Target
 from connectors.perkville.errors import NotFound, RequestRejected
 
@@ -276,7 +277,7 @@ class Pipeline(Phases):
         if perkville := stats_since(self.source, self._stats_before):
             pace["perkville"] = perkville  # this run's requests, 429s and answers by status class
         if error is not None:
-            summary.error = redact(error, self.config.secrets)
+            summary.error = redact_message(error, self.config.secrets)
         watched: dict[str, Any] = {}
         if self._recorder is not None:
             watched["progress"] = self._recorder.snapshot()
@@ -328,7 +329,7 @@ class Pipeline(Phases):
                     record_id=letter.record.record_id,
                     raw=letter.record.raw,
                     reason=letter.reason,
-                    detail=redact(letter.detail, self.config.secrets),
+                    detail=redact_message(letter.detail, self.config.secrets),
                     run_id=self._run_id,
                 )
             if self._open_dead_letters and page.delivered:

@@ -19,7 +19,6 @@ from bridge.state.stores import (
     RunCounts,
     RunLog,
     RunRecord,
-    redact,
 )
 from perkamo_core.migrations import migrate
 
@@ -50,7 +49,6 @@ __all__ = [
     "as_utc",
     "lease_name",
     "new_owner_id",
-    "redact",
     "utcnow",
 ]
 

@@ -8,7 +8,6 @@ commit a page's events, cursor, counters and dead letters in one transaction.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
+from bridge.redaction import redact_message
 from bridge.state.schema import as_utc, cursors, runs, utcnow
 from bridge.state.sql import upsert
 
@@ -207,28 +207,6 @@ class RunRecord:
         return body
 
 
-_SECRETISH = re.compile(
-    r"(?i)(access_token|refresh_token|client_secret|password|api[_-]?key|authorization|"
-    r"x-perkamo-api-key|token)(['\"]?\s*[:=]\s*['\"]?)([^\s'\",&]+)"
-)
-_URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
-_KEYLIKE = re.compile(r"\bsk_(test|live)_[A-Za-z0-9_\-]+")
-_BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+")
-
-
-def redact(message: str, secrets: Iterable[str | None] = ()) -> str:
-    """``message`` with known secret values, key-like tokens and URL query strings removed."""
-    text = message
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    text = _SECRETISH.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    text = _BEARER.sub("Bearer ***", text)
-    text = _KEYLIKE.sub("sk_***", text)
-    text = _URL_QUERY.sub(r"\1?…", text)
-    return text[:2000]
-
-
 class RunLog:
     """Runs with their counters, status, duration and a secret-free error."""
 
@@ -310,7 +288,7 @@ class RunLog:
             if started is not None:
                 values["duration_ms"] = int((now - as_utc(started)).total_seconds() * 1000)  # type: ignore[operator]
             if error is not None:
-                values["error"] = redact(error, secrets)
+                values["error"] = redact_message(error, secrets)
             if details is not None:
                 values["details"] = _merged_details(conn, run_id, details)
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))

@@ -1,4 +1,5 @@
-"""Redaction of raw records: secret-looking keys at any depth and inline secrets in strings."""
+"""Redaction of raw records (secret-looking keys at any depth, inline secrets in strings) and of
+messages (the same, plus URL query strings dropped and a bounded length)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.redaction import MARKER, is_secret_key, redact_record, redact_text
+from bridge.redaction import MARKER, MESSAGE_LIMIT, is_secret_key, redact_message, redact_record, redact_text
 
 
 @pytest.mark.parametrize(
@@ -92,6 +93,36 @@ def test_known_secret_values_go_wherever_they_appear() -> None:
 def test_plain_text_is_left_as_it_is() -> None:
     text = "transaction 1234 has classification MYSTERY; see https://api.perkville.com/v2/transactions/1234/"
     assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("message", "secret", "absent"),
+    [
+        ("token=abcd1234", None, "abcd1234"),
+        ('{"access_token": "tok-9"}', None, "tok-9"),
+        ("GET https://api.test/v2/users/?access=me&key=1 failed", None, "key=1"),
+        ("failed with pw Secret#Pass", "Secret#Pass", "Secret#Pass"),
+        ("x-perkamo-api-key: pk-abc-123 refused", None, "pk-abc-123"),
+        ("Authorization: Bearer eyJhbGciOi.J9.x", None, "eyJhbGciOi"),
+        ("key sk_live_abcDEF123 was rejected", None, "abcDEF123"),
+    ],
+    ids=["token-kv", "json-token", "url-query", "known-secret", "api-key-header", "bearer", "sk-key"],
+)
+def test_redact_message(message: str, secret: str | None, absent: str) -> None:
+    out = redact_message(message, [secret])
+    assert absent not in out and (MARKER in out or "?…" in out), out
+
+
+def test_a_message_keeps_its_urls_without_their_query_strings() -> None:
+    out = redact_message("GET https://api.test/v2/users/?access=me&page=2 failed: HTTP 500")
+    assert out == "GET https://api.test/v2/users/?… failed: HTTP 500"
+    plain = "transaction 1234 failed; see https://api.perkville.com/v2/transactions/1234/"
+    assert redact_message(plain) == plain
+
+
+def test_a_message_is_bounded_and_none_or_short_known_values_are_skipped() -> None:
+    assert len(redact_message("x" * (MESSAGE_LIMIT + 500))) == MESSAGE_LIMIT
+    assert redact_message("abc and K3yValue-99", [None, "", "abc", "K3yValue-99"]) == f"abc and {MARKER}"
 
 
 # Hypothesis: JSON-like records with secrets planted under secret keys at any depth.

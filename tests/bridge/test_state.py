@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from bridge.errors import LeaseHeldError, LeaseLostError
-from bridge.state import IdMapEntry, RunCounts, StateStore, lease_name, redact
+from bridge.state import IdMapEntry, RunCounts, StateStore, lease_name
 
 
 class FakeClock:
@@ -165,20 +165,6 @@ def test_run_error_is_stored_without_secrets(store: StateStore) -> None:
     assert run is not None and run.error is not None
     for leaked in ("hunter2", "client_secret=abc", "abc.def", "0123456789", "s3cr3t-value"):
         assert leaked not in run.error
-
-
-@pytest.mark.parametrize(
-    ("message", "secret", "absent"),
-    [
-        ("token=abcd1234", None, "abcd1234"),
-        ('{"access_token": "tok-9"}', None, "tok-9"),
-        ("GET https://api.test/v2/users/?access=me&key=1 failed", None, "key=1"),
-        ("failed with pw Secret#Pass", "Secret#Pass", "Secret#Pass"),
-    ],
-    ids=["token-kv", "json-token", "url-query", "known-secret"],
-)
-def test_redact(message: str, secret: str | None, absent: str) -> None:
-    assert absent not in redact(message, [secret])
 
 
 @given(st.lists(st.sampled_from(["applied", "duplicate", "skipped", "dead_lettered"]), max_size=50))
