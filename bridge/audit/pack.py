@@ -149,8 +149,7 @@ def dead_letters_jsonl(state: StateStore, business: str, run_id: int) -> bytes:
     """The business's dead letters whose latest failure was in this run (any status), by id."""
     lines = [
         json.dumps(letter.to_json(), sort_keys=True, ensure_ascii=False, default=_iso) + "\n"
-        for letter in state.dead_letters.list(business, status=None)
-        if letter.run_id == run_id
+        for letter in state.dead_letters.list(business, status=None, run_id=run_id)
     ]
     return "".join(lines).encode()
 

@@ -121,11 +121,15 @@ class DeadLetterStore:
         status: str | None = "open",
         reason: str | None = None,
         ids: Sequence[int] | None = None,
+        run_id: int | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[DeadLetter]:
-        """Dead letters by id, filtered; ``limit`` and ``offset`` page through them."""
+        """Dead letters by id, filtered (``run_id``: those whose latest failure was in that run);
+        ``limit`` and ``offset`` page through them."""
         stmt = select(dead_letters).order_by(dead_letters.c.id)
+        if run_id is not None:
+            stmt = stmt.where(dead_letters.c.run_id == run_id)
         if business is not None:
             stmt = stmt.where(dead_letters.c.business == business)
         if status is not None:

@@ -95,6 +95,8 @@ class DeadLetterRow(BridgeTable, table=True):
     __table_args__ = (
         UniqueConstraint("business", "kind", "record_id", name="uq_bridge_dead_letters_record"),
         Index("ix_bridge_dead_letters_status", "business", "status", "reason"),
+        # A run's dead letters (the dashboard's run page, the audit pack), in id order.
+        Index("ix_bridge_dead_letters_run", "run_id", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
@@ -280,6 +282,12 @@ def _v7(conn: Connection) -> None:
         cursor.close()
 
 
+def _v8(conn: Connection) -> None:
+    # As in _v2: a database created after this change got the index from migration 1.
+    (index,) = [ix for ix in dead_letters.indexes if ix.name == "ix_bridge_dead_letters_run"]
+    index.create(conn, checkfirst=True)
+
+
 # Append-only: a shipped migration is never edited; schema changes add a new entry.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "bridge state: cursors, runs, id map, dead letters, leases", _v1),
@@ -289,6 +297,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "id map: the highest Perkamo level a member's Perkville tier was migrated to", _v5),
     Migration(6, "reconciled: each member's latest reconcile result (the dashboard's reconciliation)", _v6),
     Migration(7, "the job queue: Procrastinate 3's schema (PostgreSQL only; nothing on SQLite)", _v7),
+    Migration(8, "dead letters: an index on run_id (a run's dead letters, for its page and audit pack)", _v8),
 )
 """The bridge component's migrations, applied with ``perkamo_core.migrations.migrate``."""
 

@@ -94,6 +94,47 @@ def test_migration_2_adds_source_newest_to_an_older_database(store: StateStore) 
     assert store.migrate() == []
 
 
+def test_migration_8_indexes_dead_letters_by_run_on_a_database_at_migration_7(db_engine: Engine) -> None:
+    """A database at migration 7 (dead letters without the run index) gets it, its letters kept;
+    a new database has it from migration 1, and migration 8 leaves it be."""
+    from sqlalchemy import inspect
+
+    from bridge.state import MIGRATIONS
+    from perkamo_core.migrations import migrate
+
+    def indexes() -> dict[str, list[str | None]]:
+        with db_engine.connect() as conn:
+            return {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("bridge_dead_letters")
+                    if ix["name"] is not None}
+
+    assert migrate(db_engine, "bridge", MIGRATIONS[:7]) == [1, 2, 3, 4, 5, 6, 7]
+    with db_engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_bridge_dead_letters_run")  # as migration 7's databases are
+    assert "ix_bridge_dead_letters_run" not in indexes()
+    state = StateStore(db_engine)
+    with db_engine.begin() as conn:
+        state.dead_letters.put(conn, business="25", kind="transaction", record_id="77", raw={"id": 77},
+                               reason="bad_points", detail=None, run_id=3)
+    assert state.migrate() == [8]
+    assert indexes()["ix_bridge_dead_letters_run"] == ["run_id", "id"]
+    with db_engine.begin() as conn:
+        state.dead_letters.put(conn, business="25", kind="transaction", record_id="78", raw={"id": 78},
+                               reason="bad_points", detail=None, run_id=4)
+    letters, total = state.dead_letters.of_run(3)
+    assert total == 1 and [d.record_id for d in letters] == ["77"]
+    assert [d.record_id for d in state.dead_letters.list("25", status=None, run_id=4)] == ["78"]
+    assert state.dead_letters.list("25", status=None, run_id=5) == []
+    assert state.migrate() == []
+
+
+def test_a_new_database_has_the_dead_letters_run_index(store: StateStore) -> None:
+    from sqlalchemy import inspect
+
+    with store.engine.connect() as conn:
+        names = {ix["name"] for ix in inspect(conn).get_indexes("bridge_dead_letters")}
+    assert {"ix_bridge_dead_letters_run", "ix_bridge_dead_letters_status"} <= names
+
+
 def test_cursor_write_rolls_back_with_its_transaction(store: StateStore) -> None:
     with pytest.raises(RuntimeError), store.engine.begin() as conn:
         store.cursors.set(conn, "25", "transactions", "v", 1)
