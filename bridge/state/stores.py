@@ -207,6 +207,14 @@ class RunRecord:
         return body
 
 
+def _ended(started: datetime | None, now: datetime) -> dict[str, Any]:
+    """A run's end: ``finished_at`` and, when its start is known, ``duration_ms`` (never negative)."""
+    values: dict[str, Any] = {"finished_at": now}
+    if started is not None:
+        values["duration_ms"] = max(0, int((now - as_utc(started)).total_seconds() * 1000))  # type: ignore[operator]
+    return values
+
+
 class RunLog:
     """Runs with their counters, status, duration and a secret-free error."""
 
@@ -284,9 +292,7 @@ class RunLog:
         now = self._clock()
         with self._engine.begin() as conn:
             started = conn.execute(select(runs.c.started_at).where(runs.c.id == run_id)).scalar()
-            values: dict[str, Any] = {"status": status, "finished_at": now}
-            if started is not None:
-                values["duration_ms"] = int((now - as_utc(started)).total_seconds() * 1000)  # type: ignore[operator]
+            values: dict[str, Any] = {"status": status, **_ended(started, now)}
             if error is not None:
                 values["error"] = redact_message(error, secrets)
             if details is not None:
@@ -294,19 +300,26 @@ class RunLog:
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
 
     def interrupt_stale(self, business: str, direction: str, *, keep: int | None = None) -> int:
-        """Mark earlier ``running`` runs of this lease as ``interrupted`` (their runner died)."""
+        """Mark earlier ``running`` runs of this lease as ``interrupted`` (their runner died), ended
+        now (when the lease's new holder noticed), their duration from their start; how many."""
+        now = self._clock()
+        where = [runs.c.business == business, runs.c.direction == direction, runs.c.status == "running"]
+        if keep is not None:
+            where.append(runs.c.id != keep)
+        interrupted = 0
         with self._engine.begin() as conn:
-            stmt = update(runs).where(
-                runs.c.business == business,
-                runs.c.direction == direction,
-                runs.c.status == "running",
-            )
-            if keep is not None:
-                stmt = stmt.where(runs.c.id != keep)
-            result = conn.execute(
-                stmt.values(status="interrupted", error="the runner stopped before the run finished")
-            )
-            return int(result.rowcount or 0)
+            for run_id, started in conn.execute(select(runs.c.id, runs.c.started_at).where(*where)).all():
+                result = conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run_id, runs.c.status == "running")
+                    .values(
+                        status="interrupted",
+                        error="the runner stopped before the run finished",
+                        **_ended(started, now),
+                    )
+                )
+                interrupted += int(result.rowcount or 0)
+        return interrupted
 
     def get(self, run_id: int) -> RunRecord | None:
         with read_connection(self._engine) as c:

@@ -193,6 +193,27 @@ def test_stale_runs_become_interrupted(store: StateStore) -> None:
     assert statuses == {first: "interrupted", second: "running", other: "running"}
 
 
+def test_an_interrupted_run_ends_when_the_takeover_noticed_it(store: StateStore, clock: FakeClock) -> None:
+    started = clock.now
+    dead = store.runs.start("25", direction="import", kind="backfill")
+    finished = store.runs.start("25", direction="import", kind="sync")
+    store.runs.finish(finished, "succeeded")
+    clock.advance(90.25)  # the runner died; its lease expired; the next holder starts now
+    assert store.runs.interrupt_stale("25", "import") == 1
+    run = store.runs.get(dead)
+    assert run is not None and run.status == "interrupted"
+    assert run.started_at == started and run.finished_at == clock.now and run.duration_ms == 90250
+    assert run.error == "the runner stopped before the run finished"
+    body = run.to_json()
+    assert body["finished_at"] == clock.now and body["duration_ms"] == 90250
+    ended = store.runs.get(finished)
+    assert ended is not None and ended.finished_at == started and ended.duration_ms == 0  # left as it was
+    clock.advance(5)
+    assert store.runs.interrupt_stale("25", "import") == 0  # nothing running: nothing changes
+    again = store.runs.get(dead)
+    assert again is not None and again.finished_at == run.finished_at
+
+
 def test_run_error_is_stored_without_secrets(store: StateStore) -> None:
     run_id = store.runs.start("25", direction="import", kind="sync")
     store.runs.finish(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from bridge.audit.signing import keygen
 from bridge.pipeline import Pipeline, RunOptions
 from bridge.progress import NullProgress
-from bridge.state import RunCounts
+from bridge.state import RunCounts, RunLog, utcnow
 from tests.bridge.conftest import SPACE, Bridge, run
 from tests.bridge.dashboard.conftest import SignedIn, dashboard_app, sign_in
 
@@ -115,6 +116,20 @@ class _Poller(NullProgress):
         self.answers[name] = answer.json()
         if name == "transactions":
             self.page = self.signed_in.client.get(f"/dashboard/runs/{run_id}").text
+
+
+def test_a_run_whose_runner_died_shows_when_the_takeover_ended_it(signed_in: SignedIn) -> None:
+    bridge = signed_in.bridge
+    started = utcnow() - timedelta(hours=2)
+    dead = RunLog(bridge.engine, clock=lambda: started).start(bridge.business, direction="import", kind="sync")
+    noticed = started + timedelta(minutes=4, seconds=5)
+    assert RunLog(bridge.engine, clock=lambda: noticed).interrupt_stale(bridge.business, "import") == 1
+    page = signed_in.client.get(f"/dashboard/runs/{dead}").text
+    assert " · finished " in page and "data-poll=" not in page and "Running for" not in page
+    assert '<span class="value num" data-live="elapsed">4 min 05 s</span>' in page  # not still counting
+    assert "the runner stopped before the run finished" in page
+    listing = signed_in.client.get(f"/dashboard/runs?business={bridge.business}").text
+    assert f"run-{dead}" in listing and "interrupted" in listing
 
 
 def test_a_running_backfill_answers_its_progress_json_and_the_page_follows_it(signed_in: SignedIn) -> None:
