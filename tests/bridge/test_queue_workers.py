@@ -285,6 +285,11 @@ def test_a_killed_workers_backfill_is_retried_by_another_worker_and_resumes(
         err = _stop(rescuer)
         assert f"job {queued.job_id} (perkbridge.backfill {queued.business}) was stalled" in err
         assert queued.backfills() == ["succeeded", "interrupted"]
+        rescued, killed = [r for r in StateStore(queued.engine).runs.recent(queued.business, 10)
+                           if r.kind == "backfill"]
+        # The killed run ends when the rescue took its lease over, before the rescue's run began.
+        assert killed.finished_at is not None and killed.duration_ms is not None
+        assert killed.started_at < killed.finished_at <= rescued.started_at
         attempts = _rows(queued.engine, "SELECT attempts FROM procrastinate_jobs WHERE id = :id", id=queued.job_id)
         assert attempts == [(2,)]  # the killed attempt and the rescue
         queued.assert_reconciles()
