@@ -18,6 +18,7 @@ from bridge.cli.runs import (
     errors,
     exit_if_stopped,
     make_progress,
+    one_shot_gc,
     open_run,
     parse_when,
     print_run,
@@ -79,7 +80,7 @@ def backfill(
     from bridge.pipeline import RunOptions
     from bridge.wiring import business_of, perkville_client, pipeline_config
 
-    with errors():
+    with one_shot_gc(), errors():
         settings = common.settings()
         chosen_mode = mode or settings.sync.mode
         if chosen_mode not in ("history", "balance"):
@@ -224,7 +225,7 @@ def sync(
     """One incremental pass: changed members and new or voided transactions, then write-back if enabled."""
     from bridge.usecases import sync as sync_business
 
-    with errors():
+    with one_shot_gc(), errors():
         ctx = open_run(business, space)
         progress = make_progress(json_output)
         try:

@@ -1,0 +1,57 @@
+"""The one-shot commands' garbage-collector settings: in force during the run, restored after."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.cli.runs import ONE_SHOT_GC_THRESHOLD, one_shot_gc
+from bridge.pipeline import RunOptions
+from bridge.pipeline.pipeline import Pipeline
+from tests.bridge.conftest import run
+
+
+def test_one_shot_gc_freezes_start_up_and_restores_the_settings() -> None:
+    before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    with one_shot_gc():
+        assert gc.get_threshold() == (ONE_SHOT_GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # cycles made during the run are still collected
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_one_shot_gc_restores_the_settings_when_the_run_fails() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), one_shot_gc():
+        raise RuntimeError("the run failed")
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_backfill_and_sync_run_with_it_and_leave_the_collector_as_they_found_it(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    original = Pipeline.run
+
+    def spy(self: Pipeline, options: RunOptions) -> Any:
+        seen.append(gc.get_threshold())
+        return original(self, options)
+
+    monkeypatch.setattr(Pipeline, "run", spy)
+    before = gc.get_threshold()
+    for command in ("backfill", "sync"):
+        code, body, _ = run(capsys, cli_env, command, "--json")
+        assert code == 0, body
+        assert seen[-1] == (ONE_SHOT_GC_THRESHOLD, *before[1:])
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() == 0
+    assert len(seen) == 2
