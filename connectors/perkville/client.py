@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -34,6 +33,7 @@ from connectors.perkville.guard import (
     order_warning,
     trailing_id,
 )
+from connectors.perkville.jsonbody import decode_json
 from connectors.perkville.overlap import OverlappedReader, overlap_plan
 from connectors.perkville.pacing import Backoff, RequestBudget, parse_retry_after
 from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
@@ -302,7 +302,7 @@ class PerkvilleClient(WriteMethods):
             if status == 204 or not response.content:
                 return Answer(None, location)
             try:
-                return Answer(json.loads(response.content), location)
+                return Answer(decode_json(response.content), location)
             except ValueError:
                 failures = self._retry(
                     failures, method, spath, "truncated or invalid JSON body", None, invalid=True, limit=limit
