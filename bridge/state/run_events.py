@@ -37,6 +37,11 @@ class RunEvent:
         return self.base_id or self.transaction_id
 
 
+_SQLITE_INSERT = (
+    "INSERT INTO bridge_run_events (run_id, business, space, transaction_id, base_id) VALUES (?, ?, ?, ?, ?)"
+)
+
+
 class RunEvents:
     """The run → applied events link, and the generations of reissued ids."""
 
@@ -54,6 +59,11 @@ class RunEvents:
     ) -> None:
         """Link ``(transaction_id, base_id or None)`` pairs to the run, inside the page transaction."""
         if not applied:
+            return
+        if conn.dialect.name == "sqlite":
+            # The driver's executemany of plain tuples: half the CPU of the Core insert below,
+            # which builds and processes a parameter dict per row (a page links up to 1,000).
+            conn.exec_driver_sql(_SQLITE_INSERT, [(run_id, business, space, txid, base) for txid, base in applied])
             return
         conn.execute(
             run_events.insert(),
