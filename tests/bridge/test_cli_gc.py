@@ -55,3 +55,30 @@ def test_backfill_and_sync_run_with_it_and_leave_the_collector_as_they_found_it(
         assert gc.get_threshold() == before
         assert gc.get_freeze_count() == 0
     assert len(seen) == 2
+
+
+def test_the_commands_import_with_the_collector_paused_and_leave_it_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bridge.cli as cli
+
+    during: list[bool] = []
+    monkeypatch.setattr(cli, "_import_and_register", lambda: during.append(gc.isenabled()))
+    assert gc.isenabled()
+    cli._register_commands()
+    assert during == [False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        cli._register_commands()
+        assert not gc.isenabled()  # paused by someone else: left to them
+    finally:
+        gc.enable()
+
+    def fails() -> None:
+        raise ImportError("a command module is broken")
+
+    monkeypatch.setattr(cli, "_import_and_register", fails)
+    with pytest.raises(ImportError):
+        cli._register_commands()
+    assert gc.isenabled()
