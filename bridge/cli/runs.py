@@ -24,7 +24,7 @@ JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 WaitOpt = typer.Option(False, "--wait", help="Wait for a concurrent run of this business to finish.")
 
 
-ONE_SHOT_GC_THRESHOLD = 50_000
+ONE_SHOT_GC_THRESHOLD = 20_000
 """Allocations between young-generation collections in a one-shot run (the interpreter's default: 700)."""
 
 
