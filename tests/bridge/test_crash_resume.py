@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from bridge.state import StateStore
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from perkamo_core.service import CoreService
 from tests.bridge.conftest import SPACE, Bridge, checksum, make_client, subprocess_env
+from tests.bridge.killing import kill_at_progress, read_or_zero
 
 TRIALS = 6
 CRASH_TRANSACTIONS = 1500
@@ -33,31 +32,14 @@ def _backfill(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def _checkpoint_offset(db_url: str, business: str) -> int:
-    """Offset of the next transactions page in the unfinished backfill's checkpoint (0 if none)."""
-    engine = create_db_engine(db_url)
-    try:
-        state = StateStore(engine)
-        state.migrate()
-        raw = state.cursors.get(business, "backfill")
-    finally:
-        engine.dispose()
-    return int(json.loads(raw).get("offset", 0)) if raw else 0
+def _checkpoint_offset(engine: Engine, business: str) -> int:
+    """Offset of the next transactions page in the unfinished backfill's checkpoint (0 if none).
 
-
-def _kill_mid_history(proc: subprocess.Popen[str], db_url: str, business: str, threshold: int) -> bool:
-    """SIGKILL ``proc`` once its checkpoint passed ``threshold`` transactions (False: it ended first).
-
-    The kill is aimed by progress, not by time: start-up and page times vary with the machine's
-    load, the checkpoint row does not.
+    Read only (``CursorStore.get`` reads through a deferred connection), so it never waits on a
+    stopped child's write lock.
     """
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if _checkpoint_offset(db_url, business) >= threshold:
-            os.kill(proc.pid, signal.SIGKILL)
-            return True
-        time.sleep(0.02)
-    return False
+    raw = StateStore(engine).cursors.get(business, "backfill")
+    return int(json.loads(raw).get("offset", 0)) if raw else 0
 
 
 @pytest.mark.slow
@@ -78,15 +60,20 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
         killed_mid_run = 0
         offsets: list[int] = []
         business = str(box.business_ids[0])
-        for _ in range(TRIALS):
-            proc = _backfill(config, env)
-            # Each kill is aimed at checkpoint progress, never at a time: a busy machine only
-            # makes the run slower, not the kill land elsewhere.
-            threshold = _checkpoint_offset(db_url, business) + rng.randint(25, 300)
-            if _kill_mid_history(proc, db_url, business, threshold):
-                killed_mid_run += 1
-            proc.wait()
-            offsets.append(_checkpoint_offset(db_url, business))
+        watcher = create_db_engine(db_url)
+        try:
+            progress = read_or_zero(watcher, lambda engine: _checkpoint_offset(engine, business))
+            for _ in range(TRIALS):
+                proc = _backfill(config, env)
+                # Each kill is aimed at checkpoint progress, the child run in steps, never at a
+                # time: a busy machine only makes the run slower, not the kill land elsewhere.
+                threshold = progress() + rng.randint(25, 300)
+                if kill_at_progress(proc, progress, threshold):
+                    killed_mid_run += 1
+                proc.communicate(timeout=60)
+                offsets.append(progress())
+        finally:
+            watcher.dispose()
         final = _backfill(config, env)
         out, err = final.communicate(timeout=300)
         assert final.returncode == 0, err

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from bridge.reissue import reissued_id, rollback_id
 from bridge.rollback import DIRECTION, EVENT, RollbackRefusedError, check_run, plan_rollback, run_rollback
 from bridge.state import StateStore
 from bridge.state.schema import runs
+from bridge.state.stores import read_connection
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
 from tests.bridge.conftest import SPACE, Bridge, checksum, event_count, run, subprocess_env
+from tests.bridge.killing import kill_at_progress, read_or_zero
 
 
 def _wallets(bridge: Bridge) -> dict[str, Decimal]:
@@ -215,16 +214,14 @@ def test_unknown_runs_and_rollbacks_of_rollbacks_are_refused(
     assert plan_rollback(bridge.engine, bridge.state, check_run(bridge.state, first.run_id)).pending == []
 
 
-def _rollback_applied(db_url: str, original: int) -> int:
-    engine = create_db_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            total = conn.execute(
-                select(func.coalesce(func.sum(runs.c.applied), 0)).where(runs.c.direction == DIRECTION)
-            ).scalar()
-        return int(total or 0)
-    finally:
-        engine.dispose()
+def _rollback_applied(engine: Engine) -> int:
+    """Compensating events the rollback runs have committed so far (a reader: never waits on the
+    stopped child's write lock)."""
+    with read_connection(engine) as conn:
+        total = conn.execute(
+            select(func.coalesce(func.sum(runs.c.applied), 0)).where(runs.c.direction == DIRECTION)
+        ).scalar()
+    return int(total or 0)
 
 
 @pytest.mark.slow
@@ -242,21 +239,21 @@ def test_kill_9_during_a_rollback_then_resume_gives_the_same_wallets(db_url: str
 
         killed = 0
         rng = random.Random(20261205)
-        for _ in range(3):
-            # A random point past what earlier attempts committed (they resume from there).
-            threshold = _rollback_applied(db_url, run_id) + rng.randint(1, 60)
-            proc = subprocess.Popen([*base, "rollback", "--run", str(run_id), "--batch", "1", "--json"],
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 120
-            # Aimed at a committed counter, never at a time: a busy machine only slows the run.
-            while proc.poll() is None and time.monotonic() < deadline:
-                if _rollback_applied(db_url, run_id) >= threshold:
-                    os.kill(proc.pid, signal.SIGKILL)
+        watcher = create_db_engine(db_url)
+        try:
+            progress = read_or_zero(watcher, _rollback_applied)
+            for _ in range(3):
+                # A random point past what earlier attempts committed (they resume from there).
+                threshold = progress() + rng.randint(1, 60)
+                proc = subprocess.Popen([*base, "rollback", "--run", str(run_id), "--batch", "1", "--json"],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                # Aimed at a committed counter, the child run in steps: never at a time.
+                if kill_at_progress(proc, progress, threshold):
                     killed += 1
-                    break
-                time.sleep(0.01)
-            proc.communicate(timeout=60)
-        assert killed >= 2, "the kills came too late to interrupt anything"
+                proc.communicate(timeout=60)
+        finally:
+            watcher.dispose()
+        assert killed == 3, "a rollback ended before its kill"
         final = subprocess.run([*base, "rollback", "--run", str(run_id), "--json"], env=env,
                                capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr
