@@ -171,6 +171,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: SandboxServer
     protocol_version = "HTTP/1.1"
     server_version = "PerkvilleSandbox/1.0"
+    # TCP_NODELAY, as a production server sets it: the headers and the body go out as two writes,
+    # and a small answer's body would otherwise wait for the client's delayed ACK (~40 ms), a
+    # stall no real Perkville adds to every small page (bench/README.md, workers.py).
+    disable_nagle_algorithm = True
     # When the request arrived (the network's clock), for token and API answers; None: not delayed.
     _arrived: float | None = None
 
