@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backfill import _load, _start_sandbox, backfill, bench_env  # noqa: E402  (a sibling script)
+from backfill import _load, _start_sandbox, backfill, bench_env, byte_compiled  # noqa: E402  (a sibling script)
 
 SERVER_MAX_PAGE = 1000
 TARGETS = {10: (0.7, None), 5: (0.6, 0.10)}  # budget: (floor/wall at least, 429 share at most)
@@ -102,6 +102,7 @@ def main() -> int:
         help="a [perkville] setting for an A/B (for example --set max_in_flight=1); default: none",
     )
     args = parser.parse_args()
+    byte_compiled()
     print(f"load average before: {_load()} ({os.cpu_count()} cores)")
     print(
         f"sandbox: {args.transactions:,} transactions, {args.members:,} members, "
