@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from procrastinate import App
@@ -124,17 +125,30 @@ def run_worker(
     return WorkerOutcome(received, tuple(businesses))
 
 
+def use_job_threads(loop: asyncio.AbstractEventLoop, slots: int) -> None:
+    """A thread for every job slot, plus four for the connector's own blocking calls.
+
+    Procrastinate runs a synchronous job through asgiref's ``sync_to_async`` (not thread
+    sensitive), that is in the loop's default executor, which asyncio sizes by the CPU count
+    (``min(32, cpus + 4)``: 6 threads on 2 cores) and which the connector's blocking calls share: a
+    ``worker_concurrency`` above that would be capped there, silently.
+    """
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="perkbridge-job"))
+
+
 async def _serve(
     app: App, runtime: SchedulerRuntime, settings: Settings, concurrency: int | None
 ) -> str | None:
     schedule = settings.schedule
     received: list[str] = []
+    slots = concurrency or schedule.worker_concurrency
+    use_job_threads(asyncio.get_running_loop(), slots)
     async with app.open_async():
         worker = Worker(
             app,
             queues=[QUEUE],
             name=runtime.worker,
-            concurrency=concurrency or schedule.worker_concurrency,
+            concurrency=slots,
             install_signal_handlers=False,
             update_heartbeat_interval=schedule.worker_heartbeat_seconds,
             stalled_worker_timeout=schedule.stalled_after_seconds,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 from bridge.cli import app as cli_app
 from bridge.queue.app import build_app, interval_cron
 from bridge.queue.ops import queue_summary
-from bridge.queue.worker import retry_stalled
+from bridge.queue.worker import retry_stalled, use_job_threads
 from bridge.state import StateStore
 from config import Settings
 from perkamo_core.db import create_db_engine
@@ -266,3 +268,20 @@ def test_schedule_and_workers_refuse_to_run_beside_each_other(pg_url: str, pg_en
     assert store.try_acquire(SCHEDULER_LEASE, "other-host:7:beef", timedelta(minutes=5))
     with pytest.raises(ConfigurationError, match="perkbridge schedule runs against this database"):
         run_worker(_settings(pg_url), pg_engine, config_file=None)
+
+
+def test_every_job_slot_gets_a_thread_whatever_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs run through Procrastinate's ``sync_to_async``, in the loop's default executor; asyncio
+    would size it by the CPU count (5 threads for 1 CPU) and cap 8 slots at 5 jobs at once."""
+    from procrastinate.utils import sync_to_async
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    slots = 8
+    all_running = threading.Barrier(slots, timeout=30)  # passes only with the 8 jobs at once
+
+    async def run_jobs() -> None:
+        use_job_threads(asyncio.get_running_loop(), slots)
+        await asyncio.gather(*(sync_to_async(all_running.wait) for _ in range(slots)))
+
+    asyncio.run(run_jobs())
+    assert not all_running.broken
