@@ -18,8 +18,14 @@ one waiting job per business and kind, so jobs never pile up behind a slow run.
 
 from __future__ import annotations
 
+from datetime import datetime, tzinfo
+from functools import cached_property
+from typing import Any
+
+import croniter  # type: ignore[import-untyped]  # Procrastinate's cron library
 from procrastinate import App, BaseConnector, PsycopgConnector, SyncPsycopgConnector
 from procrastinate.jobs import Job
+from procrastinate.periodic import PeriodicTask
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from sqlalchemy.engine import make_url
 
@@ -138,7 +144,9 @@ def periodic_crons(settings: Settings) -> dict[str, str]:
 def register_periodic(app: App, settings: Settings, businesses: list[str]) -> None:
     """One periodic task per (kind, business), ``periodic_id`` the business: whichever worker
     defers a period's job first records it in ``procrastinate_periodic_defers``, so each period's
-    job is deferred once, however many workers run."""
+    job is deferred once, however many workers run.  The reconcile cron is read in
+    ``PERKVILLE_TIMEZONE``, as ``perkbridge schedule`` reads it (the business's local night)."""
+    registry = app.periodic_registry.periodic_tasks
     for kind, cron in periodic_crons(settings).items():
         task = app.tasks[task_name(kind)]
         for business in businesses:
@@ -149,3 +157,25 @@ def register_periodic(app: App, settings: Settings, businesses: list[str]) -> No
                 queueing_lock=queueing_lock(kind, business),
                 task_kwargs={"business_id": business},
             )(task)
+            if kind == "reconcile":
+                key = (task.name, business)
+                registry[key] = zoned(registry[key], settings.timezone_info())
+
+
+def zoned(periodic: PeriodicTask[Any, Any, Any], zone: tzinfo) -> PeriodicTask[Any, Any, Any]:
+    """``periodic`` with its cron read in ``zone`` (Procrastinate reads every cron in UTC).
+
+    Procrastinate asks the task's ``croniter`` for the times around a timestamp; a croniter
+    started from an aware datetime turns timestamps into that zone's wall clock, daylight saving
+    included, and answers timestamps again.
+    """
+
+    class Zoned(PeriodicTask):  # type: ignore[type-arg]
+        @cached_property
+        def croniter(self) -> croniter.croniter:
+            return croniter.croniter(self.cron, datetime.now(zone))
+
+    return Zoned(
+        task=periodic.task, cron=periodic.cron, periodic_id=periodic.periodic_id,
+        configure_kwargs=periodic.configure_kwargs,
+    )

@@ -285,3 +285,38 @@ def test_every_job_slot_gets_a_thread_whatever_the_cpu_count(monkeypatch: pytest
 
     asyncio.run(run_jobs())
     assert not all_running.broken
+
+
+@pytest.mark.parametrize("zone, due_utc", [
+    ("America/New_York", "2026-12-06T08:00:00+00:00"),  # 03:00 EST
+    ("America/New_York", "2026-07-06T07:00:00+00:00"),  # 03:00 EDT
+    ("UTC", "2026-12-06T03:00:00+00:00"),
+])
+def test_workers_read_the_reconcile_cron_in_perkville_timezone(zone: str, due_utc: str) -> None:
+    """Procrastinate reads a cron in UTC; the reconcile's is the business's local night, as
+    ``perkbridge schedule`` reads it. Checked through Procrastinate's own deferrer."""
+    from datetime import datetime, timedelta
+
+    from procrastinate.periodic import PeriodicDeferrer
+
+    from bridge.queue.app import register_periodic
+
+    settings = Settings.model_validate({
+        "PERKBRIDGE_DATABASE_URL": "postgresql+psycopg://bridge@127.0.0.1:1/never_opened",
+        "PERKVILLE_TIMEZONE": zone,
+        "schedule": {"businesses": ["25"], "sync_interval_minutes": 15, "reconcile_cron": "0 3 * * *"},
+    })
+    app = build_app(settings)
+    register_periodic(app, settings, ["25"])
+    periodic = app.periodic_registry.periodic_tasks
+    deferrer = PeriodicDeferrer(app.periodic_registry)
+    due = datetime.fromisoformat(due_utc)
+
+    def deferred(kind: str, at: datetime) -> list[datetime]:
+        stamps = deferrer.get_timestamps(periodic[(f"perkbridge.{kind}", "25")], since=None, until=at.timestamp())
+        return [datetime.fromtimestamp(stamp, due.tzinfo) for stamp in stamps]
+
+    assert deferred("reconcile", due + timedelta(minutes=2)) == [due]
+    assert deferred("reconcile", due - timedelta(minutes=2)) == []  # the day before's is long past
+    # The intervals stay on the UTC clock: every 15 minutes whatever the zone.
+    assert deferred("sync", due + timedelta(minutes=2)) == [due]
