@@ -149,8 +149,9 @@ def _business_records(resource: str, server: SandboxServer, business: int) -> li
     if owner is None:
         return []
     if resource == "transactions":
-        return list(owner.txns)
-    connections = [ledger.connections[c] for c in owner.connection_ids]
+        return [txn for txn in owner.txns if txn.id in ledger.txns]
+    # A connection deleted from the ledger (a test removing a member) may stay in the list.
+    connections = [ledger.connections[c] for c in owner.connection_ids if c in ledger.connections]
     if resource == "connections":
         return connections
     return [ledger.users[u] for u in dict.fromkeys(c["user"] for c in connections)]
