@@ -11,6 +11,7 @@ import secrets
 import socket
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -279,6 +280,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(exc.status, exc.body())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as exc:  # a defect of the sandbox: answer as Django would, not hang up
+            traceback.print_exc()
+            self.close_connection = True
+            self._send(500, {"error_message": f"sandbox error: {type(exc).__name__}: {exc}"})
 
     def _inject(self) -> bool:
         """Apply a seeded fault; True when the request was answered (or dropped) by the fault."""

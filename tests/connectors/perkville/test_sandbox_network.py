@@ -135,3 +135,21 @@ def test_the_sandbox_command_takes_latency_and_a_rate_limit() -> None:
     result = CliRunner().invoke(app, ["sandbox", "--help"])
     assert result.exit_code == 0
     assert "--latency-ms" in result.output and "--rate-limit" in result.output
+
+
+def test_a_defect_of_the_sandbox_is_answered_500_not_a_dropped_connection(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client then reports a server error, and the traceback is on the sandbox's stderr."""
+    from connectors.perkville.sandbox import server
+
+    def broken(*_args: object) -> list[object]:
+        raise KeyError(4242)
+
+    monkeypatch.setattr(server, "query", broken)
+    with Sandbox(seed=1, members=3, transactions=5) as box, httpx.Client(timeout=30) as http:
+        headers = {"Authorization": f"Bearer {_token(box, http)}"}
+        answer = http.get(box.api_url + "perks/", headers=headers)
+    assert answer.status_code == 500
+    assert answer.json() == {"error_message": "sandbox error: KeyError: 4242"}
+    assert "KeyError: 4242" in capsys.readouterr().err
