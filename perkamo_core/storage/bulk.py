@@ -95,6 +95,11 @@ class BulkStore:
             statement = f"{head} VALUES {','.join([group] * len(chunk))}{tail}"
             conn.exec_driver_sql(self._q(statement), tuple(v for row in chunk for v in row))
 
+    def insert_rows(self, conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """``sql`` (``INSERT … VALUES (?, …)``) for every row in the fewest round trips the backend
+        allows (``_many``): for another component's page-sized inserts too (the bridge's run links)."""
+        self._many(conn, sql, rows)
+
     def _chunks(self, column: str, values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
         for start in range(0, len(values), IN_CHUNK):
             yield self._in(column, list(values[start:start + IN_CHUNK]))
