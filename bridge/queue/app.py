@@ -18,10 +18,11 @@ one waiting job per business and kind, so jobs never pile up behind a slow run.
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import cached_property
 from typing import Any
 
+import attr
 import croniter  # type: ignore[import-untyped]  # Procrastinate's cron library
 from procrastinate import App, BaseConnector, PsycopgConnector, SyncPsycopgConnector
 from procrastinate.jobs import Job
@@ -163,19 +164,21 @@ def register_periodic(app: App, settings: Settings, businesses: list[str]) -> No
 
 
 def zoned(periodic: PeriodicTask[Any, Any, Any], zone: tzinfo) -> PeriodicTask[Any, Any, Any]:
-    """``periodic`` with its cron read in ``zone`` (Procrastinate reads every cron in UTC).
-
-    Procrastinate asks the task's ``croniter`` for the times around a timestamp; a croniter
-    started from an aware datetime turns timestamps into that zone's wall clock, daylight saving
-    included, and answers timestamps again.
-    """
-
-    class Zoned(PeriodicTask):  # type: ignore[type-arg]
-        @cached_property
-        def croniter(self) -> croniter.croniter:
-            return croniter.croniter(self.cron, datetime.now(zone))
-
-    return Zoned(
+    """``periodic`` with its cron read in ``zone`` (Procrastinate reads every cron in UTC)."""
+    return ZonedPeriodicTask(
         task=periodic.task, cron=periodic.cron, periodic_id=periodic.periodic_id,
-        configure_kwargs=periodic.configure_kwargs,
+        configure_kwargs=periodic.configure_kwargs, zone=zone,
     )
+
+
+@attr.dataclass(frozen=True)
+class ZonedPeriodicTask(PeriodicTask[Any, Any, Any]):
+    """A periodic task whose cron is read in ``zone``: Procrastinate asks the task's ``croniter``
+    for the times around a timestamp, and a croniter started from an aware datetime turns
+    timestamps into that zone's wall clock, daylight saving included, and answers timestamps."""
+
+    zone: tzinfo = UTC
+
+    @cached_property
+    def croniter(self) -> croniter.croniter:
+        return croniter.croniter(self.cron, datetime.now(self.zone))
