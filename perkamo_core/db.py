@@ -8,12 +8,35 @@ PostgreSQL URLs written as ``postgres://`` or ``postgresql://`` use the psycopg 
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+"""Every engine ``create_db_engine`` made that is still alive: closed at exit (``_dispose_at_exit``)."""
+
+
+def _dispose_at_exit() -> None:
+    """At exit, close the pooled connections of every engine still alive.
+
+    The last connection to a SQLite file to close checkpoints the WAL into the file and removes
+    it, so a copy of the database file alone holds everything committed; PostgreSQL sees each
+    connection end cleanly. The interpreter's teardown would close them too, but ``perkbridge``
+    leaves without it (``bridge.cli.run``): this runs among the exit handlers either way.
+    """
+    for engine in list(_ENGINES):
+        try:
+            engine.dispose()
+        except Exception:  # noqa: BLE001 - best effort at exit: a failed close loses nothing committed
+            pass
+
+
+atexit.register(_dispose_at_exit)
 
 
 def normalize_url(url: str) -> str:
@@ -50,14 +73,17 @@ def create_db_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Eng
         raise UnsupportedDatabaseError(f"unsupported database backend {backend!r}")
     try:
         if backend == "sqlite":
-            return _create_sqlite_engine(url, echo=echo)
-        return create_engine(
-            url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-        )
+            engine = _create_sqlite_engine(url, echo=echo)
+        else:
+            engine = create_engine(
+                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
     except ImportError as exc:
         raise UnsupportedDatabaseError(
             f"its driver {exc.name or parsed.get_driver_name()!r} is not installed"
         ) from None
+    _ENGINES.add(engine)
+    return engine
 
 
 def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
