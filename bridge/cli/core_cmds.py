@@ -9,13 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bridge.cli import common
-from perkamo_core.db import UnsupportedDatabaseError, create_db_engine
 from perkamo_core.errors import (
     CoreError,
     NotFoundError,
@@ -23,7 +21,9 @@ from perkamo_core.errors import (
     ValidationError,
 )
 from perkamo_core.models import SERVER_SCOPES
-from perkamo_core.service import CoreService
+
+if TYPE_CHECKING:  # the database and the core are imported by the commands that use them
+    from perkamo_core.service import CoreService
 
 PROGRAM_GROUP = "program"
 
@@ -37,6 +37,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON 
 @contextmanager
 def core_errors() -> Iterator[None]:
     """Turn core errors into one-line messages and exit codes (2 invalid input, 1 other, 3 database)."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
     try:
         yield
     except ProgramValidationError as exc:
@@ -56,6 +58,11 @@ def core_errors() -> Iterator[None]:
 def open_service() -> Iterator[CoreService]:
     """A core service on the configured database, migrated to the current schema; its engine is
     disposed when the command ends."""
+    from sqlalchemy.exc import ArgumentError
+
+    from perkamo_core.db import UnsupportedDatabaseError, create_db_engine
+    from perkamo_core.service import CoreService
+
     url = common.settings().database_url
     try:
         engine = create_db_engine(url)

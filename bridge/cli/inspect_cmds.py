@@ -16,7 +16,6 @@ from bridge.cli.runs import (
     SpaceOpt,
     errors,
 )
-from bridge.status import status_report
 
 
 def status(
@@ -25,6 +24,7 @@ def status(
     json_output: bool = JsonOpt,
 ) -> None:
     """Recent runs, cursors, lag, leases and dead-letter counts."""
+    from bridge.status import status_report
     from bridge.wiring import open_engine, open_state
 
     with errors():
