@@ -1,5 +1,8 @@
 """Where the source's clock stands as a run starts: its newest change per resource, and the
-balance-mode cut-over. A few requests each; the answers stay in the source's clock and zone."""
+balance-mode cut-over. A few requests each; the answers stay in the source's clock and zone.
+
+Outside the pipeline package so that a command can read them before it imports the database
+layer (``bridge.opening``)."""
 
 from __future__ import annotations
 
@@ -13,18 +16,30 @@ from bridge.sources import PerkvilleSource, allows_filter
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def read_signposts(source: PerkvilleSource, business: str, timezone: str) -> dict[str, datetime | None]:
+Signposts = dict[str, tuple[str, datetime | None]]
+"""Per synced resource: the field its newest stamp was read by, and that stamp (``None``: no rows)."""
+
+
+def read_signposts(
+    source: PerkvilleSource, business: str, timezone: str, *, earlier: Signposts | None = None
+) -> Signposts:
     """The newest ``last_mod_dt`` of each synced resource (one request each; ``None``: no rows).
 
     A server that ignores ``order_by`` answers some other row, which is older: that only keeps
     the cursors of unordered passes lower (more is read again), and the balance-mode cut-over
-    does not rely on it (``find_cutover``).
+    does not rely on it (``find_cutover``). ``earlier``: signposts this run already read (while
+    it started up: ``bridge.opening``); one read by the field the source now wants is not asked
+    again.
     """
-    found: dict[str, datetime | None] = {}
+    found: Signposts = {}
     for resource in SYNC_RESOURCES:
         field = cursor_field(source, resource)
+        before = earlier.get(resource) if earlier else None
+        if before is not None and before[0] == field:
+            found[resource] = before
+            continue
         page = source.fetch_newest(resource, business, field=field)
-        found[resource] = newest([to_stamp(row.get(field), timezone) for row in page.objects])
+        found[resource] = (field, newest([to_stamp(row.get(field), timezone) for row in page.objects]))
     return found
 
 

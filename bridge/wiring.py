@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from bridge.errors import VALID_DATABASE_URLS, ConfigurationError, database_error
+from bridge.opening import SourceOpening
+from bridge.opening import business_of as business_of
+from bridge.opening import perkville_client as perkville_client
 from bridge.pipeline import Pipeline, PipelineConfig
 from bridge.progress import Progress
 from bridge.reconcile import Reconciler
@@ -85,16 +88,6 @@ def writeback_config(settings: Settings, business: str, *, space: str | None = N
     )
 
 
-def business_of(settings: Settings, business: str | None) -> str:
-    """``--business`` or ``PERKVILLE_BUSINESS_ID``; a configuration error when neither is set."""
-    chosen = business or settings.perkville_business_id
-    if not chosen:
-        raise ConfigurationError(
-            "no business to work on: set PERKVILLE_BUSINESS_ID or pass --business ID"
-        )
-    return str(chosen)
-
-
 def pipeline_config(settings: Settings, business: str) -> PipelineConfig:
     return PipelineConfig(
         business=business,
@@ -141,59 +134,6 @@ def probed_schema(state: StateStore, business: str) -> ApiSchema | None:
         return None
     schema = ApiSchema.from_json(recorded.report.get("schema"))
     return schema if schema.how != "none" else None
-
-
-def perkville_client(settings: Settings, **overrides: Any) -> PerkvilleClient:
-    """A ``PerkvilleClient`` from the settings (credentials, tuning, timezone)."""
-    from connectors.perkville import PerkvilleClient
-    from connectors.perkville.errors import ConfigurationError as PerkvilleConfigError
-
-    tuning = settings.perkville
-    secret = settings.perkville_client_secret
-    password = settings.perkville_password
-    token = settings.perkville_access_token
-    kwargs: dict[str, Any] = {
-        "api_url": settings.perkville_api_url,
-        "token_url": settings.perkville_token_url,
-        "client_id": settings.perkville_client_id,
-        "client_secret": secret.get_secret_value() if secret else None,
-        "username": settings.perkville_username,
-        "password": password.get_secret_value() if password else None,
-        "access_token": token.get_secret_value() if token else None,
-        "scope": tuning.scope,
-        "page_size": tuning.page_size,
-        "requests_per_second": tuning.requests_per_second,
-        "max_in_flight": tuning.max_in_flight,
-        "max_retries": tuning.max_retries,
-        "timeout": tuning.timeout_seconds,
-        "timezone": settings.perkville_timezone,
-        "backoff_base": tuning.backoff_base_seconds,
-        "backoff_max": tuning.backoff_max_seconds,
-        "external_member_field": tuning.external_member_field,
-    }
-    kwargs.update(overrides)
-    if not kwargs["access_token"]:
-        missing = [
-            name
-            for name, key in (
-                ("PERKVILLE_CLIENT_ID", "client_id"),
-                ("PERKVILLE_CLIENT_SECRET", "client_secret"),
-                ("PERKVILLE_USERNAME", "username"),
-                ("PERKVILLE_PASSWORD", "password"),
-            )
-            if not kwargs[key]
-        ]
-        if missing:
-            raise ConfigurationError(
-                f"Perkville credentials missing: {', '.join(missing)} not set (environment or the "
-                "--config file's lower-case keys); set them for the password grant, or set "
-                "PERKVILLE_ACCESS_TOKEN instead"
-            )
-    try:
-        client = PerkvilleClient(**kwargs)
-    except PerkvilleConfigError as exc:
-        raise ConfigurationError(str(exc)) from None
-    return client
 
 
 @dataclass
@@ -247,7 +187,8 @@ class RunParts:
     """What a run of one business opens from the settings: its state store, target, Perkville
     client, and from them the pipeline and the reconciler. The CLI's run commands and the
     scheduler's jobs build their runs here, so both run the same objects. ``close`` releases
-    the client and the target, and the engine too when ``owns_engine``."""
+    the client and the target, and the engine too when ``owns_engine``. ``opening``: the client
+    a command opened before its database (``bridge.opening``), with the signposts it is reading."""
 
     def __init__(
         self,
@@ -258,23 +199,37 @@ class RunParts:
         space: str | None = None,
         with_client: bool = True,
         owns_engine: bool = False,
+        opening: SourceOpening | None = None,
     ) -> None:
+        if opening is not None and (opening.business != business or not with_client):
+            raise ValueError("an opening serves the run of its own business, with its client")
         self.owns_engine = owns_engine
         self.settings = settings
         self.engine = engine
         self.business = business
         self.space = space or space_for(settings, business)
-        self.state = open_state(engine)
-        self.bundle = build_target(settings, engine, space=self.space)
+        self.opening = opening
+        try:
+            self.state = open_state(engine)
+            self.bundle = build_target(settings, engine, space=self.space)
+        except BaseException:
+            if opening is not None:
+                opening.client.close()
+            raise
         try:
             # The request rate the last run of this business learned is where this one starts.
             start_rate = self.state.runs.learned_rate(business) if with_client else None
-            self.source: PerkvilleClient | None = (
-                perkville_client(settings, start_rate=start_rate) if with_client else None
-            )
+            self.source: PerkvilleClient | None = None
+            if opening is not None:
+                self.source = opening.client
+                self.source.budget.resume(start_rate)
+            elif with_client:
+                self.source = perkville_client(settings, start_rate=start_rate)
             if self.source is not None:
                 self.source.use_schema(probed_schema(self.state, business))
         except BaseException:
+            if opening is not None:
+                opening.client.close()
             self.bundle.close()
             raise
 
@@ -291,6 +246,7 @@ class RunParts:
             config=pipeline_config(self.settings, self.business),
             progress=progress,
             stop=stop,
+            early_signposts=self.opening.signposts if self.opening is not None else None,
         )
 
     def reconciler(self, progress: Progress | None = None) -> Reconciler:

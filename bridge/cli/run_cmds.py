@@ -20,8 +20,10 @@ from bridge.cli.runs import (
     make_progress,
     one_shot_gc,
     open_run,
+    open_source,
     parse_when,
     print_run,
+    started_up,
     stop_on_sigterm,
 )
 
@@ -77,9 +79,6 @@ def backfill(
     json_output: bool = JsonOpt,
 ) -> None:
     """One-off migration of a business: members, then the points history (resumable)."""
-    from bridge.pipeline import RunOptions
-    from bridge.wiring import business_of, perkville_client, pipeline_config
-
     with one_shot_gc(), errors():
         settings = common.settings()
         chosen_mode = mode or settings.sync.mode
@@ -92,6 +91,11 @@ def backfill(
                 "give a --since earlier than --until",
                 EXIT_USAGE,
             )
+        # The run's first requests leave now, while the database layer and the core are imported.
+        opening = open_source(business) if not (enqueue or dry_run) else None
+        from bridge.pipeline import RunOptions
+        from bridge.wiring import business_of, perkville_client, pipeline_config
+
         options = RunOptions(
             kind="backfill",
             mode=chosen_mode,  # type: ignore[arg-type]
@@ -124,7 +128,8 @@ def backfill(
                     common.EXIT_FAILURE,
                 )
             return
-        ctx = open_run(business, space)
+        ctx = open_run(business, space, opening=opening)
+        started_up()
         progress = make_progress(json_output)
         try:
             with stop_on_sigterm() as stop:
@@ -223,10 +228,13 @@ def sync(
     json_output: bool = JsonOpt,
 ) -> None:
     """One incremental pass: changed members and new or voided transactions, then write-back if enabled."""
-    from bridge.usecases import sync as sync_business
-
     with one_shot_gc(), errors():
-        ctx = open_run(business, space)
+        # The run's first requests leave now, while the database layer and the core are imported.
+        opening = open_source(business)
+        from bridge.usecases import sync as sync_business
+
+        ctx = open_run(business, space, opening=opening)
+        started_up()
         progress = make_progress(json_output)
         try:
             with stop_on_sigterm() as stop:

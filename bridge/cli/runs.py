@@ -16,6 +16,7 @@ from bridge.cli import common
 from bridge.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
 
 if TYPE_CHECKING:
+    from bridge.opening import SourceOpening
     from bridge.wiring import RunParts
 
 BusinessOpt = typer.Option(None, "--business", help="Perkville business id (default PERKVILLE_BUSINESS_ID).")
@@ -47,6 +48,12 @@ def one_shot_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def started_up() -> None:
+    """Inside ``one_shot_gc``, once the run's parts are open: what the command imported and built
+    since it began (the database layer and the core are imported on use) is frozen too."""
+    gc.freeze()
 
 
 def errors() -> Any:
@@ -139,17 +146,34 @@ def print_run(summary: Any, json_output: bool, *, title: str) -> None:
         typer.echo("  see them with: perkbridge deadletters list")
 
 
-def open_run(business: str | None, space: str | None, *, need_source: bool = True) -> RunParts:
-    """Everything a run command opens (its engine too), closed in one place by ``close``."""
+def open_run(
+    business: str | None, space: str | None, *, need_source: bool = True, opening: SourceOpening | None = None
+) -> RunParts:
+    """Everything a run command opens (its engine too), closed in one place by ``close``.
+    ``opening``: the client the command opened first (``open_source``)."""
     from bridge.wiring import RunParts, business_of, open_engine
 
     settings = common.settings()
-    engine = open_engine(settings)
     try:
-        return RunParts(
+        engine = open_engine(settings)
+    except BaseException:
+        if opening is not None:
+            opening.client.close()
+        raise
+    try:
+        parts = RunParts(
             settings, engine, business_of(settings, business), space=space,
-            with_client=need_source, owns_engine=True,
+            with_client=need_source, owns_engine=True, opening=opening,
         )
     except BaseException:
         engine.dispose()
         raise
+    return parts
+
+
+def open_source(business: str | None) -> SourceOpening:
+    """A run command's first step: its Perkville client, the run's first requests on their way
+    while the command imports and opens the rest (``bridge.opening``)."""
+    from bridge.opening import open_source as opening_of
+
+    return opening_of(common.settings(), business)

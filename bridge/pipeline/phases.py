@@ -38,10 +38,10 @@ from bridge.pipeline.records import (
     map_connections,
     map_transaction_rows,
 )
-from bridge.pipeline.signposts import cursor_field, find_cutover, read_signposts
 from bridge.pipeline.tally import PageTally
 from bridge.probe.reach import assess, referenced_locations, refuse_partial
 from bridge.progress import Progress
+from bridge.signposts import Signposts, cursor_field, find_cutover, read_signposts
 from bridge.source_clock import (
     SYNC_RESOURCES,
     CutOver,
@@ -74,6 +74,7 @@ class Phases:
     stop: threading.Event
     business: str
     feed: PageFeed
+    early_signposts: Callable[[], Signposts | None] | None
     _ahead: ReadAhead
     _run_id: int
     _counts: RunCounts
@@ -242,7 +243,9 @@ class Phases:
     def _read_signposts(self) -> dict[str, datetime | None]:
         """The source's newest change per resource as the run starts (``signposts``), recorded on
         the cursors for status's lag and in the run log."""
-        found = read_signposts(self.source, self.business, self.config.timezone)
+        early = self.early_signposts() if self.early_signposts is not None else None
+        read = read_signposts(self.source, self.business, self.config.timezone, earlier=early)
+        found = {resource: stamp for resource, (_field, stamp) in read.items()}
         seen = {r: v.isoformat() for r, v in found.items() if v is not None}
         if seen:
             with self.state.engine.begin() as conn:

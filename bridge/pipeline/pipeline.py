@@ -51,6 +51,7 @@ from bridge.probe.reach import Reach, refuse_partial
 from bridge.progress import NullProgress, Progress, RecordedProgress, TeeProgress
 from bridge.redaction import redact_message
 from bridge.reissue import reissue_page
+from bridge.signposts import Signposts
 from bridge.sources import PerkvilleSource, request_rate, request_stats, stats_since
 from bridge.state import LeaseKeeper, RunCounts, StateStore, utcnow
 from bridge.targets import Delivery, Target
@@ -77,7 +78,10 @@ class Pipeline(Phases):
         clock: Callable[[], datetime] = utcnow,
         stop: threading.Event | None = None,
         feed: PageFeed | None = None,
+        early_signposts: Callable[[], Signposts | None] | None = None,
     ) -> None:
+        """``early_signposts``: the signposts this run read while it started up (``bridge.opening``),
+        waited for when the run needs them; None from it: the run reads them itself."""
         self.state = state
         self.source = source
         self.target = target
@@ -86,6 +90,7 @@ class Pipeline(Phases):
         self.clock = clock
         self.stop = stop or threading.Event()
         self.feed = feed or SequentialFeed()
+        self.early_signposts = early_signposts
         self.business = config.business
         self._locations = {}
         self._members = ExternalMembers()

@@ -152,6 +152,17 @@ class RequestBudget:
                 return
             self._decrease(0.75, self._clock())
 
+    def resume(self, rate: float | None) -> None:
+        """Go on from ``rate``, the rate the business's last run learned, read once the first
+        requests are already out (a run opens its client before its database): as if the budget
+        had started there, slow start over, unless a sign of congestion came meanwhile (the
+        server's word is newer than the last run's). None: nothing learned, nothing changes."""
+        with self._lock:
+            if rate is None or self._rate is None or self._decreased_at != float("-inf"):
+                return
+            self._slow_start = False
+            self._rate = self._clamp(rate)
+
     def _decrease(self, factor: float, now: float) -> None:
         assert self._rate is not None
         self._slow_start = False

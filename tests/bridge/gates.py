@@ -1,5 +1,11 @@
 """A gate in the sandbox for tests that must act while a run is at a known point: requests for
-``transactions`` at or past an offset (of one business, or of any) wait until the test opens the gate."""
+``transactions`` pages at or past an offset (of one business, or of any) wait until the test opens
+the gate.
+
+Only pages of the list are held, never a run's query for the newest row (``order_by`` newest
+first: its signposts and balance-mode cut-over). A command reads its signposts while it starts
+up, before it holds its lease (``bridge.opening``): a gate reached there would say nothing about
+where the run is."""
 
 from __future__ import annotations
 
@@ -28,7 +34,9 @@ class TransactionsGate:
         values = dict(params)
         if self.business is not None and values.get("business") != str(self.business):
             return False
-        return resource == "transactions" and int(values.get("offset", 0) or 0) >= self.offset
+        if resource != "transactions" or any(k == "order_by" and v.startswith("-") for k, v in params):
+            return False
+        return int(values.get("offset", 0) or 0) >= self.offset
 
     def wait_here(self) -> None:
         self.reached.set()
