@@ -54,11 +54,13 @@ class RequestBudget:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)  # the first in ``_queue`` has changed
+        self._queue: deque[object] = deque()  # requests waiting, in arrival order
         self._slow_start = start is None
         first = start if start is not None else (self.ceiling / 2 if self.ceiling else None)
         self._rate = self._clamp(first) if first is not None else None
         self._target: float | None = None  # 95 % of what the server last accepted
-        self._next = float("-inf")  # the earliest moment the next request may go
+        self._next = float("-inf")  # set as a request leaves: the earliest the next one may go
         self._paused_until = float("-inf")
         self._decreased_at = float("-inf")
         self._wire: deque[float] = deque()  # when requests left in the last two seconds (``on_wire``)
@@ -74,33 +76,58 @@ class RequestBudget:
         """Requests per second the budget allows now (None: unpaced)."""
         return self._rate
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for their turn now."""
+        with self._lock:
+            return len(self._queue)
+
     def acquire(self) -> float:
-        """Wait for this request's turn; returns its ticket (the moment it may go)."""
-        claimed = False
+        """Wait for this request's turn; returns its ticket (the moment it may go).
+
+        Requests queue in arrival order and only the first of them waits for the clock. Its
+        moment is set when its turn comes: ``1 / rate`` after the one before it left, at the
+        rate of that moment, so a rise while it queued already counts (a slot claimed on
+        arrival kept the old spacing). A 429 pause or a crowded window that came up while it
+        slept is waited out before it goes.
+        """
+        if self._rate is None:
+            return self._acquire_unpaced()
+        me = object()
+        with self._lock:
+            self._queue.append(me)
+        try:
+            slept_until = float("-inf")
+            while True:
+                with self._turn:
+                    self._turn.wait_for(lambda: self._queue[0] is me)
+                    rate = self._rate
+                    assert rate is not None
+                    now = self._clock()
+                    due = max(self._next, self._paused_until, now + self._window_wait(now))
+                    # ``slept_until``: a sleep may end a rounding error before the moment it was for.
+                    if due <= max(now, slept_until):
+                        # The next one leaves 1 / rate after this one really leaves (a late wake-up
+                        # keeps its distance, so jitter never squeezes rate + 1 into one second).
+                        self._next = now + 1.0 / rate
+                        return now
+                    slept_until = due
+                self._sleep(due - now)
+        finally:
+            with self._turn:
+                self._queue.remove(me)
+                self._turn.notify_all()
+
+    def _acquire_unpaced(self) -> float:
+        """No rate: go at once, except during a 429 pause."""
         waited_out = float("-inf")  # the pause this thread already slept through
         while True:
             with self._lock:
                 now = self._clock()
-                if now < self._paused_until and self._paused_until != waited_out:
-                    claimed = False  # a 429 arrived meanwhile: the slot is given up
-                    waited_out = self._paused_until
-                    wait = self._paused_until - now
-                elif self._rate is None:
+                if not (now < self._paused_until and self._paused_until != waited_out):
                     return now
-                elif claimed and (crowded := self._window_wait(now)) > 0:
-                    wait = crowded  # a request before this one left late: keep the window
-                elif claimed:
-                    # Woken late (a busy interpreter): the next request keeps its distance from
-                    # this one, so jitter never squeezes rate + 1 requests into one second.
-                    self._next = max(self._next, now + 1.0 / self._rate)
-                    return now
-                else:
-                    slot = max(now, self._next, now + self._window_wait(now))
-                    self._next = slot + 1.0 / self._rate
-                    if slot <= now:
-                        return now
-                    claimed = True  # threads waiting together leave one interval apart
-                    wait = slot - now
+                waited_out = self._paused_until
+                wait = self._paused_until - now
             self._sleep(wait)
 
     def on_wire(self) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 import httpx
 import pytest
 import respx
@@ -148,6 +152,174 @@ def test_the_rate_never_leaves_its_bounds_and_requests_never_come_faster_than_th
         assert pace.floor <= pace.rate <= ceiling
     gaps = [later - earlier for earlier, later in zip(sent, sent[1:])]
     assert all(gap >= 1.0 / ceiling - 1e-6 for gap in gaps)
+
+
+# ----------------------------------------------------------------- threads waiting together
+class SteppedTime:
+    """A clock shared by real threads that moves only when the test moves it.
+
+    ``sleep`` blocks its thread until the test has advanced the clock to the moment the sleep
+    was for, so the waits of several threads are asserted without measuring real time.
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        self._wakes: list[float] = []  # when each sleeping thread is to wake
+        self._changed = threading.Condition()
+
+    def clock(self) -> float:
+        with self._changed:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._changed:
+            wake = self.now + seconds
+            self.sleeps.append(seconds)
+            self._wakes.append(wake)
+            self._changed.wait_for(lambda: self.now >= wake)
+
+    @property
+    def asleep(self) -> int:
+        with self._changed:
+            return len(self._wakes)
+
+    def advance(self) -> None:
+        """Move the clock to the earliest wake-up and wake the sleepers due then."""
+        with self._changed:
+            self.now = min(self._wakes)
+            self._wakes = [wake for wake in self._wakes if wake > self.now]
+            self._changed.notify_all()
+
+
+class Senders:
+    """Threads that each ``acquire`` once from one budget, started and stepped by the test."""
+
+    def __init__(self, pace: RequestBudget, stepped: SteppedTime) -> None:
+        self.pace = pace
+        self.stepped = stepped
+        self.left: list[tuple[int, float]] = []  # (sender, ticket) in the order they left
+        self.failed: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def start(self, count: int = 1) -> None:
+        """Start ``count`` senders, one at a time: each is queued before the next one comes."""
+        for _ in range(count):
+            number = len(self._threads)
+            thread = threading.Thread(target=self._send, args=(number,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+            self.settle()
+
+    def _send(self, number: int) -> None:
+        try:
+            ticket = self.pace.acquire()
+        except BaseException as exc:  # KeyboardInterrupt too: the test asserts what it was
+            with self._lock:
+                self.failed.append(exc)
+            return
+        with self._lock:
+            self.left.append((number, ticket))
+
+    def settle(self) -> None:
+        """Wait until every sender has left, failed or is queued, and a queued one is asleep."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            with self._lock:
+                done = len(self.left) + len(self.failed)
+            waiting = self.pace.waiting
+            if done + waiting == len(self._threads) and (waiting == 0 or self.stepped.asleep > 0):
+                return
+            assert time.monotonic() < deadline, "the senders did not settle"
+            time.sleep(0.001)  # polls the observable state above; the bound is the deadline
+
+    def run(self, between: Callable[[], None] = lambda: None) -> None:
+        """Advance the clock from wake-up to wake-up until every sender has left or failed."""
+        self.settle()
+        while self.pace.waiting:
+            between()
+            self.stepped.advance()
+            self.settle()
+        for thread in self._threads:
+            thread.join(timeout=10.0)
+            assert not thread.is_alive()
+
+    def gaps(self) -> list[float]:
+        tickets = [ticket for _number, ticket in self.left]
+        return [later - earlier for earlier, later in zip(tickets, tickets[1:])]
+
+
+def test_waiters_leave_at_the_rate_of_their_turn_not_the_rate_they_queued_at() -> None:
+    # A traced backfill: the signposts' answers raised the rate to 8, six lists were opened at
+    # once, and two more answers raised it to 10 before the second of them left.
+    stepped = SteppedTime()
+    pace = RequestBudget(10.0, clock=stepped.clock, sleep=stepped.sleep)
+    for _ in range(3):
+        pace.succeeded(stepped.now, 0.12)
+    assert pace.rate == 8.0
+    senders = Senders(pace, stepped)
+    senders.start(6)
+    pace.succeeded(stepped.now, 0.12)
+    pace.succeeded(stepped.now, 0.12)
+    assert pace.rate == 10.0
+    senders.run()
+    # The second was given its moment as the first left (at 8/s); the later ones at 10/s.
+    assert senders.gaps() == [pytest.approx(0.125)] + [pytest.approx(0.1)] * 4
+
+
+def test_a_rate_rising_while_they_leave_shortens_each_next_gap() -> None:
+    stepped = SteppedTime()
+    pace = RequestBudget(10.0, clock=stepped.clock, sleep=stepped.sleep)
+    senders = Senders(pace, stepped)
+    senders.start(4)
+    senders.run(between=lambda: pace.succeeded(stepped.now, 0.1))  # one quick answer per departure
+    assert senders.gaps() == [pytest.approx(1 / 5), pytest.approx(1 / 6), pytest.approx(1 / 7)]
+
+
+def test_waiters_leave_in_arrival_order_one_interval_apart() -> None:
+    stepped = SteppedTime()
+    pace = RequestBudget(10.0, start=4.0, clock=stepped.clock, sleep=stepped.sleep)
+    senders = Senders(pace, stepped)
+    senders.start(5)
+    senders.run()
+    assert [number for number, _ticket in senders.left] == [0, 1, 2, 3, 4]
+    assert senders.gaps() == [pytest.approx(0.25)] * 4
+    assert stepped.sleeps == [pytest.approx(0.25)] * 4  # one sleep each, no polling
+
+
+def test_a_429_while_they_wait_pauses_every_waiter_then_they_leave_at_the_halved_rate() -> None:
+    stepped = SteppedTime()
+    pace = RequestBudget(10.0, start=8.0, clock=stepped.clock, sleep=stepped.sleep)
+    senders = Senders(pace, stepped)
+    senders.start(4)
+    (_first, ticket), = senders.left
+    pace.throttled_for(ticket, 2.0)  # the first one's answer: 429, Retry-After 2
+    senders.run()
+    assert [number for number, _ticket in senders.left] == [0, 1, 2, 3]
+    assert [sent - ticket for _number, sent in senders.left] == [
+        0.0, pytest.approx(2.0), pytest.approx(2.25), pytest.approx(2.5)
+    ]
+
+
+def test_a_waiter_whose_sleep_fails_gives_its_turn_to_the_next() -> None:
+    stepped = SteppedTime()
+    failures = iter([KeyboardInterrupt()])
+
+    def sleep(seconds: float) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        stepped.sleep(seconds)
+
+    pace = RequestBudget(10.0, clock=stepped.clock, sleep=sleep)
+    senders = Senders(pace, stepped)
+    senders.start(3)  # the second one's sleep fails; the third takes its turn
+    senders.run()
+    assert [type(exc) for exc in senders.failed] == [KeyboardInterrupt]
+    assert [number for number, _ticket in senders.left] == [0, 2]
+    assert senders.gaps() == [pytest.approx(0.2)]
+    assert pace.waiting == 0
 
 
 # ----------------------------------------------------------------- the client draws from it
