@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -81,6 +82,7 @@ class TokenSource:
         scope: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
         headers: dict[str, str] | None = None,
         redact: Redactor,
     ) -> None:
@@ -93,6 +95,7 @@ class TokenSource:
         self.scope = scope.strip() if scope and scope.strip() else None
         self._timeout = timeout
         self._transport = transport
+        self._verify = verify  # the API client's TLS context, so the CA bundle is loaded once
         self._headers = dict(headers or {})
         self._redact = redact
         for secret in (self._client_secret, self._password, self._token):
@@ -142,6 +145,7 @@ class TokenSource:
             token_endpoint_auth_method="client_secret_basic",
             scope=self.scope,
             transport=self._transport,
+            verify=self._verify,
             timeout=self._timeout,
             headers=self._headers,
         )

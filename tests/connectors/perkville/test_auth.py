@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import logging
+import ssl
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 import respx
+from authlib.integrations.httpx_client import OAuth2Client
 
 from connectors.perkville import AuthError, ConfigurationError, PerkvilleClient
+from connectors.perkville import auth as auth_module
 
 from .conftest import (
     API,
@@ -219,3 +223,34 @@ def test_repr_never_shows_secrets(router: respx.MockRouter, fake_time: FakeTime)
     for secret in (*SECRETS, "tok-secret-abcdef"):
         assert secret not in repr(client) and secret not in repr(client._auth)
     assert "token=set" in repr(client._auth)
+
+
+def tls_context(transport: httpx.BaseTransport) -> ssl.SSLContext:
+    """The TLS context of a real httpx transport (httpcore's pool holds it)."""
+    assert isinstance(transport, httpx.HTTPTransport)
+    context = transport._pool._ssl_context
+    assert context is not None
+    return context
+
+
+def test_the_api_client_and_the_token_client_share_one_strict_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No transport given: both clients build real httpx transports. The token client is made at
+    # each grant; this one records the TLS context its transport got instead of calling out.
+    seen: list[ssl.SSLContext] = []
+
+    class RecordingOAuth2Client(OAuth2Client):  # type: ignore[misc]
+        def fetch_token(self, url: str | None = None, **kwargs: Any) -> dict[str, Any]:
+            seen.append(tls_context(self._transport))
+            return {"access_token": "tok-1", "token_type": "Bearer"}
+
+    monkeypatch.setattr(auth_module, "OAuth2Client", RecordingOAuth2Client)
+    with PerkvilleClient(
+        API, TOKEN_URL, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, username=USERNAME, password=PASSWORD
+    ) as client:
+        client.authenticate()
+        client._auth.invalidate()
+        client.authenticate()  # a re-grant after a 401 uses it too
+        context = tls_context(client._http._transport)
+    assert len(seen) == 2
+    assert all(each is context for each in seen)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
