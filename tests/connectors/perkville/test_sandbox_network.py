@@ -153,3 +153,24 @@ def test_a_defect_of_the_sandbox_is_answered_500_not_a_dropped_connection(
     assert answer.status_code == 500
     assert answer.json() == {"error_message": "sandbox error: KeyError: 4242"}
     assert "KeyError: 4242" in capsys.readouterr().err
+
+
+def test_the_sandbox_answers_with_nagle_off_like_an_indexed_production_server() -> None:
+    # http.server writes headers and body in two sends; with Nagle on, a small body waited about
+    # 40 ms for the client's delayed ACK (47 -> 3 ms per small page once off: bench/README.md).
+    import socket
+
+    from connectors.perkville.sandbox.server import _Handler
+
+    seen: list[int] = []
+
+    class Recording(_Handler):
+        def setup(self) -> None:
+            super().setup()
+            seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    with Sandbox(seed=1, members=2, transactions=2) as box:
+        box.server.RequestHandlerClass = Recording
+        with PerkvilleClient(**box.client_kwargs()) as client:
+            client.request("GET", "businesses/")
+    assert seen and all(seen), seen
