@@ -64,7 +64,7 @@ def export_pack(
         ),
         pack.RECONCILE: reconcile_csv,
         pack.IDMAP: pack.idmap_csv(state, run.business),
-        pack.DEAD_LETTERS: pack.dead_letters_jsonl(state, run.business, run.id),
+        pack.DEAD_LETTERS: pack.dead_letters_jsonl(state, run.business, run.id, secrets),
         pack.LEDGER: ledger.text.encode(),
     }
     pack.check_no_secret(parts, secrets)

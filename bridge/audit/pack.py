@@ -145,10 +145,12 @@ def idmap_csv(state: StateStore, business: str) -> bytes:
     return out.getvalue().encode()
 
 
-def dead_letters_jsonl(state: StateStore, business: str, run_id: int) -> bytes:
-    """The business's dead letters whose latest failure was in this run (any status), by id."""
+def dead_letters_jsonl(state: StateStore, business: str, run_id: int, secrets: Sequence[str]) -> bytes:
+    """The business's dead letters whose latest failure was in this run (any status), by id, each
+    as the CLI and the dashboard show it: secret-looking fields of its raw record and the
+    settings' secret values masked (``DeadLetter.redacted``)."""
     lines = [
-        json.dumps(letter.to_json(), sort_keys=True, ensure_ascii=False, default=_iso) + "\n"
+        json.dumps(letter.redacted(secrets).to_json(), sort_keys=True, ensure_ascii=False, default=_iso) + "\n"
         for letter in state.dead_letters.list(business, status=None, run_id=run_id)
     ]
     return "".join(lines).encode()

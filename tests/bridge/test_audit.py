@@ -225,6 +225,36 @@ def test_the_dead_letters_of_the_run_are_in_the_pack(
     assert _verify(capsys, audit_env, zip_file, public, "--against-db")[0] == 0
 
 
+def test_the_dead_letters_raw_records_are_redacted_in_the_pack(
+    audit_env: Path, capsys: pytest.CaptureFixture[str], sandbox: Sandbox, db_url: str
+) -> None:
+    from bridge.state import StateStore
+
+    _keygen(capsys, audit_env)
+    (victim,) = _break(sandbox, 1)
+    run_body = _backfill(capsys, audit_env)
+    secret = sandbox.credentials["password"]
+    engine = create_db_engine(db_url)
+    try:
+        state = StateStore(engine)
+        (letter,) = state.dead_letters.list(str(sandbox.business_ids[0]), status=None, run_id=run_body["run_id"])
+        with engine.begin() as conn:  # a record as a source might send it: a token field, a secret in a note
+            state.dead_letters.put(
+                conn, business=letter.business, kind=letter.kind, record_id=letter.record_id,
+                raw={**letter.raw, "api_token": "tok-0123456789", "note": f"staff pw {secret}"},
+                reason=letter.reason, detail=letter.detail, run_id=letter.run_id,
+            )
+    finally:
+        engine.dispose()
+    zip_file = _export(capsys, audit_env, run_body["run_id"], "run.zip")
+    (line,) = _members(zip_file)[pack.DEAD_LETTERS].decode().splitlines()
+    packed = json.loads(line)
+    assert packed["record_id"] == victim
+    assert packed["raw"]["api_token"] == "***" and packed["raw"]["note"] == "staff pw ***"
+    assert packed["raw"]["classification"] == "MYSTERY"  # the evidence itself is kept
+    assert "tok-0123456789" not in line and secret not in line
+
+
 def test_against_db_names_the_ledger_when_the_database_changed(
     audit_env: Path, capsys: pytest.CaptureFixture[str], db_url: str
 ) -> None:
