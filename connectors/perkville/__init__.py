@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.perkville.client import ID_FIELDS, PerkvilleClient
+from connectors.perkville.client import PerkvilleClient
 from connectors.perkville.datetimes import format_filter_datetime, parse_perkville_datetime
 from connectors.perkville.duplicates import RecordedAnswer, is_duplicate_answer
 from connectors.perkville.errors import (
@@ -17,7 +17,7 @@ from connectors.perkville.errors import (
     RetriableError,
     RetryBudgetExhausted,
 )
-from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
+from connectors.perkville.paging import ID_FIELDS, OffsetPaginator, Page, PageRequest, sanitize_path
 from connectors.perkville.writes import AwardResult
 
 __all__ = [

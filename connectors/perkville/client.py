@@ -8,14 +8,14 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 
 from connectors.perkville.auth import Redactor, TokenSource, with_retries
-from connectors.perkville.datetimes import format_filter_datetime, to_tzinfo
+from connectors.perkville.datetimes import to_tzinfo
 from connectors.perkville.duplicates import RecordedAnswer
 from connectors.perkville.errors import (
     AuthError,
@@ -32,12 +32,12 @@ from connectors.perkville.guard import (
     filter_warning,
     guard_for,
     order_warning,
-    trailing_id,
 )
 from connectors.perkville.jsonbody import decode_json
 from connectors.perkville.overlap import OverlappedReader, overlap_plan
 from connectors.perkville.pacing import Backoff, RequestBudget, parse_retry_after
-from connectors.perkville.paging import OffsetPaginator, Page, PageRequest, sanitize_path
+from connectors.perkville.paging import ID_FIELDS, OffsetPaginator, Page, PageRequest, sanitize_path
+from connectors.perkville.reads import ReadMethods
 from connectors.perkville.schema import ApiSchema, sendable
 from connectors.perkville.writes import Answer, WriteMethods, check_field_name
 
@@ -45,19 +45,9 @@ log = logging.getLogger("connectors.perkville")
 
 USER_AGENT = "perkbridge-perkville-connector/0.1 (+https://perkamo.com)"
 
-# The id field of each list resource, used to break ties and to check the server's order.
-ID_FIELDS = {
-    "businesses": "business_id",
-    "locations": "location_id",
-    "perks": "perk_id",
-    "users": "user_id",
-    "connections": "connection_id",
-    "transactions": "transaction_id",
-}
-"""External-member records have no known id field; their stable sort key is ``id`` (the default)."""
 
 
-class PerkvilleClient(WriteMethods):
+class PerkvilleClient(ReadMethods, WriteMethods):
     """Perkville v2 client: password grant or given token, paging, rate limit, retries, writes.
 
     Reads yield raw ``Page``s (``objects`` exactly as Perkville sent them, after client-side guards);
@@ -520,154 +510,6 @@ class PerkvilleClient(WriteMethods):
             return
         self._warned.add(key)
         log.warning(message, *args)
-
-    # ----------------------------------------------------------------- resources
-    def _params(self, business: object, params: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if business is not None:
-            out["business"] = trailing_id(business)
-        for key, value in params.items():
-            if value is None:
-                continue
-            out[key] = format_filter_datetime(value, self.tz) if isinstance(value, datetime) else value
-        return out
-
-    def iter_businesses(self, **params: Any) -> Iterator[Page]:
-        """Businesses the staff account can see."""
-        return self.iter_pages("businesses/", self._params(None, params))
-
-    def iter_locations(self, business: object = None, **params: Any) -> Iterator[Page]:
-        """Locations of a business (with ``external_location_id``)."""
-        return self.iter_pages("locations/", self._params(business, params))
-
-    def iter_perks(self, business: object = None, **params: Any) -> Iterator[Page]:
-        """Perks (earning and redeeming rules); pass ``classification="REDEEM"`` to narrow."""
-        return self.iter_pages("perks/", self._params(business, params))
-
-    def iter_users(
-        self,
-        *,
-        last_mod_dt_gte: datetime | None = None,
-        last_mod_dt_lt: datetime | None = None,
-        **params: Any,
-    ) -> Iterator[Page]:
-        """Users, optionally changed within ``[last_mod_dt_gte, last_mod_dt_lt)``."""
-        params.update(last_mod_dt__gte=last_mod_dt_gte, last_mod_dt__lt=last_mod_dt_lt)
-        return self.iter_pages("users/", self._params(None, params))
-
-    def iter_connections(
-        self,
-        business: object = None,
-        *,
-        last_mod_dt_gte: datetime | None = None,
-        last_mod_dt_lt: datetime | None = None,
-        **params: Any,
-    ) -> Iterator[Page]:
-        """Connections (customer ↔ business, with ``point_balance``), optionally changed in a window."""
-        params.update(last_mod_dt__gte=last_mod_dt_gte, last_mod_dt__lt=last_mod_dt_lt)
-        return self.iter_pages("connections/", self._params(business, params))
-
-    def iter_transactions(
-        self,
-        business: object = None,
-        *,
-        transaction_dt_gte: datetime | None = None,
-        transaction_dt_lt: datetime | None = None,
-        last_mod_dt_gte: datetime | None = None,
-        last_mod_dt_lt: datetime | None = None,
-        order_by: str | Sequence[str] | None = None,
-        **params: Any,
-    ) -> Iterator[Page]:
-        """The points ledger (earns, redemptions, voids) with optional windows and order."""
-        params.update(
-            transaction_dt__gte=transaction_dt_gte,
-            transaction_dt__lt=transaction_dt_lt,
-            last_mod_dt__gte=last_mod_dt_gte,
-            last_mod_dt__lt=last_mod_dt_lt,
-        )
-        if order_by:
-            params["order_by"] = [order_by] if isinstance(order_by, str) else list(order_by)
-        return self.iter_pages("transactions/", self._params(business, params))
-
-    def fetch_newest(
-        self, resource: str, business: object = None, *, field: str = "last_mod_dt", **params: Any
-    ) -> Page:
-        """One request: the (at most two) rows of ``resource`` with the highest ``field``.
-
-        Asks ``order_by=-field,-id``; ``page.ordered`` is False when the two rows show the server
-        ignoring that order (they are then just rows it holds, not the newest).  An empty page:
-        nothing matches.  The values stay as Perkville sent them (its clock, its zone).
-        """
-        name = resource.strip("/")
-        query = dict(params)
-        query["order_by"] = [f"-{field}", f"-{ID_FIELDS.get(name, 'id')}"]
-        pages = self.iter_pages(f"{name}/", self._params(business, query), page_size=2)
-        first = next(pages, None)
-        close = getattr(pages, "close", None)  # a generator: let it finish now
-        if close is not None:
-            close()
-        return first or Page(objects=[], meta={}, path=f"{name}/")
-
-    def iter_external_members(self, business: object = None, **params: Any) -> Iterator[Page]:
-        """External member records; yields nothing (after one warning) if the endpoint does not exist."""
-        if not self._external_members_enabled:
-            return
-        try:
-            yield from self.iter_pages(self._external_members_path, self._params(business, params))
-        except NotFound:
-            self._disable_external_members()
-
-    @property
-    def external_members_enabled(self) -> bool:
-        return self._external_members_enabled
-
-    @property
-    def external_members_path(self) -> str:
-        return self._external_members_path
-
-    def _disable_external_members(self) -> None:
-        if self._external_members_enabled:
-            log.warning(
-                "perkville: %s answered 404; the External Member API is not available to this "
-                "client, so external member sync is disabled for this run",
-                sanitize_path(self._url(self._external_members_path)),
-            )
-        self._external_members_enabled = False
-
-    def iter_windows(
-        self,
-        resource: str,
-        *,
-        field: str,
-        start: datetime,
-        end: datetime,
-        window: timedelta,
-        business: object = None,
-        **params: Any,
-    ) -> Iterator[Page]:
-        """Read ``[start, end)`` in consecutive ``field`` windows, each ordered by ``(field, id)``.
-
-        If the server is caught ignoring the window filter, the current window is finished with
-        client-side filtering and the rest of the range is read in ONE client-filtered scan
-        (instead of one full scan per window).
-        """
-        if window <= timedelta(0):
-            raise ConfigurationError("window must be positive")
-        name = resource.strip("/")
-        id_field = ID_FIELDS.get(name, "id")
-        lower = start
-        while lower < end:
-            upper = min(end, lower + window)
-            before = self.stats["dropped_rows"]
-            query = dict(params)
-            query.update({f"{field}__gte": lower, f"{field}__lt": upper, "order_by": [field, id_field]})
-            yield from self.iter_pages(f"{name}/", self._params(business, query))
-            lower = upper
-            if self.stats["dropped_rows"] > before and lower < end:
-                query = dict(params)
-                query.update({f"{field}__gte": lower, f"{field}__lt": end, "order_by": [field, id_field]})
-                yield from self.iter_pages(f"{name}/", self._params(business, query))
-                return
 
 
 # --------------------------------------------------------------------- helpers

@@ -9,6 +9,17 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from connectors.perkville.errors import PaginationError
 
+# The id field of each list resource, used to break ties and to check the server's order.
+ID_FIELDS = {
+    "businesses": "business_id",
+    "locations": "location_id",
+    "perks": "perk_id",
+    "users": "user_id",
+    "connections": "connection_id",
+    "transactions": "transaction_id",
+}
+"""External-member records have no known id field; their stable sort key is ``id`` (the default)."""
+
 
 @dataclass(frozen=True)
 class Page:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from connectors.perkville.client import ID_FIELDS
 from connectors.perkville.datetimes import parse_perkville_datetime
+from connectors.perkville.paging import ID_FIELDS
 from connectors.perkville.sandbox.schema import is_field, within_reach
 from connectors.perkville.sandbox.state import SandboxError, Txn, to_int
 
