@@ -8,6 +8,7 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -19,6 +20,7 @@ from bridge.state.schema import runs
 from bridge.state.stores import read_connection
 from connectors.perkville.sandbox import Sandbox
 from perkamo_core.db import create_db_engine
+from perkamo_core.models import EventInput
 from tests.bridge.conftest import SPACE, Bridge, checksum, event_count, run, subprocess_env
 from tests.bridge.killing import kill_at_progress, read_or_zero
 
@@ -27,8 +29,8 @@ def _wallets(bridge: Bridge) -> dict[str, Decimal]:
     return dict(bridge.service.wallet_balances(SPACE, "points"))
 
 
-def _rollback(bridge: Bridge, run_id: int, **options: object) -> dict[str, object]:
-    summary = run_rollback(bridge.engine, bridge.state, bridge.service, run_id, lease_seconds=30, **options)  # type: ignore[arg-type]
+def _rollback(bridge: Bridge, run_id: int, **options: Any) -> dict[str, Any]:
+    summary = run_rollback(bridge.engine, bridge.state, bridge.service, run_id, lease_seconds=30, **options)
     return summary.to_json()
 
 
@@ -88,7 +90,7 @@ def test_rollback_of_a_sync_gives_the_wallets_as_before_it_once(bridge: Bridge) 
     assert body["read"] == body["applied"] + body["duplicate"] + body["skipped"] + body["dead_lettered"]
     assert {k: v for k, v in _wallets(bridge).items() if v or k in before} == before
 
-    record = bridge.state.runs.get(int(body["run_id"]))  # type: ignore[arg-type]
+    record = bridge.state.runs.get(int(body["run_id"]))
     assert record is not None and record.direction == DIRECTION and record.status == "succeeded"
     assert record.counts.as_dict() == {k: body[k] for k in record.counts.as_dict()}
 
@@ -144,8 +146,8 @@ def test_a_rollback_refuses_when_points_were_spent_since_and_allow_negative_pass
         balances = service.wallet_balances(SPACE, "points")
         spender, balance = max(balances.items(), key=lambda item: item[1])
         assert balance > 0
-        service.ingest(SPACE, {"user_id": spender, "event": "perkville.balance_adjusted",
-                               "transaction_id": "test:spent", "context": {"amount": -int(balance)}})
+        service.ingest(SPACE, EventInput(user_id=spender, event="perkville.balance_adjusted",
+                                         transaction_id="test:spent", context={"amount": -int(balance)}))
         before = checksum(engine)
 
         code, _, err = run(capsys, cli_env, "rollback", "--run", str(run_id))
@@ -210,7 +212,7 @@ def test_unknown_runs_and_rollbacks_of_rollbacks_are_refused(
     body = _rollback(bridge, first.run_id)
     assert set(_wallets(bridge).values()) == {Decimal(0)}
     with pytest.raises(RollbackRefusedError, match="itself a rollback"):
-        check_run(bridge.state, int(body["run_id"]))  # type: ignore[arg-type]
+        check_run(bridge.state, int(body["run_id"]))
     assert plan_rollback(bridge.engine, bridge.state, check_run(bridge.state, first.run_id)).pending == []
 
 
