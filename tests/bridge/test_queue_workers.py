@@ -1,6 +1,7 @@
 """``perkbridge worker`` processes against the sandbox and one PostgreSQL database: a deferred
 backfill and the periodic syncs of two businesses; two workers never run one business at once;
-SIGTERM mid-backfill commits the page, exits 0, and the job resumes on the next worker."""
+SIGTERM mid-backfill commits the page, exits 0, and the job resumes on the next worker; the
+periodic write-back job awards a Perkamo event in Perkville once."""
 
 from __future__ import annotations
 
@@ -293,3 +294,62 @@ def test_a_killed_workers_backfill_is_retried_by_another_worker_and_resumes(
         attempts = _rows(queued.engine, "SELECT attempts FROM procrastinate_jobs WHERE id = :id", id=queued.job_id)
         assert attempts == [(2,)]  # the killed attempt and the rescue
         queued.assert_reconciles()
+
+
+def test_a_worker_writes_back_on_its_periodic_job_and_the_next_sync_finds_a_duplicate(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from importlib import resources
+
+    from perkamo_core.models import EventInput
+    from perkamo_core.service import CoreService
+
+    visit = "visit.checked_in"
+    source = "perkamo:pos:checkin:1"
+    with _sandbox(seed=4, members=8, transactions=40) as box:
+        business = str(box.business_ids[0])
+        perk = next(
+            p for p in sorted(box.ledger.perks.values(), key=lambda p: p["perk_id"])
+            if str(p["business"]) == business and p["classification"] == "EARN" and p["points"] > 0
+        )
+        user = min(c["user"] for c in box.ledger.connections.values() if str(c["business"]) == business)
+        config = _config(tmp_path / "perkbridge.toml", [business], interval_minutes=60)
+        config.write_text(
+            config.read_text(encoding="utf-8").replace("[schedule]\n", "[schedule]\nwriteback_interval_seconds = 1\n")
+            + f"[writeback]\nenabled = true\nevent_perks = {{ \"{visit}\" = {perk['perk_id']} }}\n",
+            encoding="utf-8",
+        )
+        env = subprocess_env(box, pg_url, PERKAMO_SPACE=SPACE, PERKBRIDGE_LOG_FORMAT="plain")
+        assert _run(config, env, "backfill", "--json")["status"] == "succeeded"
+        engine = create_db_engine(pg_url)
+        try:
+            # A Perkamo-side event with a perk to award it: what a dual run writes back.
+            service = CoreService(engine)
+            modules = json.loads(resources.files("config").joinpath("programs/migration.json").read_text("utf-8"))
+            modules["events"]["rules"].append(
+                {"event": visit, "key": "visit", "wallet": "points", "formula": str(perk["points"])}
+            )
+            service.load_program(SPACE, modules)
+            event = EventInput(user_id=f"perkville:{user}", event=visit, transaction_id="pos:checkin:1")
+            assert service.ingest(SPACE, event)["applied"] is True
+
+            worker = _perkbridge(config, env, "worker", "--name", "w-back")
+            _wait("the write-back", lambda: any(t.trans_source_id == source for t in box.ledger.txns.values()),
+                  [worker])
+            _wait("its job's record", lambda: bool(_rows(
+                engine,
+                "SELECT 1 FROM scheduler_job_runs WHERE kind = 'writeback' AND business_id = :b "
+                "AND outcome = 'success'", b=business,
+            )), [worker])
+            _stop(worker)
+        finally:
+            engine.dispose()
+        (row,) = [t for t in box.ledger.txns.values() if t.trans_source_id == source]
+        assert (row.user_id, row.perk_id, row.classification) == (user, perk["perk_id"], "EARN")
+        # The next sync reads the row back as the same Perkamo event: a duplicate, nothing moves.
+        sync = _run(config, env, "sync", "--json")
+        assert sync["kinds"]["transaction"]["duplicate"] >= 1, sync
+        assert sync["kinds"]["transaction"]["applied"] == 0, sync
+        assert sync["written_back"] == 0, sync  # the worker's job already did it, once
+        report = _run(config, env, "reconcile", "--json")
+        assert report["mismatches"] == [] and report["checked"] == report["matched"] > 0
