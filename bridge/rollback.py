@@ -351,8 +351,13 @@ def run_rollback(
     batch: int = BATCH,
     secrets: tuple[str, ...] = (),
     space: str | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> RollbackSummary:
-    """Roll back run ``run_id`` under the business's import lease, as a run of its own."""
+    """Roll back run ``run_id`` under the business's import lease, as a run of its own.
+
+    ``on_start``: called with the rollback run's id once it is recorded, after every refusal
+    (the lease, the run's state, a shortfall) could have been raised (the dashboard answers then
+    and leaves the run going: ``bridge.dashboard.background``)."""
     original = check_run(state, run_id)
     stop = stop or threading.Event()
     with leased(state, original.business, LEASE_DIRECTION, lease_seconds=lease_seconds, wait=wait) as keeper:
@@ -364,12 +369,14 @@ def run_rollback(
         shortfalls = plan.shortfalls()
         if shortfalls and not allow_negative:
             raise RollbackRefusedError(refusal_message(run_id, shortfalls))
-        return _apply(engine, state, service, plan, keeper, stop=stop, batch=batch, secrets=secrets)
+        return _apply(
+            engine, state, service, plan, keeper, stop=stop, batch=batch, secrets=secrets, on_start=on_start
+        )
 
 
 def _apply(
     engine: Engine, state: StateStore, service: Any, plan: RollbackPlan, keeper: LeaseKeeper, *,
-    stop: threading.Event, batch: int, secrets: tuple[str, ...],
+    stop: threading.Event, batch: int, secrets: tuple[str, ...], on_start: Callable[[int], None] | None,
 ) -> RollbackSummary:
     started = time.monotonic()
     business = plan.run.business
@@ -386,6 +393,8 @@ def _apply(
                           details={**details, "wallets": wallets, "notes": summary.notes})
 
     with recorded(rid, finish, what="rollback run", secrets=secrets):
+        if on_start is not None:
+            on_start(rid)
         if plan.skipped:
             with engine.begin() as conn:
                 keeper.fence(conn)

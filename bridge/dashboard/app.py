@@ -3,6 +3,8 @@ request without a session (a page: to sign-in; anything else: 401) or with a bad
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from bridge.dashboard import auth, deadletters, overview, reconcile, runs
 from bridge.dashboard.auth import BadForm, NotSignedIn, login_redirect
@@ -36,6 +39,7 @@ def make_dashboard(engine: Engine, service: CoreService, settings: Settings) -> 
 def mount(app: Any, dashboard: Dashboard) -> None:
     """Serve the dashboard under ``/dashboard`` on the FastAPI ``app``."""
     app.state.dashboard = dashboard
+    _stop_background_runs_on_shutdown(app, dashboard)
     for router in ROUTERS:
         app.include_router(router, include_in_schema=False)
     static = files("bridge.dashboard") / "static"
@@ -55,3 +59,18 @@ def mount(app: Any, dashboard: Dashboard) -> None:
 
     app.add_exception_handler(NotSignedIn, not_signed_in)
     app.add_exception_handler(BadForm, bad_form)
+
+
+def _stop_background_runs_on_shutdown(app: Any, dashboard: Dashboard) -> None:
+    """The app's lifespan, then the dashboard's background runs stopped and waited for."""
+    previous = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(served: Any) -> AsyncIterator[Any]:
+        async with previous(served) as state:
+            try:
+                yield state
+            finally:
+                await run_in_threadpool(dashboard.background.stop_all)
+
+    app.router.lifespan_context = lifespan

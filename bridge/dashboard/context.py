@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
 
+from bridge.dashboard.background import Background
 from bridge.dashboard.sessions import SessionSigner
 from bridge.state import StateStore
 from bridge.state.schema import cursors, runs
@@ -32,6 +33,8 @@ class Dashboard:
     settings: Settings
     signer: SessionSigner
     clock: Callable[[], float] = field(default=time.time)
+    background: Background = field(default_factory=Background)
+    """Runs started by a page and left going (a rollback), stopped when the server shuts down."""
 
     @property
     def space(self) -> str:

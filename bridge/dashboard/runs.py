@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from bridge.dashboard.auth import FormDep, SessionDep
 from bridge.dashboard.context import Dashboard, dashboard_of
@@ -214,8 +216,10 @@ def rollback_dry_run(request: Request, run_id: int, form: FormDep) -> HTMLRespon
 
 
 @router.post("/dashboard/runs/{run_id}/rollback/confirm", response_class=HTMLResponse)
-def rollback_confirm(request: Request, run_id: int, form: FormDep) -> HTMLResponse:
-    """The rollback itself (``bridge.rollback.run_rollback``), then what it reversed."""
+def rollback_confirm(request: Request, run_id: int, form: FormDep) -> Response:
+    """The rollback itself (``bridge.rollback.run_rollback``), left going in the background once
+    it is recorded: the answer redirects to the rollback run's page, which follows it live. A
+    refusal (another run holds the lease, a shortfall) is answered on this page, nothing done."""
     from bridge.rollback import run_rollback
     from bridge.wiring import secret_values
 
@@ -223,25 +227,30 @@ def rollback_confirm(request: Request, run_id: int, form: FormDep) -> HTMLRespon
     run = dashboard.state.runs.get(run_id)
     if run is None:
         return _not_found(request, run_id)
-    try:
-        summary = run_rollback(
+    allow_negative = _one(form, "allow_negative") == "1"
+
+    def rollback(stop: threading.Event, started: Callable[[int], None]) -> object:
+        return run_rollback(
             dashboard.engine, dashboard.state, dashboard.service, run_id,
-            lease_seconds=dashboard.settings.schedule.lease_seconds,
-            allow_negative=_one(form, "allow_negative") == "1", secrets=secret_values(dashboard.settings),
+            lease_seconds=dashboard.settings.schedule.lease_seconds, allow_negative=allow_negative,
+            stop=stop, secrets=secret_values(dashboard.settings), on_start=started,
         )
+
+    try:
+        rollback_run = dashboard.background.start(f"rollback-{run_id}", rollback)
     except BridgeError as exc:
         return _rollback_page(request, run, refusal=exc.message)
-    return _rollback_page(request, run, summary=summary)
+    return RedirectResponse(f"/dashboard/runs/{rollback_run}", status_code=303, headers=SECURITY_HEADERS)
 
 
 def _rollback_page(
     request: Request, run: RunRecord, *, plan: dict[str, Any] | None = None, refusal: str | None = None,
-    summary: Any = None, shortfall: str | None = None,
+    shortfall: str | None = None,
 ) -> HTMLResponse:
-    """The rollback page in one of its states: refused (409), the dry run, or the result."""
+    """The rollback page in one of its states: refused (409) or the dry run."""
     return render(
         request, "rollback.html", status_code=409 if refusal else 200, run=run, plan=plan, refusal=refusal,
-        summary=summary, shortfall=shortfall, shown=PLAN_ROWS_SHOWN,
+        shortfall=shortfall, shown=PLAN_ROWS_SHOWN,
     )
 
 

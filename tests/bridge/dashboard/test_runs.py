@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -181,16 +183,82 @@ def test_rollback_dry_run_then_confirm_gives_the_wallets_as_before_the_sync(sign
     assert _wallets(bridge) == moved
     runs_before = bridge.state.runs.recent(limit=1)[0].id
 
+    # The confirmation answers once the rollback run is recorded and leaves it going: to its page.
     done = signed_in.post(f"/dashboard/runs/{sync.run_id}/rollback/confirm", {})
-    assert done.status_code == 200 and "Rolled back" in done.text
-    assert {k: v for k, v in _wallets(bridge).items() if v or k in before} == before
+    assert done.status_code == 303
     rollback = bridge.state.runs.recent(limit=1)[0]
-    assert rollback.id > runs_before and rollback.direction == "rollback" and rollback.status == "succeeded"
-    assert f'href="/dashboard/runs/{rollback.id}"' in done.text
+    assert rollback.id > runs_before and rollback.direction == "rollback"
+    assert done.headers["location"] == f"/dashboard/runs/{rollback.id}"
+    assert _finished(bridge, rollback.id).status == "succeeded"
+    assert {k: v for k, v in _wallets(bridge).items() if v or k in before} == before
+    reversed_page = signed_in.client.get(f"/dashboard/runs/{rollback.id}").text
+    assert 'id="reversed"' in reversed_page and "Nothing was left to reverse" not in reversed_page
     # A rollback run is not rolled back; its page says why and links the run it reverses.
     page = signed_in.client.get(f"/dashboard/runs/{rollback.id}").text
     assert "is itself a rollback" in page and f'href="/dashboard/runs/{sync.run_id}"' in page
     assert signed_in.post(f"/dashboard/runs/{rollback.id}/rollback", {}).status_code == 409
+
+
+def _finished(bridge: Bridge, run_id: int) -> Any:
+    """The run once it has ended (the dashboard's rollback goes on after its answer)."""
+    deadline = time.monotonic() + 120
+    while (run := bridge.state.runs.get(run_id)) is None or run.status == "running":
+        assert time.monotonic() < deadline, f"run {run_id} did not end"
+        time.sleep(0.05)
+    return run
+
+
+def test_a_refused_rollback_is_answered_on_its_page_and_starts_nothing(signed_in: SignedIn) -> None:
+    bridge = signed_in.bridge
+    first = bridge.backfill()
+    runs_before = bridge.state.runs.recent(limit=1)[0].id
+    from bridge.state import lease_name
+
+    name = lease_name(bridge.business, "import")
+    assert bridge.state.leases.try_acquire(name, "a-running-sync", timedelta(seconds=60)) is not None
+    try:
+        refused = signed_in.post(f"/dashboard/runs/{first.run_id}/rollback/confirm", {})
+    finally:
+        bridge.state.leases.release(name, "a-running-sync")
+    assert refused.status_code == 409 and "Refused" in refused.text and "already running" in refused.text
+    assert bridge.state.runs.recent(limit=1)[0].id == runs_before
+    assert signed_in.client.app.state.dashboard.background.running == 0
+
+
+def test_shutting_down_stops_a_background_rollback_after_its_batch() -> None:
+    from bridge.dashboard.background import Background
+
+    background = Background()
+    reached = threading.Event()
+
+    def work(stop: threading.Event, started: Any) -> None:
+        started(7)
+        reached.set()
+        stop.wait(120)  # a batch in progress; the shutdown's stop event ends it
+
+    assert background.start("rollback-1", work) == 7
+    assert reached.wait(120) and background.running == 1
+    background.stop_all()
+    assert background.running == 0
+    with pytest.raises(RuntimeError, match="shutting down"):
+        background.start("rollback-2", work)
+
+
+def test_the_server_shutting_down_stops_its_background_runs(bridge: Bridge) -> None:
+    app = dashboard_app(bridge)
+    stopped = threading.Event()
+
+    def work(stop: threading.Event, started: Any) -> None:
+        started(1)
+        if stop.wait(120):
+            stopped.set()
+
+    with TestClient(app):
+        background = app.state.dashboard.background
+        background.start("rollback-1", work)
+        assert background.running == 1
+    # The lifespan's end (uvicorn's shutdown) set the run's stop event and waited for it.
+    assert stopped.is_set() and background.running == 0
 
 
 def test_the_audit_pack_downloads_and_verifies_or_the_page_says_how_to_configure_the_key(
