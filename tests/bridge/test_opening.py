@@ -91,3 +91,32 @@ def test_importing_the_cli_leaves_the_database_layer_and_the_connector_for_later
     code = f"import sys, bridge.cli; print([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("opened_first", [True, False], ids=["opening", "no-opening"])
+def test_a_run_starts_from_the_rate_the_business_s_last_run_learned(
+    box: Sandbox, db_url: str, opened_first: bool
+) -> None:
+    from bridge.opening import open_source
+    from bridge.wiring import RunParts, open_engine, open_state
+    from config.settings import load_settings
+    from tests.bridge.conftest import sandbox_settings
+
+    settings = load_settings(None, environ=sandbox_settings(box, db_url))
+    business = str(box.business_ids[0])
+    engine = open_engine(settings)
+    try:
+        runs = open_state(engine).runs
+        earlier = runs.start(business, direction="import", kind="sync")
+        runs.finish(earlier, "succeeded", details={"request_rate": 3.25})
+        opening = open_source(settings, business) if opened_first else None
+        if opening is not None:
+            assert opening.signposts() is not None  # its requests went out at the default start
+        parts = RunParts(settings, engine, business, opening=opening)
+        try:
+            assert parts.source is not None and parts.source.budget.rate == 3.25
+        finally:
+            parts.close()
+    finally:
+        engine.dispose()
