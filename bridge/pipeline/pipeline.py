@@ -44,7 +44,8 @@ from bridge.pipeline.options import (
     RunSummary,
 )
 from bridge.pipeline.pages import PageFeed, ReadAhead, SequentialFeed
-from bridge.pipeline.phases import Phases, WriteState
+from bridge.pipeline.phase_base import WriteState
+from bridge.pipeline.phases import Phases
 from bridge.pipeline.records import ExternalMembers, PageRecord, map_transaction_rows
 from bridge.pipeline.tally import PageTally, tally
 from bridge.probe.reach import Reach, refuse_partial

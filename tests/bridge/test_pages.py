@@ -10,7 +10,7 @@ import pytest
 
 from bridge.pipeline import PageFeed, SequentialFeed, TransactionQuery, prefetch
 from bridge.pipeline.pages import ReadAhead
-from bridge.pipeline.phases import TX_ORDER
+from bridge.pipeline.transaction_phases import TX_ORDER
 from connectors.perkville.paging import Page
 from connectors.perkville.sandbox import Sandbox
 from tests.bridge.conftest import make_client
