@@ -261,6 +261,34 @@ def test_the_server_shutting_down_stops_its_background_runs(bridge: Bridge) -> N
     assert stopped.is_set() and background.running == 0
 
 
+def test_uvicorn_s_shutdown_stops_the_background_runs_too(bridge: Bridge) -> None:
+    # What SIGTERM does to `perkbridge serve`: uvicorn sets should_exit, drains, ends the lifespan.
+    import uvicorn
+
+    app = dashboard_app(bridge)
+    stopped = threading.Event()
+
+    def work(stop: threading.Event, started: Any) -> None:
+        started(1)
+        if stop.wait(120):
+            stopped.set()
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    serving = threading.Thread(target=server.run, name="test-uvicorn")
+    serving.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started:
+            assert serving.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        app.state.dashboard.background.start("rollback-1", work)
+    finally:
+        server.should_exit = True
+        serving.join(120)
+    assert not serving.is_alive()
+    assert stopped.is_set() and app.state.dashboard.background.running == 0
+
+
 def test_the_audit_pack_downloads_and_verifies_or_the_page_says_how_to_configure_the_key(
     signed_in: SignedIn, bridge: Bridge, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
