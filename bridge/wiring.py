@@ -209,27 +209,25 @@ class RunParts:
         self.business = business
         self.space = space or space_for(settings, business)
         self.opening = opening
+        self.source: PerkvilleClient | None = opening.client if opening is not None else None
         try:
             self.state = open_state(engine)
             self.bundle = build_target(settings, engine, space=self.space)
         except BaseException:
-            if opening is not None:
-                opening.client.close()
+            if self.source is not None:
+                self.source.close()
             raise
         try:
-            # The request rate the last run of this business learned is where this one starts.
-            start_rate = self.state.runs.learned_rate(business) if with_client else None
-            self.source: PerkvilleClient | None = None
-            if opening is not None:
-                self.source = opening.client
-                self.source.budget.resume(start_rate)
-            elif with_client:
-                self.source = perkville_client(settings, start_rate=start_rate)
+            if self.source is None and with_client:
+                self.source = perkville_client(settings)
             if self.source is not None:
+                # The request rate the last run of this business learned is where this one starts
+                # (an opening's first requests are out already: the budget goes on from it).
+                self.source.budget.resume(self.state.runs.learned_rate(business))
                 self.source.use_schema(probed_schema(self.state, business))
         except BaseException:
-            if opening is not None:
-                opening.client.close()
+            if self.source is not None:
+                self.source.close()
             self.bundle.close()
             raise
 
