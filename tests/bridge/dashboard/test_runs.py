@@ -244,8 +244,8 @@ def test_shutting_down_stops_a_background_rollback_after_its_batch() -> None:
         background.start("rollback-2", work)
 
 
-def test_the_server_shutting_down_stops_its_background_runs(bridge: Bridge) -> None:
-    app = dashboard_app(bridge)
+def _until_stopped() -> tuple[Any, threading.Event]:
+    """Background work that reports run 1, then waits for its stop event (set: ``stopped``)."""
     stopped = threading.Event()
 
     def work(stop: threading.Event, started: Any) -> None:
@@ -253,6 +253,12 @@ def test_the_server_shutting_down_stops_its_background_runs(bridge: Bridge) -> N
         if stop.wait(120):
             stopped.set()
 
+    return work, stopped
+
+
+def test_the_server_shutting_down_stops_its_background_runs(bridge: Bridge) -> None:
+    app = dashboard_app(bridge)
+    work, stopped = _until_stopped()
     with TestClient(app):
         background = app.state.dashboard.background
         background.start("rollback-1", work)
@@ -266,13 +272,7 @@ def test_uvicorn_s_shutdown_stops_the_background_runs_too(bridge: Bridge) -> Non
     import uvicorn
 
     app = dashboard_app(bridge)
-    stopped = threading.Event()
-
-    def work(stop: threading.Event, started: Any) -> None:
-        started(1)
-        if stop.wait(120):
-            stopped.set()
-
+    work, stopped = _until_stopped()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     serving = threading.Thread(target=server.run, name="test-uvicorn")
     serving.start()
