@@ -57,6 +57,27 @@ def test_backfill_and_sync_run_with_it_and_leave_the_collector_as_they_found_it(
     assert len(seen) == 2
 
 
+def test_what_a_run_imported_and_opened_after_it_began_is_frozen_too(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.cli import run_cmds, runs
+
+    counts: list[tuple[int, int]] = []
+
+    def spy() -> None:
+        before = gc.get_freeze_count()
+        runs.started_up()
+        counts.append((before, gc.get_freeze_count()))
+
+    monkeypatch.setattr(run_cmds, "started_up", spy)
+    for command in ("backfill", "sync"):
+        code, body, _ = run(capsys, cli_env, command, "--json")
+        assert code == 0, body
+        assert gc.get_freeze_count() == 0
+    # The run's parts (and the modules they import on use) were made after one_shot_gc froze.
+    assert len(counts) == 2 and all(after > before for before, after in counts)
+
+
 def test_the_commands_import_with_the_collector_paused_and_leave_it_as_it_was(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
